@@ -1,0 +1,147 @@
+"""Crash-safe result files: one CSV per run (a row per epoch and split) and its config as JSON.
+
+Every file is written whole to a temporary name in the same folder and then renamed over the
+target (``os.replace`` is atomic on POSIX), so a reader or a crash sees the old file or the new one,
+never half of one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj, path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    """CSV text with the union of the rows' keys as columns, in first-seen order."""
+    fields: dict[str, None] = {}
+    for r in rows:
+        fields.update(dict.fromkeys(r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def git_commit() -> str | None:
+    """The project's current commit (with ``-dirty`` if the tree has changes), or None."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + ("-dirty" if dirty else "")) or None
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "tolist"):  # numpy arrays and scalars, tensors
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, allow_nan=True) + "\n")
+
+
+def read_json(path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+class RunLogger:
+    """Collects a run's rows and rewrites its CSV atomically after each epoch.
+
+    ``identity`` holds the columns that every row carries (model, method, scenario, seed and every
+    swept hyperparameter), placed first; ``log`` appends metric rows.
+    """
+
+    def __init__(self, csv_path, identity: dict, rows: list[dict] | None = None):
+        self.csv_path = Path(csv_path)
+        self.identity = dict(identity)
+        self.rows: list[dict] = list(rows or [])
+
+    def log(self, row: dict) -> None:
+        self.rows.append(dict(row))
+
+    def full_rows(self) -> list[dict]:
+        return [{**self.identity, **r} for r in self.rows]
+
+    def flush(self) -> None:
+        atomic_write_text(self.csv_path, rows_to_csv(self.full_rows()))
+
+
+SCALAR_METRICS = ("loss", "acc", "macro_f1", "tail_macro_f1", "head_macro_f1", "many_acc",
+                  "medium_acc", "few_acc")
+
+
+def summarize_rows(rows) -> dict:
+    """Per stage: the ``final`` epoch's val/test metrics and the ``best`` epoch by validation
+    macro-F1 (its val and test metrics), plus stage-2 minus stage-1 ``delta`` on test.
+
+    ``rows`` is a list of row dicts or a DataFrame of one run's CSV. Without validation rows the
+    best epoch is the last one (``selected_on: "last"``): nothing is chosen on the test set.
+    """
+    import pandas as pd
+
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+    out: dict = {}
+    for stage in (1, 2):
+        d = df[df["stage"] == stage] if len(df) else df
+        if not len(d):
+            continue
+        pick = lambda frame: {k: float(frame[k]) for k in SCALAR_METRICS if k in frame}
+        last_epoch = int(d["epoch"].max())
+        final = {split: pick(r) for split, r in d[d["epoch"] == last_epoch].set_index("split").iterrows()}
+        val = d[d["split"] == "val"]
+        if len(val):
+            best_epoch = int(val.loc[val["macro_f1"].idxmax(), "epoch"])  # first maximum
+            selected_on = "val"
+        else:
+            best_epoch, selected_on = last_epoch, "last"
+        best = {split: pick(r) for split, r in d[d["epoch"] == best_epoch].set_index("split").iterrows()}
+        out[f"stage{stage}"] = {"final": final, "best": {"epoch": best_epoch, "selected_on": selected_on, **best}}
+    if "stage1" in out and "stage2" in out:
+        out["delta"] = {f"{kind}_test_{k}": out["stage2"][kind]["test"][k] - out["stage1"][kind]["test"][k]
+                        for kind in ("final", "best") for k in ("acc", "macro_f1", "tail_macro_f1")}
+    return out

@@ -1,0 +1,632 @@
+"""Two-stage training with dynamic class reweighting, and the methods it is compared with.
+
+Every method is two stages over one model, one data stream and one learning-rate schedule:
+
+* **Stage 1** (``stage1_epochs``) trains from scratch with the method's stage-1 loss: plain
+  cross-entropy for the decoupled methods (Kang et al. 2020), including ours.
+* **Stage 2** (``stage2_epochs``) continues from the stage-1 weights and optimizer with the method's
+  stage-2 loss and class weights. For ``two_stage_ictta`` these weights come from
+  :class:`losses.DynamicClassWeights`: a per-class statistic (``dynamic_mode``), smoothed over epochs
+  with an EMA (``ema_alpha``) and mapped into ``[min_weight, max_weight]``, recomputed every epoch.
+
+Methods whose stage 1 is the same (same loss, model, data, seed and stage-1 settings) share it: it is
+trained once per ``log_dir`` and its checkpoint reused (``stage1_id`` in every row says which).
+
+``run_two_stage_ictta_on_scenario(model_name, imbalance_type, **settings)`` runs one configuration
+(:class:`TwoStageConfig` lists every setting with its default) and returns a dict of results. It
+writes, in ``log_dir``: ``results_<exp>_<model>_<scenario>_imb<f>_seed<s>.csv`` (one row per epoch
+and split) and ``.json`` beside it (the config, the git commit, the status and the results). It
+checkpoints every epoch and resumes from the last finished epoch when rerun; a finished run is
+returned from its JSON without retraining.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import data_loader
+import losses
+from model import MODELS, get_model
+from results_logger import (RunLogger, atomic_torch_save, git_commit, read_json, summarize_rows,
+                            write_json)
+from train_eval import (PRECISIONS, NonFiniteError, autocast, evaluate, predict, resolve_device,
+                        train_one_epoch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Methods
+
+@dataclass(frozen=True)
+class Method:
+    """What a method does in each stage: loss and class weights (``none``, ``inverse`` frequency,
+    ``effective`` number, or ``dynamic``), and any special stage-2 handling."""
+    loss1: str
+    weights1: str
+    loss2: str
+    weights2: str
+    doc: str
+    normed_classifier: bool = False  # cosine classifier (LDAM)
+    retrain_classifier: bool = False  # cRT: new classifier, frozen backbone, class-balanced sampling
+    tau_norm: bool = False  # post-hoc tau-normalised classifier, tau chosen on validation
+
+
+METHODS = {
+    "ce": Method("ce", "none", "ce", "none",
+                 "Cross-entropy for the whole budget (ERM). It shares stage 1 with the two-stage "
+                 "methods, so it is also their same-budget control."),
+    "focal": Method("focal", "none", "focal", "none", "Focal loss (Lin et al. 2017), gamma=focal_gamma."),
+    "rw": Method("ce", "inverse", "ce", "inverse", "Cross-entropy re-weighted by inverse class frequency."),
+    "cb_focal": Method("focal", "effective", "focal", "effective",
+                       "Class-balanced focal loss (Cui et al. 2019): effective-number weights, beta=cb_beta."),
+    "drw": Method("ce", "none", "ce", "effective",
+                  "Deferred re-weighting (Cao et al. 2019): CE, then effective-number weights in stage 2."),
+    "ldam_drw": Method("ldam", "none", "ldam", "effective",
+                       "LDAM-DRW (Cao et al. 2019): margins ~ n^-1/4 (max ldam_max_margin), scale "
+                       "ldam_scale, cosine classifier, effective-number weights in stage 2.",
+                       normed_classifier=True),
+    "logit_adjust": Method("logit_adjust", "none", "logit_adjust", "none",
+                           "Logit-adjusted loss (Menon et al. 2021), tau=la_tau."),
+    "balanced_softmax": Method("balanced_softmax", "none", "balanced_softmax", "none",
+                               "Balanced Softmax (Ren et al. 2020): CE on z + log n_c."),
+    "crt": Method("ce", "none", "ce", "none",
+                  "Classifier re-training (Kang et al. 2020): stage 2 re-initialises the classifier and "
+                  "trains only it, on the frozen backbone, with class-balanced sampling.",
+                  retrain_classifier=True),
+    "tau_norm": Method("ce", "none", "ce", "none",
+                       "tau-normalisation (Kang et al. 2020): the CE model's classifier rows scaled by "
+                       "1/||w_c||^tau, tau in {0, 0.1, ..., 2} chosen on validation macro-F1.",
+                       tau_norm=True),
+    "two_stage_ictta": Method("ce", "none", "ictta", "dynamic",
+                              "Ours: CE, then focal (or CE) with dynamic per-class weights."),
+}
+TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))
+STAGE2_LOSS_TYPES = ("focal", "ce")
+SCHEDULES = ("cosine", "step")
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
+def opt(default, help: str):
+    """A config field with its ``--help`` text."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TwoStageConfig:
+    """Every setting of one run. The first 17 are the seed project's names and defaults."""
+    model_name: str = field(metadata={"help": f"model: {', '.join(MODELS)}"})
+    imbalance_type: str = field(metadata={"help": "scenario: long_tail or head_tail"})
+    stage1_epochs: int = opt(20, "epochs of stage 1 (cross-entropy from scratch for decoupled methods)")
+    stage2_epochs: int = opt(20, "epochs of stage 2 (fine-tuning from stage 1)")
+    imb_factor: float = opt(0.01, "smallest / largest class count, in (0, 1]")
+    batch_size: int = opt(128, "training images per step")
+    log_dir: str = opt(".", "folder for the CSV, JSON, checkpoints and the shared stage-1 cache")
+    stage1_lr: float = opt(0.1, "stage-1 learning rate (SGD, per batch of batch_size)")
+    stage2_lr: float = opt(0.01, "stage-2 learning rate")
+    min_weight: float = opt(1.0, "smallest dynamic class weight (> 0)")
+    max_weight: float = opt(8.0, "largest dynamic class weight (>= min_weight)")
+    ema_alpha: float = opt(0.8, "EMA of the per-class statistic: s = a*s_prev + (1-a)*x, a in [0, 1)")
+    stage2_loss_type: str = opt("focal", "stage-2 loss of two_stage_ictta: focal or ce")
+    stage2_focal_gamma: float = opt(1.5, "focal gamma of two_stage_ictta's stage 2, in [0, 5]")
+    dynamic_mode: str = opt("loss", "per-class statistic: loss, val_loss, val_error, none (uniform)")
+    exp_name: str | None = opt(None, "file-name prefix of the run (default: the method's name)")
+    # --- beyond the seed
+    method: str = opt("two_stage_ictta", f"method: {', '.join(METHODS)}")
+    seed: int = opt(0, "seed of the subset, validation split, init and batch order")
+    device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N")
+    data_root: str | None = opt(None, "dataset folder (default: $CIFAR10_ROOT, else data/cifar10)")
+    val_per_class: int = opt(100, "balanced validation images per class, held out of train first")
+    n_max: int | None = opt(None, "images of the largest class (default: all left after validation)")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(2e-4, "SGD weight decay")
+    warmup_epochs: float = opt(1.0, "linear learning-rate warm-up at the start of stage 1, in epochs")
+    schedule: str = opt("cosine", "cosine (each stage decays to 0) or step (x0.01, x0.0001 at lr_milestones)")
+    lr_milestones: tuple = opt((160, 180), "global epochs of the step schedule's two decays")
+    focal_gamma: float = opt(1.0, "gamma of the focal and cb_focal methods, in [0, 5]")
+    cb_beta: float = opt(0.9999, "effective-number beta (cb_focal, drw, ldam_drw), in [0, 1)")
+    ldam_max_margin: float = opt(0.5, "largest LDAM margin")
+    ldam_scale: float = opt(30.0, "LDAM logit scale s")
+    la_tau: float = opt(1.0, "logit-adjustment tau")
+    precision: str = opt("bf16", "bf16 (autocast) or fp32")
+    channels_last: bool = opt(True, "channels-last memory format (faster convolutions)")
+    compile: bool = opt(False, "torch.compile the training forward pass")
+    eval_every: int = opt(1, "epochs between evaluations (each stage's last epoch always is)")
+    eval_batch_size: int = opt(512, "images per evaluation batch")
+    threads: int | None = opt(None, "CPU threads (default: torch's, one per core)")
+    quiet: bool = opt(False, "no progress bar")
+    resume: bool = opt(True, "resume from the last checkpoint; return a finished run's results")
+    reuse_stage1: bool = opt(True, "share stage 1 with other runs in log_dir")
+
+
+SEED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TwoStageConfig)[2:17]}
+# settings that change neither the numbers nor the run's identity
+_NOT_IDENTITY = ("log_dir", "data_root", "quiet", "resume", "reuse_stage1", "threads", "eval_batch_size")
+
+
+def _check(cond: bool, name: str, value, accepted: str) -> None:
+    if not cond:
+        raise ValueError(f"{name}={value!r} is invalid; accepted: {accepted}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate_config(cfg: TwoStageConfig) -> None:
+    """Raise ``ValueError`` naming the first invalid setting and what it accepts. Writes nothing."""
+    _check(isinstance(cfg.model_name, str) and cfg.model_name.lower() in MODELS, "model_name",
+           cfg.model_name, ", ".join(MODELS))
+    _check(cfg.imbalance_type in data_loader.IMBALANCE_TYPES, "imbalance_type", cfg.imbalance_type,
+           ", ".join(data_loader.IMBALANCE_TYPES))
+    _check(cfg.method in METHODS, "method", cfg.method, ", ".join(METHODS))
+    _check(cfg.stage2_loss_type in STAGE2_LOSS_TYPES, "stage2_loss_type", cfg.stage2_loss_type,
+           ", ".join(STAGE2_LOSS_TYPES))
+    _check(cfg.dynamic_mode in losses.DYNAMIC_MODES, "dynamic_mode", cfg.dynamic_mode,
+           ", ".join(losses.DYNAMIC_MODES))
+    _check(cfg.schedule in SCHEDULES, "schedule", cfg.schedule, ", ".join(SCHEDULES))
+    _check(cfg.precision in PRECISIONS, "precision", cfg.precision, ", ".join(PRECISIONS))
+    _check(_is_num(cfg.imb_factor) and 0 < cfg.imb_factor <= 1, "imb_factor", cfg.imb_factor, "a number in (0, 1]")
+    for name in ("stage1_epochs", "stage2_epochs"):
+        v = getattr(cfg, name)
+        _check(_is_int(v) and v >= 0, name, v, "an integer >= 0")
+    _check(cfg.stage1_epochs + cfg.stage2_epochs > 0, "stage1_epochs", cfg.stage1_epochs,
+           "stage1_epochs + stage2_epochs >= 1")
+    for name in ("batch_size", "eval_every", "eval_batch_size"):
+        v = getattr(cfg, name)
+        _check(_is_int(v) and v > 0, name, v, "an integer > 0")
+    for name in ("stage1_lr", "stage2_lr", "ldam_scale"):
+        v = getattr(cfg, name)
+        _check(_is_num(v) and v > 0, name, v, "a finite number > 0")
+    for name in ("min_weight", "max_weight"):
+        v = getattr(cfg, name)
+        _check(_is_num(v) and v > 0, name, v, "a finite number > 0")
+    _check(cfg.min_weight <= cfg.max_weight, "min_weight", cfg.min_weight,
+           f"a number <= max_weight ({cfg.max_weight!r})")
+    _check(_is_num(cfg.ema_alpha) and 0 <= cfg.ema_alpha < 1, "ema_alpha", cfg.ema_alpha, "a number in [0, 1)")
+    for name in ("stage2_focal_gamma", "focal_gamma"):
+        v = getattr(cfg, name)
+        _check(_is_num(v) and 0 <= v <= 5, name, v, "a number in [0, 5]")
+    _check(_is_num(cfg.cb_beta) and 0 <= cfg.cb_beta < 1, "cb_beta", cfg.cb_beta, "a number in [0, 1)")
+    for name in ("weight_decay", "warmup_epochs", "ldam_max_margin", "la_tau"):
+        v = getattr(cfg, name)
+        _check(_is_num(v) and v >= 0, name, v, "a finite number >= 0")
+    _check(_is_num(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", cfg.momentum, "a number in [0, 1)")
+    _check(isinstance(cfg.lr_milestones, (tuple, list)) and len(cfg.lr_milestones) == 2
+           and all(_is_num(m) and m >= 0 for m in cfg.lr_milestones)
+           and cfg.lr_milestones[0] <= cfg.lr_milestones[1], "lr_milestones", cfg.lr_milestones,
+           "two increasing epochs >= 0")
+    _check(_is_int(cfg.seed) and 0 <= cfg.seed < 2 ** 31, "seed", cfg.seed, "an integer in [0, 2**31)")
+    _check(_is_int(cfg.val_per_class) and cfg.val_per_class >= 0, "val_per_class", cfg.val_per_class,
+           "an integer >= 0")
+    _check(cfg.n_max is None or (_is_int(cfg.n_max) and cfg.n_max >= 1), "n_max", cfg.n_max,
+           "None or an integer >= 1")
+    _check(cfg.threads is None or (_is_int(cfg.threads) and cfg.threads >= 1), "threads", cfg.threads,
+           "None or an integer >= 1")
+    _check(cfg.exp_name is None or (isinstance(cfg.exp_name, str) and cfg.exp_name != ""
+                                     and all(c.isalnum() or c in "-_.=" for c in cfg.exp_name)),
+           "exp_name", cfg.exp_name, "None or a non-empty name of letters, digits and - _ . =")
+    for name in ("channels_last", "compile", "quiet", "resume", "reuse_stage1"):
+        v = getattr(cfg, name)
+        _check(isinstance(v, bool), name, v, "True or False")
+    _check(isinstance(cfg.device, str), "device", cfg.device, "auto, cpu or cuda[:N]")
+    resolve_device(cfg.device)
+    _check(isinstance(cfg.log_dir, (str, os.PathLike)) and str(cfg.log_dir) != "", "log_dir",
+           cfg.log_dir, "a folder path")
+    _check(cfg.data_root is None or isinstance(cfg.data_root, (str, os.PathLike)), "data_root",
+           cfg.data_root, "None or a folder path")
+    needs_val = (cfg.method == "two_stage_ictta" and cfg.dynamic_mode in ("val_loss", "val_error")) \
+        or cfg.method == "tau_norm"
+    _check(not needs_val or cfg.val_per_class > 0, "val_per_class", cfg.val_per_class,
+           f"> 0 for method={cfg.method!r} with dynamic_mode={cfg.dynamic_mode!r} (it selects on validation)")
+
+
+def config_hash(cfg: TwoStageConfig) -> str:
+    d = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def stage1_hash(cfg: TwoStageConfig) -> str:
+    """Identity of stage 1: everything that changes its numbers, nothing that only stage 2 uses."""
+    m = METHODS[cfg.method]
+    keys = ["model_name", "imbalance_type", "imb_factor", "batch_size", "stage1_epochs", "stage1_lr",
+            "seed", "device", "val_per_class", "n_max", "momentum", "weight_decay", "warmup_epochs",
+            "schedule", "lr_milestones", "precision", "channels_last", "compile"]
+    if m.loss1 == "focal":
+        keys.append("focal_gamma")
+    if m.weights1 == "effective":
+        keys.append("cb_beta")
+    if m.loss1 == "ldam":
+        keys += ["ldam_max_margin", "ldam_scale"]
+    if m.loss1 == "logit_adjust":
+        keys.append("la_tau")
+    d = {k: getattr(cfg, k) for k in keys}
+    d.update(loss1=m.loss1, weights1=m.weights1, normed=m.normed_classifier,
+             data=str(Path(cfg.data_root or data_loader.default_data_root()).resolve()))
+    # the stage-2 length matters for stage 1 only through a global step schedule's milestones
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_name(cfg: TwoStageConfig) -> str:
+    exp = cfg.exp_name or cfg.method
+    return f"results_{exp}_{cfg.model_name.lower()}_{cfg.imbalance_type}_imb{cfg.imb_factor:g}_seed{cfg.seed}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces of a run
+
+def lr_at_step(step: int, steps_per_epoch: int, cfg: TwoStageConfig, stage: int) -> float:
+    """Learning rate of global step ``step`` (0-based; global epoch ``e = step / steps_per_epoch``).
+
+    * stage 1: ``stage1_lr``, linear warm-up ``min(1, (step + 1) / (warmup_epochs * steps_per_epoch))``;
+    * stage 2: ``stage2_lr`` (cRT's classifier always uses ``cosine``);
+    * ``cosine``: ``base * (1 + cos(pi * t / T)) / 2`` with ``t``, ``T`` the step and length within the stage;
+    * ``step``: ``base`` times 0.01 from global epoch ``lr_milestones[0]`` on, 0.0001 from ``[1]`` on.
+    """
+    e1 = cfg.stage1_epochs * steps_per_epoch
+    base = cfg.stage1_lr if stage == 1 else cfg.stage2_lr
+    local, length = (step, e1) if stage == 1 else (step - e1, cfg.stage2_epochs * steps_per_epoch)
+    schedule = "cosine" if stage == 2 and METHODS[cfg.method].retrain_classifier else cfg.schedule
+    if schedule == "cosine":
+        lr = base * 0.5 * (1 + math.cos(math.pi * local / max(length, 1)))
+    else:
+        epoch = step / steps_per_epoch
+        lr = base * (1e-4 if epoch >= cfg.lr_milestones[1] else 1e-2 if epoch >= cfg.lr_milestones[0] else 1.0)
+    if stage == 1 and cfg.warmup_epochs > 0:
+        lr *= min(1.0, (step + 1) / (cfg.warmup_epochs * steps_per_epoch))
+    return lr
+
+
+def build_loss(name: str, counts, cfg: TwoStageConfig):
+    """The loss function ``f(logits, y, weight, reduction)`` of a method's stage."""
+    if name == "ictta":
+        name = cfg.stage2_loss_type
+        if name == "focal":
+            return partial(losses.focal_loss, gamma=cfg.stage2_focal_gamma)
+    if name == "ce":
+        return losses.focal_loss
+    if name == "focal":
+        return partial(losses.focal_loss, gamma=cfg.focal_gamma)
+    if name == "ldam":
+        return partial(losses.ldam_loss, margins=losses.ldam_margins(counts, cfg.ldam_max_margin),
+                       scale=cfg.ldam_scale)
+    if name == "logit_adjust":
+        return partial(losses.logit_adjusted_loss, log_priors=losses.log_prior(counts), tau=cfg.la_tau)
+    if name == "balanced_softmax":
+        return partial(losses.logit_adjusted_loss, log_priors=torch.tensor(counts, dtype=torch.float64).log().float(),
+                       tau=1.0)
+    raise ValueError(f"unknown loss {name!r}")
+
+
+def static_weights(kind: str, counts, cfg: TwoStageConfig) -> torch.Tensor | None:
+    if kind == "none":
+        return None
+    if kind == "inverse":
+        return losses.inverse_frequency_weights(counts)
+    if kind == "effective":
+        return losses.effective_number_weights(counts, cfg.cb_beta)
+    raise ValueError(f"unknown weights {kind!r}")
+
+
+class RunLock:
+    """An exclusive lock file for one run: a second process on the same run gets a clear error.
+    A lock left by a dead process on this host is taken over."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, me.encode())
+                os.close(fd)
+                return self
+            except FileExistsError:
+                try:
+                    host, pid = self.path.read_text().split()
+                except (OSError, ValueError):
+                    host, pid = "", "0"
+                if host == socket.gethostname() and not _pid_alive(int(pid)):
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise RunLockedError(f"run {self.path.stem!r} is being written by process {pid} on "
+                                     f"{host}; wait for it, or delete {self.path} if that process is gone")
+        raise RunLockedError(f"could not take the lock {self.path}")
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+class RunLockedError(RuntimeError):
+    pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _metric_row(metrics: dict, stage: int, epoch: int, global_epoch: int, split: str, lr: float,
+                train_loss: float, seconds: float, weights, extra: dict) -> dict:
+    row = {"stage": stage, "epoch": epoch, "global_epoch": global_epoch, "split": split, "lr": lr,
+           "train_loss": train_loss, "seconds": round(seconds, 3)}
+    for k in ("loss", "acc", "macro_f1", "tail_macro_f1", "head_macro_f1", "many_acc", "medium_acc", "few_acc"):
+        row[k] = metrics[k]
+    row.update({f"f1_{c}": float(v) for c, v in enumerate(metrics["f1"])})
+    row.update({f"acc_{c}": float(v) for c, v in enumerate(metrics["recall"])})
+    row.update({f"w_{c}": float(v) for c, v in enumerate(weights)})
+    row.update(extra)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+def run_two_stage(cfg: TwoStageConfig) -> dict:
+    """Run one configuration end to end (see the module docstring); returns the results dict."""
+    validate_config(cfg)
+    log_dir = Path(cfg.log_dir)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        probe = log_dir / f".write_probe_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"log_dir={str(log_dir)!r} cannot be written: {e}") from e
+    name = run_name(cfg)
+    paths = {"csv": log_dir / f"{name}.csv", "config": log_dir / f"{name}.json",
+             "checkpoint": log_dir / f"{name}.ckpt.pt"}
+    run_id = config_hash(cfg)
+    previous = read_json(paths["config"])
+    if previous is not None and previous.get("run_id") != run_id and paths["csv"].exists():
+        raise ValueError(f"exp_name={cfg.exp_name!r}: {paths['csv']} already holds a run with other "
+                         f"settings (run_id {previous.get('run_id')} != {run_id}); choose another "
+                         f"exp_name or log_dir")
+    if cfg.resume and previous is not None and previous.get("status") == "finished" \
+            and previous.get("run_id") == run_id and paths["csv"].exists():
+        return {**previous["results"], "skipped": True}
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    with RunLock(log_dir / f"{name}.lock"):
+        return _run_locked(cfg, paths, run_id)
+
+
+def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
+    device = resolve_device(cfg.device)
+    method = METHODS[cfg.method]
+    meta = {"run_id": run_id, "stage1_id": stage1_hash(cfg), "config": asdict(cfg),
+            "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
+            "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "status": "running", "paths": {k: str(v) for k, v in paths.items()}}
+
+    data = data_loader.load_dataset(cfg.data_root)
+    split = data_loader.make_split(data.train_y, cfg.imbalance_type, cfg.imb_factor, n_max=cfg.n_max,
+                                   val_per_class=cfg.val_per_class, seed=cfg.seed)
+    counts, C = split.counts, data.num_classes
+    meta.update(class_counts=counts, classes=list(data.classes), data_source=data.source,
+                n_train=int(len(split.train_idx)), n_val=int(len(split.val_idx)))
+    mean, std = data_loader.channel_stats(data.train_x[split.train_idx])
+    norm = data_loader.Normalizer(mean, std, device)
+    to_dev = partial(data_loader.to_device_images, device=device)
+    x_train, y_train = to_dev(data.train_x[split.train_idx]), torch.from_numpy(data.train_y[split.train_idx]).to(device)
+    x_val, y_val = to_dev(data.train_x[split.val_idx]), torch.from_numpy(data.train_y[split.val_idx]).to(device)
+    x_test, y_test = to_dev(data.test_x), torch.from_numpy(data.test_y).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # CUDA runs are not bitwise reproducible anyway (README)
+
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+        torch.manual_seed(cfg.seed)
+        model = get_model(cfg.model_name, C, normed_classifier=method.normed_classifier)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if cfg.compile else model
+    make_opt = lambda params: torch.optim.SGD(params, lr=cfg.stage1_lr, momentum=cfg.momentum,
+                                              weight_decay=cfg.weight_decay)
+    optimizer = make_opt(model.parameters())
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batches = data_loader.DeviceBatches(x_train, y_train, cfg.batch_size, norm, gen,
+                                        channels_last=cfg.channels_last)
+    spe = len(batches)
+    dyn = losses.DynamicClassWeights(C, cfg.min_weight, cfg.max_weight, cfg.ema_alpha, cfg.dynamic_mode)
+    identity = {"run_id": run_id, "stage1_id": meta["stage1_id"], "exp_name": cfg.exp_name or cfg.method,
+                **{k: (str(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items()
+                   if k not in _NOT_IDENTITY + ("exp_name",)}}
+    logger = RunLogger(paths["csv"], identity)
+    # state carried between epochs (and through checkpoints)
+    st = {"stage": 1, "epoch": 0, "step": 0, "train_class_loss": None, "val_stat": None}
+    stage1_file = Path(cfg.log_dir) / "stage1" / f"stage1_{meta['stage1_id']}.pt"
+
+    def snapshot() -> dict:
+        return {"run_id": run_id, "st": dict(st), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "data": batches.state_dict(),
+                "dyn": dyn.state_dict(), "rows": logger.rows}
+
+    def restore(snap: dict) -> None:
+        nonlocal optimizer
+        st.update(snap["st"])
+        if st["stage"] == 2 and method.retrain_classifier:
+            _freeze_for_crt(model)
+            optimizer = make_opt(model.fc.parameters())
+        model.load_state_dict(snap["model"])
+        optimizer.load_state_dict(snap["optimizer"])
+        batches.load_state_dict(snap["data"])
+        dyn.load_state_dict(snap["dyn"])
+        logger.rows = list(snap["rows"])
+
+    resumed_from = None
+    if cfg.resume and paths["checkpoint"].exists():
+        snap = torch.load(paths["checkpoint"], map_location=device, weights_only=False)
+        if snap.get("run_id") == run_id:
+            restore(snap)
+            resumed_from = (st["stage"], st["epoch"])
+    if resumed_from is None and cfg.reuse_stage1 and cfg.stage1_epochs > 0 and stage1_file.exists():
+        restore(torch.load(stage1_file, map_location=device, weights_only=False))
+        resumed_from = (1, st["epoch"])
+    meta["resumed_from"] = resumed_from
+    write_json(paths["config"], meta)
+
+    def evaluate_splits(stage: int) -> dict:
+        """Metrics on val (if any) and test. tau-norm chooses tau on val, then reports test."""
+        if stage == 2 and method.tau_norm:
+            return _evaluate_tau_norm(model, norm, counts, cfg, (x_val, y_val), (x_test, y_test))
+        ev = partial(evaluate, model, normalizer=norm, train_counts=counts, batch_size=cfg.eval_batch_size,
+                     precision=cfg.precision, channels_last=cfg.channels_last)
+        out = {"test": ev(x_test, y_test)}
+        if len(y_val):
+            out["val"] = ev(x_val, y_val)
+        return out
+
+    total = cfg.stage1_epochs + cfg.stage2_epochs
+    bar = tqdm(total=total, disable=cfg.quiet, leave=False, dynamic_ncols=True,
+               desc=f"{cfg.model_name}/{cfg.imbalance_type}/{cfg.exp_name or cfg.method}")
+    bar.update(st["epoch"] + (cfg.stage1_epochs if st["stage"] == 2 else 0))
+    t_run = time.perf_counter()
+    try:
+        for stage in (1, 2):
+            n_epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
+            if stage < st["stage"] or n_epochs == 0:
+                continue
+            if stage == 2 and st["stage"] == 1:  # entering stage 2 now
+                st.update(stage=2, epoch=0)
+                if method.retrain_classifier:
+                    _freeze_for_crt(model, reinit_seed=cfg.seed + 1)
+                    optimizer = make_opt(model.fc.parameters())
+            if stage == 2 and method.retrain_classifier:  # same generator, so the stream goes on
+                batches = data_loader.DeviceBatches(x_train, y_train, cfg.batch_size, norm, gen,
+                                                    sampler="class_balanced", channels_last=cfg.channels_last)
+            loss_name = method.loss1 if stage == 1 else method.loss2
+            weight_kind = method.weights1 if stage == 1 else method.weights2
+            loss_fn = build_loss(loss_name, counts, cfg)
+            for epoch in range(st["epoch"] + 1, n_epochs + 1):
+                t0 = time.perf_counter()
+                if weight_kind == "dynamic":  # from the statistic of the epoch just before this one
+                    weights = dyn.update(_dynamic_stat(cfg.dynamic_mode, st))
+                else:
+                    weights = static_weights(weight_kind, counts, cfg)
+                lr_fn = partial(lr_at_step, steps_per_epoch=spe, cfg=cfg, stage=stage)
+                out = train_one_epoch(model, batches, optimizer, loss_fn, lr_fn, st["step"], C,
+                                      class_weights=weights, precision=cfg.precision,
+                                      train_mode=not (stage == 2 and method.retrain_classifier),
+                                      forward=forward)
+                st["step"] += out["steps"]
+                st["train_class_loss"] = out["class_loss"]
+                last = epoch == n_epochs
+                needs_val_stat = weight_kind == "dynamic" and cfg.dynamic_mode.startswith("val")
+                row_w = (weights if weights is not None else torch.ones(C)).tolist()
+                if last or epoch % cfg.eval_every == 0 or needs_val_stat:
+                    res = evaluate_splits(stage)
+                    if "val" in res:
+                        st["val_stat"] = {"val_loss": res["val"]["class_loss"],
+                                          "val_error": 1.0 - torch.as_tensor(res["val"]["recall"], dtype=torch.float64)}
+                    seconds = time.perf_counter() - t0
+                    global_epoch = epoch + (cfg.stage1_epochs if stage == 2 else 0)
+                    for split_name, m in res.items():
+                        if not np.isfinite(m["loss"]):
+                            raise NonFiniteError(f"{split_name} loss is {m['loss']} at stage {stage} epoch {epoch}")
+                        extra = {"tau": m["tau"]} if "tau" in m else {}
+                        logger.log(_metric_row(m, stage, epoch, global_epoch, split_name, lr_fn(st["step"] - 1),
+                                               out["loss"], seconds, row_w, extra))
+                    if last:
+                        meta.setdefault("confusion_test", {})[f"stage{stage}"] = res["test"]["confusion"]
+                    bar.set_postfix(stage=stage, loss=f"{out['loss']:.3f}",
+                                    val_f1=f"{res.get('val', res['test'])['macro_f1']:.3f}")
+                st["epoch"] = epoch
+                logger.flush()
+                atomic_torch_save(snapshot(), paths["checkpoint"])
+                bar.update(1)
+            if stage == 1 and cfg.reuse_stage1:
+                stage1_file.parent.mkdir(exist_ok=True)
+                if not stage1_file.exists():
+                    atomic_torch_save(snapshot(), stage1_file)
+    except BaseException as e:
+        meta.update(status="failed" if isinstance(e, Exception) else "interrupted",
+                    error=f"{type(e).__name__}: {e}", failed=time.strftime("%Y-%m-%d %H:%M:%S"))
+        logger.flush()
+        write_json(paths["config"], meta)
+        raise
+    finally:
+        bar.close()
+
+    results = {"run_id": run_id, "stage1_id": meta["stage1_id"], **summarize_rows(logger.full_rows()),
+               "paths": {k: str(v) for k, v in paths.items() if k != "checkpoint"},
+               "seconds": time.perf_counter() - t_run}
+    meta.update(status="finished", finished=time.strftime("%Y-%m-%d %H:%M:%S"), results=results)
+    logger.flush()
+    write_json(paths["config"], meta)
+    paths["checkpoint"].unlink(missing_ok=True)
+    return results
+
+
+def _dynamic_stat(mode: str, st: dict):
+    """The per-class statistic that the next stage-2 epoch's weights come from."""
+    if mode in ("none", "loss"):
+        return st["train_class_loss"]
+    return st["val_stat"][mode]
+
+
+def _freeze_for_crt(model, reinit_seed: int | None = None) -> None:
+    """Freeze everything but the classifier; with ``reinit_seed``, re-initialise the classifier."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if reinit_seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(reinit_seed)
+            model.fc.reset_parameters()
+    for p in model.fc.parameters():
+        p.requires_grad_(True)
+
+
+@torch.no_grad()
+def _evaluate_tau_norm(model, norm, counts, cfg, val, test) -> dict:
+    """Evaluate with tau-normalised classifier rows; tau maximises validation macro-F1."""
+    W, b = model.fc.weight.float(), model.fc.bias.float()
+    splits = {"val": val, "test": test}
+    feats = {name: predict(model, x, norm, cfg.eval_batch_size, cfg.precision, cfg.channels_last, features=True)
+             for name, (x, _) in splits.items()}
+
+    def ev(name: str, tau: float) -> dict:
+        logits = feats[name] @ losses.tau_normalize(W, tau).t() + b
+        return {**evaluate(model, *splits[name], norm, counts, logits=logits), "tau": tau}
+
+    best_tau = max(TAU_GRID, key=lambda tau: (ev("val", tau)["macro_f1"], -tau))  # ties: smaller tau
+    return {name: ev(name, best_tau) for name in splits}
+
+
+def run_two_stage_ictta_on_scenario(model_name: str, imbalance_type: str, **settings) -> dict:
+    """Run one two-stage configuration on one imbalance scenario; return its results.
+
+    Every keyword is a field of :class:`TwoStageConfig` (the signature below lists them with their
+    defaults); an unknown keyword raises ``TypeError``, an invalid value ``ValueError``.
+    The returned dict holds, per stage, the final and best-by-validation metrics on val and test,
+    the stage-2 minus stage-1 deltas on test, and the paths written.
+    """
+    return run_two_stage(TwoStageConfig(model_name, imbalance_type, **settings))
+
+
+run_two_stage_ictta_on_scenario.__signature__ = inspect.signature(TwoStageConfig).replace(
+    return_annotation=dict)
