@@ -1,0 +1,64 @@
+"""Shared fixtures: a small synthetic image-folder dataset (always), and the real CIFAR-10 when
+it is on this machine ($CIFAR10_ROOT, or data/cifar10 as .ci/run extracts it)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SYNTH_CLASSES = ("ant", "bee", "cat", "dog")
+SYNTH_TRAIN, SYNTH_TEST = 60, 15  # images per class
+
+
+def make_image_folder(root: Path, classes=SYNTH_CLASSES, n_train=SYNTH_TRAIN, n_test=SYNTH_TEST,
+                      seed: int = 0, size: int = 32) -> Path:
+    """Write a learnable image-folder dataset: each class is a noisy colour with a class-specific
+    bright square, saved as PNG (lossless, so tests can compare pixels exactly)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (size, size, 3)).astype(np.int16)
+                img[..., c % 3] += 120
+                r0 = (c * 7) % (size - 8)
+                img[r0:r0 + 8, r0:r0 + 8] += 70
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("synthetic"))
+
+
+def _real_root() -> Path | None:
+    for cand in (os.environ.get("CIFAR10_ROOT"), ROOT / "data" / "cifar10"):
+        if cand and ((Path(cand) / "train").is_dir() or (Path(cand) / "cifar-10-batches-py").is_dir()):
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    root = _real_root()
+    if root is None:
+        pytest.skip("real CIFAR-10 not found: set CIFAR10_ROOT or extract ../shared/data into data/cifar10")
+    return root
+
+
+@pytest.fixture
+def tiny_run_kwargs(synthetic_root, tmp_path) -> dict:
+    """Settings for a run of a few seconds on the synthetic data."""
+    return dict(data_root=str(synthetic_root), log_dir=str(tmp_path / "runs"), stage1_epochs=2,
+                stage2_epochs=2, batch_size=32, val_per_class=5, imb_factor=0.2, device="cpu",
+                quiet=True, eval_batch_size=64)
