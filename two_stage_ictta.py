@@ -150,11 +150,13 @@ class TwoStageConfig:
     quiet: bool = opt(False, "no progress bar")
     resume: bool = opt(True, "resume from the last checkpoint; return a finished run's results")
     reuse_stage1: bool = opt(True, "share stage 1 with other runs in log_dir")
+    tag: str = opt("", "free label copied into every row (the grid writes <suite>-<profile>)")
 
 
 SEED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TwoStageConfig)[2:17]}
 # settings that change neither the numbers nor the run's identity
 _NOT_IDENTITY = ("log_dir", "data_root", "quiet", "resume", "reuse_stage1", "threads", "eval_batch_size")
+_NOT_IN_HASH = _NOT_IDENTITY + ("tag",)
 
 
 def _check(cond: bool, name: str, value, accepted: str) -> None:
@@ -226,6 +228,7 @@ def validate_config(cfg: TwoStageConfig) -> None:
     for name in ("channels_last", "compile", "quiet", "resume", "reuse_stage1"):
         v = getattr(cfg, name)
         _check(isinstance(v, bool), name, v, "True or False")
+    _check(isinstance(cfg.tag, str), "tag", cfg.tag, "a string")
     _check(isinstance(cfg.device, str), "device", cfg.device, "auto, cpu or cuda[:N]")
     resolve_device(cfg.device)
     _check(isinstance(cfg.log_dir, (str, os.PathLike)) and str(cfg.log_dir) != "", "log_dir",
@@ -239,7 +242,7 @@ def validate_config(cfg: TwoStageConfig) -> None:
 
 
 def config_hash(cfg: TwoStageConfig) -> str:
-    d = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY}
+    d = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_HASH}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
