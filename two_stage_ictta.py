@@ -456,9 +456,10 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
                                         channels_last=cfg.channels_last)
     spe = len(batches)
     dyn = losses.DynamicClassWeights(C, cfg.min_weight, cfg.max_weight, cfg.ema_alpha, cfg.dynamic_mode)
+    renamed = {"model_name": "model", "imbalance_type": "scenario"}  # the CSV's column names
     identity = {"run_id": run_id, "stage1_id": meta["stage1_id"], "exp_name": cfg.exp_name or cfg.method,
-                **{k: (str(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items()
-                   if k not in _NOT_IDENTITY + ("exp_name",)}}
+                **{renamed.get(k, k): (str(v) if isinstance(v, (tuple, list)) else v)
+                   for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY + ("exp_name",)}}
     logger = RunLogger(paths["csv"], identity)
     # state carried between epochs (and through checkpoints)
     st = {"stage": 1, "epoch": 0, "step": 0, "train_class_loss": None, "val_stat": None}
