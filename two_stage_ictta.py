@@ -488,10 +488,11 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
         if snap.get("run_id") == run_id:
             restore(snap)
             resumed_from = (st["stage"], st["epoch"])
+    stage1_reused = False
     if resumed_from is None and cfg.reuse_stage1 and cfg.stage1_epochs > 0 and stage1_file.exists():
         restore(torch.load(stage1_file, map_location=device, weights_only=False))
-        resumed_from = (1, st["epoch"])
-    meta["resumed_from"] = resumed_from
+        stage1_reused = True
+    meta.update(resumed_from=resumed_from, stage1_reused=stage1_reused)
     write_json(paths["config"], meta)
 
     def evaluate_splits(stage: int) -> dict:
@@ -578,6 +579,7 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
 
     results = {"run_id": run_id, "stage1_id": meta["stage1_id"], **summarize_rows(logger.full_rows()),
                "paths": {k: str(v) for k, v in paths.items() if k != "checkpoint"},
+               "resumed_from": resumed_from, "stage1_reused": stage1_reused,
                "seconds": time.perf_counter() - t_run}
     meta.update(status="finished", finished=time.strftime("%Y-%m-%d %H:%M:%S"), results=results)
     logger.flush()
