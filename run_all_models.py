@@ -129,10 +129,15 @@ def plan_tuning(profile="full", models=TUNING_MODELS, scenarios=SCENARIOS, seeds
 
 
 def plan_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), methods=COMPARE_METHODS,
-                 **common):
-    """Every method on every (scenario, imb_factor) of the profile; ``scenarios`` filters them."""
+                 imb_factors=None, **common):
+    """Every method on every (scenario, imb_factor) case of the profile; ``scenarios`` and
+    ``imb_factors`` keep only the matching cases."""
     spec = PROFILES[profile]
-    cases = [c for c in spec["compare_scenarios"] if scenarios is None or c[0] in scenarios]
+    cases = [c for c in spec["compare_scenarios"] if (scenarios is None or c[0] in scenarios)
+             and (imb_factors is None or any(abs(c[1] - f) < 1e-12 for f in imb_factors))]
+    if not cases:
+        raise ValueError(f"no compare case of profile {profile!r} matches scenarios={scenarios} "
+                         f"imb_factors={imb_factors}; its cases: {spec['compare_scenarios']}")
     return [_config(profile, "compare", model, scenario, seed, common, method=method, imb_factor=imb)
             for seed in seeds for model in (models or spec["compare_models"]) for scenario, imb in cases
             for method in methods]
@@ -210,9 +215,10 @@ def run_tuning_resnets(profile="full", models=TUNING_MODELS, scenarios=SCENARIOS
 
 
 def run_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), methods=COMPARE_METHODS,
-                out="results", quiet=False, **common) -> dict:
+                imb_factors=None, out="results", quiet=False, **common) -> dict:
     """The field's methods and ours, same data, model, schedule and seeds."""
-    configs = plan_compare(profile, models, scenarios, seeds, methods, log_dir=_out_dir(out, profile), **common)
+    configs = plan_compare(profile, models, scenarios, seeds, methods, imb_factors,
+                           log_dir=_out_dir(out, profile), **common)
     return run_grid(configs, quiet, Path(_out_dir(out, profile)) / "report_compare.json")
 
 
@@ -233,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("bf16", "fp32"), help="override the precision (default: bf16)")
     p.add_argument("--threads", type=int, help="CPU threads per run")
-    p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    p.add_argument("--imb-factors", nargs="+", type=float,
+                   help="imbalance factors (grid: run at each; compare: keep only these cases)")
+    p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                   help="torch.compile the training forward (MODE: default, reduce-overhead, ...)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -246,19 +255,24 @@ def main(argv=None) -> int:
         if getattr(args, key) is not None:
             common[key] = getattr(args, key)
     if args.compile:
-        common["compile"] = True
+        common.update(compile=True, compile_mode=args.compile)
     kw = dict(profile=args.profile, out=args.out, quiet=args.quiet, **common)
     if args.scenarios:
         kw["scenarios"] = tuple(args.scenarios)
     try:
         if args.suite == "compare":
             reports = [run_compare(models=args.models, seeds=tuple(args.seeds or (0, 1, 2)),
-                                   methods=tuple(args.methods or COMPARE_METHODS), **kw)]
+                                   methods=tuple(args.methods or COMPARE_METHODS),
+                                   imb_factors=args.imb_factors, **kw)]
         else:
             seeds = tuple(args.seeds or (0,))
-            reports = [run_baseline_all_models(models=tuple(args.models or BASELINE_MODELS), seeds=seeds, **kw),
-                       run_tuning_resnets(models=tuple(m for m in (args.models or TUNING_MODELS)
-                                                       if m.startswith("resnet")), seeds=seeds, **kw)]
+            reports = []
+            for imb in args.imb_factors or [None]:
+                extra = {} if imb is None else {"imb_factor": imb}
+                reports += [run_baseline_all_models(models=tuple(args.models or BASELINE_MODELS), seeds=seeds,
+                                                    **kw, **extra),
+                            run_tuning_resnets(models=tuple(m for m in (args.models or TUNING_MODELS)
+                                                            if m.startswith("resnet")), seeds=seeds, **kw, **extra)]
     except ValueError as e:
         parser.error(str(e))
     merged = {k: [x for r in reports for x in r[k]] for k in ("done", "skipped", "resumed", "failed")}

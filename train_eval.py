@@ -66,6 +66,8 @@ def train_one_epoch(model, batches, optimizer, loss_fn, lr_at, start_step: int, 
     class_n = torch.zeros(num_classes, device=device)
     step = start_step
     for xb, yb in batches:
+        if forward is not model:  # a compiled forward: tells CUDA-graph trees a new step begins
+            torch.compiler.cudagraph_mark_step_begin()
         lr = lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr

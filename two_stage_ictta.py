@@ -95,6 +95,7 @@ METHODS = {
 TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))
 STAGE2_LOSS_TYPES = ("focal", "ce")
 SCHEDULES = ("cosine", "step")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,6 +145,8 @@ class TwoStageConfig:
     precision: str = opt("bf16", "bf16 (autocast) or fp32")
     channels_last: bool = opt(True, "channels-last memory format (faster convolutions)")
     compile: bool = opt(False, "torch.compile the training forward pass")
+    compile_mode: str = opt("default", "torch.compile mode: default, reduce-overhead (CUDA graphs), "
+                                       "max-autotune-no-cudagraphs")
     eval_every: int = opt(1, "epochs between evaluations (each stage's last epoch always is)")
     eval_batch_size: int = opt(512, "images per evaluation batch")
     threads: int | None = opt(None, "CPU threads (default: torch's, one per core)")
@@ -185,6 +188,7 @@ def validate_config(cfg: TwoStageConfig) -> None:
            ", ".join(losses.DYNAMIC_MODES))
     _check(cfg.schedule in SCHEDULES, "schedule", cfg.schedule, ", ".join(SCHEDULES))
     _check(cfg.precision in PRECISIONS, "precision", cfg.precision, ", ".join(PRECISIONS))
+    _check(cfg.compile_mode in COMPILE_MODES, "compile_mode", cfg.compile_mode, ", ".join(COMPILE_MODES))
     _check(_is_num(cfg.imb_factor) and 0 < cfg.imb_factor <= 1, "imb_factor", cfg.imb_factor, "a number in (0, 1]")
     for name in ("stage1_epochs", "stage2_epochs"):
         v = getattr(cfg, name)
@@ -251,7 +255,7 @@ def stage1_hash(cfg: TwoStageConfig) -> str:
     m = METHODS[cfg.method]
     keys = ["model_name", "imbalance_type", "imb_factor", "batch_size", "stage1_epochs", "stage1_lr",
             "seed", "device", "val_per_class", "n_max", "momentum", "weight_decay", "warmup_epochs",
-            "schedule", "lr_milestones", "precision", "channels_last", "compile"]
+            "schedule", "lr_milestones", "precision", "channels_last", "compile", "compile_mode"]
     if m.loss1 == "focal":
         keys.append("focal_gamma")
     if m.weights1 == "effective":
@@ -447,7 +451,7 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if cfg.compile else model
+    forward = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
     make_opt = lambda params: torch.optim.SGD(params, lr=cfg.stage1_lr, momentum=cfg.momentum,
                                               weight_decay=cfg.weight_decay)
     optimizer = make_opt(model.parameters())

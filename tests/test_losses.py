@@ -1,0 +1,208 @@
+"""Focal loss, static class weights and dynamic class weights, against hand-computed values."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import losses
+from losses import DynamicClassWeights, effective_number_weights, focal_loss, inverse_frequency_weights
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def _batch(seed=0, n=16, C=5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, C, generator=g) * 3, torch.randint(C, (n,), generator=g)
+
+
+# ----------------------------------------------------------------------------------------------
+# Focal loss
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_focal_gamma0_is_cross_entropy(reduction, weighted):
+    logits, y = _batch()
+    w = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0]) if weighted else None
+    got = focal_loss(logits, y, w, reduction, gamma=0.0)
+    want = F.cross_entropy(logits, y, weight=w, reduction=reduction)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_focal_against_hand_computed_value():
+    # logits (2, 0, -1), true class 0, gamma 2: p_t = e^2 / (e^2 + 1 + e^-1)
+    p = math.exp(2) / (math.exp(2) + 1 + math.exp(-1))
+    want = -((1 - p) ** 2) * math.log(p)
+    got = focal_loss(torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0]), gamma=2.0)
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    # true class 2 (p_t small) and a class weight of 3 on it; "none" keeps the weight in
+    q = math.exp(-1) / (math.exp(2) + 1 + math.exp(-1))
+    got = focal_loss(torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([2]),
+                     torch.tensor([1.0, 1.0, 3.0]), "none", gamma=1.5)
+    assert got.item() == pytest.approx(-3.0 * (1 - q) ** 1.5 * math.log(q), rel=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.5, 2.0])
+def test_focal_class_weight_scales_but_is_not_in_modulating_term(gamma):
+    logits, y = _batch(seed=1)
+    w = torch.tensor([0.25, 1.0, 3.0, 5.0, 7.0])
+    plain = focal_loss(logits, y, None, "none", gamma=gamma)
+    weighted = focal_loss(logits, y, w, "none", gamma=gamma)
+    torch.testing.assert_close(weighted, w[y] * plain, rtol=1e-6, atol=1e-7)
+    # the known wrong variant takes p_t from the *weighted* cross-entropy
+    logp_wrong = -F.cross_entropy(logits, y, weight=w, reduction="none")
+    wrong = (1 - logp_wrong.exp()) ** gamma * -logp_wrong
+    assert not torch.allclose(weighted, wrong, rtol=1e-3)
+    # mean reduction is the weighted mean, like F.cross_entropy(weight=w)
+    mean = focal_loss(logits, y, w, "mean", gamma=gamma)
+    assert mean.item() == pytest.approx((w[y] * plain).sum().item() / w[y].sum().item(), rel=1e-6)
+    assert focal_loss(logits, y, w, "sum", gamma=gamma).item() == pytest.approx(
+        (w[y] * plain).sum().item(), rel=1e-6)
+
+
+def test_focal_is_modulated_cross_entropy():
+    logits, y = _batch(seed=2)
+    ce = focal_loss(logits, y, None, "none", gamma=0.0)
+    p = torch.softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
+    torch.testing.assert_close(focal_loss(logits, y, None, "none", gamma=3.0), (1 - p) ** 3 * ce,
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0])
+def test_focal_finite_at_extreme_probabilities(dtype, gamma):
+    # rows: p_t rounds to 1 exactly, p_t ~ 1 - 4e-9, p_t ~ e^-100, p_t ~ e^-1000 (underflows)
+    logits = torch.tensor([[100.0, 0.0, 0.0], [20.0, 0.0, 0.0], [100.0, 0.0, 0.0],
+                           [1000.0, 0.0, -5.0]], dtype=dtype, requires_grad=True)
+    y = torch.tensor([0, 0, 1, 2])
+    w = torch.tensor([1.0, 2.0, 8.0])
+    loss = focal_loss(logits, y, w, "mean", gamma=gamma)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(logits.grad.float()).all()
+    per = focal_loss(logits.detach(), y, None, "none", gamma=gamma)
+    assert torch.isfinite(per).all()
+    assert per[0].item() == pytest.approx(0.0, abs=1e-6)  # a sure, right answer costs nothing
+    assert per[2].item() == pytest.approx(100.0, rel=1e-2)  # (1 - p_t)^gamma ~ 1 when p_t ~ 0
+
+
+def test_reduction_unknown_raises():
+    logits, y = _batch()
+    with pytest.raises(ValueError, match="reduction"):
+        focal_loss(logits, y, reduction="avg")
+
+
+# ----------------------------------------------------------------------------------------------
+# Static class weights
+
+def test_inverse_frequency_weights_hand_computed():
+    # 1/n = (1, 1/2, 1/4), sum 7/4, times C=3: (12/7, 6/7, 3/7)
+    w = inverse_frequency_weights([1, 2, 4])
+    torch.testing.assert_close(w, torch.tensor([12 / 7, 6 / 7, 3 / 7]))
+    assert w.mean().item() == pytest.approx(1.0)
+    torch.testing.assert_close(inverse_frequency_weights([7, 7, 7, 7]), torch.ones(4))
+
+
+def test_effective_number_weights_hand_computed():
+    # beta = 1/2: (1 - beta) / (1 - beta^n) = (1, 2/3, 4/7) for n = (1, 2, 3); sum 47/21
+    w = effective_number_weights([1, 2, 3], beta=0.5)
+    torch.testing.assert_close(w, torch.tensor([63 / 47, 42 / 47, 36 / 47]))
+    # beta = 0.9, n = (100, 10)
+    raw = [0.1 / (1 - 0.9 ** 100), 0.1 / (1 - 0.9 ** 10)]
+    want = [2 * r / sum(raw) for r in raw]
+    torch.testing.assert_close(effective_number_weights([100, 10], beta=0.9), torch.tensor(want))
+    # limits: beta = 0 is uniform, beta -> 1 approaches inverse frequency
+    torch.testing.assert_close(effective_number_weights([5000, 50], beta=0.0), torch.ones(2))
+    torch.testing.assert_close(effective_number_weights([5000, 500, 50], beta=1 - 1e-9),
+                               inverse_frequency_weights([5000, 500, 50]), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("beta", [1.0, -0.1, 1.5])
+def test_effective_number_beta_out_of_range(beta):
+    with pytest.raises(ValueError, match="beta"):
+        effective_number_weights([10, 5], beta=beta)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dynamic class weights
+
+def test_dynamic_weights_in_bounds_and_monotone():
+    g = torch.Generator().manual_seed(0)
+    dyn = DynamicClassWeights(10, min_weight=0.5, max_weight=4.0, ema_alpha=0.0, mode="loss")
+    for _ in range(20):
+        stat = torch.rand(10, generator=g, dtype=torch.float64) * 5
+        w = dyn.update(stat)
+        assert w.shape == (10,) and w.dtype == torch.float32
+        assert w.min().item() == pytest.approx(0.5) and w.max().item() == pytest.approx(4.0)
+        assert ((w >= 0.5) & (w <= 4.0)).all()
+        assert w[stat.argmax()].item() == pytest.approx(4.0)  # hardest class: largest weight
+        assert w[stat.argmin()].item() == pytest.approx(0.5)
+        order = torch.argsort(stat)
+        assert (torch.diff(w[order]) > 0).all()  # strictly increasing in the statistic
+
+
+def test_dynamic_weights_exact_ema_arithmetic():
+    dyn = DynamicClassWeights(3, min_weight=1.0, max_weight=8.0, ema_alpha=0.5)
+    # first update: s = x
+    w = dyn.update(torch.tensor([1.0, 2.0, 3.0]))
+    assert dyn.smoothed.tolist() == [1.0, 2.0, 3.0]
+    assert w.tolist() == [1.0, 4.5, 8.0]
+    # s = 0.5 * (1, 2, 3) + 0.5 * (3, 2, 1) = (2, 2, 2): all equal -> all min_weight
+    w = dyn.update(torch.tensor([3.0, 2.0, 1.0]))
+    assert dyn.smoothed.tolist() == [2.0, 2.0, 2.0]
+    assert w.tolist() == [1.0, 1.0, 1.0]
+    # s = 0.5 * (2, 2, 2) + 0.5 * (6, 2, 0) = (4, 2, 1): w = 1 + 7 * (s - 1) / 3
+    w = dyn.update(torch.tensor([6.0, 2.0, 0.0]))
+    assert dyn.smoothed.tolist() == [4.0, 2.0, 1.0]
+    torch.testing.assert_close(w, torch.tensor([8.0, 1.0 + 7 / 3, 1.0]))
+
+
+def test_dynamic_weights_ema_alpha_08_over_several_updates():
+    xs = [[0.9, 0.5, 2.0, 1.1], [1.2, 0.4, 1.0, 0.3], [0.2, 0.8, 0.6, 1.9], [1.0, 1.0, 0.1, 0.7]]
+    dyn = DynamicClassWeights(4, min_weight=2.0, max_weight=5.0, ema_alpha=0.8)
+    s = None
+    for x in xs:
+        w = dyn.update(torch.tensor(x, dtype=torch.float64))
+        s = list(x) if s is None else [0.8 * a + 0.2 * b for a, b in zip(s, x)]
+        lo, hi = min(s), max(s)
+        want = [2.0 + 3.0 * (v - lo) / (hi - lo) for v in s]
+        assert dyn.smoothed.tolist() == pytest.approx(s, rel=1e-12)
+        assert w.tolist() == pytest.approx(want, rel=1e-6)
+
+
+def test_dynamic_weights_all_equal_statistic_gives_min_weight():
+    dyn = DynamicClassWeights(5, min_weight=1.5, max_weight=3.0, ema_alpha=0.3)
+    assert dyn.update(torch.full((5,), 0.7)).tolist() == [1.5] * 5
+
+
+def test_dynamic_mode_none_gives_ones():
+    dyn = DynamicClassWeights(4, min_weight=2.0, max_weight=8.0, ema_alpha=0.8, mode="none")
+    for stat in ([0.1, 5.0, 2.0, 3.0], [9.0, 0.0, 0.0, 1.0]):
+        assert dyn.update(torch.tensor(stat)).tolist() == [1.0] * 4
+
+
+def test_dynamic_weights_reject_non_finite_statistic():
+    dyn = DynamicClassWeights(3)
+    with pytest.raises(FloatingPointError):
+        dyn.update(torch.tensor([1.0, float("nan"), 2.0]))
+    with pytest.raises(FloatingPointError):
+        dyn.update(torch.tensor([1.0, 2.0]))  # wrong length
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(min_weight=5.0, max_weight=2.0), "min_weight"),
+    (dict(min_weight=0.0), "min_weight"),
+    (dict(max_weight=-1.0), "max_weight"),
+    (dict(ema_alpha=1.0), "ema_alpha"),
+    (dict(ema_alpha=-0.1), "ema_alpha"),
+    (dict(mode="median"), "dynamic_mode"),
+])
+def test_dynamic_weights_bad_settings(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        DynamicClassWeights(3, **kwargs)
+
+
+def test_dynamic_modes_listed():
+    assert set(losses.DYNAMIC_MODES) == {"loss", "val_loss", "val_error", "none"}

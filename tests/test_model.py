@@ -1,0 +1,72 @@
+"""Model registry, parameter counts and the ResNet family's shapes."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import model
+from model import MODELS, count_parameters, get_model
+
+
+def weighted_layers(m: nn.Module) -> int:
+    """Depth as He et al. count it: convolutions and linear layers (shortcuts have no weights)."""
+    return sum(isinstance(x, (nn.Conv2d, nn.Linear)) for x in m.modules())
+
+
+@pytest.mark.parametrize("name, params", [("resnet20", 269_722), ("resnet32", 464_154)])
+def test_he_et_al_parameter_counts(name, params):
+    # He et al. (2016), Table 6: 0.27M and 0.46M parameters
+    m = get_model(name, 10)
+    assert count_parameters(m) == params
+    assert weighted_layers(m) == int(name[len("resnet"):])
+
+
+@pytest.mark.parametrize("name, blocks, depth", [
+    ("resnet10", (1, 1, 2), 10), ("resnet15", (2, 2, 3), 16),
+    ("resnet20", (3, 3, 3), 20), ("resnet32", (5, 5, 5), 32)])
+def test_resnet_blocks_and_depth_match_docstring(name, blocks, depth):
+    m = get_model(name, 10)
+    assert m.blocks == blocks
+    assert weighted_layers(m) == depth == 2 * sum(blocks) + 2
+    doc = getattr(model, name).__doc__
+    assert str(blocks) in doc and str(depth) in doc  # the docstring states both, truly
+
+
+def test_resnet_stage_widths():
+    m = get_model("resnet20", 10)
+    assert [m.conv1.out_channels] + [b.conv2.out_channels for b in m.layers] == [16] + [16] * 3 + [32] * 3 + [64] * 3
+    assert m.fc.in_features == 64
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_forward_shape_and_num_classes(name):
+    m = get_model(name, 7).eval()
+    with torch.no_grad():
+        out = m(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+
+
+def test_num_classes_changes_only_the_classifier():
+    # 64 features -> C outputs: 65 parameters per class
+    assert count_parameters(get_model("resnet32", 100)) - count_parameters(get_model("resnet32", 10)) == 90 * 65
+
+
+def test_name_is_case_insensitive():
+    assert count_parameters(get_model("ResNet20", 10)) == 269_722
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError) as e:
+        get_model("resnet50", 10)
+    msg = str(e.value)
+    assert "resnet50" in msg
+    for name in ("simplecnn", "resnet10", "resnet15", "resnet20", "resnet32"):
+        assert name in msg
+
+
+@pytest.mark.parametrize("num_classes", [1, 0, 2.5])
+def test_bad_num_classes(num_classes):
+    with pytest.raises(ValueError, match="num_classes"):
+        get_model("simplecnn", num_classes)

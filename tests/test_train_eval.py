@@ -1,0 +1,229 @@
+"""Metrics against hand-computed cases, evaluation, one training epoch and the learning-rate schedule."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data_loader import DeviceBatches, Normalizer
+from losses import focal_loss
+from two_stage_ictta import TwoStageConfig, lr_at_step
+from train_eval import (NonFiniteError, class_groups, classification_metrics, evaluate, resolve_device,
+                        train_one_epoch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Groups and metrics
+
+def test_class_groups_cifar10_long_tail():
+    g = class_groups([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50])
+    assert g["head"].tolist() == [0, 1, 2, 3, 4] and g["tail"].tolist() == [5, 6, 7, 8, 9]
+    assert g["many"].tolist() == [0, 1, 2]  # 3 / 4 / 3
+    assert g["medium"].tolist() == [3, 4, 5, 6]
+    assert g["few"].tolist() == [7, 8, 9]
+
+
+def test_class_groups_rank_by_count_not_index():
+    g = class_groups([10, 100, 20, 50, 5])
+    # ranking by count: 1, 3, 2, 0, 4; tail = the rarer C // 2 = 2 classes
+    assert g["head"].tolist() == [1, 2, 3] and g["tail"].tolist() == [0, 4]
+    # k = floor(0.3 * 5 + 0.5) = 2
+    assert g["many"].tolist() == [1, 3] and g["medium"].tolist() == [2] and g["few"].tolist() == [0, 4]
+    # ties: lower index first
+    t = class_groups([7, 7, 7, 7])
+    assert t["head"].tolist() == [0, 1] and t["tail"].tolist() == [2, 3]
+
+
+def test_class_groups_cifar100_sizes():
+    g = class_groups(list(range(100, 0, -1)))
+    assert [len(g[k]) for k in ("many", "medium", "few")] == [30, 40, 30]
+    assert [len(g[k]) for k in ("head", "tail")] == [50, 50]
+
+
+def test_metrics_hand_computed():
+    counts = [100, 50, 20, 10]  # head {0, 1}, tail {2, 3}; many {0}, medium {1, 2}, few {3}
+    y_true = [0, 0, 0, 0, 1, 1, 2, 2, 3, 3]
+    y_pred = [0, 0, 0, 1, 1, 0, 2, 3, 3, 3]
+    # class 0: TP 3 FP 1 FN 1 -> P 3/4 R 3/4 F1 3/4
+    # class 1: TP 1 FP 1 FN 1 -> P 1/2 R 1/2 F1 1/2
+    # class 2: TP 1 FP 0 FN 1 -> P 1   R 1/2 F1 2/3
+    # class 3: TP 2 FP 1 FN 0 -> P 2/3 R 1   F1 4/5
+    m = classification_metrics(y_true, y_pred, counts)
+    assert m["acc"] == pytest.approx(0.7)
+    assert m["precision"].tolist() == pytest.approx([3 / 4, 1 / 2, 1, 2 / 3])
+    assert m["recall"].tolist() == pytest.approx([3 / 4, 1 / 2, 1 / 2, 1])
+    assert m["f1"].tolist() == pytest.approx([3 / 4, 1 / 2, 2 / 3, 4 / 5])
+    assert m["macro_f1"] == pytest.approx((3 / 4 + 1 / 2 + 2 / 3 + 4 / 5) / 4)
+    assert m["head_macro_f1"] == pytest.approx((3 / 4 + 1 / 2) / 2)
+    assert m["tail_macro_f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert m["many_acc"] == pytest.approx(3 / 4)
+    assert m["medium_acc"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert m["few_acc"] == pytest.approx(1.0)
+    assert m["confusion"].tolist() == [[3, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 2]]
+    assert m["support"].tolist() == [4, 2, 2, 2]
+
+
+def test_metrics_unpredicted_and_absent_classes_count_as_zero():
+    # class 2 is never predicted, class 3 never occurs: both F1 = 0 and still in the macro mean
+    m = classification_metrics([0, 1, 2, 2], [0, 1, 1, 0], [40, 30, 20, 10])
+    assert m["f1"].tolist() == pytest.approx([2 / 3, 2 / 3, 0.0, 0.0])
+    assert m["macro_f1"] == pytest.approx(1 / 3)
+    assert m["tail_macro_f1"] == 0.0
+    assert m["confusion"].shape == (4, 4)
+
+
+def test_metrics_ten_classes_groups():
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    y_true = np.repeat(np.arange(10), 10)
+    y_pred = y_true.copy()
+    y_pred[y_true >= 7] = 0  # the three rarest classes are always wrong
+    m = classification_metrics(y_true, y_pred, counts)
+    assert m["acc"] == pytest.approx(0.7)
+    assert m["many_acc"] == 1.0 and m["medium_acc"] == 1.0 and m["few_acc"] == 0.0
+    # class 0 takes 30 false positives: P = 10/40, F1 = 2 * 0.25 / 1.25 = 0.4
+    assert m["f1"][0] == pytest.approx(0.4)
+    assert m["head_macro_f1"] == pytest.approx((0.4 + 4) / 5)
+    assert m["tail_macro_f1"] == pytest.approx(2 / 5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation and one epoch, on a model without BatchNorm (train and eval modes agree)
+
+def _linear_model(C=3, seed=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, C))
+
+
+def _toy(n=30, C=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, 4, 4), generator=g, dtype=torch.uint8)
+    y = torch.arange(n) % C
+    return x, y
+
+
+def test_evaluate_loss_is_cross_entropy():
+    x, y = _toy(40, 4)
+    model = _linear_model(4)
+    norm = Normalizer([0.5] * 3, [0.25] * 3, "cpu")
+    counts = [40, 20, 10, 5]
+    out = evaluate(model, x, y, norm, counts, batch_size=7, precision="fp32")
+    with torch.no_grad():
+        logits = model(norm(x))
+    assert out["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+    ref = classification_metrics(y.numpy(), logits.argmax(1).numpy(), counts)
+    for k in ("acc", "macro_f1", "tail_macro_f1", "head_macro_f1", "many_acc", "medium_acc", "few_acc"):
+        assert out[k] == ref[k], k
+    assert np.array_equal(out["confusion"], ref["confusion"])
+    per_class = [F.cross_entropy(logits[y == c], y[y == c]).item() for c in range(4)]
+    assert out["class_loss"].tolist() == pytest.approx(per_class, rel=1e-5)
+
+
+def test_train_one_epoch_reports_weighted_mean_and_per_class_loss():
+    C = 3
+    x, y = _toy(30, C)
+    model = _linear_model(C)
+    norm = Normalizer([0.5] * 3, [0.25] * 3, "cpu")
+    batches = DeviceBatches(x, y, 8, norm, torch.Generator().manual_seed(0), augment=False)
+    w = torch.tensor([1.0, 2.0, 5.0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    lrs = []
+    out = train_one_epoch(model, batches, opt, focal_loss, lambda s: lrs.append(s) or 0.0, 7, C,
+                          class_weights=w, precision="fp32")
+    assert out["steps"] == 4 and lrs == [7, 8, 9, 10]  # lr_at(step) for each global step
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # lr 0: unchanged
+    with torch.no_grad():
+        ce = F.cross_entropy(model(norm(x)), y, reduction="none")
+    # the objective is the weighted mean over the epoch; class_loss is unweighted CE per class
+    assert out["loss"] == pytest.approx(((w[y] * ce).sum() / w[y].sum()).item(), rel=1e-5)
+    assert out["class_loss"].tolist() == pytest.approx([ce[y == c].mean().item() for c in range(C)], rel=1e-5)
+
+
+def test_train_one_epoch_lowers_the_loss():
+    C = 3
+    x, y = _toy(30, C, seed=1)
+    model = _linear_model(C, seed=1)
+    norm = Normalizer([0.5] * 3, [0.25] * 3, "cpu")
+    batches = DeviceBatches(x, y, 30, norm, torch.Generator().manual_seed(0), augment=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = [train_one_epoch(model, batches, opt, focal_loss, lambda s: 0.1, 0, C)["loss"] for _ in range(20)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_train_one_epoch_stops_on_non_finite_loss():
+    x, y = _toy(12, 3)
+    model = _linear_model(3)
+    with torch.no_grad():
+        model[1].weight.fill_(float("nan"))
+    norm = Normalizer([0.5] * 3, [0.25] * 3, "cpu")
+    batches = DeviceBatches(x, y, 4, norm, torch.Generator().manual_seed(0), augment=False)
+    with pytest.raises(NonFiniteError, match="loss"):
+        train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), focal_loss,
+                        lambda s: 0.1, 0, 3)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("tpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning-rate schedule
+
+def _cfg(**kw):
+    return TwoStageConfig("resnet32", "long_tail", **kw)
+
+
+def test_lr_warmup_then_cosine():
+    cfg = _cfg(stage1_epochs=10, stage2_epochs=4, stage1_lr=0.1, stage2_lr=0.01, warmup_epochs=2)
+    spe = 5
+    T = 50  # stage-1 steps
+    cos = lambda t: 0.1 * 0.5 * (1 + math.cos(math.pi * t / T))
+    # linear warm-up over 2 epochs = 10 steps: factor (step + 1) / 10
+    for step in range(10):
+        assert lr_at_step(step, spe, cfg, 1) == pytest.approx(cos(step) * (step + 1) / 10, rel=1e-12)
+    assert lr_at_step(0, spe, cfg, 1) == pytest.approx(0.01, rel=1e-12)
+    assert lr_at_step(9, spe, cfg, 1) == pytest.approx(cos(9), rel=1e-12)  # warm-up done
+    assert lr_at_step(25, spe, cfg, 1) == pytest.approx(0.05, rel=1e-12)  # half way: base / 2
+    assert lr_at_step(T, spe, cfg, 1) == pytest.approx(0.0, abs=1e-15)  # cosine ends at 0
+    assert 0 < lr_at_step(T - 1, spe, cfg, 1) < 1e-3
+    # stage 2 restarts at its own base, without warm-up, and decays to 0 over its 20 steps
+    assert lr_at_step(T, spe, cfg, 2) == pytest.approx(0.01, rel=1e-12)
+    assert lr_at_step(T + 10, spe, cfg, 2) == pytest.approx(0.005, rel=1e-12)
+    assert lr_at_step(T + 20, spe, cfg, 2) == pytest.approx(0.0, abs=1e-15)
+    lrs = [lr_at_step(s, spe, cfg, 1) for s in range(10, T)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # after warm-up: strictly decreasing
+
+
+def test_lr_no_warmup():
+    cfg = _cfg(stage1_epochs=4, stage2_epochs=0, stage1_lr=0.2, warmup_epochs=0)
+    assert lr_at_step(0, 3, cfg, 1) == 0.2
+
+
+def test_lr_step_milestones():
+    cfg = _cfg(stage1_epochs=150, stage2_epochs=50, stage1_lr=0.1, stage2_lr=0.01, schedule="step",
+               warmup_epochs=5)
+    spe = 10
+    lr = lambda epoch, stage: lr_at_step(int(epoch * spe), spe, cfg, stage)
+    assert lr_at_step(0, spe, cfg, 1) == pytest.approx(0.1 / 50, rel=1e-12)  # warm-up applies
+    assert lr(5, 1) == pytest.approx(0.1)
+    assert lr(149.9, 1) == pytest.approx(0.1)
+    # milestones are global epochs: 160 and 180 fall in stage 2 here
+    assert lr(150, 2) == pytest.approx(0.01)
+    assert lr(159.9, 2) == pytest.approx(0.01)
+    assert lr(160, 2) == pytest.approx(0.01 * 0.01, rel=1e-12)
+    assert lr(179.9, 2) == pytest.approx(0.01 * 0.01, rel=1e-12)
+    assert lr(180, 2) == pytest.approx(0.01 * 0.0001, rel=1e-12)
+    assert lr(199.9, 2) == pytest.approx(0.01 * 0.0001, rel=1e-12)
+    # in stage 1 (a 200-epoch stage 1, as in LDAM-DRW's schedule)
+    cfg1 = _cfg(stage1_epochs=200, stage2_epochs=0, stage1_lr=0.1, schedule="step", warmup_epochs=5)
+    assert lr_at_step(159 * spe, spe, cfg1, 1) == pytest.approx(0.1)
+    assert lr_at_step(160 * spe, spe, cfg1, 1) == pytest.approx(0.001, rel=1e-12)
+    assert lr_at_step(180 * spe, spe, cfg1, 1) == pytest.approx(0.00001, rel=1e-12)
