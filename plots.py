@@ -54,14 +54,24 @@ MACRO_F1_LABEL = "test macro-F1 (%), stage 2's last epoch"
 # ----------------------------------------------------------------------------------------------
 # Helpers
 
-def _new_figure(w: float, h: float) -> Figure:
-    return Figure(figsize=(w, h), layout="constrained")
+def _new_figure(w: float, h: float):
+    """A figure and its body: axes, legends and colour bars go in the body, the title and the
+    note on the figure, so that constrained layout stacks title, legend, axes and note without
+    overlap (a figure-level "outside" legend would sit on the title)."""
+    fig = Figure(figsize=(w, h), layout="constrained")
+    return fig, fig.subfigures(1, 1)
+
+
+def _title(fig: Figure, text: str) -> None:
+    """The figure's title, each line wrapped to the figure's width."""
+    width = int(fig.get_figwidth() * 9)
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.split("\n")))
 
 
 def _note(fig: Figure, notes: list[str]) -> None:
     """The figure's notes (what is missing), under everything, inside the layout."""
     if notes:
-        text = "\n".join(textwrap.fill("Note: " + n, 130) for n in notes)
+        text = "\n".join(textwrap.fill("Note: " + n, int(fig.get_figwidth() * 13)) for n in notes)
         fig.supxlabel(text, fontsize=8.5, color="dimgray", ha="center")
 
 
@@ -147,8 +157,8 @@ def missing_notes(cells: pd.DataFrame, models, scenarios, roles=("two_stage", "c
 # Grid figures: two-stage vs control
 
 def plot_bars(cells: pd.DataFrame, models, scenarios, title: str, notes: list, path: Path, paths: list) -> Path:
-    fig = _new_figure(4.2 + 1.6 * len(models) * len(scenarios) / 2, 5.2)
-    axes = fig.subplots(1, len(scenarios), sharey=True, squeeze=False)[0]
+    fig, body = _new_figure(4.2 + 1.6 * len(models) * len(scenarios) / 2, 5.2)
+    axes = body.subplots(1, len(scenarios), sharey=True, squeeze=False)[0]
     width = 0.38
     for ax, sc in zip(axes, scenarios):
         x = np.arange(len(models))
@@ -176,16 +186,16 @@ def plot_bars(cells: pd.DataFrame, models, scenarios, title: str, notes: list, p
     axes[0].set_ylabel(MACRO_F1_LABEL)
     top = np.nanmax([_pct(v) for v in cells["s2_final_test_macro_f1_mean"]] + [_pct(v) for v in cells["s1_final_test_macro_f1_mean"]] + [1])
     axes[0].set_ylim(0, top * 1.25 + 2)
-    fig.legend(loc="outside upper center", ncol=3, frameon=False)
-    fig.suptitle(title)
+    body.legend(loc="outside upper center", ncol=3, frameon=False)
+    _title(fig, title)
     _note(fig, notes)
     return _save(fig, path, paths)
 
 
 def plot_depth(cells: pd.DataFrame, scenarios, title: str, notes: list, path: Path, paths: list) -> Path:
     resnets = [m for m in DEPTH if m in set(cells["model"])]
-    fig = _new_figure(11, 5)
-    axes = fig.subplots(1, len(scenarios), sharey=True, squeeze=False)[0]
+    fig, body = _new_figure(11, 5)
+    axes = body.subplots(1, len(scenarios), sharey=True, squeeze=False)[0]
     lines = {("macro_f1", "two_stage"): dict(color="tab:blue", ls="-", marker="o"),
              ("tail_macro_f1", "two_stage"): dict(color="tab:orange", ls="-", marker="s"),
              ("macro_f1", "control"): dict(color="tab:blue", ls="--", marker="o", mfc="white"),
@@ -219,8 +229,8 @@ def plot_depth(cells: pd.DataFrame, scenarios, title: str, notes: list, path: Pa
                 handles.append(h)
                 labels.append(l)
     if handles:
-        fig.legend(handles, labels, loc="outside upper center", ncol=4, frameon=False)
-    fig.suptitle(title)
+        body.legend(handles, labels, loc="outside upper center", ncol=4, frameon=False)
+    _title(fig, title)
     _note(fig, notes)
     return _save(fig, path, paths)
 
@@ -232,8 +242,8 @@ def plot_heatmap(cells: pd.DataFrame, models, scenarios, title: str, notes: list
 
     ours, ours_std = grid("two_stage", "s2_final_test_macro_f1_mean"), grid("two_stage", "s2_final_test_macro_f1_std")
     gain = ours - grid("control", "s2_final_test_macro_f1_mean")
-    fig = _new_figure(4.0 + 2.2 * len(scenarios), 1.6 + 0.75 * len(models))
-    axes = fig.subplots(1, 2, squeeze=False)[0]
+    fig, body = _new_figure(4.0 + 2.2 * len(scenarios), 1.6 + 0.75 * len(models))
+    axes = body.subplots(1, 2, squeeze=False)[0]
     lim = max(1.0, np.nanmax(np.abs(gain)) if np.isfinite(gain).any() else 1.0)
     panels = ((axes[0], ours, "viridis", None, None, "two-stage test macro-F1 (%)", "macro-F1 (%)"),
               (axes[1], gain, "RdBu", -lim, lim, "two-stage minus control (pp)", "difference (percentage points)"))
@@ -258,8 +268,8 @@ def plot_heatmap(cells: pd.DataFrame, models, scenarios, title: str, notes: list
         ax.set_xlabel("scenario")
         ax.set_ylabel("model")
         ax.set_title(ttl)
-        fig.colorbar(im, ax=ax, label=cbar, shrink=0.9)
-    fig.suptitle(title)
+        body.colorbar(im, ax=ax, label=cbar, shrink=0.9)
+    _title(fig, title)
     _note(fig, notes + ["grey cells: no finished run"] if np.isnan(gain).any() else notes)
     return _save(fig, path, paths)
 
@@ -283,8 +293,8 @@ def plot_curves(runs: pd.DataFrame, best: pd.Series, title: str, notes: list, pa
     metrics = (("acc", "accuracy"), ("macro_f1", "macro-F1"), ("tail_macro_f1", "tail macro-F1"))
     curves = _mean_by_epoch(runs, [m for m, _ in metrics])
     n1 = int(best["stage1_epochs"])
-    fig = _new_figure(14, 4.8)
-    axes = fig.subplots(1, 3, sharex=True)
+    fig, body = _new_figure(14, 4.8)
+    axes = body.subplots(1, 3, sharex=True)
     for ax, (m, label) in zip(axes, metrics):
         for split, style in (("test", dict(color="tab:blue", ls="-")), ("val", dict(color="tab:green", ls="--"))):
             c = curves[curves["split"] == split]
@@ -297,25 +307,29 @@ def plot_curves(runs: pd.DataFrame, best: pd.Series, title: str, notes: list, pa
         ax.axvline(n1 + 0.5, color="black", lw=1, ls=":", label="stage 1 | stage 2")
         be = best.get("s2_best_epoch_mean")
         if pd.notna(be):
-            ax.axvline(n1 + be, color="tab:red", lw=1, ls="-.", alpha=0.7, label="stage-2 best epoch (val)")
+            ax.axvline(n1 + be, color="tab:red", lw=1, ls="-.", alpha=0.7,
+                       label="stage-2 best epoch by val macro-F1 (mean over seeds)")
         ax.set_title(label)
         ax.set_xlabel("epoch (stage 1 then stage 2)")
         ax.set_ylabel(f"{label} (%)")
         ax.grid(alpha=0.3)
-        ymax = ax.get_ylim()[1]
+        lo, hi = ax.get_ylim()
+        ymax = hi + 0.12 * (hi - lo)  # headroom for the stage labels
+        ax.set_ylim(lo, ymax)
         ax.text(n1 / 2 + 0.5, ymax, "stage 1", ha="center", va="top", fontsize=9, color="dimgray")
         ax.text(n1 + (curves["global_epoch"].max() - n1) / 2 + 0.5, ymax, "stage 2", ha="center", va="top",
                 fontsize=9, color="dimgray")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside upper center", ncol=4, frameon=False)
-    fig.suptitle(title)
+    body.legend(handles, labels, loc="outside upper center", ncol=4, frameon=False)
+    _title(fig, title)
     _note(fig, notes)
     return _save(fig, path, paths)
 
 
 def _count_colors(counts):
     norm = matplotlib.colors.LogNorm(vmin=max(1, min(counts)), vmax=max(counts) * (1.0001 if min(counts) == max(counts) else 1))
-    return norm, matplotlib.colormaps["viridis"]
+    # viridis without its palest yellow, which is hard to see on white
+    return norm, matplotlib.colors.ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0, 0.88, 256)))
 
 
 def class_names(C: int) -> list[str]:
@@ -332,10 +346,12 @@ def plot_weights(runs: pd.DataFrame, best: pd.Series, counts, title: str, notes:
     w = s2.groupby("epoch")[w_cols].mean()
     norm, cmap = _count_colors(counts)
     names = class_names(C)
-    fig = _new_figure(10, 5.2)
-    ax = fig.subplots()
+    fig, body = _new_figure(10, 5.2)
+    ax = body.subplots()
+    seen: dict[int, int] = {}  # classes of equal count share a colour: markers tell them apart
     for c in np.argsort(-np.asarray(counts), kind="stable"):
-        ax.plot(w.index, w[f"w_{c}"], marker="o", ms=4, lw=1.8, color=cmap(norm(counts[c])),
+        k = seen[counts[c]] = seen.get(counts[c], -1) + 1
+        ax.plot(w.index, w[f"w_{c}"], marker="osD^v<>ph*"[k % 10], ms=5, lw=1.8, color=cmap(norm(counts[c])),
                 label=f"{c} {names[c]} (n={counts[c]})")
     for v, lab in ((best.get("min_weight"), "min_weight"), (best.get("max_weight"), "max_weight")):
         if pd.notna(v):
@@ -345,11 +361,11 @@ def plot_weights(runs: pd.DataFrame, best: pd.Series, counts, title: str, notes:
     if len(w.index):
         ax.set_xticks(w.index)
     ax.grid(alpha=0.3)
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", title="class (training images)",
+    body.legend(*ax.get_legend_handles_labels(), loc="outside right upper", title="class (training images)",
                fontsize=8.5)
     sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(sm, ax=ax, label="training images per class (log scale)", pad=0.01)
-    fig.suptitle(title)
+    body.colorbar(sm, ax=ax, label="training images per class (log scale)", pad=0.01)
+    _title(fig, title)
     _note(fig, notes)
     return _save(fig, path, paths)
 
@@ -370,13 +386,13 @@ def plot_per_class_f1(runs: pd.DataFrame, control_runs: pd.DataFrame | None, cou
     for n in np.unique(counts):
         idx = np.flatnonzero(counts == n)
         if len(idx) > 1:
-            jitter[idx] = np.exp(np.linspace(-0.12, 0.12, len(idx)))
+            jitter[idx] = np.exp(np.linspace(-0.2, 0.2, len(idx)))
     x = counts * jitter
     s1, s2 = final(runs, 1), final(runs, 2)
     ctl = final(control_runs, 2) if control_runs is not None and len(control_runs) else None
     names = class_names(C)
-    fig = _new_figure(10, 5.6)
-    ax = fig.subplots()
+    fig, body = _new_figure(10, 5.6)
+    ax = body.subplots()
     for c in range(C):
         if s1 is not None and s2 is not None:
             ax.annotate("", xy=(x[c], s2[c]), xytext=(x[c], s1[c]),
@@ -386,7 +402,7 @@ def plot_per_class_f1(runs: pd.DataFrame, control_runs: pd.DataFrame | None, cou
     if s2 is not None:
         ax.scatter(x, s2, s=60, color="tab:blue", zorder=4, label="end of stage 2 (two-stage)")
     if ctl is not None:
-        ax.scatter(x, ctl, s=60, marker="x", color="tab:red", zorder=4, label="end of stage 2 (same-budget control)")
+        ax.scatter(x * 1.06, ctl, s=60, marker="x", color="tab:red", zorder=4, label="end of stage 2 (same-budget control)")
     for c in range(C):
         y = s2[c] if s2 is not None else s1[c]
         ax.annotate(names[c], (x[c], y), xytext=(5, 3), textcoords="offset points", fontsize=8, color="dimgray")
@@ -396,7 +412,7 @@ def plot_per_class_f1(runs: pd.DataFrame, control_runs: pd.DataFrame | None, cou
     ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper left")
-    fig.suptitle(title)
+    _title(fig, title)
     _note(fig, notes if ctl is not None else notes + ["no finished control run for this model and scenario"])
     return _save(fig, path, paths)
 
@@ -405,30 +421,31 @@ def plot_per_class_f1(runs: pd.DataFrame, control_runs: pd.DataFrame | None, cou
 # Compare suite
 
 def plot_compare(g: pd.DataFrame, title: str, notes: list, path: Path, paths: list) -> Path:
-    """Methods x metrics: annotated mean ± std; colours rank each column (best = darkest)."""
+    """Methods x metrics: annotated mean ± std; colour = place in the column's range (darkest = highest)."""
     metrics = st.COMPARE_METRICS
     mean = np.array([[r[f"test_{m}_pct_mean"] for m, _ in metrics] for _, r in g.iterrows()], dtype=float)
     std = np.array([[r[f"test_{m}_pct_std"] for m, _ in metrics] for _, r in g.iterrows()], dtype=float)
     lo, hi = np.nanmin(mean, axis=0), np.nanmax(mean, axis=0)
     rel = (mean - lo) / np.where(hi > lo, hi - lo, 1)
-    fig = _new_figure(12, 1.8 + 0.5 * len(g))
-    ax = fig.subplots()
-    cm = matplotlib.colormaps["Blues"].copy()
+    fig, body = _new_figure(12, 1.8 + 0.5 * len(g))
+    ax = body.subplots()
+    # the lighter 80% of "Blues", so that black or white text stays readable on every cell
+    cm = matplotlib.colors.ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0, 0.8, 256)))
     cm.set_bad("lightgray")
-    im = ax.imshow(np.ma.masked_invalid(rel), cmap=cm, vmin=0, vmax=1.25, aspect="auto")
+    im = ax.imshow(np.ma.masked_invalid(rel), cmap=cm, vmin=0, vmax=1, aspect="auto")
     for i in range(mean.shape[0]):
         for j in range(mean.shape[1]):
             text = st.fmt_mean_std(mean[i, j], std[i, j], 1)
             ax.text(j, i, text, ha="center", va="center", fontsize=9.5,
-                    color="white" if np.isfinite(rel[i, j]) and rel[i, j] > 0.7 else "black")
+                    color="white" if np.isfinite(rel[i, j]) and rel[i, j] > 0.75 else "black")
     ax.set_xticks(range(len(metrics)), [f"{label} (%)" for _, label in metrics])
     ax.set_yticks(range(len(g)), [f"{m} (n={n})" for m, n in zip(g["method"], g["n_seeds"])])
     ax.set_xlabel("test metric at stage 2's last epoch (%), mean ± std over seeds")
     ax.set_ylabel("method (seeds)")
     ax.xaxis.set_ticks_position("top")
     ax.xaxis.set_label_position("top")
-    fig.colorbar(im, ax=ax, label="rank within the column (0 = worst, 1 = best)", shrink=0.9, pad=0.01)
-    fig.suptitle(title)
+    body.colorbar(im, ax=ax, label="place in the column's range (0 = lowest, 1 = highest)", shrink=0.9, pad=0.01)
+    _title(fig, title)
     _note(fig, notes)
     return _save(fig, path, paths)
 

@@ -56,7 +56,7 @@ def train_one_epoch(model, batches, optimizer, loss_fn, lr_at, start_step: int, 
     number of steps. Raises :class:`NonFiniteError` if the objective was not finite.
     """
     model.train(train_mode)
-    forward = forward or model
+    forward = model if forward is None else forward
     device = next(model.parameters()).device
     if class_weights is not None:
         class_weights = class_weights.to(device)

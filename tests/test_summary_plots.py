@@ -32,11 +32,11 @@ def _hash(d: dict) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def write_run(folder: Path, values=None, splits=("test", "val"), upto=None, **identity) -> Path:
+def write_run(folder: Path, values=None, splits=("test", "val"), upto=None, offset=0.0, **identity) -> Path:
     """Write one run's CSV into ``folder``; return its path.
 
     ``values(stage, epoch, split) -> dict`` overrides the formula's metrics; ``upto=(stage, epoch)``
-    stops the run there (a run still training)."""
+    stops the run there (a run still training); ``offset`` shifts every metric."""
     ident = {**IDENTITY, **identity}
     ident["run_id"] = _hash({k: v for k, v in ident.items() if k not in ("tag", "run_id", "stage1_id")})
     ident["stage1_id"] = _hash({k: ident[k] for k in ("model", "scenario", "seed", "stage1_epochs", "imb_factor")})
@@ -48,7 +48,7 @@ def write_run(folder: Path, values=None, splits=("test", "val"), upto=None, **id
                 break
             g = epoch + (ident["stage1_epochs"] if stage == 2 else 0)
             for split in splits:
-                base = 0.2 + 0.03 * g + 0.01 * ident["seed"] + (bonus if stage == 2 else 0.0) + (0.005 if split == "val" else 0)
+                base = offset + 0.2 + 0.03 * g + 0.01 * ident["seed"] + (bonus if stage == 2 else 0.0) + (0.005 if split == "val" else 0)
                 f1 = [max(0.0, base + 0.3 - 0.06 * c) for c in range(C)]
                 row = {**ident, "stage": stage, "epoch": epoch, "global_epoch": g, "split": split, "lr": 0.01,
                        "train_loss": 1.0, "seconds": 1.0, "loss": 2.0 - base, "acc": base + 0.1, "macro_f1": base,
@@ -65,3 +65,171 @@ def write_run(folder: Path, values=None, splits=("test", "val"), upto=None, **id
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(folder / name, index=False)
     return folder / name
+
+
+def pinned(stage2_val: dict, stage2_test: dict, default: float = 0.1):
+    """``values`` for write_run: stage-2 macro-F1 per epoch on val and test; stage 1 at ``default``."""
+    def values(stage, epoch, split):
+        table = stage2_val if split == "val" else stage2_test
+        return {"macro_f1": table.get(epoch, default) if stage == 2 else default}
+    return values
+
+
+# ----------------------------------------------------------------------------------------------
+# summary_tuning
+
+def test_best_epoch_and_best_config_are_chosen_on_validation_not_test(tmp_path):
+    res = tmp_path / "results"
+    # within a run: validation peaks at stage-2 epoch 2, test at epoch 3
+    write_run(res, pinned({1: 0.50, 2: 0.60, 3: 0.55}, {1: 0.30, 2: 0.31, 3: 0.90}), exp_name="baseline")
+    # across configurations: A is best on validation, B on test
+    tune = dict(tag="tuning-quick", stage2_focal_gamma=1.5, dynamic_mode="loss", min_weight=1.0, max_weight=8.0)
+    write_run(res, pinned({1: 0.70, 2: 0.70, 3: 0.70}, {1: 0.20, 2: 0.20, 3: 0.20}),
+              exp_name="tune-lr0.003-w1-8-g1.5-loss", stage2_lr=0.003, **tune)  # A
+    write_run(res, pinned({1: 0.65, 2: 0.65, 3: 0.65}, {1: 0.95, 2: 0.95, 3: 0.95}),
+              exp_name="tune-lr0.03-w1-8-g1.5-loss", stage2_lr=0.03, **tune)  # B
+    # the control scores highest on validation but is never a candidate
+    write_run(res, pinned({3: 0.99}, {3: 0.99}), exp_name="control", dynamic_mode="none", stage2_loss_type="ce")
+
+    out = st.write_summary(res, tmp_path / "out", verbose=False)
+    s = out["summary"].set_index("variant")
+    assert s.loc["two_stage", "s2_best_epoch"] == 2
+    assert s.loc["two_stage", "s2_best_test_macro_f1"] == pytest.approx(0.31)
+    assert s.loc["two_stage", "s2_final_test_macro_f1"] == pytest.approx(0.90)
+    assert s.loc["two_stage", "delta_final_test_macro_f1"] == pytest.approx(0.90 - 0.1)
+    assert s.loc["lr0.003-w1-8-g1.5-loss", "role"] == "tuning" and s.loc["control", "role"] == "control"
+
+    best = out["best"]
+    assert len(best) == 1 and best["n_candidates"].iloc[0] == 3  # baseline + 2 tuning points, pooled over tags
+    b = best.iloc[0]
+    assert b["variant"] == "lr0.003-w1-8-g1.5-loss" and b["stage2_lr"] == 0.003
+    assert b["s2_best_val_macro_f1_mean"] == pytest.approx(0.70)
+    assert b["s2_best_test_macro_f1_mean"] == pytest.approx(0.20)  # reported, never used to choose
+    on_disk = pd.read_csv(tmp_path / "out" / "best_configs.csv")
+    assert on_disk["variant"].tolist() == ["lr0.003-w1-8-g1.5-loss"]
+
+
+def test_no_validation_split_means_no_choice(tmp_path):
+    res = tmp_path / "results"
+    write_run(res, splits=("test",), val_per_class=0, n_max=1000)
+    out = st.write_summary(res, tmp_path / "out", verbose=False)
+    assert out["summary"]["s2_best_selected_on"].tolist() == ["last"]
+    assert len(out["best"]) == 0 and any("no validation" in n for n in out["notes"])
+
+
+def test_mean_and_std_over_seeds(tmp_path):
+    res = tmp_path / "results"
+    for seed, f1 in ((0, 0.40), (1, 0.50), (2, 0.60)):
+        write_run(res, pinned({}, {3: f1}), seed=seed)
+    write_run(res, pinned({}, {3: 0.90}), seed=3, upto=(2, 1))  # still running: not in the mean
+    write_run(res, pinned({}, {3: 0.33}), seed=0, model="resnet20")  # a single seed
+    out = st.write_summary(res, tmp_path / "out", verbose=False)
+    assert out["summary"]["complete"].tolist().count(False) == 1
+    agg = out["agg"].set_index("model")
+    r = agg.loc["resnet10"]
+    assert r["n_seeds"] == 3 and r["seeds"] == "0 1 2"
+    assert r["s2_final_test_macro_f1_mean"] == pytest.approx(0.50)
+    assert r["s2_final_test_macro_f1_std"] == pytest.approx(0.10)  # sample std, ddof=1
+    assert r["s1_final_test_macro_f1_std"] == pytest.approx(0.0)
+    one = agg.loc["resnet20"]
+    assert one["n_seeds"] == 1 and one["s2_final_test_macro_f1_mean"] == pytest.approx(0.33)
+    assert np.isnan(one["s2_final_test_macro_f1_std"])
+    assert len(pd.read_csv(tmp_path / "out" / "summary_tuning_agg.csv")) == 2
+
+
+def test_compare_table(tmp_path):
+    res = tmp_path / "results"
+    pins = {"ce": (0.40, 0.44), "ldam_drw": (0.50, 0.52), "two_stage_ictta": (0.47, 0.47)}
+    for method, values in pins.items():
+        for seed, f1 in enumerate(values):
+            write_run(res, lambda s, e, split, f1=f1: {"macro_f1": f1, "acc": f1 + 0.1, "few_acc": f1 / 2},
+                      exp_name=method, method=method, seed=seed, tag="compare-reduced", model="resnet32", n_max="")
+    write_run(res, tag="baseline-quick")  # another suite: not in the table
+    out = st.write_summary(res, tmp_path / "out", verbose=False)
+    table = out["compare"]
+    final = table[table["selection"] == "final"].set_index("method")
+    assert list(final.index) == ["ce", "ldam_drw", "two_stage_ictta"]  # issue 4's order
+    assert set(table["selection"]) == {"final", "best"} and set(table["tag"]) == {"compare-reduced"}
+    ce = final.loc["ce"]
+    assert ce["test_macro_f1_pct_mean"] == pytest.approx(42.0)
+    assert ce["test_macro_f1_pct_std"] == pytest.approx(np.std([40, 44], ddof=1))
+    assert ce["test_acc_pct_mean"] == pytest.approx(52.0) and ce["test_few_acc_pct_mean"] == pytest.approx(21.0)
+    assert ce["test_macro_f1_pct"] == "42.00 ± 2.83"
+    assert final.loc["two_stage_ictta", "test_macro_f1_pct"] == "47.00 ± 0.00"
+    assert ce["n_seeds"] == 2 and ce["n_max"] == 4900  # 5000 - 100 validation images per class
+    md = (tmp_path / "out" / "compare_table.md").read_text()
+    assert "| ldam_drw | 2 | **61.00 ± 1.41** | **51.00 ± 1.41** |" in md
+    assert "n_max 4900" in md and "stage-2 last epoch" in md and "best-by-validation" in md
+    assert len(pd.read_csv(tmp_path / "out" / "compare_table.csv")) == 6
+
+
+def test_labels():
+    assert st.split_tag("tuning-quick") == ("tuning", "quick") and st.split_tag("mine") == ("", "mine")
+    ident = {**IDENTITY, "exp_name": "tune-x", "stage2_lr": 0.03, "max_weight": 16.0, "dynamic_mode": "val_loss"}
+    assert st.variant_and_role(ident) == ("lr0.03-w1-16-g1.5-val_loss", "tuning")
+    assert st.variant_and_role({**IDENTITY, "exp_name": "x", "dynamic_mode": "none", "stage2_loss_type": "ce"})[1] == "control"
+    assert st.variant_and_role({**IDENTITY, "exp_name": "drw", "method": "drw", "tag": "compare-full"}) == ("drw", "method")
+
+
+def test_cli_without_results(tmp_path, capsys):
+    assert st.main(["--results", str(tmp_path), "--quiet"]) == 1
+    assert plots.main(["--results", str(tmp_path / "nowhere"), "--quiet"]) == 1
+    assert "results_*.csv" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# plots
+
+def test_plots_on_partial_results(tmp_path):
+    """One model, one scenario, one seed, a run still going, a single compare method: every figure
+    that can be drawn is, and the notes say what is missing."""
+    res = tmp_path / "results"
+    write_run(res / "quick", model="resnet10", scenario="head_tail")
+    write_run(res / "quick", model="resnet10", scenario="head_tail", exp_name="control", dynamic_mode="none",
+              stage2_loss_type="ce")
+    write_run(res / "quick", model="resnet20", scenario="long_tail", upto=(1, 2))
+    write_run(res / "reduced", exp_name="ce", method="ce", tag="compare-reduced")
+    fig_dir = tmp_path / "figures"
+    assert plots.main(["--results", str(res), "--out", str(fig_dir), "--quiet"]) == 0
+    expected = ["bar_models_vs_scenario_macro_f1.png", "line_depth_trend_macro_f1.png", "heatmap_macro_f1.png",
+                "curves_best/resnet10_head_tail_acc_curves_best.png",
+                "class_weights/resnet10_head_tail_stage2_weights.png",
+                "per_class_f1/resnet10_head_tail_f1_vs_count.png", "compare/compare-reduced_resnet10_long_tail_imb0.01.png",
+                "best_summary.csv", "best_hparams.csv", "class_counts_imb01.csv"]
+    for name in expected:
+        assert (fig_dir / name).stat().st_size > 0, name
+    pngs = sorted(p.relative_to(fig_dir).as_posix() for p in fig_dir.rglob("*.png"))
+    assert pngs == sorted(n for n in expected if n.endswith(".png"))
+
+    result = plots.make_plots(res, tmp_path / "again", verbose=False)
+    notes = " ".join(result["notes"])
+    assert "simplecnn" in notes and "long_tail" in notes and "one seed" in notes and "still running" in notes
+    assert "fewer than 3 seeds" in notes
+    best = result["best_summary"].iloc[0]
+    assert best["chosen_variant"] == "two_stage" and best["final_macro_f1_minus_control"] == pytest.approx(0.03)
+    counts = pd.read_csv(fig_dir / "class_counts_imb01.csv")
+    assert counts["long_tail"].iloc[[0, -1]].tolist() == [1500, 15] and counts["head_tail"].tolist() == [1500] * 5 + [15] * 5
+    assert counts["name"].iloc[0] == "airplane"
+
+
+def test_plots_with_nothing_finished(tmp_path):
+    res = tmp_path / "results"
+    write_run(res, upto=(1, 1))
+    result = plots.make_plots(res, tmp_path / "figures", verbose=False)
+    assert not list((tmp_path / "figures").rglob("*.png"))
+    assert any("no finished runs" in n for n in result["notes"])
+
+
+def test_summary_and_plots_on_a_real_run(tiny_run_kwargs, tmp_path):
+    """The CSV that two_stage_ictta writes, not a hand-made one (synthetic 4-class data)."""
+    from two_stage_ictta import run_two_stage_ictta_on_scenario
+
+    run_two_stage_ictta_on_scenario("simplecnn", "long_tail", **tiny_run_kwargs)
+    res = Path(tiny_run_kwargs["log_dir"])
+    out = st.write_summary(res, tmp_path / "out", verbose=False)
+    row = out["summary"].iloc[0]
+    assert row["complete"] and row["num_classes"] == 4 and row["variant"] == "two_stage"
+    assert 0 <= row["s2_best_test_macro_f1"] <= 1 and row["s2_best_selected_on"] == "val"
+    result = plots.make_plots(res, tmp_path / "figures", verbose=False)
+    assert (tmp_path / "figures" / "curves_best" / "simplecnn_long_tail_acc_curves_best.png").exists()
+    assert any("training counts unknown" in n for n in result["notes"])  # no n_max, not CIFAR-10
