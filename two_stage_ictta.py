@@ -172,23 +172,34 @@ def _is_int(v) -> bool:
 
 
 def _is_num(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _is_choice(v, choices) -> bool:
+    """``v in choices`` for a string only: a list or array would raise TypeError or an
+    ambiguous-truth ValueError that names no parameter."""
+    return isinstance(v, str) and v in choices
 
 
 def validate_config(cfg: TwoStageConfig) -> None:
     """Raise ``ValueError`` naming the first invalid setting and what it accepts. Writes nothing."""
     _check(isinstance(cfg.model_name, str) and cfg.model_name.lower() in MODELS, "model_name",
            cfg.model_name, ", ".join(MODELS))
-    _check(cfg.imbalance_type in data_loader.IMBALANCE_TYPES, "imbalance_type", cfg.imbalance_type,
+    _check(_is_choice(cfg.imbalance_type, data_loader.IMBALANCE_TYPES), "imbalance_type", cfg.imbalance_type,
            ", ".join(data_loader.IMBALANCE_TYPES))
-    _check(cfg.method in METHODS, "method", cfg.method, ", ".join(METHODS))
-    _check(cfg.stage2_loss_type in STAGE2_LOSS_TYPES, "stage2_loss_type", cfg.stage2_loss_type,
+    _check(_is_choice(cfg.method, METHODS), "method", cfg.method, ", ".join(METHODS))
+    _check(_is_choice(cfg.stage2_loss_type, STAGE2_LOSS_TYPES), "stage2_loss_type", cfg.stage2_loss_type,
            ", ".join(STAGE2_LOSS_TYPES))
-    _check(cfg.dynamic_mode in losses.DYNAMIC_MODES, "dynamic_mode", cfg.dynamic_mode,
+    _check(_is_choice(cfg.dynamic_mode, losses.DYNAMIC_MODES), "dynamic_mode", cfg.dynamic_mode,
            ", ".join(losses.DYNAMIC_MODES))
-    _check(cfg.schedule in SCHEDULES, "schedule", cfg.schedule, ", ".join(SCHEDULES))
-    _check(cfg.precision in PRECISIONS, "precision", cfg.precision, ", ".join(PRECISIONS))
-    _check(cfg.compile_mode in COMPILE_MODES, "compile_mode", cfg.compile_mode, ", ".join(COMPILE_MODES))
+    _check(_is_choice(cfg.schedule, SCHEDULES), "schedule", cfg.schedule, ", ".join(SCHEDULES))
+    _check(_is_choice(cfg.precision, PRECISIONS), "precision", cfg.precision, ", ".join(PRECISIONS))
+    _check(_is_choice(cfg.compile_mode, COMPILE_MODES), "compile_mode", cfg.compile_mode, ", ".join(COMPILE_MODES))
     _check(_is_num(cfg.imb_factor) and 0 < cfg.imb_factor <= 1, "imb_factor", cfg.imb_factor, "a number in (0, 1]")
     for name in ("stage1_epochs", "stage2_epochs"):
         v = getattr(cfg, name)
@@ -224,8 +235,8 @@ def validate_config(cfg: TwoStageConfig) -> None:
            "an integer >= 0")
     _check(cfg.n_max is None or (_is_int(cfg.n_max) and cfg.n_max >= 1), "n_max", cfg.n_max,
            "None or an integer >= 1")
-    _check(cfg.threads is None or (_is_int(cfg.threads) and cfg.threads >= 1), "threads", cfg.threads,
-           "None or an integer >= 1")
+    _check(cfg.threads is None or (_is_int(cfg.threads) and 1 <= cfg.threads <= 1024), "threads", cfg.threads,
+           "None or an integer in [1, 1024]")  # torch overflows past 2**31 and spawns that many threads
     _check(cfg.exp_name is None or (isinstance(cfg.exp_name, str) and cfg.exp_name != ""
                                      and all(c.isalnum() or c in "-_.=" for c in cfg.exp_name)),
            "exp_name", cfg.exp_name, "None or a non-empty name of letters, digits and - _ . =")
@@ -301,8 +312,9 @@ def lr_at_step(step: int, steps_per_epoch: int, cfg: TwoStageConfig, stage: int)
     return lr
 
 
-def build_loss(name: str, counts, cfg: TwoStageConfig):
-    """The loss function ``f(logits, y, weight, reduction)`` of a method's stage."""
+def build_loss(name: str, counts, cfg: TwoStageConfig, device="cpu"):
+    """The loss function ``f(logits, y, weight, reduction)`` of a method's stage; its constant
+    tensors (margins, priors) live on ``device`` so the step loop copies nothing."""
     if name == "ictta":
         name = cfg.stage2_loss_type
         if name == "focal":
@@ -312,13 +324,13 @@ def build_loss(name: str, counts, cfg: TwoStageConfig):
     if name == "focal":
         return partial(losses.focal_loss, gamma=cfg.focal_gamma)
     if name == "ldam":
-        return partial(losses.ldam_loss, margins=losses.ldam_margins(counts, cfg.ldam_max_margin),
+        return partial(losses.ldam_loss, margins=losses.ldam_margins(counts, cfg.ldam_max_margin).to(device),
                        scale=cfg.ldam_scale)
     if name == "logit_adjust":
-        return partial(losses.logit_adjusted_loss, log_priors=losses.log_prior(counts), tau=cfg.la_tau)
+        return partial(losses.logit_adjusted_loss, log_priors=losses.log_prior(counts).to(device), tau=cfg.la_tau)
     if name == "balanced_softmax":
-        return partial(losses.logit_adjusted_loss, log_priors=torch.tensor(counts, dtype=torch.float64).log().float(),
-                       tau=1.0)
+        log_counts = torch.tensor(counts, dtype=torch.float64).log().float().to(device)
+        return partial(losses.logit_adjusted_loss, log_priors=log_counts, tau=1.0)
     raise ValueError(f"unknown loss {name!r}")
 
 
@@ -530,7 +542,7 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
                                                     sampler="class_balanced", channels_last=cfg.channels_last)
             loss_name = method.loss1 if stage == 1 else method.loss2
             weight_kind = method.weights1 if stage == 1 else method.weights2
-            loss_fn = build_loss(loss_name, counts, cfg)
+            loss_fn = build_loss(loss_name, counts, cfg, device)
             for epoch in range(st["epoch"] + 1, n_epochs + 1):
                 t0 = time.perf_counter()
                 if weight_kind == "dynamic":  # from the statistic of the epoch just before this one
