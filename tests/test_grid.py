@@ -1,0 +1,147 @@
+"""The grid runner: plans, stage-1 sharing, the smoke profile end to end, and resume after kill -9."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import run_all_models as grid
+from two_stage_ictta import stage1_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_results(folder: Path) -> dict[str, pd.DataFrame]:
+    """Every run's CSV under folder, without the wall-clock column."""
+    return {p.name: pd.read_csv(p).drop(columns=["seconds"]) for p in sorted(folder.rglob("results_*.csv"))}
+
+
+def test_baseline_plan_pairs_every_run_with_its_control():
+    cfgs = grid.plan_baseline("quick", seeds=(0, 1))
+    assert len(cfgs) == 2 * len(grid.BASELINE_MODELS) * len(grid.SCENARIOS) * 2
+    runs = {(c.model_name, c.imbalance_type, c.seed, c.exp_name): c for c in cfgs}
+    for (model, scen, seed, exp), cfg in runs.items():
+        if exp == "baseline":
+            control = runs[(model, scen, seed, "control")]
+            assert (control.dynamic_mode, control.stage2_loss_type) == ("none", "ce")
+            assert (cfg.dynamic_mode, cfg.stage2_loss_type) == ("loss", "focal")
+            assert stage1_hash(control) == stage1_hash(cfg)  # the control shares stage 1
+
+
+def test_tuning_grid_is_one_knob_at_a_time_in_quick_and_a_product_in_full():
+    quick = grid.tuning_points("quick")
+    assert len(quick) == sum(len(v) - 1 for v in grid.TUNING_GRID.values())  # each knob's non-default values
+    full = grid.tuning_points("full")
+    n_product = 1
+    for values in grid.TUNING_GRID.values():
+        n_product *= len(values)
+    assert len(full) == n_product - 1  # all but the default point, which is the baseline run
+    names = {grid._tuning_settings(p)["exp_name"] for p in full}
+    assert len(names) == len(full)  # every point writes its own files
+
+
+def test_every_tuning_point_shares_the_baseline_stage1():
+    cfgs = grid.plan_baseline("quick", models=("resnet10",), scenarios=("long_tail",)) + \
+        grid.plan_tuning("quick", models=("resnet10",), scenarios=("long_tail",))
+    assert len({stage1_hash(c) for c in cfgs}) == 1
+
+
+def test_order_for_sharing_keeps_runs_with_one_stage1_adjacent():
+    cfgs = grid.plan_compare("reduced", seeds=(0, 1))
+    ordered = grid.order_for_sharing(cfgs)
+    hashes = [stage1_hash(c) for c in ordered]
+    for h in set(hashes):
+        idx = [i for i, x in enumerate(hashes) if x == h]
+        assert idx == list(range(idx[0], idx[0] + len(idx)))
+
+
+def test_compare_plan_filters_cases_and_rejects_unknown():
+    cfgs = grid.plan_compare("literature", scenarios=("long_tail",), imb_factors=[0.01], methods=("ce", "ldam_drw"),
+                             seeds=(0, 1, 2))
+    assert {(c.imbalance_type, c.imb_factor, c.method) for c in cfgs} == {("long_tail", 0.01, "ce"),
+                                                                          ("long_tail", 0.01, "ldam_drw")}
+    assert all(c.stage1_epochs == 160 and c.stage2_epochs == 40 and c.model_name == "resnet32" for c in cfgs)
+    with pytest.raises(ValueError, match="imb_factors"):
+        grid.plan_compare("literature", imb_factors=[0.5])
+
+
+def _grid_cmd(data_root: Path, out: Path) -> list[str]:
+    return [sys.executable, "run_all_models.py", "--profile", "smoke", "--models", "resnet10",
+            "--scenarios", "long_tail", "--data-root", str(data_root), "--out", str(out), "--device", "cpu",
+            "--quiet"]
+
+
+def test_smoke_grid_runs_end_to_end_and_skips_on_rerun(synthetic_root, tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run(_grid_cmd(synthetic_root, out), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = read_results(out)
+    assert set(files) == {"results_baseline_resnet10_long_tail_imb0.1_seed0.csv",
+                          "results_control_resnet10_long_tail_imb0.1_seed0.csv",
+                          f"results_{grid._tuning_settings(grid.tuning_points('smoke')[0])['exp_name']}"
+                          "_resnet10_long_tail_imb0.1_seed0.csv"}
+    assert len(list((out / "smoke" / "stage1").glob("*.pt"))) == 1  # one stage 1 for all three
+    assert "3 done" in r.stdout and "0 failed" in r.stdout
+    again = subprocess.run(_grid_cmd(synthetic_root, out), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "3 skipped" in again.stdout
+    for name, df in read_results(out).items():
+        pd.testing.assert_frame_equal(df, files[name])
+
+
+def test_grid_killed_with_sigkill_then_rerun_equals_uninterrupted(synthetic_root, tmp_path):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    subprocess.run(_grid_cmd(synthetic_root, clean), cwd=ROOT, check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen(_grid_cmd(synthetic_root, killed), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(killed.rglob("results_*.csv")):  # the first epoch is logged
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    r = subprocess.run(_grid_cmd(synthetic_root, killed), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = read_results(clean), read_results(killed)
+    assert set(a) == set(b)
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name], check_exact=True)
+    assert not list(killed.rglob("*.tmp")) and not list(killed.rglob("*.lock"))
+
+
+def test_grid_reports_a_failed_run_and_goes_on(synthetic_root, tmp_path, monkeypatch):
+    import two_stage_ictta
+
+    real = two_stage_ictta.run_two_stage
+    calls = []
+
+    def flaky(cfg):
+        calls.append(cfg.exp_name)
+        if cfg.exp_name == "baseline":
+            raise FloatingPointError("training loss became nan")
+        return real(cfg)
+
+    monkeypatch.setattr(grid, "run_two_stage", flaky)
+    report = grid.run_baseline_all_models("smoke", models=("resnet10",), scenarios=("long_tail",),
+                                          out=str(tmp_path), quiet=True, data_root=str(synthetic_root), device="cpu")
+    assert len(report["failed"]) == 1 and "nan" in report["failed"][0]["error"]
+    assert len(report["done"]) == 1 and calls == ["baseline", "control"]
+    assert "1 failed" in grid.format_report(report)
+
+
+def test_grid_cli_rejects_bad_input_with_usage_error(tmp_path):
+    r = subprocess.run([sys.executable, "run_all_models.py", "--profile", "nope"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--profile" in r.stderr
+    junk = tmp_path / "junk"  # a folder with files but no dataset: no download is tried
+    junk.mkdir()
+    (junk / "notes.txt").write_text("not a dataset")
+    r = subprocess.run([sys.executable, "run_all_models.py", "--profile", "smoke", "--data-root",
+                        str(junk), "--out", str(tmp_path / "o")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "data_root" in r.stderr
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.csv"))
