@@ -110,7 +110,7 @@ def _decode(paths: list[Path], size: tuple[int, int] | None) -> np.ndarray:
         try:
             with Image.open(p) as im:
                 arr = np.asarray(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot read image file {p}: {e}") from e
         if out is None:
             size = size or arr.shape[:2]

@@ -361,15 +361,33 @@ class RunLock:
                 return self
             except FileExistsError:
                 try:
-                    host, pid = self.path.read_text().split()
+                    text = self.path.read_text()
+                    host, pid = text.split()
+                    int(pid)
                 except (OSError, ValueError):
-                    host, pid = "", "0"
+                    text, host, pid = None, "", "0"
                 if host == socket.gethostname() and not _pid_alive(int(pid)):
-                    self.path.unlink(missing_ok=True)
+                    self._remove_if_unchanged(text)
                     continue
                 raise RunLockedError(f"run {self.path.stem!r} is being written by process {pid} on "
                                      f"{host}; wait for it, or delete {self.path} if that process is gone")
         raise RunLockedError(f"could not take the lock {self.path}")
+
+    def _remove_if_unchanged(self, stale: str) -> None:
+        """Delete the stale lock file if it still reads ``stale``. A flock on the folder makes the
+        check and the delete one step between processes: otherwise two processes that both found
+        the same stale lock could each delete the other's fresh one, and both run."""
+        import fcntl
+
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close
+            if self.path.read_text() == stale:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
 
     def __exit__(self, *exc):
         self.path.unlink(missing_ok=True)
@@ -382,7 +400,7 @@ class RunLockedError(RuntimeError):
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process; a pid no process can have
         return False
     except PermissionError:
         return True
@@ -431,6 +449,9 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with RunLock(log_dir / f"{name}.lock"):
+        for suffix in ("csv", "json", "ckpt.pt"):  # temporary files of an attempt that was killed
+            for tmp in log_dir.glob(f".{name}.{suffix}.*.tmp"):
+                tmp.unlink(missing_ok=True)
         return _run_locked(cfg, paths, run_id)
 
 

@@ -1,0 +1,492 @@
+"""Nothing lost, nothing wrong (issue 6): resume after SIGKILL, determinism, concurrent runs and
+locks, bad data, an unwritable log_dir, and numerical safety. The settings fuzz is test_fuzz.py.
+
+The runs are tiny (the synthetic 4-class data, ResNet-10, batch 32, 1 + 4 epochs) so that the whole
+file takes well under a minute. Every run uses ``threads=1``: CPU results are bitwise reproducible
+for a fixed thread count only (1 and 2 threads give different last bits), and a single thread also
+keeps the runs fast on a busy machine.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+import data_loader
+import main as cli
+import two_stage_ictta as tsi
+from conftest import make_image_folder
+from data_loader import DataError
+from losses import focal_loss
+from train_eval import NonFiniteError
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = dict(stage1_epochs=1, stage2_epochs=4, batch_size=32, val_per_class=5, imb_factor=0.2,
+           device="cpu", quiet=True, eval_batch_size=64, threads=1)
+MODEL, SCENARIO = "resnet10", "long_tail"
+TIMEOUT = 240  # s, per subprocess: generous, the machine may be shared
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """``threads=1`` in a run sets torch's global thread count; give the next test its own back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def cli_command(data_root, log_dir, **overrides) -> list[str]:
+    """``python main.py ...`` for the RUN settings (plus ``overrides``)."""
+    settings_ = {"model_name": MODEL, "imbalance_type": SCENARIO, **RUN, "data_root": str(data_root),
+                 "log_dir": str(log_dir), **overrides}
+    argv = [sys.executable, "main.py"]
+    for k, v in settings_.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            argv.append(flag if v else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(v)]
+    return argv
+
+
+def start(argv, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(argv, cwd=ROOT, stdout=open(log.with_suffix(".out"), "w"),
+                            stderr=open(log.with_suffix(".err"), "w"))
+
+
+def finish(proc: subprocess.Popen, log: Path) -> str:
+    """Wait for ``proc``; fail with its stderr unless it succeeded. Returns stdout."""
+    rc = proc.wait(timeout=TIMEOUT)
+    err = log.with_suffix(".err").read_text()
+    assert rc == 0, f"{proc.args} exited {rc}:\n{err[-3000:]}"
+    return log.with_suffix(".out").read_text()
+
+
+def only(folder: Path, pattern: str) -> Path:
+    found = sorted(folder.glob(pattern))
+    assert len(found) == 1, f"{pattern} in {folder}: {found}"
+    return found[0]
+
+
+def csv_rows(path: Path, drop=("seconds",)) -> list[dict]:
+    """The CSV's rows as exact text, without the wall-clock column."""
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
+
+
+def assert_same_rows(a: list[dict], b: list[dict], what: str = "") -> None:
+    assert len(a) == len(b), f"{what}: {len(a)} rows != {len(b)}"
+    for i, (ra, rb) in enumerate(zip(a, b)):
+        diff = {k: (ra.get(k), rb.get(k)) for k in ra.keys() | rb.keys() if ra.get(k) != rb.get(k)}
+        assert not diff, f"{what}: row {i} (stage {ra.get('stage')} epoch {ra.get('epoch')} " \
+                         f"{ra.get('split')}) differs: {diff}"
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Lock files, checkpoints and temporary files: none may remain after a finished run."""
+    return sorted(p.name for p in folder.rglob("*")
+                  if p.name.endswith((".lock", ".ckpt.pt", ".tmp")) or ".tmp" in p.name)
+
+
+@pytest.fixture(scope="module")
+def data_root(synthetic_root) -> Path:
+    data_loader.load_dataset(synthetic_root)  # decode and cache once, before processes race for it
+    return synthetic_root
+
+
+# ----------------------------------------------------------------------------------------------
+# Two processes in one log_dir; one of them SIGKILLed mid-run and rerun; a third refused meanwhile
+
+def _checkpoint_state(path: Path) -> dict | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["st"]
+    except (OSError, EOFError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError):
+        return None  # not written yet
+
+
+def _wait_for_checkpoint(proc, ckpt: Path, stage: int, epoch: int) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before it could be killed"
+        st_ = _checkpoint_state(ckpt) if ckpt.exists() else None
+        if st_ and (st_["stage"], st_["epoch"]) >= (stage, epoch):
+            return
+        time.sleep(0.01)
+    pytest.fail(f"{ckpt} did not reach stage {stage} epoch {epoch} in time")
+
+
+def _files(folder: Path, name: str) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob(f"*{name}*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def shared_dir(data_root, tmp_path_factory) -> dict:
+    """Two runs start together as ``python main.py`` processes in one log_dir: ``ref`` (the RUN
+    settings) and ``killed`` (the same with another exp_name). Once ``killed`` has finished stage-2
+    epoch 1, it is frozen (SIGSTOP: most likely inside an epoch); this process then tries the same
+    run and must be refused; ``killed`` gets SIGKILL and its command is run again to completion."""
+    log_dir, logs = tmp_path_factory.mktemp("shared_log_dir"), tmp_path_factory.mktemp("logs")
+    names = {k: tsi.run_name(tsi.TwoStageConfig(MODEL, SCENARIO, exp_name=k, **RUN)) for k in ("ref", "killed")}
+    ref = start(cli_command(data_root, log_dir, exp_name="ref"), logs / "ref")
+    argv = cli_command(data_root, log_dir, exp_name="killed")
+    victim = start(argv, logs / "killed")
+    out = {"log_dir": log_dir, "names": names, "victim_pid": victim.pid}
+    try:
+        _wait_for_checkpoint(victim, log_dir / f"{names['killed']}.ckpt.pt", stage=2, epoch=1)
+        os.kill(victim.pid, signal.SIGSTOP)
+        out["at_kill"] = _checkpoint_state(log_dir / f"{names['killed']}.ckpt.pt")
+        before = _files(log_dir, names["killed"])
+        threads = torch.get_num_threads()
+        try:  # a second process (this one) on the same run, while the first holds its lock
+            tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, data_root=str(data_root), log_dir=str(log_dir),
+                                                exp_name="killed", **RUN)
+        except tsi.RunLockedError as e:
+            out["refused"] = str(e)
+        finally:
+            torch.set_num_threads(threads)
+        out["unchanged_while_refused"] = _files(log_dir, names["killed"]) == before
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=TIMEOUT)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    lock = log_dir / f"{names['killed']}.lock"
+    out["lock_after_kill"] = lock.read_text() if lock.exists() else None
+    finish(start(argv, logs / "resumed"), logs / "resumed")  # the same command again
+    finish(ref, logs / "ref")
+    return out
+
+
+def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_csv(shared_dir, data_root):
+    log_dir, names = shared_dir["log_dir"], shared_dir["names"]
+    at_kill = shared_dir["at_kill"]
+    assert at_kill["stage"] == 2 and 1 <= at_kill["epoch"] < RUN["stage2_epochs"]
+    meta = json.loads((log_dir / f"{names['killed']}.json").read_text())
+    assert meta["status"] == "finished"
+    assert meta["resumed_from"] == [at_kill["stage"], at_kill["epoch"]]
+    # row for row, every value as written, except the run's name and id and the wall-clock seconds
+    drop = ("seconds", "run_id", "exp_name")
+    assert_same_rows(csv_rows(log_dir / f"{names['ref']}.csv", drop), csv_rows(log_dir / f"{names['killed']}.csv", drop),
+                     "resumed vs uninterrupted")
+
+    # once more: a finished run is returned from its JSON, not retrained, and nothing is rewritten
+    written = _files(log_dir, names["killed"])
+    again = tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, data_root=str(data_root), log_dir=str(log_dir),
+                                                exp_name="killed", **RUN)
+    assert again["skipped"] is True
+    assert _files(log_dir, names["killed"]) == written
+
+
+def test_second_process_on_a_running_run_is_refused_and_writes_nothing(shared_dir):
+    assert f"process {shared_dir['victim_pid']}" in shared_dir.get("refused", ""), "the second run was not refused"
+    assert shared_dir["unchanged_while_refused"]
+
+
+def test_lock_left_by_the_killed_process_was_taken_over(shared_dir):
+    assert shared_dir["lock_after_kill"] == _lock_text(shared_dir["victim_pid"])
+    assert not (shared_dir["log_dir"] / f"{shared_dir['names']['killed']}.lock").exists()
+
+
+def test_concurrent_runs_in_one_log_dir_do_not_corrupt_each_other(shared_dir):
+    log_dir = shared_dir["log_dir"]
+    n_rows = 2 * (RUN["stage1_epochs"] + RUN["stage2_epochs"])  # val and test, every epoch
+    for exp, name in shared_dir["names"].items():
+        rows = csv_rows(log_dir / f"{name}.csv")
+        assert len(rows) == n_rows and {r["exp_name"] for r in rows} == {exp}
+        meta = json.loads((log_dir / f"{name}.json").read_text())
+        assert meta["status"] == "finished" and meta["config"]["exp_name"] == exp
+    assert len(list((log_dir / "stage1").iterdir())) == 1  # one shared stage 1, whoever wrote it
+    assert leftovers(log_dir) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Determinism
+
+def test_same_seed_same_csv_in_process_and_from_the_cli(shared_dir, data_root, tmp_path):
+    """The API in this process and the CLI in another give the same numbers for the same seed."""
+    res = tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, data_root=str(data_root), log_dir=str(tmp_path),
+                                              exp_name="ref", **RUN)
+    reference = shared_dir["log_dir"] / f"{shared_dir['names']['ref']}.csv"
+    assert_same_rows(csv_rows(reference), csv_rows(Path(res["paths"]["csv"])), "API vs CLI")
+
+
+# ----------------------------------------------------------------------------------------------
+# The run lock
+
+def _lock_text(pid: int, host: str | None = None) -> str:
+    return f"{host or socket.gethostname()} {pid}"
+
+
+@pytest.fixture
+def live_pid():
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def dead_pid():
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # reaped: the pid is free
+    return proc.pid
+
+
+def test_lock_held_by_a_live_process_refuses_the_run(tmp_path, live_pid, synthetic_root):
+    cfg = tsi.TwoStageConfig(MODEL, SCENARIO, data_root=str(synthetic_root), log_dir=str(tmp_path), **RUN)
+    lock = tmp_path / f"{tsi.run_name(cfg)}.lock"
+    lock.write_text(_lock_text(live_pid))
+    with pytest.raises(tsi.RunLockedError, match=f"process {live_pid}"):
+        tsi.run_two_stage(cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [lock.name]  # nothing written
+    assert lock.read_text() == _lock_text(live_pid)
+
+
+def test_lock_of_a_dead_process_is_taken_over(tmp_path, dead_pid):
+    lock = tmp_path / "run.lock"
+    lock.write_text(_lock_text(dead_pid))
+    with tsi.RunLock(lock):
+        assert lock.read_text() == _lock_text(os.getpid())
+        with pytest.raises(tsi.RunLockedError):  # and now it is ours, alive
+            tsi.RunLock(lock).__enter__()
+    assert not lock.exists()
+
+
+def test_lock_from_another_host_is_respected(tmp_path, dead_pid):
+    lock = tmp_path / "run.lock"
+    lock.write_text(_lock_text(dead_pid, host="some-other-host"))  # its liveness cannot be checked here
+    with pytest.raises(tsi.RunLockedError, match="some-other-host"):
+        tsi.RunLock(lock).__enter__()
+
+
+@pytest.mark.parametrize("content", ["", "garbage", "{host} notapid", "{host} 1 2", "other-host -1"])
+def test_unreadable_lock_is_an_error_not_a_crash(tmp_path, content):
+    """A lock it cannot read is respected (the user is told to delete it), never a crash."""
+    lock = tmp_path / "run.lock"
+    lock.write_text(content.format(host=socket.gethostname()))
+    with pytest.raises(tsi.RunLockedError, match=str(lock)):
+        tsi.RunLock(lock).__enter__()
+
+
+def test_two_processes_cannot_both_take_over_one_stale_lock(tmp_path, dead_pid, live_pid, monkeypatch):
+    """Process P finds the stale lock; before it removes it, process Q takes it over (removes it and
+    writes its own). P must then see Q's live lock and stop, not delete it and run beside Q."""
+    lock = tmp_path / "run.lock"
+    lock.write_text(_lock_text(dead_pid))
+    real_alive = tsi._pid_alive
+
+    def alive_while_q_takes_over(pid: int) -> bool:
+        if pid == dead_pid and lock.read_text() == _lock_text(dead_pid):
+            lock.unlink()  # Q's takeover, between P's check and P's removal
+            lock.write_text(_lock_text(live_pid))
+            return False
+        return real_alive(pid)
+
+    monkeypatch.setattr(tsi, "_pid_alive", alive_while_q_takes_over)
+    with pytest.raises(tsi.RunLockedError, match=f"process {live_pid}"):
+        tsi.RunLock(lock).__enter__()
+    assert lock.read_text() == _lock_text(live_pid)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad data
+
+def _tiny_folder(root: Path, classes=("ant", "bee"), n_train=3, n_test=2) -> Path:
+    return make_image_folder(root, classes=classes, n_train=n_train, n_test=n_test)
+
+
+def _bomb_png() -> bytes:
+    """A valid PNG header claiming 40000x40000 pixels: Pillow refuses it as a decompression bomb."""
+    import struct
+    import zlib
+
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+
+
+def _save_png(path: Path, pixels: np.ndarray) -> None:
+    from PIL import Image
+    Image.fromarray(pixels).save(path, format="PNG")
+
+
+CORRUPTIONS = {
+    "empty file": lambda p: p.write_bytes(b""),
+    "not an image": lambda p: p.write_text("hello"),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:60]),
+    "decompression bomb": lambda p: p.write_bytes(_bomb_png()),
+    "directory": lambda p: (p.unlink(), p.mkdir()),
+    "dangling symlink": lambda p: (p.unlink(), p.symlink_to(p.parent / "missing.png")),
+    "other size": lambda p: _save_png(p, np.zeros((16, 16, 3), np.uint8)),
+}
+
+
+@pytest.mark.parametrize("how", sorted(CORRUPTIONS))
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_corrupt_image_is_a_data_error_naming_the_file(tmp_path, how, split):
+    root = _tiny_folder(tmp_path / "data")
+    bad = root / split / "bee" / "0001.png"
+    CORRUPTIONS[how](bad)
+    with pytest.raises(DataError, match=str(bad)):
+        data_loader.load_dataset(root, download=False)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, database=None)
+@given(st.data())
+def test_randomly_damaged_png_loads_or_is_a_data_error_naming_it(tmp_path_factory, data):
+    root = _tiny_folder(tmp_path_factory.mktemp("damaged"), n_train=2, n_test=1)
+    bad = root / "train" / "ant" / "0000.png"
+    raw = bytearray(bad.read_bytes())
+    for pos in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=8), label="positions"):
+        raw[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(raw)), label="length")
+    bad.write_bytes(bytes(raw[:cut]))
+    try:
+        loaded = data_loader.load_dataset(root, download=False)
+    except DataError as e:
+        assert str(bad) in str(e)
+    else:
+        assert loaded.train_x.shape == (4, 32, 32, 3)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_empty_class_folder(tmp_path, split):
+    root = _tiny_folder(tmp_path / "data", classes=("ant", "bee", "cow"))
+    for f in (root / split / "cow").iterdir():
+        f.unlink()
+    (root / split / "cow" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=rf"{root / split / 'cow'} holds no image"):
+        data_loader.load_dataset(root, download=False)
+
+
+def test_mismatched_train_and_test_classes(tmp_path):
+    root = _tiny_folder(tmp_path / "data")
+    (root / "test" / "bee").rename(root / "test" / "bea")
+    with pytest.raises(DataError, match=r"only in train \['bee'\], only in test \['bea'\]"):
+        data_loader.load_dataset(root, download=False)
+
+
+def test_a_single_class_is_not_a_dataset(tmp_path):
+    root = _tiny_folder(tmp_path / "data", classes=("ant",))
+    with pytest.raises(DataError, match="need >= 2"):
+        data_loader.load_dataset(root, download=False)
+
+
+@pytest.mark.parametrize("layout", ["junk file", "train only", "empty, no download"])
+def test_data_root_without_a_dataset(tmp_path, layout):
+    root = tmp_path / "data"
+    root.mkdir()
+    if layout == "junk file":
+        (root / "notes.txt").write_text("not a dataset")
+    elif layout == "train only":
+        (root / "train" / "ant").mkdir(parents=True)
+    with pytest.raises(DataError, match="data_root="):
+        data_loader.load_dataset(root, download=False if layout.endswith("download") else True)
+
+
+def test_bad_data_through_the_run_and_the_cli_writes_nothing(tmp_path, capsys):
+    root = _tiny_folder(tmp_path / "data")
+    bad = root / "test" / "ant" / "0000.png"
+    bad.write_bytes(b"")
+    log_dir = tmp_path / "runs"
+    with pytest.raises(ValueError, match=str(bad)):
+        tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, data_root=str(root), log_dir=str(log_dir), **RUN)
+    assert not any(log_dir.rglob("*"))
+    argv = ["--model-name", MODEL, "--imbalance-type", SCENARIO, "--data-root", str(root), "--log-dir",
+            str(log_dir), "--device", "cpu", "--quiet"]
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2 and str(bad) in capsys.readouterr().err
+    assert not any(log_dir.rglob("*"))
+
+
+@pytest.mark.parametrize("where", ["under a regular file", "is a regular file"])
+def test_unwritable_log_dir_fails_before_any_data_or_training(tmp_path, monkeypatch, where):
+    """Tests run as root, which may write anywhere permissions allow: a regular file blocks it."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    log_dir = blocker / "runs" if where.startswith("under") else blocker
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was loaded before log_dir was checked")
+
+    monkeypatch.setattr(data_loader, "load_dataset", no_data)
+    with pytest.raises(ValueError, match="log_dir=.*cannot be written"):
+        tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, log_dir=str(log_dir), **RUN)
+    assert blocker.read_text() == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# Numerical safety
+
+@pytest.mark.parametrize("how", [{"stage1_lr": 1e6}, {"min_weight": 1.0, "max_weight": 1e300}])
+def test_non_finite_loss_or_weight_stops_the_run_and_is_recorded(data_root, tmp_path, how):
+    """A huge learning rate diverges; a weight range beyond float32 gives an infinite class weight."""
+    settings_ = {**RUN, "stage1_epochs": 1, "stage2_epochs": 2, "model_name": "simplecnn", **how}
+    with pytest.raises(NonFiniteError):
+        tsi.run_two_stage_ictta_on_scenario(imbalance_type=SCENARIO, data_root=str(data_root),
+                                            log_dir=str(tmp_path), **settings_)
+    meta = json.loads(only(tmp_path, "results_*.json").read_text())
+    assert meta["status"] == "failed"
+    assert meta["error"].startswith("NonFiniteError")
+    assert {k: meta["config"][k] for k in how} == how
+    csv_path = Path(meta["paths"]["csv"])
+    for row in csv_rows(csv_path) if csv_path.exists() else []:  # only what came before the failure
+        assert all(math.isfinite(float(row[k])) for k in ("loss", "acc", "train_loss")), row
+    assert not list(tmp_path.glob("*.lock"))
+
+
+GAMMAS = st.one_of(st.sampled_from([0.0, 1e-6, 0.5, 1.0, 1.5, 2.0, 5.0]), st.floats(0, 5))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(gamma=GAMMAS, dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+       p_t=st.sampled_from([0.0, 1.0]), gap=st.sampled_from([110.0, 200.0, 1e3, 1e4, 3e4]),
+       num_classes=st.integers(2, 10), weighted=st.booleans(),
+       reduction=st.sampled_from(["mean", "sum", "none"]))
+def test_focal_loss_finite_when_p_t_is_exactly_0_or_1(gamma, dtype, p_t, gap, num_classes, weighted, reduction):
+    """Logits ``gap`` apart make p_t round to exactly 1 (the target leads) or 0 (it trails)."""
+    n = 2 * num_classes
+    target = torch.arange(n) % num_classes
+    logits = torch.zeros(n, num_classes)
+    lead = target if p_t == 1.0 else (target + 1) % num_classes
+    logits[torch.arange(n), lead] = gap
+    logits = logits.to(dtype).requires_grad_(True)
+    probs = F.softmax(logits.detach().float(), dim=1).gather(1, target[:, None])
+    assert (probs == p_t).all()  # the case under test really happens
+    weight = torch.linspace(0.5, 8.0, num_classes) if weighted else None
+    loss = focal_loss(logits, target, weight, reduction, gamma=gamma)
+    assert torch.isfinite(loss).all(), loss
+    loss.sum().backward()
+    assert torch.isfinite(logits.grad.float()).all(), logits.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_focal_loss_gradient_under_autocast_is_finite(dtype):
+    """Through a layer, as in training: bf16 autocast on CPU, confident and hopeless samples mixed."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(16, 8) * 1e3  # saturated logits
+    target = torch.randint(0, 4, (16,))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        logits = layer(x)
+    for gamma in (0.0, 0.25, 1.5, 5.0):
+        layer.zero_grad()
+        loss = focal_loss(logits, target, torch.rand(4) + 0.5, gamma=gamma)
+        loss.backward(retain_graph=True)
+        assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in layer.parameters())
