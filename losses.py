@@ -85,7 +85,8 @@ class DynamicClassWeights:
         w_c = min_weight + (max_weight - min_weight) * (s_c - min_k s_k) / (max_k s_k - min_k s_k)
 
     so the hardest class gets ``max_weight`` and the easiest ``min_weight``. When all classes have the
-    same statistic, every weight is ``min_weight``.
+    same statistic, every weight is ``min_weight``; so is it when there is no statistic yet
+    (``stat=None``: no epoch before the first stage-2 one, as with ``stage1_epochs=0``).
     """
 
     def __init__(self, num_classes: int, min_weight: float = 1.0, max_weight: float = 8.0,
@@ -100,9 +101,12 @@ class DynamicClassWeights:
         self.smoothed: torch.Tensor | None = None  # s_t, float64 on the CPU
         self.weights = torch.ones(num_classes)
 
-    def update(self, stat: torch.Tensor) -> torch.Tensor:
+    def update(self, stat: torch.Tensor | None) -> torch.Tensor:
         """Fold in this epoch's statistic and return the new weights (float32, CPU)."""
         if self.mode == "none":
+            return self.weights
+        if stat is None and self.smoothed is None:
+            self.weights = torch.full((self.num_classes,), self.min_weight)
             return self.weights
         x = torch.as_tensor(stat, dtype=torch.float64).cpu()
         if x.shape != (self.num_classes,) or not torch.isfinite(x).all():

@@ -629,7 +629,7 @@ def _dynamic_stat(mode: str, st: dict):
     """The per-class statistic that the next stage-2 epoch's weights come from."""
     if mode in ("none", "loss"):
         return st["train_class_loss"]
-    return st["val_stat"][mode]
+    return st["val_stat"][mode] if st["val_stat"] is not None else None  # None: no epoch yet
 
 
 def _freeze_for_crt(model, reinit_seed: int | None = None) -> None:

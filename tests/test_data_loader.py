@@ -78,6 +78,16 @@ def test_make_split_disjoint_balanced_and_counted(imbalance_type, imb_factor, C)
     assert np.intersect1d(split.train_idx, split.val_idx).size == 0
 
 
+def test_make_split_all_images_used_without_overlap():
+    # n_max defaults to all that the validation split leaves: the head class uses every other image
+    y = np.repeat(np.arange(5), 120)
+    split = make_split(y, "long_tail", 0.1, val_per_class=20, seed=2)
+    assert split.counts[0] == 100
+    assert np.intersect1d(split.train_idx, split.val_idx).size == 0
+    assert sorted(np.concatenate([split.train_idx[y[split.train_idx] == 0],
+                                  split.val_idx[y[split.val_idx] == 0]]).tolist()) == list(range(120))
+
+
 def test_make_split_seeded():
     y = np.repeat(np.arange(4), 300)
     a = make_split(y, "long_tail", 0.1, n_max=200, val_per_class=20, seed=7)
@@ -214,7 +224,7 @@ def test_real_data_second_load_hits_cache(real_root, monkeypatch):
     for k in ("train_x", "train_y", "test_x", "test_y"):
         assert np.array_equal(getattr(first, k), getattr(second, k)), k
     assert second.classes == first.classes
-    assert seconds < 10  # about a second here; decoding 60k JPEGs takes far longer
+    assert seconds < 15  # about a second here (more on a busy machine); a decode takes minutes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,7 +292,7 @@ def _reference_epoch(x: np.ndarray, gen_state, pad: int):
 
 
 def test_crop_and_flip_match_numpy_reference():
-    x = _images(16, 6, 5, seed=1)
+    x = _images(16, 32, 32, seed=1)  # CIFAR-sized
     gen = torch.Generator().manual_seed(123)
     norm = Normalizer([0.4, 0.5, 0.6], [0.2, 0.25, 0.3], "cpu")
     b = DeviceBatches(x, torch.arange(16), 5, norm, gen, pad=4)

@@ -177,6 +177,13 @@ def test_dynamic_weights_all_equal_statistic_gives_min_weight():
     assert dyn.update(torch.full((5,), 0.7)).tolist() == [1.5] * 5
 
 
+def test_dynamic_weights_without_statistic_yet_are_min_weight():
+    dyn = DynamicClassWeights(3, min_weight=2.0, max_weight=6.0, ema_alpha=0.5)
+    assert dyn.update(None).tolist() == [2.0, 2.0, 2.0]
+    assert dyn.smoothed is None  # the EMA starts with the first real statistic
+    assert dyn.update(torch.tensor([1.0, 3.0, 2.0])).tolist() == [2.0, 6.0, 4.0]
+
+
 def test_dynamic_mode_none_gives_ones():
     dyn = DynamicClassWeights(4, min_weight=2.0, max_weight=8.0, ema_alpha=0.8, mode="none")
     for stat in ([0.1, 5.0, 2.0, 3.0], [9.0, 0.0, 0.0, 1.0]):
