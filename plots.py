@@ -4,8 +4,8 @@ Reads only the ``results_*.csv`` files under ``--results`` (via :mod:`summary_tu
 a grid that is still running: a missing model, scenario or seed, or a run not finished yet, is
 left out and named in a note (printed, and written in the figure). Only finished runs are plotted.
 
-The grid figures use one **profile** (``--profile``; default: the most complete of literature,
-full, reduced, quick, smoke that has baseline or tuning runs) and its baseline and tuning suites:
+The grid figures use one **profile** (``--profile``; default: the first of literature, full,
+reduced, quick, smoke that has baseline or tuning runs) and its baseline and tuning suites:
 
 * ``bar_models_vs_scenario_macro_f1.png``: test macro-F1 at stage 2's last epoch, models x
   scenarios, two-stage vs its same-budget control, error bars = std over seeds;
@@ -34,6 +34,7 @@ import textwrap
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # the object API: Agg canvas, no pyplot global state
@@ -64,7 +65,7 @@ def _new_figure(w: float, h: float):
 
 def _title(fig: Figure, text: str) -> None:
     """The figure's title, each line wrapped to the figure's width."""
-    width = int(fig.get_figwidth() * 9)
+    width = int(fig.get_figwidth() * 10.5)  # characters per line at the title's font size
     fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.split("\n")))
 
 
@@ -179,6 +180,8 @@ def plot_bars(cells: pd.DataFrame, models, scenarios, title: str, notes: list, p
         s1 = np.array([_pct(d1.get(m)) for m in models])
         ax.scatter(x[np.isfinite(s1)], s1[np.isfinite(s1)], marker="_", s=900, color="black", linewidths=2,
                    zorder=3, label="end of stage 1 (shared)" if sc == scenarios[0] else None)
+        if not (cells["scenario"] == sc).any():
+            ax.text(0.5, 0.5, "no finished runs", transform=ax.transAxes, ha="center", color="dimgray")
         ax.set_xticks(x, models)
         ax.set_title(sc.replace("_", "-"))
         ax.set_xlabel("model")
@@ -193,7 +196,8 @@ def plot_bars(cells: pd.DataFrame, models, scenarios, title: str, notes: list, p
 
 
 def plot_depth(cells: pd.DataFrame, scenarios, title: str, notes: list, path: Path, paths: list) -> Path:
-    resnets = [m for m in DEPTH if m in set(cells["model"])]
+    # the axis always shows resnet10/15/20 (and resnet32 when it has results), present or not
+    resnets = [m for m in DEPTH if m != "resnet32" or m in set(cells["model"])]
     fig, body = _new_figure(11, 5)
     axes = body.subplots(1, len(scenarios), sharey=True, squeeze=False)[0]
     lines = {("macro_f1", "two_stage"): dict(color="tab:blue", ls="-", marker="o"),
@@ -211,13 +215,10 @@ def plot_depth(cells: pd.DataFrame, scenarios, title: str, notes: list, path: Pa
             xs, ys, es = map(np.array, zip(*pts))
             ax.errorbar(xs, ys, yerr=np.where(np.isfinite(es), es, 0), capsize=3, lw=1.8, ms=7, **style,
                         label=f"{names[metric]}, {'two-stage' if role == 'two_stage' else 'control'}")
-        ax.set_xticks([DEPTH[m] for m in DEPTH if m in resnets],
-                      [f"{m}\n({DEPTH[m]} layers)" for m in DEPTH if m in resnets])
-        if resnets:
-            lo, hi = min(DEPTH[m] for m in resnets), max(DEPTH[m] for m in resnets)
-            ax.set_xlim(lo - 2, hi + 2)
-        else:
-            ax.text(0.5, 0.5, "no ResNet results", transform=ax.transAxes, ha="center", color="dimgray")
+        ax.set_xticks([DEPTH[m] for m in resnets], [f"{m}\n({DEPTH[m]} layers)" for m in resnets])
+        ax.set_xlim(min(DEPTH[m] for m in resnets) - 2, max(DEPTH[m] for m in resnets) + 2)
+        if not ax.has_data():
+            ax.text(0.5, 0.5, "no finished ResNet runs", transform=ax.transAxes, ha="center", color="dimgray")
         ax.set_title(sc.replace("_", "-"))
         ax.set_xlabel("depth (weighted layers)")
         ax.grid(alpha=0.3)
@@ -248,8 +249,7 @@ def plot_heatmap(cells: pd.DataFrame, models, scenarios, title: str, notes: list
     panels = ((axes[0], ours, "viridis", None, None, "two-stage test macro-F1 (%)", "macro-F1 (%)"),
               (axes[1], gain, "RdBu", -lim, lim, "two-stage minus control (pp)", "difference (percentage points)"))
     for ax, data, cmap, vmin, vmax, ttl, cbar in panels:
-        cm = matplotlib.colormaps[cmap].copy()
-        cm.set_bad("lightgray")
+        cm = matplotlib.colormaps[cmap].with_extremes(bad="lightgray")
         im = ax.imshow(np.ma.masked_invalid(data), cmap=cm, vmin=vmin, vmax=vmax, aspect="auto")
         for i in range(len(models)):
             for j in range(len(scenarios)):
@@ -293,6 +293,7 @@ def plot_curves(runs: pd.DataFrame, best: pd.Series, title: str, notes: list, pa
     metrics = (("acc", "accuracy"), ("macro_f1", "macro-F1"), ("tail_macro_f1", "tail macro-F1"))
     curves = _mean_by_epoch(runs, [m for m, _ in metrics])
     n1 = int(best["stage1_epochs"])
+    total = n1 + int(best["stage2_epochs"])
     fig, body = _new_figure(14, 4.8)
     axes = body.subplots(1, 3, sharex=True)
     for ax, (m, label) in zip(axes, metrics):
@@ -316,9 +317,11 @@ def plot_curves(runs: pd.DataFrame, best: pd.Series, title: str, notes: list, pa
         lo, hi = ax.get_ylim()
         ymax = hi + 0.12 * (hi - lo)  # headroom for the stage labels
         ax.set_ylim(lo, ymax)
-        ax.text(n1 / 2 + 0.5, ymax, "stage 1", ha="center", va="top", fontsize=9, color="dimgray")
-        ax.text(n1 + (curves["global_epoch"].max() - n1) / 2 + 0.5, ymax, "stage 2", ha="center", va="top",
-                fontsize=9, color="dimgray")
+        ax.set_xlim(0.5, total + 0.5)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        for x0, x1, text in ((0.5, n1 + 0.5, "stage 1"), (n1 + 0.5, total + 0.5, "stage 2")):
+            ax.text((x0 + x1) / 2, ymax - 0.015 * (ymax - lo), text, ha="center", va="top", fontsize=9, color="dimgray", zorder=5,
+                    bbox=dict(fc="white", ec="none", alpha=0.85, pad=1))
     handles, labels = axes[0].get_legend_handles_labels()
     body.legend(handles, labels, loc="outside upper center", ncol=4, frameon=False)
     _title(fig, title)
@@ -330,6 +333,11 @@ def _count_colors(counts):
     norm = matplotlib.colors.LogNorm(vmin=max(1, min(counts)), vmax=max(counts) * (1.0001 if min(counts) == max(counts) else 1))
     # viridis without its palest yellow, which is hard to see on white
     return norm, matplotlib.colors.ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0, 0.88, 256)))
+
+
+def dataset_name(runs: pd.DataFrame) -> str:
+    C = set(runs["num_classes"]) if len(runs) else {10}
+    return "CIFAR-10" if C == {10} else f"{'/'.join(map(str, sorted(C)))}-class data"
 
 
 def class_names(C: int) -> list[str]:
@@ -364,7 +372,10 @@ def plot_weights(runs: pd.DataFrame, best: pd.Series, counts, title: str, notes:
     body.legend(*ax.get_legend_handles_labels(), loc="outside right upper", title="class (training images)",
                fontsize=8.5)
     sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
-    body.colorbar(sm, ax=ax, label="training images per class (log scale)", pad=0.01)
+    cb = body.colorbar(sm, ax=ax, label="training images per class (log scale)", pad=0.01)
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    cb.ax.yaxis.set_major_formatter(plain)
+    cb.ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     _title(fig, title)
     _note(fig, notes)
     return _save(fig, path, paths)
@@ -405,8 +416,13 @@ def plot_per_class_f1(runs: pd.DataFrame, control_runs: pd.DataFrame | None, cou
         ax.scatter(x * 1.06, ctl, s=60, marker="x", color="tab:red", zorder=4, label="end of stage 2 (same-budget control)")
     for c in range(C):
         y = s2[c] if s2 is not None else s1[c]
-        ax.annotate(names[c], (x[c], y), xytext=(5, 3), textcoords="offset points", fontsize=8, color="dimgray")
+        ax.annotate(names[c], (x[c], y), xytext=(-6, 4), textcoords="offset points", ha="right", fontsize=8,
+                    color="dimgray")
     ax.set_xscale("log")
+    ticks = np.unique(counts)  # tick at each class size, labelled in images
+    ax.set_xticks(ticks, [f"{int(v)}" for v in ticks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlim(ticks.min() / 1.5, ticks.max() * 1.5)
     ax.set_xlabel("training images of the class (log scale)")
     ax.set_ylabel("test F1 of the class (%)")
     ax.set_ylim(-3, 103)
@@ -430,8 +446,8 @@ def plot_compare(g: pd.DataFrame, title: str, notes: list, path: Path, paths: li
     fig, body = _new_figure(12, 1.8 + 0.5 * len(g))
     ax = body.subplots()
     # the lighter 80% of "Blues", so that black or white text stays readable on every cell
-    cm = matplotlib.colors.ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0, 0.8, 256)))
-    cm.set_bad("lightgray")
+    cm = matplotlib.colors.ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0, 0.8, 256))) \
+        .with_extremes(bad="lightgray")
     im = ax.imshow(np.ma.masked_invalid(rel), cmap=cm, vmin=0, vmax=1, aspect="auto")
     for i in range(mean.shape[0]):
         for j in range(mean.shape[1]):
@@ -484,7 +500,8 @@ def make_plots(results_dir="results", out_dir="figures", profile: str | None = N
                     gn.append("no finished runs for " + ", ".join(absent))
                 notes.extend(f"{key[0]} {key[1]}/{key[2]}: {n}" for n in gn)
                 name = f"{key[0] or 'untagged'}_{key[1]}_{key[2]}_imb{key[3]:g}.png"
-                plot_compare(g, f"Methods on {key[2].replace('_', '-')} CIFAR-10 (imbalance {key[3]:g}), "
+                data = dataset_name(agg[(agg["tag"] == key[0]) & (agg["model"] == key[1])])
+                plot_compare(g, f"Methods on {key[2].replace('_', '-')} {data} (imbalance {key[3]:g}), "
                              f"{key[1]}, {key[0]}", gn, out / "compare" / name, paths)
     if verbose:
         print(f"{len(paths)} file(s) written under {out}")
@@ -512,7 +529,7 @@ def _grid_figures(summary, agg, rows, prof: str, out: Path, paths: list, notes: 
     scenarios = list(SCENARIOS) + _order([s for s in cells["scenario"] if s not in SCENARIOS], ())
     fig_notes = gnotes + missing_notes(cells, models, scenarios)
     notes.extend(f"{label}: {n}" for n in fig_notes)
-    sub = f"CIFAR-10, imbalance {imb:g}, {label}"
+    sub = f"{dataset_name(study)}, imbalance {imb:g}, {label}"
     plot_bars(cells, models, scenarios, f"Test macro-F1 per model and scenario: two-stage vs same-budget control\n({sub})",
               fig_notes, out / "bar_models_vs_scenario_macro_f1.png", paths)
     resnets = [m for m in DEPTH if m != "resnet32"]
@@ -568,23 +585,30 @@ def _grid_figures(summary, agg, rows, prof: str, out: Path, paths: list, notes: 
     for name, df in (("best_summary.csv", best_summary), ("best_hparams.csv", best_hparams)):
         atomic_write_text(out / name, df.to_csv(index=False))
         paths.append(out / name)
-    counts = class_counts_table(study)
+    counts = class_counts_table(study, notes)
     atomic_write_text(out / "class_counts_imb01.csv", counts.to_csv(index=False))
     paths.append(out / "class_counts_imb01.csv")
     return {"best": best, "best_summary": best_summary, "best_hparams": best_hparams, "class_counts": counts}
 
 
-def class_counts_table(study: pd.DataFrame) -> pd.DataFrame:
+def class_counts_table(study: pd.DataFrame, notes: list) -> pd.DataFrame:
     """Per-class training counts of both scenarios at imbalance 0.01, for the study's n_max (its
-    most common; CIFAR-10 with 100 validation images per class, 4900, when unknown)."""
+    most common), or CIFAR-10's with 100 validation images per class (4900) when that is unknown
+    or too small for 0.01."""
     import data_loader
 
+    default = st.CIFAR10_TRAIN_PER_CLASS - 100
     C = int(study["num_classes"].mode().iloc[0]) if len(study) else 10
     nm = study["n_max_effective"].dropna()
-    n_max = int(nm.mode().iloc[0]) if len(nm) else st.CIFAR10_TRAIN_PER_CLASS - 100
-    table = pd.DataFrame({"class": range(C), "name": class_names(C)})
-    for sc in SCENARIOS:
-        table[sc] = data_loader.class_counts(sc, 0.01, n_max, C)
+    n_max = int(nm.mode().iloc[0]) if len(nm) else default
+    try:
+        counts = {sc: data_loader.class_counts(sc, 0.01, n_max, C) for sc in SCENARIOS}
+    except ValueError:  # e.g. the smoke profile's n_max=40 leaves empty classes at 0.01
+        notes.append(f"class_counts_imb01.csv: n_max={n_max} leaves a class empty at 0.01; "
+                     f"counts given for n_max={default}")
+        n_max = default
+        counts = {sc: data_loader.class_counts(sc, 0.01, n_max, C) for sc in SCENARIOS}
+    table = pd.DataFrame({"class": range(C), "name": class_names(C), **counts})
     table["n_max"] = n_max
     return table
 
@@ -594,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 allow_abbrev=False)
     p.add_argument("--results", default="results", help="folder scanned recursively for results_*.csv")
     p.add_argument("--out", default="figures", help="folder for the figures and tables")
-    p.add_argument("--profile", default=None, help="profile of the grid figures (default: the most complete present)")
+    p.add_argument("--profile", default=None, help="profile of the grid figures (default: the first of literature, full, reduced, "
+                        "quick, smoke that has runs)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
 

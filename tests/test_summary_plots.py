@@ -190,7 +190,7 @@ def test_plots_on_partial_results(tmp_path):
     write_run(res / "quick", model="resnet20", scenario="long_tail", upto=(1, 2))
     write_run(res / "reduced", exp_name="ce", method="ce", tag="compare-reduced")
     fig_dir = tmp_path / "figures"
-    assert plots.main(["--results", str(res), "--out", str(fig_dir), "--quiet"]) == 0
+    result = plots.make_plots(res, fig_dir, verbose=False)
     expected = ["bar_models_vs_scenario_macro_f1.png", "line_depth_trend_macro_f1.png", "heatmap_macro_f1.png",
                 "curves_best/resnet10_head_tail_acc_curves_best.png",
                 "class_weights/resnet10_head_tail_stage2_weights.png",
@@ -201,7 +201,6 @@ def test_plots_on_partial_results(tmp_path):
     pngs = sorted(p.relative_to(fig_dir).as_posix() for p in fig_dir.rglob("*.png"))
     assert pngs == sorted(n for n in expected if n.endswith(".png"))
 
-    result = plots.make_plots(res, tmp_path / "again", verbose=False)
     notes = " ".join(result["notes"])
     assert "simplecnn" in notes and "long_tail" in notes and "one seed" in notes and "still running" in notes
     assert "fewer than 3 seeds" in notes
@@ -224,10 +223,10 @@ def test_summary_and_plots_on_a_real_run(tiny_run_kwargs, tmp_path):
     """The CSV that two_stage_ictta writes, not a hand-made one (synthetic 4-class data)."""
     from two_stage_ictta import run_two_stage_ictta_on_scenario
 
-    run_two_stage_ictta_on_scenario("simplecnn", "long_tail", **tiny_run_kwargs)
+    run_two_stage_ictta_on_scenario("simplecnn", "long_tail", **{**tiny_run_kwargs, "stage1_epochs": 1})
     res = Path(tiny_run_kwargs["log_dir"])
-    out = st.write_summary(res, tmp_path / "out", verbose=False)
-    row = out["summary"].iloc[0]
+    assert st.main(["--results", str(res), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    row = pd.read_csv(tmp_path / "out" / "summary_tuning.csv").iloc[0]
     assert row["complete"] and row["num_classes"] == 4 and row["variant"] == "two_stage"
     assert 0 <= row["s2_best_test_macro_f1"] <= 1 and row["s2_best_selected_on"] == "val"
     result = plots.make_plots(res, tmp_path / "figures", verbose=False)
