@@ -10,7 +10,7 @@ import dataclasses
 import sys
 import typing
 
-from two_stage_ictta import TwoStageConfig, run_two_stage
+from two_stage_ictta import RunLockedError, TwoStageConfig, run_two_stage
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         results = run_two_stage(cfg)
     except ValueError as e:  # bad settings or data: a usage error, not a traceback
         parser.error(str(e))
+    except RunLockedError as e:  # another process is writing this run: say so, no traceback
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
     print(format_table(results))
     print(f"results: {results['paths']['csv']}")
     return 0

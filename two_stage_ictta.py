@@ -460,7 +460,8 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
     method = METHODS[cfg.method]
     meta = {"run_id": run_id, "stage1_id": stage1_hash(cfg), "config": asdict(cfg),
             "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
-            "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            # CPU results are bitwise reproducible for a given thread count, not across counts
+            "torch_threads": torch.get_num_threads(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "status": "running", "paths": {k: str(v) for k, v in paths.items()}}
 
     data = data_loader.load_dataset(cfg.data_root)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import main
 from data_loader import class_counts
@@ -87,6 +88,7 @@ def test_tiny_end_to_end(tiny_run_kwargs):
     meta = json.loads(json_path.read_text())
     assert meta["status"] == "finished"
     assert "git_commit" in meta
+    assert meta["torch_threads"] == torch.get_num_threads()  # CPU bits depend on it
     cfg = meta["config"]
     assert cfg["model_name"] == "simplecnn" and cfg["imbalance_type"] == "long_tail"
     assert cfg["stage2_focal_gamma"] == 1.5 and cfg["dynamic_mode"] == "loss"

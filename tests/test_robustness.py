@@ -490,3 +490,16 @@ def test_focal_loss_gradient_under_autocast_is_finite(dtype):
         loss = focal_loss(logits, target, torch.rand(4) + 0.5, gamma=gamma)
         loss.backward(retain_graph=True)
         assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def test_cli_on_a_locked_run_says_who_holds_it_without_a_traceback(tmp_path, live_pid, synthetic_root, capsys):
+    cfg = tsi.TwoStageConfig(MODEL, SCENARIO, data_root=str(synthetic_root), log_dir=str(tmp_path), **RUN)
+    (tmp_path / f"{tsi.run_name(cfg)}.lock").write_text(_lock_text(live_pid))
+    argv = ["--model-name", MODEL, "--imbalance-type", SCENARIO, "--data-root", str(synthetic_root),
+            "--log-dir", str(tmp_path)]
+    for k, v in RUN.items():
+        argv += ["--" + k.replace("_", "-"), str(v)] if not isinstance(v, bool) else \
+                ["--" + ("" if v else "no-") + k.replace("_", "-")]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"process {live_pid}" in err and "Traceback" not in err
