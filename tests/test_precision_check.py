@@ -1,0 +1,31 @@
+"""precision_check.compare: the paired differences and the seed-noise verdict."""
+import math
+
+import pytest
+
+from precision_check import compare, main
+
+
+def _runs(fast, ref):
+    return {"fast": [{"acc": a, "macro_f1": a, "tail_macro_f1": a} for a in fast],
+            "fp32": [{"acc": a, "macro_f1": a, "tail_macro_f1": a} for a in ref]}
+
+
+def test_paired_differences_and_spread():
+    res = compare(_runs([0.70, 0.72, 0.74], [0.71, 0.71, 0.75]))["acc"]
+    assert res["diffs"] == pytest.approx([-0.01, 0.01, -0.01])
+    assert res["diff_mean"] == pytest.approx(-0.01 / 3)
+    assert res["fast_sd"] == pytest.approx(0.02)          # sample sd of 0.70, 0.72, 0.74
+    assert res["diff_se"] == pytest.approx(math.sqrt(((2 / 300) ** 2 * 2 + (4 / 300) ** 2) / 2) / math.sqrt(3))
+
+
+def test_verdict_flags_a_systematic_drop():
+    assert compare(_runs([0.70, 0.72, 0.74], [0.71, 0.71, 0.75]))["acc_within_seed_noise"]
+    # fast path 5 points below on every seed, seeds agree within 2 points: not noise
+    assert not compare(_runs([0.65, 0.67, 0.69], [0.70, 0.72, 0.74]))["acc_within_seed_noise"]
+
+
+def test_one_seed_is_a_usage_error():
+    with pytest.raises(SystemExit) as e:
+        main(["--seeds", "0"])
+    assert e.value.code == 2
