@@ -443,7 +443,7 @@ def plot_compare(g: pd.DataFrame, title: str, notes: list, path: Path, paths: li
     std = np.array([[r[f"test_{m}_pct_std"] for m, _ in metrics] for _, r in g.iterrows()], dtype=float)
     lo, hi = np.nanmin(mean, axis=0), np.nanmax(mean, axis=0)
     rel = (mean - lo) / np.where(hi > lo, hi - lo, 1)
-    fig, body = _new_figure(12, 1.8 + 0.5 * len(g))
+    fig, body = _new_figure(12, 2.4 + 0.5 * len(g))
     ax = body.subplots()
     # the lighter 80% of "Blues", so that black or white text stays readable on every cell
     cm = matplotlib.colors.ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0, 0.8, 256))) \
@@ -460,7 +460,7 @@ def plot_compare(g: pd.DataFrame, title: str, notes: list, path: Path, paths: li
     ax.set_ylabel("method (seeds)")
     ax.xaxis.set_ticks_position("top")
     ax.xaxis.set_label_position("top")
-    body.colorbar(im, ax=ax, label="place in the column's range (0 = lowest, 1 = highest)", shrink=0.9, pad=0.01)
+    body.colorbar(im, ax=ax, label="place in column\n(0 lowest, 1 highest)", shrink=0.9, pad=0.01)
     _title(fig, title)
     _note(fig, notes)
     return _save(fig, path, paths)
