@@ -282,6 +282,12 @@ def stage1_hash(cfg: TwoStageConfig) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def stage1_path(cfg: TwoStageConfig) -> Path:
+    """The shared stage-1 checkpoint of ``cfg``: the first run in ``log_dir`` with this stage 1
+    writes it, the others load it."""
+    return Path(cfg.log_dir) / "stage1" / f"stage1_{stage1_hash(cfg)}.pt"
+
+
 def run_name(cfg: TwoStageConfig) -> str:
     exp = cfg.exp_name or cfg.method
     return f"results_{exp}_{cfg.model_name.lower()}_{cfg.imbalance_type}_imb{cfg.imb_factor:g}_seed{cfg.seed}"
@@ -501,7 +507,7 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
     logger = RunLogger(paths["csv"], identity)
     # state carried between epochs (and through checkpoints)
     st = {"stage": 1, "epoch": 0, "step": 0, "train_class_loss": None, "val_stat": None}
-    stage1_file = Path(cfg.log_dir) / "stage1" / f"stage1_{meta['stage1_id']}.pt"
+    stage1_file = stage1_path(cfg)
 
     def snapshot() -> dict:
         return {"run_id": run_id, "st": dict(st), "model": model.state_dict(),

@@ -1,0 +1,290 @@
+"""Launchers through submitit: local jobs (real subprocesses) give the inline results, a job killed
+with SIGKILL is picked up on rerun, --status, and the SLURM path as far as it goes without a cluster
+(a fake sbatch on PATH: the sbatch text submitit writes, and the job it pickles, run as SLURM would)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import cloudpickle
+import pandas as pd
+import pytest
+from submitit.core.utils import DelayedSubmission
+
+import run_all_models as grid
+from two_stage_ictta import run_name, stage1_path
+
+ROOT = Path(__file__).resolve().parents[1]
+TUNE = grid._tuning_settings(grid.tuning_points("smoke")[0])["exp_name"]
+
+
+def read_results(folder: Path) -> dict[str, pd.DataFrame]:
+    """Every run's CSV in folder, without the wall-clock column."""
+    return {p.name: pd.read_csv(p).drop(columns=["seconds"]) for p in sorted(folder.glob("results_*.csv"))}
+
+
+def assert_same_results(a: dict, b: dict) -> None:
+    assert set(a) == set(b) and a
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name], check_exact=True)
+
+
+def smoke_args(data_root: Path, out: Path, *extra: str, scenarios=("long_tail",)) -> list[str]:
+    # one thread per run: CPU results are bitwise equal only for equal thread counts
+    return ["--profile", "smoke", "--models", "resnet10", "--scenarios", *scenarios, "--data-root", str(data_root),
+            "--out", str(out), "--device", "cpu", "--threads", "1", "--quiet", *extra]
+
+
+def cli(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run_all_models.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+def status_line(data_root: Path, out: Path, capsys, **kw) -> str:
+    assert grid.main(smoke_args(data_root, out, "--status", **kw)) == 0
+    return capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def inline_results(synthetic_root, tmp_path_factory) -> dict[str, pd.DataFrame]:
+    out = tmp_path_factory.mktemp("inline")
+    r = cli(smoke_args(synthetic_root, out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return read_results(out / "smoke")
+
+
+def test_local_launcher_with_two_jobs_equals_inline(synthetic_root, tmp_path, inline_results, capsys):
+    out = tmp_path / "local"
+    r = cli(smoke_args(synthetic_root, out, "--launcher", "local", "--jobs", "2"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "3 done" in r.stdout and "0 failed" in r.stdout
+    assert_same_results(inline_results, read_results(out / "smoke"))
+    # the baseline run trained the shared stage 1 in a job of its own; the other two then ran one job each
+    records = [json.loads(p.read_text()) for p in (out / "smoke" / "jobs").glob("*/*_runs.json")]
+    assert sorted(len(rec["runs"]) for rec in records) == [1, 1, 1]
+    assert len(list((out / "smoke" / "stage1").glob("*.pt"))) == 1
+    # a finished run is never submitted again
+    assert grid.main(smoke_args(synthetic_root, out, "--launcher", "local", "--jobs", "2")) == 0
+    assert "0 done (0 resumed), 3 skipped (finished before), 0 failed; 0 local jobs" in capsys.readouterr().out
+    assert len(list((out / "smoke" / "jobs").glob("*/*_runs.json"))) == 3
+    assert "3 runs: 3 done, 0 running" in status_line(synthetic_root, out, capsys)
+
+
+def test_local_job_killed_midway_is_picked_up_on_rerun(synthetic_root, tmp_path, inline_results, capsys):
+    out = tmp_path / "killed"
+    log_dir = out / "smoke"
+    assert "3 runs: 0 done, 0 running (0 in progress, 0 queued in live jobs), 0 failed, 3 missing" in \
+        status_line(synthetic_root, out, capsys)
+    proc = subprocess.Popen([sys.executable, "run_all_models.py",
+                             *smoke_args(synthetic_root, out, "--launcher", "local", "--jobs", "2", "--retries", "0")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock, pid, deadline = None, None, time.time() + 120
+    while pid is None and time.time() < deadline and proc.poll() is None:
+        for lock in log_dir.glob("*.lock"):  # a job's process holds the lock of the run it is on
+            try:
+                if lock.with_suffix(".ckpt.pt").exists():  # and has checkpointed an epoch (stage 1 of 2)
+                    pid = int(lock.read_text().split()[1])
+                    break
+            except (OSError, IndexError, ValueError):  # gone, or not written yet
+                pass
+        time.sleep(0.002)
+    assert pid is not None, "no run was caught between its two epochs"
+    os.kill(pid, signal.SIGSTOP)  # frozen midway, so that --status sees it live
+    try:
+        text = status_line(synthetic_root, out, capsys)
+        assert f"in progress: pid {pid}" in text
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr[-2000:]
+    assert "2 done" in stdout and "1 failed" in stdout and "ended without a result" in stdout
+    assert lock.exists()  # a SIGKILLed process leaves its lock behind
+    text = status_line(synthetic_root, out, capsys)
+    assert "3 runs: 2 done, 0 running (0 in progress, 0 queued in live jobs), 1 failed, 0 missing" in text
+    assert "killed: it started but no live process holds its lock" in text
+
+    assert grid.main(smoke_args(synthetic_root, out, "--launcher", "local", "--jobs", "2")) == 0
+    report = capsys.readouterr().out
+    assert "1 done (1 resumed)" in report and "2 skipped" in report and "1 local jobs" in report
+    assert_same_results(inline_results, read_results(log_dir))
+    assert not list(log_dir.glob("*.lock")) and not list(log_dir.glob("*.tmp"))  # the run's own files
+
+
+def test_a_job_that_died_is_resubmitted_then_reported_failed(synthetic_root, tmp_path):
+    first, waiting = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
+                                        data_root=str(synthetic_root), device="cpu")
+    dead = SimpleNamespace(job_id="77", paths=SimpleNamespace(result_pickle=tmp_path / "77_0_result.pkl",
+                                                              stderr=tmp_path / "77_0_log.err"))
+    report = grid._new_report(retried=[])
+    again = grid._finish(dead, grid.JobSpec([first], then=[waiting]), retries=1, report=report, quiet=True)
+    assert again == [grid.JobSpec([first], then=[waiting], attempt=1)]  # the waiting run still waits
+    assert len(report["retried"]) == 1 and not report["failed"]
+    after = grid._finish(dead, again[0], retries=1, report=report, quiet=True)
+    assert [f["run"] for f in report["failed"]] == [grid.describe(first)]
+    assert "77 ended without a result" in report["failed"][0]["error"]
+    assert after == [grid.JobSpec([waiting])]  # now on its own: it trains the stage 1 itself
+
+
+def test_grid_job_pickles_and_never_trains_a_stage1_it_must_wait_for(synthetic_root, tmp_path):
+    cfg = grid.plan_tuning("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path / "runs"),
+                           data_root=str(synthetic_root), device="cpu")[0]
+    job = cloudpickle.loads(cloudpickle.dumps(grid._grid_job([cfg], stage1_required=True)))
+    assert isinstance(job, grid.GridJob) and job.configs == [cfg]
+    [outcome] = job()  # its stage 1 is not there: fails at once, retryable, and writes nothing
+    assert outcome["status"] == "failed" and outcome["retryable"] and "stage 1" in outcome["error"]
+    assert not stage1_path(cfg).exists() and not list((tmp_path / "runs").glob("results_*"))
+    requeued = job.checkpoint()  # what submitit requeues on preemption: the same job
+    assert isinstance(requeued, DelayedSubmission) and requeued.function is job
+
+
+FAKE_SBATCH = """#!/bin/sh
+d=$(dirname "$0")
+n=$(cat "$d/next_id")
+echo $((n + 1)) > "$d/next_id"
+cp "$1" "$d/sbatch_$n.sh"
+echo "Submitted batch job $n"
+"""
+FAKE_SRUN = """#!/bin/sh
+# run the command as srun would, in this shell, without srun's own options
+while [ $# -gt 0 ]; do case "$1" in --unbuffered) shift;; --output|--error) shift 2;; *) break;; esac; done
+exec "$@"
+"""
+FAKE_SACCT = """#!/bin/sh
+cat "$(dirname "$0")/sacct.txt" 2>/dev/null || echo 'JobID|State|NodeList'
+"""
+FAKE_SQUEUE = """#!/bin/sh
+cat "$(dirname "$0")/squeue.txt" 2>/dev/null || true
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN), ("sacct", FAKE_SACCT), ("squeue", FAKE_SQUEUE)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "next_id").write_text("4242")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
+
+
+def test_slurm_submission_status_and_resubmission_after_an_outage(synthetic_root, tmp_path, fake_slurm, capsys):
+    out = tmp_path.resolve() / "out"
+    log_dir = out / "smoke"
+    slurm = ["--launcher", "slurm", "--partition", "gpu", "--gpus-per-job", "1", "--timeout-min", "90",
+             "--mem-gb", "16", "--slurm-extra", "account=proj", "qos=high"]
+    args = smoke_args(synthetic_root, out, *slurm, scenarios=("long_tail", "head_tail"))
+    plan = {run_name(c): c for c in
+            grid.plan_baseline("smoke", ("resnet10",), ("long_tail", "head_tail"), log_dir=str(log_dir),
+                               data_root=str(synthetic_root), device="cpu", threads=1)
+            + grid.plan_tuning("smoke", ("resnet10",), ("long_tail", "head_tail"), log_dir=str(log_dir),
+                               data_root=str(synthetic_root), device="cpu", threads=1)}
+    name = {(exp, scen): f"results_{exp}_resnet10_{scen}_imb0.1_seed0" for exp in ("baseline", "control", TUNE)
+            for scen in ("long_tail", "head_tail")}
+
+    assert grid.main(args) == 0
+    assert "follow them with:" in capsys.readouterr().out
+    # 3 sbatch calls: the two stage-1 trainers as one array, then per stage 1 the runs that wait for it
+    sbatch = {n: (fake_slurm / f"sbatch_{n}.sh").read_text() for n in (4242, 4243, 4244)}
+    assert not (fake_slurm / "sbatch_4245.sh").exists()
+    for text in sbatch.values():
+        for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --time=90",
+                     "#SBATCH --mem=16GB", "#SBATCH --account=proj", "#SBATCH --qos=high",
+                     "#SBATCH --job-name=ictta-grid-smoke", "#SBATCH --array=0-1%2"):
+            assert line in text.splitlines(), (line, text)
+        assert f"PYTHONPATH={ROOT}" in text and "-m submitit.core._submit" in text
+    assert "--dependency" not in sbatch[4242]
+    assert "#SBATCH --dependency=afterany:4242_0" in sbatch[4243]
+    assert "#SBATCH --dependency=afterany:4242_1" in sbatch[4244]
+    # each array task's pickle is a GridJob of the planned config
+    jobs = {}
+    for rec_path in log_dir.glob("jobs/*/*_runs.json"):
+        rec = json.loads(rec_path.read_text())
+        job = DelayedSubmission.load(rec_path.parent / f"{rec['job_id']}_submitted.pkl").function
+        assert isinstance(job, grid.GridJob) and len(job.configs) == 1
+        assert job.configs[0] == plan[run_name(job.configs[0])]
+        assert rec["runs"] == [str(log_dir / run_name(job.configs[0]))]
+        assert job.stage1_required == (rec["after"] is not None)
+        jobs[run_name(job.configs[0])] = rec["job_id"]
+    assert jobs == {name["baseline", "long_tail"]: "4242_0", name["baseline", "head_tail"]: "4242_1",
+                    name["control", "long_tail"]: "4243_0", name[TUNE, "long_tail"]: "4243_1",
+                    name["control", "head_tail"]: "4244_0", name[TUNE, "head_tail"]: "4244_1"}
+
+    # array task 4242_0 runs on a node: the sbatch script, with the environment SLURM gives it
+    env = {**os.environ, "SLURM_JOB_ID": "5000", "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "0",
+           "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS": "1",
+           "SLURM_JOB_NUM_NODES": "1"}
+    r = subprocess.run(["sh", str(fake_slurm / "sbatch_4242.sh")], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"done: {grid.describe(plan[name['baseline', 'long_tail']])}" in r.stdout
+    assert stage1_path(plan[name["baseline", "long_tail"]]).exists()
+
+    (fake_slurm / "sacct.txt").write_text("JobID|State|NodeList\n4242_0|COMPLETED|n1\n4242_1|RUNNING|n2\n"
+                                          "4243_[0-1]|PENDING|\n4244_[0-1]|PENDING|\n")
+    lock = log_dir / f"{name['baseline', 'head_tail']}.lock"
+    lock.write_text("node2 1234")  # 4242_1 is training on node2
+    text = status_line(synthetic_root, out, capsys, scenarios=("long_tail", "head_tail"))
+    assert "6 runs: 1 done, 5 running (1 in progress, 4 queued in live jobs), 0 failed, 0 missing" in text
+    assert "in progress: pid 1234 on node2 (slurm job 4242_1)" in text
+    assert grid.main(args) == 0  # nothing to submit: one run is done, the others are in live jobs
+    assert "1 skipped" in capsys.readouterr().out and (fake_slurm / "next_id").read_text().strip() == "4245"
+
+    # a cluster outage: node2 dies, the waiting jobs are cancelled; node2's lock stays behind
+    (fake_slurm / "sacct.txt").write_text("JobID|State|NodeList\n4242_0|COMPLETED|n1\n4242_1|NODE_FAIL|n2\n"
+                                          "4243_[0-1]|CANCELLED by 0|\n4244_[0-1]|CANCELLED by 0|\n")
+    text = status_line(synthetic_root, out, capsys, scenarios=("long_tail", "head_tail"))
+    assert "6 runs: 1 done, 0 running (0 in progress, 0 queued in live jobs), 5 failed, 0 missing" in text
+    assert grid.main(args) == 0  # resubmits the 5 runs that are missing, and no other
+    assert not lock.exists()
+    new = {}
+    for rec_path in log_dir.glob("jobs/*/*_runs.json"):
+        rec = json.loads(rec_path.read_text())
+        if rec["job_id"].split("_")[0] in ("4245", "4246"):
+            new[Path(rec["runs"][0]).name] = (rec["job_id"], rec["after"])
+    # long_tail's stage 1 is trained now: its two runs start at once; head_tail's trains again first
+    assert new == {name["control", "long_tail"]: ("4245_0", None), name[TUNE, "long_tail"]: ("4245_1", None),
+                   name["baseline", "head_tail"]: ("4245_2", None),
+                   name["control", "head_tail"]: ("4246_0", "4245_2"), name[TUNE, "head_tail"]: ("4246_1", "4245_2")}
+    assert "#SBATCH --array=0-2%3" in (fake_slurm / "sbatch_4245.sh").read_text()
+    # jobs that sacct does not know (yet, or any more) are live while squeue lists them
+    (fake_slurm / "squeue.txt").write_text("4245_2\n4245_[0-1]\n4246_[0-1]\n")
+    text = status_line(synthetic_root, out, capsys, scenarios=("long_tail", "head_tail"))
+    assert "6 runs: 1 done, 5 running (0 in progress, 5 queued in live jobs), 0 failed, 0 missing" in text
+    (fake_slurm / "squeue.txt").write_text("4246_[0-1]\n")
+    text = status_line(synthetic_root, out, capsys, scenarios=("long_tail", "head_tail"))
+    assert "6 runs: 1 done, 2 running (0 in progress, 2 queued in live jobs), 3 failed, 0 missing" in text
+    assert "slurm job 4245_2 ended before running it" in text
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--jobs", "2"], "--jobs needs --launcher local or slurm"),
+    (["--launcher", "local", "--jobs", "0"], "--jobs 0: must be >= 1"),
+    (["--partition", "gpu"], "--partition needs --launcher slurm"),
+    (["--launcher", "local", "--wait"], "--wait needs --launcher slurm"),
+    (["--launcher", "local", "--mem-gb", "8"], "--mem-gb needs --launcher slurm"),
+    (["--launcher", "slurm", "--retries", "2"], "--retries with slurm needs --wait"),
+    (["--launcher", "local", "--retries", "-1"], "--retries -1: must be >= 0"),
+    (["--launcher", "local", "--device", "cuda:1"], "each job sees only its own GPU"),
+    (["--launcher", "slurm", "--slurm-extra", "=x"], "expected KEY=VALUE"),
+])
+def test_bad_launcher_flags_are_usage_errors(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        grid.main(["--profile", "smoke", *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_local_jobs_are_pinned_to_the_visible_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, GPU-1a2b")
+    assert grid.visible_gpus("auto") == ("2", "GPU-1a2b") and grid.visible_gpus("cpu") == ()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert grid.visible_gpus("auto") == ()
+    words = grid._job_python("GPU-1a2b").split()
+    assert words[:2] == ["env", "CUDA_VISIBLE_DEVICES=GPU-1a2b"] and words[-1] == sys.executable
