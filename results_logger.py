@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -17,9 +18,16 @@ from pathlib import Path
 import torch
 
 
+def writer_tag() -> str:
+    """``<host>-<pid>`` of this process, as it stands in the names of its temporary files."""
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``.<name>.<host>-<pid>.<random>.tmp`` beside ``path``, then rename it over
+    ``path``: readers see the old file or the new one, never half of one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

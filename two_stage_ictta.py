@@ -458,7 +458,18 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
         for suffix in ("csv", "json", "ckpt.pt"):  # temporary files of an attempt that was killed
             for tmp in log_dir.glob(f".{name}.{suffix}.*.tmp"):
                 tmp.unlink(missing_ok=True)
+        _remove_dead_writers_tmp(stage1_path(cfg))  # the shared stage 1 is not ours alone
         return _run_locked(cfg, paths, run_id)
+
+
+def _remove_dead_writers_tmp(path: Path) -> None:
+    """Delete the temporary files of ``path`` left by processes of this host that have died."""
+    host = socket.gethostname().replace(".", "_")
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        writer = tmp.name[len(path.name) + 2:].split(".")[0]  # <host>-<pid>
+        w_host, _, pid = writer.rpartition("-")
+        if w_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
 
 
 def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:

@@ -503,3 +503,21 @@ def test_cli_on_a_locked_run_says_who_holds_it_without_a_traceback(tmp_path, liv
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert f"process {live_pid}" in err and "Traceback" not in err
+
+
+def test_temp_files_name_their_writer_and_dead_writers_leftovers_are_removed(tmp_path, dead_pid, live_pid):
+    from results_logger import atomic_write_text, writer_tag
+    target = tmp_path / "stage1" / "stage1_abc.pt"
+    target.parent.mkdir()
+    host = socket.gethostname().replace(".", "_")
+    dead = target.parent / f".{target.name}.{host}-{dead_pid}.x1.tmp"
+    alive = target.parent / f".{target.name}.{host}-{live_pid}.x2.tmp"
+    remote = target.parent / f".{target.name}.other_host-{dead_pid}.x3.tmp"  # cannot be checked here
+    for p in (dead, alive, remote):
+        p.write_bytes(b"half")
+    tsi._remove_dead_writers_tmp(target)
+    assert not dead.exists() and alive.exists() and remote.exists()
+    assert writer_tag() == f"{host}-{os.getpid()}"
+    atomic_write_text(target, "whole")  # and our own write leaves no temporary file
+    assert target.read_text() == "whole"
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([target.name, alive.name, remote.name])
