@@ -1,0 +1,61 @@
+"""The README's examples run as written, and its command lines are valid for their scripts."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import main
+import plots
+import run_all_models
+import summary_tuning
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+PARSERS = {"main.py": main.build_parser, "run_all_models.py": run_all_models.build_parser,
+           "summary_tuning.py": summary_tuning.build_parser, "plots.py": plots.build_parser}
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def _command_lines() -> list[tuple[str, list[str]]]:
+    """(script, argv) of every README shell line that runs one of our scripts with concrete flags."""
+    found = []
+    for block in _blocks("bash"):
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            words = shlex.split(line) if line else []
+            scripts = [i for i, w in enumerate(words) if Path(w).name in PARSERS and "python" in words[i - 1]]
+            if scripts and "[" not in line:
+                i = scripts[0]
+                argv = list(words[i + 1:])
+                argv = argv[:argv.index("&&")] if "&&" in argv else argv
+                found.append((Path(words[i]).name, argv))
+    return found
+
+
+def test_readme_has_the_install_main_job_and_test_commands():
+    text = README.read_text()
+    assert "pip install -r requirements.txt" in text
+    assert re.search(r"python run_all_models\.py\n", text)
+    assert "python -m pytest -q" in text
+    assert "RESULTS_PLACEHOLDER" not in text
+
+
+@pytest.mark.parametrize("script,argv", _command_lines(), ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_readme_command_lines_parse(script, argv):
+    PARSERS[script]().parse_args(argv)  # a renamed or removed flag exits 2 here
+
+
+def test_readme_python_example_runs_as_written(real_root, tmp_path, monkeypatch):
+    (code,) = [b for b in _blocks("python") if "run_two_stage_ictta_on_scenario(" in b]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CIFAR10_ROOT", str(real_root))
+    exec(compile(code, str(README), "exec"), {"__name__": "readme"})
+    (csv,) = (tmp_path / "results" / "notebook").glob("results_*.csv")
+    df = pd.read_csv(csv)
+    assert set(df["stage"]) == {1, 2} and (df["model"] == "simplecnn").all()
