@@ -46,8 +46,8 @@ from tqdm.auto import tqdm
 
 from data_loader import load_dataset
 from results_logger import read_json, write_json
-from two_stage_ictta import (METHODS, RunLock, TwoStageConfig, _pid_alive, config_hash, run_name, run_two_stage,
-                             stage1_hash, stage1_path, validate_config)
+from two_stage_ictta import (METHODS, RunLock, TwoStageConfig, _pid_alive, config_hash, is_finished, run_name,
+                             run_two_stage, stage1_hash, stage1_path, validate_config)
 
 BASELINE_MODELS = ("simplecnn", "resnet10", "resnet15", "resnet20")
 TUNING_MODELS = ("resnet10", "resnet15", "resnet20")
@@ -524,12 +524,6 @@ def _lock_owner(path: Path) -> tuple[str, int] | None:
         return "?", -1
 
 
-def _finished(cfg: TwoStageConfig, meta: dict | None) -> bool:
-    """The rule by which run_two_stage skips a run: a finished JSON of these settings beside its CSV."""
-    return (meta is not None and meta.get("status") == "finished" and meta.get("run_id") == config_hash(cfg)
-            and (Path(cfg.log_dir) / f"{run_name(cfg)}.csv").exists())
-
-
 def grid_status(configs: list[TwoStageConfig], jobs_dir: str | Path) -> dict:
     """Each run of the plan as done, running, failed or missing, from its result files, its lock
     and the launcher's job records in ``jobs_dir``; the first rule that holds decides:
@@ -556,7 +550,7 @@ def grid_status(configs: list[TwoStageConfig], jobs_dir: str | Path) -> dict:
         where = f"{rec['launcher']} job {rec['job_id']}" if rec else ""
         owner = _lock_owner(log_dir / f"{name}.lock")
         state, detail = "missing", "never started"
-        if _finished(cfg, meta):
+        if is_finished(cfg, meta):
             state, detail = "done", ""
         elif owner and (_pid_alive(owner[1]) if owner[0] == me else job != "ended"):
             state, detail = "running", f"in progress: pid {owner[1]} on {owner[0]}" + (f" ({where})" if rec else "")
@@ -606,7 +600,7 @@ def _job_outcomes(job, spec: JobSpec) -> list[dict]:
     outcomes = []
     for cfg in spec.configs:
         meta = read_json(Path(cfg.log_dir) / f"{run_name(cfg)}.json")
-        if _finished(cfg, meta):
+        if is_finished(cfg, meta):
             outcomes.append({"run": describe(cfg), "name": run_name(cfg), "status": "done",
                              "resumed_from": meta["results"].get("resumed_from")})
         else:

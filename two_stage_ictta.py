@@ -350,6 +350,13 @@ def static_weights(kind: str, counts, cfg: TwoStageConfig) -> torch.Tensor | Non
     raise ValueError(f"unknown weights {kind!r}")
 
 
+def is_finished(cfg: TwoStageConfig, meta: dict | None) -> bool:
+    """Whether ``meta`` (the run's JSON) records a finished run of exactly these settings whose CSV
+    exists: what a rerun skips, and what the grid's ``--status`` counts as done."""
+    return (meta is not None and meta.get("status") == "finished" and meta.get("run_id") == config_hash(cfg)
+            and (Path(cfg.log_dir) / f"{run_name(cfg)}.csv").exists())
+
+
 class RunLock:
     """An exclusive lock file for one run: a second process on the same run gets a clear error.
     A lock left by a dead process on this host is taken over."""
@@ -449,8 +456,7 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
         raise ValueError(f"exp_name={cfg.exp_name!r}: {paths['csv']} already holds a run with other "
                          f"settings (run_id {previous.get('run_id')} != {run_id}); choose another "
                          f"exp_name or log_dir")
-    if cfg.resume and previous is not None and previous.get("status") == "finished" \
-            and previous.get("run_id") == run_id and paths["csv"].exists():
+    if cfg.resume and is_finished(cfg, previous):
         return {**previous["results"], "skipped": True}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
