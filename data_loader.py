@@ -8,12 +8,17 @@ Sources (``load_dataset(data_root)``), tried in this order:
 
 The decoded images are cached as uint8 arrays (``.npy``) so that a second load costs about a second.
 
-Imbalance (``make_split``): a balanced validation split of ``val_per_class`` images per class is drawn
-first from the training images; the imbalanced training subset is drawn from what remains:
+Imbalance (``make_split``): two balanced splits are drawn first from the training images, per class
+``val_per_class`` for validation (selection: best epoch, settings, tau) and then ``stat_per_class``
+for the statistic of dynamic reweighting (``val_loss``/``val_error`` modes), so that nothing that
+selects is also trained on. The imbalanced training subset is drawn from what remains:
 
 * ``long_tail``: ``n_i = int(n_max * imb_factor ** (i / (C - 1)))`` (Cao et al. 2019);
 * ``head_tail``: the first ``C - C // 2`` classes keep ``n_max``, the last ``C // 2`` keep
   ``int(n_max * imb_factor)``.
+
+Normalisation constants (``channel_stats``) come from the dataset's whole balanced training split,
+once per dataset: they do not change with the scenario, the seed or the subset.
 
 Training batches (``DeviceBatches``) come from one uint8 tensor on the run's device: random crop
 (zero pad 4) and horizontal flip are a single batched gather, followed by normalisation.
@@ -36,7 +41,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parent / "data" / "cifar10"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the cache records the normalisation constants
 
 
 class DataError(ValueError):
@@ -52,6 +57,12 @@ class ImageData:
     test_y: np.ndarray
     classes: list
     source: str  # where it was read from, for the run's config
+    mean: list | None = None  # per-channel normalisation constants over all of train_x, in [0, 1]
+    std: list | None = None   # units; computed once per dataset (and cached) when not given
+
+    def __post_init__(self):
+        if self.mean is None or self.std is None:
+            self.mean, self.std = channel_stats(self.train_x)
 
     @property
     def num_classes(self) -> int:
@@ -170,7 +181,8 @@ def _load_cached(root: Path, kind: str, reader) -> ImageData:
         meta = json.loads(meta_file.read_text())
         if meta.get("fingerprint") == fp:
             arrays = {k: np.load(cache / f"{k}.npy") for k in ("train_x", "train_y", "test_x", "test_y")}
-            return ImageData(**arrays, classes=meta["classes"], source=meta["source"])
+            return ImageData(**arrays, classes=meta["classes"], source=meta["source"],
+                             mean=meta["mean"], std=meta["std"])
     data = reader(root)
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -178,7 +190,8 @@ def _load_cached(root: Path, kind: str, reader) -> ImageData:
             tmp = cache / f"{k}.tmp{os.getpid()}.npy"
             np.save(tmp, getattr(data, k))
             os.replace(tmp, cache / f"{k}.npy")
-        meta = {"fingerprint": fp, "classes": list(data.classes), "source": data.source}
+        meta = {"fingerprint": fp, "classes": list(data.classes), "source": data.source,
+                "mean": data.mean, "std": data.std}
         tmp = cache / f"meta.tmp{os.getpid()}.json"
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, meta_file)  # written last: the cache counts only once it is complete
@@ -243,51 +256,72 @@ def class_counts(imbalance_type: str, imb_factor: float, n_max: int, num_classes
 
 @dataclass
 class Split:
-    """Indices into ``ImageData.train_x``: the imbalanced training subset and the balanced
-    validation split, which never overlap. ``counts[c]`` is class c's training count."""
+    """Indices into ``ImageData.train_x``: the imbalanced training subset, the balanced validation
+    split and the balanced statistic split, pairwise disjoint. ``counts[c]`` is class c's
+    training count."""
     train_idx: np.ndarray
     val_idx: np.ndarray
     counts: list
+    stat_idx: np.ndarray = None
+
+    def __post_init__(self):
+        if self.stat_idx is None:
+            self.stat_idx = np.empty(0, dtype=np.int64)
 
 
 def make_split(train_y: np.ndarray, imbalance_type: str, imb_factor: float, *, n_max: int | None = None,
-               val_per_class: int = 100, seed: int = 0) -> Split:
-    """Draw the validation split, then the imbalanced training subset, reproducibly from ``seed``.
+               val_per_class: int = 100, stat_per_class: int = 0, seed: int = 0) -> Split:
+    """Draw the validation split, the statistic split, then the imbalanced training subset,
+    reproducibly from ``seed``: per class, one permutation gives the first ``val_per_class`` images
+    to validation, the next ``stat_per_class`` to the statistic split and the next ``counts[c]`` to
+    training.
 
-    ``n_max`` defaults to the smallest per-class count left after the validation split
-    (4900 on CIFAR-10 with ``val_per_class=100``, 5000 with 0).
+    ``n_max`` defaults to the smallest per-class count left after the two balanced splits
+    (4850 on CIFAR-10 with 100 + 50, 5000 with 0 + 0).
     """
     train_y = np.asarray(train_y)
     C = int(train_y.max()) + 1
     available = np.bincount(train_y, minlength=C)
-    if val_per_class < 0:
-        raise ValueError(f"val_per_class={val_per_class!r} must be >= 0")
-    if available.min() <= val_per_class:
-        raise ValueError(f"val_per_class={val_per_class} leaves no training image in the smallest "
-                         f"class ({available.min()} images)")
-    room = int(available.min()) - val_per_class
+    for name, v in (("val_per_class", val_per_class), ("stat_per_class", stat_per_class)):
+        if v < 0:
+            raise ValueError(f"{name}={v!r} must be >= 0")
+    held = val_per_class + stat_per_class
+    if available.min() <= held:
+        raise ValueError(f"val_per_class={val_per_class} + stat_per_class={stat_per_class} leave no "
+                         f"training image in the smallest class ({available.min()} images)")
+    room = int(available.min()) - held
     if n_max is None:
         n_max = room
     if not isinstance(n_max, (int, np.integer)) or n_max < 1 or n_max > room:
         raise ValueError(f"n_max={n_max!r}: the data has at most {room} images per class after "
-                         f"holding out val_per_class={val_per_class}")
+                         f"holding out val_per_class={val_per_class} and stat_per_class={stat_per_class}")
     counts = class_counts(imbalance_type, imb_factor, int(n_max), C)
     rng = np.random.default_rng(seed)
-    train_idx, val_idx = [], []
+    train_idx, val_idx, stat_idx = [], [], []
     for c in range(C):
         idx = rng.permutation(np.flatnonzero(train_y == c))
         val_idx.append(idx[:val_per_class])
-        train_idx.append(idx[val_per_class:val_per_class + counts[c]])
-    return Split(np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx)), counts)
+        stat_idx.append(idx[val_per_class:held])
+        train_idx.append(idx[held:held + counts[c]])
+    return Split(*(np.sort(np.concatenate(part)) for part in (train_idx, val_idx)), counts,
+                 np.sort(np.concatenate(stat_idx)))
 
 
 # ----------------------------------------------------------------------------------------------
 # Batches on the device
 
 def channel_stats(x: np.ndarray) -> tuple[list, list]:
-    """Per-channel mean and std of uint8 NHWC images, in [0, 1] units."""
-    flat = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255.0
-    return flat.mean(0).tolist(), flat.std(0).tolist()
+    """Per-channel mean and std of uint8 NHWC images, in [0, 1] units, exact (from each channel's
+    histogram of the 256 values, so 50,000 images cost no float copy)."""
+    values = np.arange(256, dtype=np.float64) / 255.0
+    mean, std = [], []
+    for c in range(x.shape[-1]):
+        hist = np.bincount(np.ascontiguousarray(x[..., c]).ravel(), minlength=256).astype(np.float64)
+        p = hist / hist.sum()
+        m = float(p @ values)
+        mean.append(m)
+        std.append(float(np.sqrt(p @ (values - m) ** 2)))
+    return mean, std
 
 
 class Normalizer:

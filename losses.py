@@ -1,10 +1,28 @@
 """Losses and class weights for imbalanced classification.
 
-Every loss takes ``(logits, target, weight=None, reduction="mean")`` with PyTorch's conventions for
-class weights ``w``: ``"none"`` gives the per-sample values ``w_y * l``, ``"sum"`` their sum and
-``"mean"`` the weighted mean ``sum(w_y * l) / sum(w_y)`` (what ``F.cross_entropy(weight=w)`` does,
-and what LDAM-DRW's code trains with). Logits are upcast to float32 first, so the losses stay finite
-under bf16 autocast.
+Every loss takes ``(logits, target, weight=None, reduction="mean")``. With class weights ``w``,
+``"none"`` gives the per-sample values ``w_y * l``, ``"sum"`` their sum, and the two means differ
+only in the denominator (:data:`NORMALIZATIONS`):
+
+* ``"mean"``: ``sum(w_y * l) / sum(w_y)``, what ``F.cross_entropy(weight=w)`` does and what LDAM-DRW's
+  code trains DRW, LDAM-DRW and re-weighting with;
+* ``"batch_mean"``: ``sum(w_y * l) / N``, what Cui et al.'s class-balanced loss divides by.
+
+Logits are upcast to float32 first (the models already compute their classifier in float32, see
+model.py), so the losses are float32 under bf16 autocast.
+
+Which reference each loss matches:
+
+* :func:`focal_loss`: softmax focal loss of Lin et al. 2017 (as LDAM-DRW's ``FocalLoss`` for
+  unweighted inputs; the class weight scales the loss, it does not enter ``p_t``).
+* ``cb_focal`` = :func:`focal_loss` with :func:`effective_number_weights` and ``"batch_mean"``:
+  Cui et al. 2019's weights and normalisation. **Deviation:** their CIFAR results use a *sigmoid*
+  (one-vs-all) focal loss; ours is the softmax focal loss above.
+* :func:`ldam_loss`: LDAM-DRW's ``LDAMLoss`` (margins on the true class only, then scale ``s``).
+* :func:`logit_adjusted_loss`: Menon et al. 2021's logit-adjusted cross-entropy; balanced softmax
+  (Ren et al. 2020) is its ``tau = 1`` case up to a constant shift.
+* :func:`tau_norm_logits`: classifier-balancing's ``tau_norm`` (``pnorm``: bias-free rows
+  ``w_c / ||w_c||^tau``).
 """
 from __future__ import annotations
 
@@ -15,19 +33,32 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+NORMALIZATIONS = ("mean", "batch_mean")  # the two means (module docstring)
+REDUCTIONS = ("none", "sum") + NORMALIZATIONS
+
+
+def loss_denominator(target: torch.Tensor, weight: torch.Tensor | None, normalization: str):
+    """What a weighted loss sum is divided by: ``sum(w_y)`` for ``"mean"``, ``N`` for ``"batch_mean"``
+    (and for ``"mean"`` without weights)."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization={normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+    if weight is None or normalization == "batch_mean":
+        return float(len(target))
+    return weight.to(target.device)[target].sum()
+
+
 def _reduce(loss: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
             reduction: str) -> torch.Tensor:
     """Apply class weights ``weight[target]`` to per-sample ``loss`` and reduce (module docstring)."""
-    if reduction not in ("none", "mean", "sum"):
-        raise ValueError(f"reduction={reduction!r}; valid: none, mean, sum")
-    w = None if weight is None else weight.to(loss.device)[target]
-    if w is not None:
-        loss = loss * w
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}; valid: {', '.join(REDUCTIONS)}")
+    if weight is not None:
+        loss = loss * weight.to(loss.device)[target]
     if reduction == "none":
         return loss
     if reduction == "sum":
         return loss.sum()
-    return loss.mean() if w is None else loss.sum() / w.sum()
+    return loss.sum() / loss_denominator(target, weight, reduction)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
@@ -75,8 +106,11 @@ class DynamicClassWeights:
     """Per-class weights recomputed every epoch from a per-class statistic ``x`` (larger = harder).
 
     ``dynamic_mode`` names the statistic: ``loss`` (mean training cross-entropy per class over the
-    epoch), ``val_loss`` (mean cross-entropy per class on the validation split), ``val_error``
-    (1 - per-class recall on the validation split), or ``none`` (uniform weights of 1, the control).
+    epoch), ``val_loss`` (mean cross-entropy per class on the held-out *statistic* split), ``val_error``
+    (1 - per-class recall on that split), or ``none`` (uniform weights of 1, the control). The
+    statistic split is balanced and disjoint from training, validation and test
+    (``data_loader.make_split``), so the validation split that selects epochs and settings never
+    feeds the weights.
 
     Each update smooths the statistic over epochs with an EMA and maps it into the weight range::
 
@@ -84,10 +118,14 @@ class DynamicClassWeights:
         s_t = ema_alpha * s_{t-1} + (1 - ema_alpha) * x_t
         w_c = min_weight + (max_weight - min_weight) * (s_c - min_k s_k) / (max_k s_k - min_k s_k)
 
-    so the hardest class gets ``max_weight`` and the easiest ``min_weight``. When all classes have the
-    same statistic, every weight is ``min_weight``; so is it when there is no statistic yet
-    (``stat=None``: no epoch before the first stage-2 one, as with ``stage1_epochs=0``).
+    so the hardest class gets ``max_weight`` and the easiest ``min_weight``. A spread within numerical
+    noise is no signal: when ``max s - min s <= SPREAD_ATOL + SPREAD_RTOL * max |s|`` every weight is
+    ``min_weight`` (so a statistic of [1, 1, 1 + 1e-7] gives uniform weights, not [1, 1, 8]). So is
+    it when there is no statistic yet (``stat=None``: no epoch before the first stage-2 one, as with
+    ``stage1_epochs=0``).
     """
+    SPREAD_ATOL = 1e-8  # in the statistic's units (a mean cross-entropy, or an error rate)
+    SPREAD_RTOL = 1e-6  # relative to the largest |s|; float32 losses carry ~1e-7 relative noise
 
     def __init__(self, num_classes: int, min_weight: float = 1.0, max_weight: float = 8.0,
                  ema_alpha: float = 0.8, mode: str = "loss"):
@@ -116,7 +154,8 @@ class DynamicClassWeights:
         self.smoothed = x.clone() if self.smoothed is None else a * self.smoothed + (1 - a) * x
         s = self.smoothed
         span = s.max() - s.min()
-        unit = (s - s.min()) / span if span > 0 else torch.zeros_like(s)
+        is_signal = span > self.SPREAD_ATOL + self.SPREAD_RTOL * s.abs().max()
+        unit = (s - s.min()) / span if is_signal else torch.zeros_like(s)
         self.weights = (self.min_weight + (self.max_weight - self.min_weight) * unit).float()
         return self.weights
 
@@ -173,3 +212,9 @@ def tau_normalize(weight: torch.Tensor, tau: float) -> torch.Tensor:
     """tau-normalisation (Kang et al. 2020): each class's classifier row ``w_c / ||w_c||^tau``.
     ``tau = 0`` leaves the weights unchanged; ``tau = 1`` gives unit-norm rows."""
     return weight / weight.norm(dim=1, keepdim=True).pow(tau)
+
+
+def tau_norm_logits(features: torch.Tensor, weight: torch.Tensor, tau: float) -> torch.Tensor:
+    """Logits of the tau-normalised classifier: ``z_c = <f, w_c / ||w_c||^tau>``, with no bias, as
+    classifier-balancing's ``tau_norm`` computes them (the trained bias is dropped)."""
+    return features @ tau_normalize(weight, tau).t()

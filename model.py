@@ -13,16 +13,38 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+NORMED_INITS = ("unit", "uniform")
+
+
 class NormedLinear(nn.Module):
     """Cosine classifier: ``z_c = <x / ||x||, w_c / ||w_c||>`` in [-1, 1], no bias (LDAM-DRW's
-    ``NormedLinear``, used with the LDAM loss's scale ``s``)."""
+    ``NormedLinear``, used with the LDAM loss's scale ``s``).
 
-    def __init__(self, in_features: int, out_features: int):
+    ``init="unit"`` (default) matches the reference: rows drawn from U(-1, 1), then each class
+    vector ``w_c`` scaled to unit norm. ``init="uniform"`` keeps the raw U(-1, 1) rows (norm about
+    ``sqrt(in_features / 3)``, 4.6 for 64 features), this project's earlier init. The forward pass
+    is scale-invariant in ``w_c``, so SGD's angular step shrinks as ``1 / ||w_c||^2``: the two inits
+    train the classifier at different effective learning rates.
+    """
+
+    def __init__(self, in_features: int, out_features: int, init: str = "unit"):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-1, 1))
+        if init not in NORMED_INITS:
+            raise ValueError(f"init={init!r}; valid: {', '.join(NORMED_INITS)}")
+        weight = torch.empty(out_features, in_features).uniform_(-1, 1)
+        if init == "unit":
+            weight = F.normalize(weight, dim=1)
+        self.weight = nn.Parameter(weight)
 
     def forward(self, x):
         return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
+
+
+def fp32_classifier(fc: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The classifier layer in float32 even under bf16 autocast: bf16 keeps ~3 significant digits,
+    which costs a cosine classifier ~0.03 after LDAM's scale of 30, and the losses read these logits."""
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        return fc(features.float())
 
 
 class BasicBlock(nn.Module):
@@ -71,7 +93,7 @@ class CifarResNet(nn.Module):
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
     def forward(self, x):
-        return self.fc(self.features(x))
+        return fp32_classifier(self.fc, self.features(x))
 
 
 class SimpleCNN(nn.Module):
@@ -91,7 +113,7 @@ class SimpleCNN(nn.Module):
         return F.adaptive_avg_pool2d(self.body(x), 1).flatten(1)
 
     def forward(self, x):
-        return self.fc(self.features(x))
+        return fp32_classifier(self.fc, self.features(x))
 
 
 def resnet10(num_classes=10):
@@ -120,10 +142,12 @@ MODELS = {"simplecnn": SimpleCNN, "resnet10": resnet10, "resnet15": resnet15,
           "resnet20": resnet20, "resnet32": resnet32}
 
 
-def get_model(name: str, num_classes: int = 10, normed_classifier: bool = False) -> nn.Module:
+def get_model(name: str, num_classes: int = 10, normed_classifier: bool = False,
+              normed_init: str = "unit") -> nn.Module:
     """Build a model by name; an unknown name raises ``ValueError`` listing the valid ones.
 
-    ``normed_classifier=True`` swaps the last linear layer for a :class:`NormedLinear`."""
+    ``normed_classifier=True`` swaps the last linear layer for a :class:`NormedLinear` initialised
+    with ``normed_init``."""
     key = str(name).lower()
     if key not in MODELS:
         raise ValueError(f"model_name={name!r}; valid: {', '.join(MODELS)}")
@@ -131,7 +155,7 @@ def get_model(name: str, num_classes: int = 10, normed_classifier: bool = False)
         raise ValueError(f"num_classes={num_classes!r} must be an int >= 2")
     model = MODELS[key](num_classes=num_classes)
     if normed_classifier:
-        model.fc = NormedLinear(model.fc.in_features, num_classes)
+        model.fc = NormedLinear(model.fc.in_features, num_classes, normed_init)
     return model
 
 

@@ -67,7 +67,7 @@ TUNING_GRID = {
 # A profile: overrides of TwoStageConfig plus what the suites run.
 PROFILES = {
     "smoke": {  # seconds on synthetic data, for tests
-        "config": dict(stage1_epochs=1, stage2_epochs=1, imb_factor=0.1, n_max=40, val_per_class=5,
+        "config": dict(stage1_epochs=1, stage2_epochs=1, imb_factor=0.1, n_max=40, val_per_class=5, stat_per_class=5,
                        batch_size=32, eval_batch_size=256),
         "tuning": "one_at_a_time", "tuning_limit": 1,
         "compare_models": ("resnet10",), "compare_scenarios": (("long_tail", 0.1),),
@@ -105,9 +105,10 @@ def _fmt(v) -> str:
 
 
 def tuning_points(profile: str) -> list[dict]:
-    """Stage-2 settings of the tuning grid for a profile, the default point excluded (the
-    baseline run is that point)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TwoStageConfig)}
+    """Stage-2 settings of the tuning grid for a profile, the baseline point excluded (the
+    baseline run is that point). The baseline is the profile's own config over the dataclass
+    defaults, so a one-at-a-time point differs from the baseline in its one knob only."""
+    defaults = {**{f.name: f.default for f in dataclasses.fields(TwoStageConfig)}, **PROFILES[profile]["config"]}
     base = {"stage2_lr": defaults["stage2_lr"], "weight_range": (defaults["min_weight"], defaults["max_weight"]),
             "stage2_focal_gamma": defaults["stage2_focal_gamma"], "dynamic_mode": defaults["dynamic_mode"]}
     if PROFILES[profile]["tuning"] == "product":

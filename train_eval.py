@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
+import losses
+
 PRECISIONS = ("bf16", "fp32")
 
 
@@ -42,20 +44,22 @@ def autocast(device: torch.device, precision: str):
 
 def train_one_epoch(model, batches, optimizer, loss_fn, lr_at, start_step: int, num_classes: int,
                     class_weights: torch.Tensor | None = None, precision: str = "fp32",
-                    train_mode: bool = True, forward=None) -> dict:
-    """Train over ``batches`` once.
+                    normalization: str = "mean", forward=None) -> dict:
+    """Train over ``batches`` once, every module in train mode.
 
     ``loss_fn(logits, y, weight, reduction)`` is one of :mod:`losses`; each step minimises its
-    weighted mean under ``class_weights`` (None: unweighted). ``lr_at(step)`` gives the learning rate
-    of global step ``step``, set before each step. ``train_mode=False`` keeps every module in eval
-    mode (a frozen backbone's BatchNorm statistics stay put). ``forward`` replaces ``model`` for the
-    forward pass (e.g. its ``torch.compile``d version).
+    weighted sum under ``class_weights`` (None: unweighted) divided by
+    :func:`losses.loss_denominator` (``normalization``: ``"mean"`` divides by ``sum(w_y)``,
+    ``"batch_mean"`` by the batch size). ``lr_at(step)`` gives the learning rate of global step
+    ``step``, set before each step. Train mode holds for a frozen backbone too (cRT): its BatchNorm
+    statistics follow the batches, as in classifier-balancing's training loop. ``forward``
+    replaces ``model`` for the forward pass (e.g. its ``torch.compile``d version).
 
     Returns the mean objective, ``class_loss`` (the mean cross-entropy of each class's images: the
     hardness statistic of dynamic reweighting, independent of the weights and of gamma) and the
     number of steps. Raises :class:`NonFiniteError` if the objective was not finite.
     """
-    model.train(train_mode)
+    model.train()
     forward = model if forward is None else forward
     device = next(model.parameters()).device
     if class_weights is not None:
@@ -74,7 +78,7 @@ def train_one_epoch(model, batches, optimizer, loss_fn, lr_at, start_step: int, 
         with autocast(device, precision):
             logits = forward(xb)
         loss_total = loss_fn(logits, yb, class_weights, "sum")
-        w_total = class_weights[yb].sum() if class_weights is not None else float(len(yb))
+        w_total = losses.loss_denominator(yb, class_weights, normalization)
         loss = loss_total / w_total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -113,19 +117,40 @@ def predict(model, x_uint8: torch.Tensor, normalizer, batch_size: int = 1024,
 
 
 def class_groups(train_counts) -> dict[str, np.ndarray]:
-    """Class groups by training count.
+    """Class groups by training count: ``head``/``tail`` and ``many``/``medium``/``few``.
 
-    Classes are ranked by count, largest first (ties: lower index first). ``tail`` is the rarer
-    half, the last ``C // 2`` of the ranking; ``head`` the rest. ``many``/``medium``/``few`` take the
-    first ``k``, the middle ``C - 2k`` and the last ``k`` of the ranking, ``k = floor(0.3 * C + 0.5)``:
-    3/4/3 on CIFAR-10, 30/40/30 on CIFAR-100.
+    Classes are ranked by count, largest first (ties: lower index first), and the ranks are cut
+    into groups: ``head`` the first ``C - C // 2``, ``tail`` the last ``C // 2``; ``many``/``medium``/
+    ``few`` the first ``k``, the middle ``C - 2k`` and the last ``k``, ``k = floor(0.3 * C + 0.5)``
+    (3/4/3 on CIFAR-10, 30/40/30 on CIFAR-100).
+
+    In ``many``/``medium``/``few`` ties never split: classes of equal count always share a group. A
+    block of equal counts goes to the group that holds most of its ranks (on a tie, the group of its
+    first rank), so these groups may grow, shrink or be empty: head_tail's 5 x 4900 and 5 x 49 give
+    many = the five head classes, few = the five tail ones, medium = none (its accuracy is NaN).
+    ``head``/``tail`` are the seed's halves of the ranking and always hold ``C - C // 2`` and
+    ``C // 2`` classes; they split a tie only when the middle ranks share a count (a balanced set).
     """
     counts = np.asarray(train_counts)
     C = len(counts)
-    order = np.argsort(-counts, kind="stable")
     k = int(0.3 * C + 0.5)
-    return {"head": np.sort(order[:C - C // 2]), "tail": np.sort(order[C - C // 2:]),
-            "many": np.sort(order[:k]), "medium": np.sort(order[k:C - k]), "few": np.sort(order[C - k:])}
+    order = np.argsort(-counts, kind="stable")
+    halves = {"head": np.sort(order[:C - C // 2]), "tail": np.sort(order[C - C // 2:])}
+    return {**halves, **_rank_groups(counts, {"many": k, "medium": C - 2 * k, "few": k})}
+
+
+def _rank_groups(counts: np.ndarray, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Cut the count ranking into consecutive groups of ``sizes``, then move each block of equal
+    counts whole into the group that holds most of its ranks (see :func:`class_groups`)."""
+    order = np.argsort(-counts, kind="stable")
+    rank_group = np.repeat(np.arange(len(sizes)), list(sizes.values()))
+    members = [[] for _ in sizes]
+    for value in np.unique(counts)[::-1]:  # blocks of equal count, largest first
+        block = np.flatnonzero(counts[order] == value)
+        groups, votes = np.unique(rank_group[block], return_counts=True)
+        winner = groups[np.argmax(votes)]  # argmax keeps the first (earliest) group on a tie
+        members[winner] += order[block].tolist()
+    return {name: np.sort(np.asarray(m, dtype=np.int64)) for name, m in zip(sizes, members)}
 
 
 def classification_metrics(y_true, y_pred, train_counts) -> dict:

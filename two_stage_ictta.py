@@ -21,13 +21,16 @@ returned from its JSON without retraining.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
 import math
 import os
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -39,7 +42,7 @@ from tqdm.auto import tqdm
 
 import data_loader
 import losses
-from model import MODELS, get_model
+from model import MODELS, NORMED_INITS, get_model
 from results_logger import (RunLogger, atomic_torch_save, git_commit, read_json, summarize_rows,
                             write_json)
 from train_eval import (PRECISIONS, NonFiniteError, autocast, evaluate, predict, resolve_device,
@@ -61,6 +64,7 @@ class Method:
     normed_classifier: bool = False  # cosine classifier (LDAM)
     retrain_classifier: bool = False  # cRT: new classifier, frozen backbone, class-balanced sampling
     tau_norm: bool = False  # post-hoc tau-normalised classifier, tau chosen on validation
+    normalization: str = "mean"  # a weighted loss's denominator: "mean" sum(w_y), "batch_mean" N
 
 
 METHODS = {
@@ -70,7 +74,10 @@ METHODS = {
     "focal": Method("focal", "none", "focal", "none", "Focal loss (Lin et al. 2017), gamma=focal_gamma."),
     "rw": Method("ce", "inverse", "ce", "inverse", "Cross-entropy re-weighted by inverse class frequency."),
     "cb_focal": Method("focal", "effective", "focal", "effective",
-                       "Class-balanced focal loss (Cui et al. 2019): effective-number weights, beta=cb_beta."),
+                       "Class-balanced focal loss (Cui et al. 2019): effective-number weights, beta=cb_beta, "
+                       "the weighted sum divided by the batch size as in the reference (softmax focal, "
+                       "where the reference uses a sigmoid one).",
+                       normalization="batch_mean"),
     "drw": Method("ce", "none", "ce", "effective",
                   "Deferred re-weighting (Cao et al. 2019): CE, then effective-number weights in stage 2."),
     "ldam_drw": Method("ldam", "none", "ldam", "effective",
@@ -83,11 +90,13 @@ METHODS = {
                                "Balanced Softmax (Ren et al. 2020): CE on z + log n_c."),
     "crt": Method("ce", "none", "ce", "none",
                   "Classifier re-training (Kang et al. 2020): stage 2 re-initialises the classifier and "
-                  "trains only it, on the frozen backbone, with class-balanced sampling.",
+                  "trains only it, on the frozen backbone, with class-balanced sampling; the backbone's "
+                  "BatchNorm statistics follow those batches (train mode, as the reference).",
                   retrain_classifier=True),
     "tau_norm": Method("ce", "none", "ce", "none",
                        "tau-normalisation (Kang et al. 2020): the CE model's classifier rows scaled by "
-                       "1/||w_c||^tau, tau in {0, 0.1, ..., 2} chosen on validation macro-F1.",
+                       "1/||w_c||^tau and its bias dropped (as the reference), tau in {0, 0.1, ..., 2} "
+                       "chosen on validation macro-F1.",
                        tau_norm=True),
     "two_stage_ictta": Method("ce", "none", "ictta", "dynamic",
                               "Ours: CE, then focal (or CE) with dynamic per-class weights."),
@@ -131,6 +140,8 @@ class TwoStageConfig:
     device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N")
     data_root: str | None = opt(None, "dataset folder (default: $CIFAR10_ROOT, else data/cifar10)")
     val_per_class: int = opt(100, "balanced validation images per class, held out of train first")
+    stat_per_class: int = opt(50, "balanced images per class held out (after validation) for the "
+                                  "val_loss / val_error statistic; disjoint from train, validation, test")
     n_max: int | None = opt(None, "images of the largest class (default: all left after validation)")
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(2e-4, "SGD weight decay")
@@ -141,6 +152,8 @@ class TwoStageConfig:
     cb_beta: float = opt(0.9999, "effective-number beta (cb_focal, drw, ldam_drw), in [0, 1)")
     ldam_max_margin: float = opt(0.5, "largest LDAM margin")
     ldam_scale: float = opt(30.0, "LDAM logit scale s")
+    normed_init: str = opt("unit", "init of LDAM's cosine classifier: unit (rows of norm 1, the "
+                                   "reference) or uniform (raw U(-1, 1) rows, this project's earlier init)")
     la_tau: float = opt(1.0, "logit-adjustment tau")
     precision: str = opt("bf16", "bf16 (autocast) or fp32")
     channels_last: bool = opt(True, "channels-last memory format (faster convolutions)")
@@ -153,12 +166,15 @@ class TwoStageConfig:
     quiet: bool = opt(False, "no progress bar")
     resume: bool = opt(True, "resume from the last checkpoint; return a finished run's results")
     reuse_stage1: bool = opt(True, "share stage 1 with other runs in log_dir")
+    accept_code_change: bool = opt(False, "keep (resume, skip, share) results made by other code; only "
+                                          "for a change shown numerically neutral (README)")
     tag: str = opt("", "free label copied into every row (the grid writes <suite>-<profile>)")
 
 
 SEED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TwoStageConfig)[2:17]}
 # settings that change neither the numbers nor the run's identity
-_NOT_IDENTITY = ("log_dir", "data_root", "quiet", "resume", "reuse_stage1", "threads", "eval_batch_size")
+_NOT_IDENTITY = ("log_dir", "data_root", "quiet", "resume", "reuse_stage1", "threads", "eval_batch_size",
+                 "accept_code_change")
 _NOT_IN_HASH = _NOT_IDENTITY + ("tag",)
 
 
@@ -200,6 +216,7 @@ def validate_config(cfg: TwoStageConfig) -> None:
     _check(_is_choice(cfg.schedule, SCHEDULES), "schedule", cfg.schedule, ", ".join(SCHEDULES))
     _check(_is_choice(cfg.precision, PRECISIONS), "precision", cfg.precision, ", ".join(PRECISIONS))
     _check(_is_choice(cfg.compile_mode, COMPILE_MODES), "compile_mode", cfg.compile_mode, ", ".join(COMPILE_MODES))
+    _check(_is_choice(cfg.normed_init, NORMED_INITS), "normed_init", cfg.normed_init, ", ".join(NORMED_INITS))
     _check(_is_num(cfg.imb_factor) and 0 < cfg.imb_factor <= 1, "imb_factor", cfg.imb_factor, "a number in (0, 1]")
     for name in ("stage1_epochs", "stage2_epochs"):
         v = getattr(cfg, name)
@@ -231,8 +248,9 @@ def validate_config(cfg: TwoStageConfig) -> None:
            and cfg.lr_milestones[0] <= cfg.lr_milestones[1], "lr_milestones", cfg.lr_milestones,
            "two increasing epochs >= 0")
     _check(_is_int(cfg.seed) and 0 <= cfg.seed < 2 ** 31, "seed", cfg.seed, "an integer in [0, 2**31)")
-    _check(_is_int(cfg.val_per_class) and cfg.val_per_class >= 0, "val_per_class", cfg.val_per_class,
-           "an integer >= 0")
+    for name in ("val_per_class", "stat_per_class"):
+        v = getattr(cfg, name)
+        _check(_is_int(v) and v >= 0, name, v, "an integer >= 0")
     _check(cfg.n_max is None or (_is_int(cfg.n_max) and cfg.n_max >= 1), "n_max", cfg.n_max,
            "None or an integer >= 1")
     _check(cfg.threads is None or (_is_int(cfg.threads) and 1 <= cfg.threads <= 1024), "threads", cfg.threads,
@@ -240,7 +258,7 @@ def validate_config(cfg: TwoStageConfig) -> None:
     _check(cfg.exp_name is None or (isinstance(cfg.exp_name, str) and cfg.exp_name != ""
                                      and all(c.isalnum() or c in "-_.=" for c in cfg.exp_name)),
            "exp_name", cfg.exp_name, "None or a non-empty name of letters, digits and - _ . =")
-    for name in ("channels_last", "compile", "quiet", "resume", "reuse_stage1"):
+    for name in ("channels_last", "compile", "quiet", "resume", "reuse_stage1", "accept_code_change"):
         v = getattr(cfg, name)
         _check(isinstance(v, bool), name, v, "True or False")
     _check(isinstance(cfg.tag, str), "tag", cfg.tag, "a string")
@@ -250,10 +268,11 @@ def validate_config(cfg: TwoStageConfig) -> None:
            cfg.log_dir, "a folder path")
     _check(cfg.data_root is None or isinstance(cfg.data_root, (str, os.PathLike)), "data_root",
            cfg.data_root, "None or a folder path")
-    needs_val = (cfg.method == "two_stage_ictta" and cfg.dynamic_mode in ("val_loss", "val_error")) \
-        or cfg.method == "tau_norm"
-    _check(not needs_val or cfg.val_per_class > 0, "val_per_class", cfg.val_per_class,
-           f"> 0 for method={cfg.method!r} with dynamic_mode={cfg.dynamic_mode!r} (it selects on validation)")
+    needs_stat = cfg.method == "two_stage_ictta" and cfg.dynamic_mode in ("val_loss", "val_error")
+    _check(not needs_stat or cfg.stat_per_class > 0, "stat_per_class", cfg.stat_per_class,
+           f"> 0 for dynamic_mode={cfg.dynamic_mode!r} (its statistic comes from that split)")
+    _check(cfg.method != "tau_norm" or cfg.val_per_class > 0, "val_per_class", cfg.val_per_class,
+           "> 0 for method='tau_norm' (tau is chosen on validation)")
 
 
 def config_hash(cfg: TwoStageConfig) -> str:
@@ -265,7 +284,7 @@ def stage1_hash(cfg: TwoStageConfig) -> str:
     """Identity of stage 1: everything that changes its numbers, nothing that only stage 2 uses."""
     m = METHODS[cfg.method]
     keys = ["model_name", "imbalance_type", "imb_factor", "batch_size", "stage1_epochs", "stage1_lr",
-            "seed", "device", "val_per_class", "n_max", "momentum", "weight_decay", "warmup_epochs",
+            "seed", "device", "val_per_class", "stat_per_class", "n_max", "momentum", "weight_decay", "warmup_epochs",
             "schedule", "lr_milestones", "precision", "channels_last", "compile", "compile_mode"]
     if m.loss1 == "focal":
         keys.append("focal_gamma")
@@ -273,6 +292,8 @@ def stage1_hash(cfg: TwoStageConfig) -> str:
         keys.append("cb_beta")
     if m.loss1 == "ldam":
         keys += ["ldam_max_margin", "ldam_scale"]
+    if m.normed_classifier:
+        keys.append("normed_init")
     if m.loss1 == "logit_adjust":
         keys.append("la_tau")
     d = {k: getattr(cfg, k) for k in keys}
@@ -286,6 +307,38 @@ def stage1_path(cfg: TwoStageConfig) -> Path:
     """The shared stage-1 checkpoint of ``cfg``: the first run in ``log_dir`` with this stage 1
     writes it, the others load it."""
     return Path(cfg.log_dir) / "stage1" / f"stage1_{stage1_hash(cfg)}.pt"
+
+
+# The modules whose code determines a run's numbers. Their fingerprint is part of a result's
+# identity: a result made by other code is never skipped as finished, resumed, or shared as a
+# stage 1, unless the run says accept_code_change.
+NUMERIC_MODULES = ("data_loader", "model", "losses", "train_eval", "two_stage_ictta")
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint(folder: str = str(Path(__file__).resolve().parent)) -> str:
+    """A hash of the numeric modules' syntax trees, docstrings removed: comments, docstrings and
+    layout do not change it, any change to a statement or a constant does."""
+    h = hashlib.sha1()
+    for name in NUMERIC_MODULES:
+        tree = ast.parse((Path(folder) / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        h.update(f"{name}\n{ast.dump(tree)}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def made_by_other_code(record: dict | None, cfg: TwoStageConfig) -> str | None:
+    """Why ``record`` (a run's JSON or a checkpoint) must not be kept: a line naming the two code
+    fingerprints, or None when it is current (or ``cfg.accept_code_change`` keeps it)."""
+    theirs = (record or {}).get("code_fingerprint")
+    if cfg.accept_code_change or theirs == code_fingerprint():
+        return None
+    return (f"made by other code (fingerprint {theirs} != {code_fingerprint()}); "
+            f"accept_code_change (--accept-code-change) keeps it")
 
 
 def run_name(cfg: TwoStageConfig) -> str:
@@ -351,10 +404,11 @@ def static_weights(kind: str, counts, cfg: TwoStageConfig) -> torch.Tensor | Non
 
 
 def is_finished(cfg: TwoStageConfig, meta: dict | None) -> bool:
-    """Whether ``meta`` (the run's JSON) records a finished run of exactly these settings whose CSV
-    exists: what a rerun skips, and what the grid's ``--status`` counts as done."""
+    """Whether ``meta`` (the run's JSON) records a finished run of exactly these settings, made by
+    this code (or kept by ``accept_code_change``), whose CSV exists: what a rerun skips, and what
+    the grid's ``--status`` counts as done."""
     return (meta is not None and meta.get("status") == "finished" and meta.get("run_id") == config_hash(cfg)
-            and (Path(cfg.log_dir) / f"{run_name(cfg)}.csv").exists())
+            and made_by_other_code(meta, cfg) is None and (Path(cfg.log_dir) / f"{run_name(cfg)}.csv").exists())
 
 
 class RunLock:
@@ -458,6 +512,9 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
                          f"exp_name or log_dir")
     if cfg.resume and is_finished(cfg, previous):
         return {**previous["results"], "skipped": True}
+    stale = previous is not None and previous.get("status") == "finished" and made_by_other_code(previous, cfg)
+    if cfg.resume and stale:
+        print(f"rerunning {name}: its finished result was {stale}", file=sys.stderr)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with RunLock(log_dir / f"{name}.lock"):
@@ -485,26 +542,30 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
             "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
             # CPU results are bitwise reproducible for a given thread count, not across counts
             "torch_threads": torch.get_num_threads(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "status": "running", "paths": {k: str(v) for k, v in paths.items()}}
+            "status": "running", "paths": {k: str(v) for k, v in paths.items()},
+            "code_fingerprint": code_fingerprint(), "code_fingerprints": [code_fingerprint()]}
 
     data = data_loader.load_dataset(cfg.data_root)
     split = data_loader.make_split(data.train_y, cfg.imbalance_type, cfg.imb_factor, n_max=cfg.n_max,
-                                   val_per_class=cfg.val_per_class, seed=cfg.seed)
+                                   val_per_class=cfg.val_per_class, stat_per_class=cfg.stat_per_class,
+                                   seed=cfg.seed)
     counts, C = split.counts, data.num_classes
     meta.update(class_counts=counts, classes=list(data.classes), data_source=data.source,
-                n_train=int(len(split.train_idx)), n_val=int(len(split.val_idx)))
-    mean, std = data_loader.channel_stats(data.train_x[split.train_idx])
-    norm = data_loader.Normalizer(mean, std, device)
+                n_train=int(len(split.train_idx)), n_val=int(len(split.val_idx)), n_stat=int(len(split.stat_idx)),
+                normalization={"mean": data.mean, "std": data.std, "over": "the whole training split"})
+    norm = data_loader.Normalizer(data.mean, data.std, device)
     to_dev = partial(data_loader.to_device_images, device=device)
     x_train, y_train = to_dev(data.train_x[split.train_idx]), torch.from_numpy(data.train_y[split.train_idx]).to(device)
     x_val, y_val = to_dev(data.train_x[split.val_idx]), torch.from_numpy(data.train_y[split.val_idx]).to(device)
+    x_stat, y_stat = to_dev(data.train_x[split.stat_idx]), torch.from_numpy(data.train_y[split.stat_idx]).to(device)
     x_test, y_test = to_dev(data.test_x), torch.from_numpy(data.test_y).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # CUDA runs are not bitwise reproducible anyway (README)
 
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(cfg.seed)
-        model = get_model(cfg.model_name, C, normed_classifier=method.normed_classifier)
+        model = get_model(cfg.model_name, C, normed_classifier=method.normed_classifier,
+                          normed_init=cfg.normed_init)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -523,11 +584,12 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
                    for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY + ("exp_name",)}}
     logger = RunLogger(paths["csv"], identity)
     # state carried between epochs (and through checkpoints)
-    st = {"stage": 1, "epoch": 0, "step": 0, "train_class_loss": None, "val_stat": None}
+    st = {"stage": 1, "epoch": 0, "step": 0, "train_class_loss": None}
     stage1_file = stage1_path(cfg)
 
     def snapshot() -> dict:
-        return {"run_id": run_id, "st": dict(st), "model": model.state_dict(),
+        return {"run_id": run_id, "code_fingerprint": code_fingerprint(),
+                "code_fingerprints": meta["code_fingerprints"], "st": dict(st), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "data": batches.state_dict(),
                 "dyn": dyn.state_dict(), "rows": logger.rows}
 
@@ -542,16 +604,30 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
         batches.load_state_dict(snap["data"])
         dyn.load_state_dict(snap["dyn"])
         logger.rows = list(snap["rows"])
+        seen = meta["code_fingerprints"]
+        seen[:] = list(dict.fromkeys(snap.get("code_fingerprints", []) + seen))
 
+    def usable(path: Path, what: str) -> dict | None:
+        """The checkpoint at ``path`` if it exists and was made by this code (or is accepted)."""
+        if not path.exists():
+            return None
+        snap = torch.load(path, map_location=device, weights_only=False)
+        why_not = made_by_other_code(snap, cfg)
+        if why_not:
+            print(f"{name}: not reusing {what} {path.name}: {why_not}", file=sys.stderr)
+            return None
+        return snap
+
+    name = paths["csv"].stem
     resumed_from = None
-    if cfg.resume and paths["checkpoint"].exists():
-        snap = torch.load(paths["checkpoint"], map_location=device, weights_only=False)
-        if snap.get("run_id") == run_id:
-            restore(snap)
-            resumed_from = (st["stage"], st["epoch"])
+    snap = usable(paths["checkpoint"], "checkpoint") if cfg.resume else None
+    if snap is not None and snap.get("run_id") == run_id:
+        restore(snap)
+        resumed_from = (st["stage"], st["epoch"])
     stage1_reused = False
-    if resumed_from is None and cfg.reuse_stage1 and cfg.stage1_epochs > 0 and stage1_file.exists():
-        restore(torch.load(stage1_file, map_location=device, weights_only=False))
+    snap = usable(stage1_file, "stage 1") if resumed_from is None and cfg.reuse_stage1 and cfg.stage1_epochs > 0 else None
+    if snap is not None:
+        restore(snap)
         stage1_reused = True
     meta.update(resumed_from=resumed_from, stage1_reused=stage1_reused)
     write_json(paths["config"], meta)
@@ -585,30 +661,26 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
             if stage == 2 and method.retrain_classifier:  # same generator, so the stream goes on
                 batches = data_loader.DeviceBatches(x_train, y_train, cfg.batch_size, norm, gen,
                                                     sampler="class_balanced", channels_last=cfg.channels_last)
+            stat_fn = partial(_held_out_stat, model, norm, counts, cfg, (x_stat, y_stat))
             loss_name = method.loss1 if stage == 1 else method.loss2
             weight_kind = method.weights1 if stage == 1 else method.weights2
             loss_fn = build_loss(loss_name, counts, cfg, device)
             for epoch in range(st["epoch"] + 1, n_epochs + 1):
                 t0 = time.perf_counter()
                 if weight_kind == "dynamic":  # from the statistic of the epoch just before this one
-                    weights = dyn.update(_dynamic_stat(cfg.dynamic_mode, st))
+                    weights = dyn.update(_dynamic_stat(cfg.dynamic_mode, st, stat_fn))
                 else:
                     weights = static_weights(weight_kind, counts, cfg)
                 lr_fn = partial(lr_at_step, steps_per_epoch=spe, cfg=cfg, stage=stage)
                 out = train_one_epoch(model, batches, optimizer, loss_fn, lr_fn, st["step"], C,
                                       class_weights=weights, precision=cfg.precision,
-                                      train_mode=not (stage == 2 and method.retrain_classifier),
-                                      forward=forward)
+                                      normalization=method.normalization, forward=forward)
                 st["step"] += out["steps"]
                 st["train_class_loss"] = out["class_loss"]
                 last = epoch == n_epochs
-                needs_val_stat = weight_kind == "dynamic" and cfg.dynamic_mode.startswith("val")
                 row_w = (weights if weights is not None else torch.ones(C)).tolist()
-                if last or epoch % cfg.eval_every == 0 or needs_val_stat:
+                if last or epoch % cfg.eval_every == 0:
                     res = evaluate_splits(stage)
-                    if "val" in res:
-                        st["val_stat"] = {"val_loss": res["val"]["class_loss"],
-                                          "val_error": 1.0 - torch.as_tensor(res["val"]["recall"], dtype=torch.float64)}
                     seconds = time.perf_counter() - t0
                     global_epoch = epoch + (cfg.stage1_epochs if stage == 2 else 0)
                     for split_name, m in res.items():
@@ -627,7 +699,7 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
                 bar.update(1)
             if stage == 1 and cfg.reuse_stage1:
                 stage1_file.parent.mkdir(exist_ok=True)
-                if not stage1_file.exists():
+                if not stage1_file.exists() or made_by_other_code(_load_meta_only(stage1_file), cfg):
                     atomic_torch_save(snapshot(), stage1_file)
     except BaseException as e:
         meta.update(status="failed" if isinstance(e, Exception) else "interrupted",
@@ -649,11 +721,27 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
     return results
 
 
-def _dynamic_stat(mode: str, st: dict):
-    """The per-class statistic that the next stage-2 epoch's weights come from."""
+def _dynamic_stat(mode: str, st: dict, held_out_stat):
+    """The per-class statistic that the next stage-2 epoch's weights come from: the last epoch's
+    training loss, or ``held_out_stat(mode)`` measured now, after it, on the statistic split.
+    None before any training epoch (``stage1_epochs=0``): no epoch has been seen yet."""
     if mode in ("none", "loss"):
         return st["train_class_loss"]
-    return st["val_stat"][mode] if st["val_stat"] is not None else None  # None: no epoch yet
+    return held_out_stat(mode) if st["step"] > 0 else None
+
+
+def _held_out_stat(model, norm, counts, cfg, stat_split, mode: str) -> torch.Tensor:
+    """``val_loss`` (per-class mean cross-entropy) or ``val_error`` (1 - per-class recall) of the
+    model on the statistic split (never the validation split, which selects)."""
+    m = evaluate(model, *stat_split, norm, counts, batch_size=cfg.eval_batch_size,
+                 precision=cfg.precision, channels_last=cfg.channels_last)
+    if mode == "val_loss":
+        return m["class_loss"]
+    return 1.0 - torch.as_tensor(m["recall"], dtype=torch.float64)
+
+
+def _load_meta_only(path: Path) -> dict:
+    return {"code_fingerprint": torch.load(path, map_location="cpu", weights_only=False).get("code_fingerprint")}
 
 
 def _freeze_for_crt(model, reinit_seed: int | None = None) -> None:
@@ -670,14 +758,15 @@ def _freeze_for_crt(model, reinit_seed: int | None = None) -> None:
 
 @torch.no_grad()
 def _evaluate_tau_norm(model, norm, counts, cfg, val, test) -> dict:
-    """Evaluate with tau-normalised classifier rows; tau maximises validation macro-F1."""
-    W, b = model.fc.weight.float(), model.fc.bias.float()
+    """Evaluate the bias-free tau-normalised classifier (:func:`losses.tau_norm_logits`); tau
+    maximises validation macro-F1."""
+    W = model.fc.weight.float()
     splits = {"val": val, "test": test}
     feats = {name: predict(model, x, norm, cfg.eval_batch_size, cfg.precision, cfg.channels_last, features=True)
              for name, (x, _) in splits.items()}
 
     def ev(name: str, tau: float) -> dict:
-        logits = feats[name] @ losses.tau_normalize(W, tau).t() + b
+        logits = losses.tau_norm_logits(feats[name], W, tau)
         return {**evaluate(model, *splits[name], norm, counts, logits=logits), "tau": tau}
 
     best_tau = max(TAU_GRID, key=lambda tau: (ev("val", tau)["macro_f1"], -tau))  # ties: smaller tau

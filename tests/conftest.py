@@ -60,5 +60,5 @@ def real_root() -> Path:
 def tiny_run_kwargs(synthetic_root, tmp_path) -> dict:
     """Settings for a run of a few seconds on the synthetic data."""
     return dict(data_root=str(synthetic_root), log_dir=str(tmp_path / "runs"), stage1_epochs=2,
-                stage2_epochs=2, batch_size=32, val_per_class=5, imb_factor=0.2, device="cpu",
+                stage2_epochs=2, batch_size=32, val_per_class=5, stat_per_class=5, imb_factor=0.2, device="cpu",
                 quiet=True, eval_batch_size=64)

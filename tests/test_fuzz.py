@@ -26,7 +26,7 @@ import data_loader
 import losses
 import main as cli
 import two_stage_ictta as tsi
-from model import MODELS
+from model import MODELS, NORMED_INITS
 
 ROOT = Path(__file__).resolve().parents[1]
 # explain phase off: its tracing adds time and, on huge ints, ran out of memory formatting a failure
@@ -150,6 +150,7 @@ PARAMS = {
     "device": (device_ok, _devices),
     "data_root": (path(optional=True), st.integers()),
     "val_per_class": (int_in(0), _ints),
+    "stat_per_class": (int_in(0), _ints),
     "n_max": (int_in(1, optional=True), _ints),
     "momentum": (num_in(0, 1, hi_open=True), _nums),
     "weight_decay": (num_in(0), _nums),
@@ -161,6 +162,7 @@ PARAMS = {
     "cb_beta": (num_in(0, 1, hi_open=True), _nums),
     "ldam_max_margin": (num_in(0), _nums),
     "ldam_scale": (num_in(0, lo_open=True), _nums),
+    "normed_init": (one_of(NORMED_INITS), _words(NORMED_INITS)),
     "la_tau": (num_in(0), _nums),
     "precision": (one_of(("bf16", "fp32")), _words(("bf16", "fp32"))),
     "compile_mode": (one_of(tsi.COMPILE_MODES), _words(tsi.COMPILE_MODES)),
@@ -172,6 +174,7 @@ PARAMS = {
     "quiet": (is_bool, _ints),
     "resume": (is_bool, _ints),
     "reuse_stage1": (is_bool, _ints),
+    "accept_code_change": (is_bool, _ints),
     "tag": (lambda v: isinstance(v, str), _junk()),
 }
 
@@ -205,12 +208,13 @@ def invalid_combination(draw):
     if kind == "epochs":
         kw.update(stage1_epochs=0, stage2_epochs=0)
         return kw, ("stage1_epochs", "stage2_epochs")
-    # methods that select on validation, without a validation split
-    kw.update(draw(st.sampled_from([{"method": "tau_norm"},
-                                    {"method": "two_stage_ictta", "dynamic_mode": "val_loss"},
-                                    {"method": "two_stage_ictta", "dynamic_mode": "val_error"}])),
-              val_per_class=0)
-    return kw, ("val_per_class",)
+    if draw(st.booleans()):  # tau-norm selects tau on validation: it needs that split
+        kw.update(method="tau_norm", val_per_class=0)
+        return kw, ("val_per_class",)
+    # the held-out statistics need the statistic split
+    kw.update(method="two_stage_ictta", dynamic_mode=draw(st.sampled_from(["val_loss", "val_error"])),
+              stat_per_class=0)
+    return kw, ("stat_per_class",)
 
 
 def _log_dir(base: Path, kw: dict) -> Path:

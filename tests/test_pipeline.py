@@ -92,8 +92,8 @@ def test_tiny_end_to_end(tiny_run_kwargs):
     cfg = meta["config"]
     assert cfg["model_name"] == "simplecnn" and cfg["imbalance_type"] == "long_tail"
     assert cfg["stage2_focal_gamma"] == 1.5 and cfg["dynamic_mode"] == "loss"
-    # synthetic data: 60 train images per class, 5 held out -> n_max 55
-    assert meta["class_counts"] == class_counts("long_tail", 0.2, 55, C)
+    # synthetic data: 60 train images per class, 5 + 5 held out -> n_max 50
+    assert meta["class_counts"] == class_counts("long_tail", 0.2, 50, C)
     assert meta["n_train"] == sum(meta["class_counts"]) and meta["n_val"] == 5 * C
     for stage in ("stage1", "stage2"):
         assert np.asarray(meta["confusion_test"][stage]).sum(1).tolist() == [15] * C  # whole test set
@@ -149,7 +149,7 @@ def test_summarize_rows_selects_on_validation_never_on_test():
 
 
 def test_no_validation_reports_last_epoch(tiny_run_kwargs):
-    res = run(**{**tiny_run_kwargs, "val_per_class": 0})
+    res = run(**{**tiny_run_kwargs, "val_per_class": 0, "stat_per_class": 0})
     df = read_csv(res)
     assert set(df.split) == {"test"}
     for stage in ("stage1", "stage2"):
@@ -209,7 +209,7 @@ BAD_INPUT = [
     (dict(batch_size=-32), "batch_size", "> 0"),
     (dict(stage1_lr=0.0), "stage1_lr", "> 0"),
     (dict(stage2_lr=-0.01), "stage2_lr", "> 0"),
-    (dict(n_max=56), "n_max", "55"),  # synthetic data: 60 per class, 5 held out
+    (dict(n_max=51), "n_max", "50"),  # synthetic data: 60 per class, 5 + 5 held out
     ("junk_data_root", "data_root", "train/<class>"),
 ]
 
