@@ -106,6 +106,31 @@ def test_validation_is_drawn_before_the_subset():
     assert np.array_equal(a.val_idx, b.val_idx)
 
 
+def test_validation_statistic_and_training_splits_are_disjoint():
+    """The statistic split (dynamic weights' held-out statistic) is balanced, drawn after
+    validation and before the subset, and shares no image with either (nor with test: another array)."""
+    y = np.repeat(np.arange(5), 400)
+    for scenario, imb in (("long_tail", 0.01), ("head_tail", 0.1)):
+        s = make_split(y, scenario, imb, val_per_class=30, stat_per_class=20, seed=1)
+        sets = [set(s.train_idx.tolist()), set(s.val_idx.tolist()), set(s.stat_idx.tolist())]
+        assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+        assert np.bincount(y[s.stat_idx]).tolist() == [20] * 5
+        assert s.counts[0] == 400 - 30 - 20  # n_max: what is left after both balanced splits
+    a = make_split(y, "long_tail", 0.01, val_per_class=30, stat_per_class=20, seed=1)
+    b = make_split(y, "head_tail", 0.5, val_per_class=30, stat_per_class=20, seed=1)
+    assert np.array_equal(a.stat_idx, b.stat_idx) and np.array_equal(a.val_idx, b.val_idx)
+
+
+def test_normalisation_constants_come_from_the_whole_training_split(synthetic_root):
+    """Once per dataset, from every training image: the same for any scenario, seed or subset."""
+    data = load_dataset(synthetic_root)
+    mean, std = data_loader.channel_stats(data.train_x)
+    assert data.mean == pytest.approx(mean) and data.std == pytest.approx(std)
+    flat = data.train_x.reshape(-1, 3).astype(np.float64) / 255
+    assert mean == pytest.approx(flat.mean(0).tolist()) and std == pytest.approx(flat.std(0).tolist())
+    assert load_dataset(synthetic_root).mean == data.mean  # through the cache too
+
+
 def test_make_split_n_max_too_large():
     y = np.repeat(np.arange(3), 100)
     with pytest.raises(ValueError, match="n_max"):

@@ -1,6 +1,7 @@
 """The grid runner: plans, stage-1 sharing, the smoke profile end to end, and resume after kill -9."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -145,3 +146,20 @@ def test_grid_cli_rejects_bad_input_with_usage_error(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "data_root" in r.stderr
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.csv"))
+
+
+@pytest.mark.parametrize("profile", sorted(grid.PROFILES))
+def test_each_tuning_point_differs_from_its_baseline_in_one_knob(profile):
+    """The baseline of a one-at-a-time grid is the profile's config, so each point moves exactly
+    the knob it names (weight_range moves min_weight and max_weight together)."""
+    if grid.PROFILES[profile]["tuning"] != "one_at_a_time":
+        pytest.skip("a product grid moves several knobs by design")
+    knobs = {"stage2_lr": ("stage2_lr",), "weight_range": ("min_weight", "max_weight"),
+             "stage2_focal_gamma": ("stage2_focal_gamma",), "dynamic_mode": ("dynamic_mode",)}
+    base = dataclasses.asdict(grid.plan_baseline(profile, models=("resnet10",), scenarios=("long_tail",))[0])
+    for point in grid.tuning_points(profile):
+        cfg = dataclasses.asdict(grid._config(profile, "baseline", "resnet10", "long_tail", 0, {},
+                                              **grid._tuning_settings(point)))
+        moved = {k for k in base if k != "exp_name" and cfg[k] != base[k]}
+        assert len([k for k, fields in knobs.items() if moved & set(fields)]) == 1, (point, moved)
+        assert moved <= {f for fields in knobs.values() for f in fields}, moved

@@ -88,6 +88,17 @@ def test_focal_finite_at_extreme_probabilities(dtype, gamma):
     assert per[2].item() == pytest.approx(100.0, rel=1e-2)  # (1 - p_t)^gamma ~ 1 when p_t ~ 0
 
 
+def test_batch_mean_divides_the_weighted_sum_by_the_batch_size():
+    """Cui et al.'s normalisation: sum(w_y l) / N; "mean" divides by sum(w_y) instead."""
+    z, y = _batch(3)
+    w = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0])
+    per_sample = focal_loss(z, y, None, "none", gamma=1.0)
+    got = focal_loss(z, y, w, "batch_mean", gamma=1.0)
+    assert got.item() == pytest.approx(((w[y] * per_sample).sum() / len(y)).item(), rel=1e-6)
+    assert focal_loss(z, y, w, "mean", gamma=1.0).item() == pytest.approx(
+        ((w[y] * per_sample).sum() / w[y].sum()).item(), rel=1e-6)
+
+
 def test_reduction_unknown_raises():
     logits, y = _batch()
     with pytest.raises(ValueError, match="reduction"):
@@ -175,6 +186,23 @@ def test_dynamic_weights_ema_alpha_08_over_several_updates():
 def test_dynamic_weights_all_equal_statistic_gives_min_weight():
     dyn = DynamicClassWeights(5, min_weight=1.5, max_weight=3.0, ema_alpha=0.3)
     assert dyn.update(torch.full((5,), 0.7)).tolist() == [1.5] * 5
+
+
+def test_dynamic_weights_spread_within_noise_is_uniform():
+    """A spread of 1e-7 on a statistic of 1 is float noise: uniform weights, not [1, 1, 8]."""
+    dyn = DynamicClassWeights(3, min_weight=1.0, max_weight=8.0, ema_alpha=0.0)
+    assert dyn.update(torch.tensor([1.0, 1.0, 1.0 + 1e-7], dtype=torch.float64)).tolist() == [1.0, 1.0, 1.0]
+    # a real spread still maps onto the whole range
+    assert dyn.update(torch.tensor([1.0, 1.0, 1.01], dtype=torch.float64)).tolist() == pytest.approx([1.0, 1.0, 8.0])
+
+
+def test_dynamic_weights_tolerance_is_relative_to_the_statistic():
+    """The tolerance follows the formula in the docstring: atol + rtol * max |s|."""
+    dyn = DynamicClassWeights(2, min_weight=1.0, max_weight=8.0, ema_alpha=0.0)
+    big = 1e3
+    noise = 0.5 * (dyn.SPREAD_ATOL + dyn.SPREAD_RTOL * big)
+    assert dyn.update(torch.tensor([big, big + noise], dtype=torch.float64)).tolist() == [1.0, 1.0]
+    assert dyn.update(torch.tensor([big, big + 4 * noise], dtype=torch.float64)).tolist() == [1.0, 8.0]
 
 
 def test_dynamic_weights_without_statistic_yet_are_min_weight():

@@ -70,3 +70,25 @@ def test_unknown_model_lists_valid_names():
 def test_bad_num_classes(num_classes):
     with pytest.raises(ValueError, match="num_classes"):
         get_model("simplecnn", num_classes)
+
+
+def test_normed_classifier_rows_have_unit_norm_at_init():
+    m = get_model("resnet32", 10, normed_classifier=True)
+    assert torch.allclose(m.fc.weight.norm(dim=1), torch.ones(10), atol=1e-6)
+    old = get_model("resnet32", 10, normed_classifier=True, normed_init="uniform")
+    assert old.fc.weight.norm(dim=1).min() > 2  # U(-1, 1) rows of 64: norm about 4.6
+
+
+@pytest.mark.parametrize("normed", [False, True])
+def test_classifier_runs_in_fp32_under_bf16_autocast(normed):
+    """The features may be bf16; the classifier layer and so the logits are float32, equal to the
+    classifier applied to the float32-cast features outside autocast."""
+    torch.manual_seed(0)
+    m = get_model("resnet10", 10, normed_classifier=normed).eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = m(x)
+        feats = m.features(x)
+    assert logits.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(logits, m.fc(feats.float()))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 
 import main
 from data_loader import class_counts
+from model import get_model
 from results_logger import summarize_rows
 from two_stage_ictta import TwoStageConfig, run_two_stage_ictta_on_scenario
 
@@ -295,3 +298,119 @@ def test_real_data_small_subset(real_root, tmp_path):
         conf = np.asarray(meta["confusion_test"][stage])
         assert conf.shape == (10, 10) and conf.sum(1).tolist() == [1000] * 10  # the whole test set
         assert res[stage]["final"]["test"]["acc"] == pytest.approx(np.trace(conf) / 10000)
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 11: the held-out statistic, tau-norm's classifier, code identity
+
+def test_held_out_statistic_reads_the_statistic_split_never_validation(tiny_run_kwargs, monkeypatch):
+    """val_loss / val_error weights come from the statistic split: every image the statistic sees
+    is one of split.stat_idx, none of split.val_idx."""
+    import data_loader
+    import two_stage_ictta as tsi
+    seen = []
+    real = tsi._held_out_stat
+    monkeypatch.setattr(tsi, "_held_out_stat",
+                        lambda model, norm, counts, cfg, stat_split, mode:
+                        seen.append(stat_split) or real(model, norm, counts, cfg, stat_split, mode))
+    run(**{**tiny_run_kwargs, "dynamic_mode": "val_loss"})
+    assert len(seen) == 2  # one per stage-2 epoch
+    data = data_loader.load_dataset(tiny_run_kwargs["data_root"])
+    split = data_loader.make_split(data.train_y, "long_tail", 0.2, val_per_class=5, stat_per_class=5, seed=0)
+    as_images = lambda idx: data_loader.to_device_images(data.train_x[idx], "cpu")
+    x, y = seen[0]
+    assert torch.equal(x, as_images(split.stat_idx)) and torch.equal(y, torch.from_numpy(data.train_y[split.stat_idx]))
+    assert not set(split.stat_idx.tolist()) & set(split.val_idx.tolist())
+
+
+def test_tau_norm_drops_the_classifier_bias(tiny_run_kwargs):
+    """tau-norm's logits are features @ (w_c / ||w_c||^tau), no bias: a huge bias on one class
+    changes nothing of what it predicts."""
+    import two_stage_ictta as tsi
+    import data_loader
+    torch.manual_seed(0)
+    model = get_model("simplecnn", 4).eval()
+    data = data_loader.load_dataset(tiny_run_kwargs["data_root"])
+    norm = data_loader.Normalizer(data.mean, data.std, "cpu")
+    x = data_loader.to_device_images(data.test_x, "cpu")
+    y = torch.from_numpy(data.test_y)
+    cfg = TwoStageConfig("simplecnn", "long_tail", eval_batch_size=64, precision="fp32", channels_last=False)
+    plain = tsi._evaluate_tau_norm(model, norm, [40, 20, 10, 5], cfg, (x, y), (x, y))
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([1e4, 0.0, 0.0, 0.0]))
+    biased = tsi._evaluate_tau_norm(model, norm, [40, 20, 10, 5], cfg, (x, y), (x, y))
+    assert biased["test"]["tau"] == plain["test"]["tau"]
+    assert np.array_equal(biased["test"]["confusion"], plain["test"]["confusion"])
+    assert biased["test"]["confusion"][:, 0].sum() < len(y)  # not everything predicted as class 0
+
+
+def _copy_project(dst: Path) -> Path:
+    root = Path(__file__).resolve().parents[1]
+    dst.mkdir()
+    for f in root.glob("*.py"):
+        (dst / f.name).write_text(f.read_text())
+    return dst
+
+
+def _cli_run(project: Path, log_dir: Path, data_root: Path, *extra: str) -> tuple[dict, str]:
+    cmd = [sys.executable, "main.py", "--model-name", "simplecnn", "--imbalance-type", "long_tail",
+           "--method", "drw", "--stage1-epochs", "1", "--stage2-epochs", "1", "--batch-size", "32",
+           "--val-per-class", "5", "--stat-per-class", "5", "--imb-factor", "0.2", "--device", "cpu",
+           "--quiet", "--data-root", str(data_root), "--log-dir", str(log_dir), *extra]
+    r = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = json.loads(next(log_dir.glob("results_*.json")).read_text())
+    return meta, r.stderr
+
+
+def test_code_change_reruns_unless_accepted(synthetic_root, tmp_path):
+    """A finished run and its stage 1 made by other code are not reused: the rerun retrains, with
+    one line saying why. accept_code_change keeps them, and the JSON lists every fingerprint seen."""
+    project, log_dir = _copy_project(tmp_path / "project"), tmp_path / "runs"
+    first, _ = _cli_run(project, log_dir, synthetic_root)
+    (project / "losses.py").write_text((project / "losses.py").read_text() + "\nNEW_CONSTANT = 1\n")
+    second, err = _cli_run(project, log_dir, synthetic_root)
+    assert "rerunning" in err and "made by other code" in err and "stage 1" in err
+    assert second["code_fingerprint"] != first["code_fingerprint"]
+    assert second["code_fingerprints"] == [second["code_fingerprint"]]
+    assert second["finished"] >= first["finished"] and not second["stage1_reused"]
+
+    (project / "losses.py").write_text((project / "losses.py").read_text() + "\nOTHER_CONSTANT = 2\n")
+    kept, err = _cli_run(project, log_dir, synthetic_root, "--accept-code-change")
+    assert kept == second and "rerunning" not in err  # skipped: the JSON is untouched
+    (log_dir / next(log_dir.glob("results_*.json")).name).unlink()  # force a run that reuses stage 1
+    resumed, _ = _cli_run(project, log_dir, synthetic_root, "--accept-code-change")
+    assert resumed["stage1_reused"]
+    assert resumed["code_fingerprints"] == [second["code_fingerprint"], resumed["code_fingerprint"]]
+
+
+def test_code_fingerprint_ignores_docstrings_and_comments(tmp_path):
+    import two_stage_ictta as tsi
+    project = _copy_project(tmp_path / "project")
+    before = tsi.code_fingerprint(str(project))
+    src = (project / "losses.py").read_text()
+    (project / "losses.py").write_text(src.replace('"""Losses and class weights', '"""Losses and weights', 1)
+                                       + "\n# a comment\n")
+    assert tsi.code_fingerprint.__wrapped__(str(project)) == before
+    (project / "losses.py").write_text(src.replace("SPREAD_RTOL = 1e-6", "SPREAD_RTOL = 1e-5"))
+    assert tsi.code_fingerprint.__wrapped__(str(project)) != before
+
+
+def test_crt_stage2_batchnorm_follows_the_class_balanced_batches(tiny_run_kwargs, monkeypatch):
+    """cRT's backbone is frozen but in train mode (as classifier-balancing trains it): its weights
+    stay, its BatchNorm running statistics move in every stage-2 epoch."""
+    import two_stage_ictta as tsi
+    moves = []
+    real = tsi.train_one_epoch
+
+    def spy(model, *args, **kwargs):
+        conv, bn = model.body[0].weight.clone(), model.body[1].running_mean.clone()
+        out = real(model, *args, **kwargs)
+        moves.append((model.training, torch.equal(conv, model.body[0].weight),
+                      torch.equal(bn, model.body[1].running_mean)))
+        return out
+
+    monkeypatch.setattr(tsi, "train_one_epoch", spy)
+    run(**{**tiny_run_kwargs, "method": "crt"})
+    stage2 = moves[tiny_run_kwargs["stage1_epochs"]:]
+    assert stage2 and all(training and conv_kept and not bn_kept for training, conv_kept, bn_kept in stage2)

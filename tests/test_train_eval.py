@@ -38,6 +38,29 @@ def test_class_groups_rank_by_count_not_index():
     assert t["head"].tolist() == [0, 1] and t["tail"].tolist() == [2, 3]
 
 
+def test_class_groups_never_split_equal_counts():
+    """head_tail: five classes of 4900 and five of 49. Many/medium/few keep each count together."""
+    g = class_groups([4900] * 5 + [49] * 5)
+    assert g["many"].tolist() == [0, 1, 2, 3, 4] and g["few"].tolist() == [5, 6, 7, 8, 9]
+    assert g["medium"].tolist() == []
+    # a block of ties goes where most of its ranks fall: ranks 2..5 share a count; rank 2 is
+    # many's, ranks 3..5 medium's (3..6 of 10), so the whole block is medium
+    g = class_groups([100, 90, 50, 50, 50, 50, 20, 10, 5, 1])
+    assert g["many"].tolist() == [0, 1] and g["medium"].tolist() == [2, 3, 4, 5, 6]
+    for name in ("many", "medium", "few"):
+        others = set(range(10)) - set(g[name].tolist())
+        counts = np.array([100, 90, 50, 50, 50, 50, 20, 10, 5, 1])
+        assert not set(counts[g[name]]) & set(counts[list(others)]), name
+
+
+def test_metrics_empty_group_is_nan_not_an_error():
+    # C = 4: 1 / 2 / 1 ranks. Each tied pair straddles two groups evenly and goes to its first
+    # rank's group: many = {0, 1}, medium = {2, 3}, few = none
+    out = classification_metrics([0, 1, 2, 3], [0, 1, 2, 2], [10, 10, 1, 1])
+    assert math.isnan(out["few_acc"])
+    assert out["many_acc"] == 1.0 and out["medium_acc"] == 0.5
+
+
 def test_class_groups_cifar100_sizes():
     g = class_groups(list(range(100, 0, -1)))
     assert [len(g[k]) for k in ("many", "medium", "few")] == [30, 40, 30]
@@ -142,6 +165,49 @@ def test_train_one_epoch_reports_weighted_mean_and_per_class_loss():
     # the objective is the weighted mean over the epoch; class_loss is unweighted CE per class
     assert out["loss"] == pytest.approx(((w[y] * ce).sum() / w[y].sum()).item(), rel=1e-5)
     assert out["class_loss"].tolist() == pytest.approx([ce[y == c].mean().item() for c in range(C)], rel=1e-5)
+
+
+def test_train_one_epoch_batch_mean_steps_on_sum_over_batch_size():
+    """normalization="batch_mean" (cb_focal) minimises sum(w_y l) / N: one SGD step of lr 1 moves
+    the weights by exactly minus that objective's gradient."""
+    C = 3
+    x, y = _toy(16, C, seed=2)
+    w = torch.tensor([1.0, 3.0, 9.0])
+    norm = Normalizer([0.5] * 3, [0.25] * 3, "cpu")
+    for normalization, denom in (("batch_mean", lambda: float(len(y))), ("mean", lambda: w[y].sum())):
+        model = _linear_model(C, seed=3)
+        ref = _linear_model(C, seed=3)
+        batches = DeviceBatches(x, y, 16, norm, torch.Generator().manual_seed(0), augment=False)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        train_one_epoch(model, batches, opt, focal_loss, lambda s: 1.0, 0, C, class_weights=w,
+                        normalization=normalization)
+        xb, yb = next(iter(DeviceBatches(x, y, 16, norm, torch.Generator().manual_seed(0), augment=False)))
+        objective = (w[yb] * F.cross_entropy(ref(xb), yb, reduction="none")).sum() / denom()
+        objective.backward()
+        for p, r in zip(model.parameters(), ref.parameters()):
+            torch.testing.assert_close(p.detach(), (r - r.grad).detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_train_one_epoch_frozen_backbone_batchnorm_follows_the_batches():
+    """cRT: the backbone is frozen (no gradient) but in train mode, so its BatchNorm running
+    statistics move with the batches, as in classifier-balancing's training loop."""
+    from model import get_model
+    C = 3
+    x, y = _toy(24, C, seed=4)
+    torch.manual_seed(0)
+    model = get_model("resnet10", C)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.fc.parameters():
+        p.requires_grad_(True)
+    conv_before = model.conv1.weight.clone()
+    bn_before = model.bn1.running_mean.clone()
+    norm = Normalizer([0.5] * 3, [0.25] * 3, "cpu")
+    batches = DeviceBatches(x, y, 8, norm, torch.Generator().manual_seed(0), augment=False)
+    opt = torch.optim.SGD(model.fc.parameters(), lr=0.1)
+    train_one_epoch(model, batches, opt, focal_loss, lambda s: 0.1, 0, C)
+    assert torch.equal(model.conv1.weight, conv_before)
+    assert not torch.equal(model.bn1.running_mean, bn_before)
 
 
 def test_train_one_epoch_lowers_the_loss():
