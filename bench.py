@@ -74,6 +74,7 @@ class BenchConfig:
     imbalance_type: str = opt("long_tail", "scenario: long_tail or head_tail")
     imb_factor: float = opt(0.01, "smallest / largest class count, in (0, 1]")
     val_per_class: int = opt(100, "validation images per class held out first, as in a run")
+    stat_per_class: int = opt(50, "statistic-split images per class held out next, as in a run")
     batch_size: int = opt(128, "training images per step")
     seed: int = opt(0, "seed of the subset, the init and the batch order")
     channels_last: bool = opt(True, "channels-last memory format in (a) and (b), as a run's default")
@@ -234,14 +235,16 @@ def prepare(cfg: BenchConfig) -> Setup:
     """Load the data and draw the subset as a run does (same seed, same split)."""
     device = resolve_device(cfg.device)
     run_cfg = TwoStageConfig(cfg.model, cfg.imbalance_type, imb_factor=cfg.imb_factor,
-                             batch_size=cfg.batch_size, val_per_class=cfg.val_per_class, seed=cfg.seed,
+                             batch_size=cfg.batch_size, val_per_class=cfg.val_per_class,
+                             stat_per_class=cfg.stat_per_class, seed=cfg.seed,
                              device=str(device), precision=cfg.precision, channels_last=cfg.channels_last,
                              compile=cfg.compile, compile_mode=cfg.compile_mode, data_root=cfg.data_root)
     data = data_loader.load_dataset(cfg.data_root)
     split = data_loader.make_split(data.train_y, cfg.imbalance_type, cfg.imb_factor,
-                                   val_per_class=cfg.val_per_class, seed=cfg.seed)
+                                   val_per_class=cfg.val_per_class, stat_per_class=cfg.stat_per_class,
+                                   seed=cfg.seed)
     images, labels = data.train_x[split.train_idx], data.train_y[split.train_idx]
-    mean, std = data_loader.channel_stats(images)
+    mean, std = data.mean, data.std  # the run's constants: the whole training split's
     to_dev = partial(data_loader.to_device_images, device=device)
     # stage 2 of two_stage_ictta: focal loss with dynamic class weights in [min_weight, max_weight];
     # the statistic log(n_max / n_c) (rarer = harder) stands in for the previous epoch's class loss

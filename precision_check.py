@@ -3,9 +3,10 @@
     python precision_check.py --seeds 0 1 2            # bf16 autocast vs fp32 on this machine
     python precision_check.py --fast-compile           # the fast path with torch.compile too
 
-Each seed runs the two-stage method twice on real CIFAR-10-LT, identical but for ``precision``
-(and ``compile`` with ``--fast-compile``), by default with the quick grid profile's budget on
-ResNet-10. The JSON (``--json``) holds every run's final test metrics, the paired differences
+Each seed runs each method (``--methods``: by default the two-stage method, LDAM-DRW, whose
+cosine logits are scaled by 30, and logit adjustment, whose offsets reach log(100)) twice on real
+CIFAR-10-LT, identical but for ``precision`` (and ``compile`` with ``--fast-compile``), by default
+with the quick grid profile's budget on ResNet-10. The JSON (``--json``) holds every run's final test metrics, the paired differences
 (fast minus fp32) and the seed-to-seed spread of each path, and says whether the mean difference in
 test accuracy lies within seed noise: ``|mean diff| <= 2 * standard error of the paired diffs`` and
 ``|mean diff| <=`` the larger of the two paths' standard deviations over seeds.
@@ -23,9 +24,10 @@ import torch
 
 from results_logger import git_commit, write_json
 from run_all_models import PROFILES
-from two_stage_ictta import TwoStageConfig, run_two_stage
+from two_stage_ictta import METHODS as METHODS_REGISTRY, TwoStageConfig, run_two_stage
 
 METRICS = ("acc", "macro_f1", "tail_macro_f1")
+METHODS = ("two_stage_ictta", "ldam_drw", "logit_adjust")
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -58,6 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
     p.add_argument("--data-root")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=tuple(METHODS_REGISTRY))
     p.add_argument("--out", default="results/precision", help="folder of the runs")
     p.add_argument("--json", default="benchmarks/precision_cpu.json", help="where the summary goes")
     args = p.parse_args(argv)
@@ -68,18 +71,8 @@ def main(argv=None) -> int:
                 threads=args.threads, log_dir=args.out, quiet=True)
     paths = {"fp32": dict(precision="fp32", compile=False),
              "fast": dict(precision=args.fast_precision, compile=args.fast_compile)}
-    runs: dict[str, list[dict]] = {k: [] for k in paths}
-    for seed in args.seeds:
-        for name, settings in paths.items():
-            tag = f"{settings['precision']}{'-compile' if settings['compile'] else ''}"
-            cfg = TwoStageConfig(args.model, "long_tail", seed=seed, exp_name=f"precision-{tag}",
-                                 **base, **settings)
-            res = run_two_stage(cfg)
-            test = res["stage2"]["final"]["test"]
-            runs[name].append({"seed": seed, **{m: test[m] for m in METRICS}})
-            print(f"seed {seed} {tag:>14}: " + "  ".join(f"{m} {100 * test[m]:.2f}" for m in METRICS),
-                  flush=True)
-    result = compare(runs)
+    runs = {method: _run_pairs(args, base, paths, method) for method in args.methods}
+    comparison = {method: compare(r) for method, r in runs.items()}
     report = {
         "command": "python " + " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
@@ -88,14 +81,30 @@ def main(argv=None) -> int:
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "setup": {"model": args.model, "profile": args.profile, "config": {k: v for k, v in base.items()},
                   "fast": paths["fast"], "reference": paths["fp32"], "metric": "final stage-2 test metrics"},
-        "runs": runs, "comparison": result}
+        "runs": runs, "comparison": comparison}
     write_json(args.json, report)
-    a = result["acc"]
-    print(f"test acc: fast {100 * a['fast_mean']:.2f} ± {100 * a['fast_sd']:.2f}, fp32 "
-          f"{100 * a['fp32_mean']:.2f} ± {100 * a['fp32_sd']:.2f}, paired diff {100 * a['diff_mean']:+.2f} "
-          f"± {100 * a['diff_se']:.2f} (s.e.); within seed noise: {result['acc_within_seed_noise']}")
+    for method, result in comparison.items():
+        a = result["acc"]
+        print(f"{method}: test acc fast {100 * a['fast_mean']:.2f} ± {100 * a['fast_sd']:.2f}, fp32 "
+              f"{100 * a['fp32_mean']:.2f} ± {100 * a['fp32_sd']:.2f}, paired diff {100 * a['diff_mean']:+.2f} "
+              f"± {100 * a['diff_se']:.2f} (s.e.); within seed noise: {result['acc_within_seed_noise']}")
     print(f"wrote {args.json}")
     return 0
+
+
+def _run_pairs(args, base: dict, paths: dict, method: str) -> dict[str, list[dict]]:
+    """Each seed's run of ``method`` on every path: final stage-2 test metrics per path."""
+    runs: dict[str, list[dict]] = {k: [] for k in paths}
+    for seed in args.seeds:
+        for name, settings in paths.items():
+            tag = f"{settings['precision']}{'-compile' if settings['compile'] else ''}"
+            cfg = TwoStageConfig(args.model, "long_tail", seed=seed, method=method,
+                                 exp_name=f"precision-{method}-{tag}", **base, **settings)
+            test = run_two_stage(cfg)["stage2"]["final"]["test"]
+            runs[name].append({"seed": seed, **{m: test[m] for m in METRICS}})
+            print(f"{method} seed {seed} {tag:>14}: " + "  ".join(f"{m} {100 * test[m]:.2f}" for m in METRICS),
+                  flush=True)
+    return runs
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import data_loader
 
 def tiny_config(root, tmp_path, **kw) -> bench.BenchConfig:
     settings = dict(model="simplecnn", device="cpu", max_steps=2, warmup_steps=1, probe_steps=1,
-                    workers="0", data_root=str(root), val_per_class=5, imb_factor=0.2, batch_size=16,
+                    workers="0", data_root=str(root), val_per_class=5, stat_per_class=5, imb_factor=0.2, batch_size=16,
                     eval_batch_size=64, out=str(tmp_path / "bench.json"), quiet=True)
     settings.update(kw)
     return bench.BenchConfig(**settings)
@@ -22,7 +22,7 @@ def test_quick_run_writes_every_field(synthetic_root, tmp_path, capsys):
     out = tmp_path / "b.json"
     argv = ["--model", "simplecnn", "--device", "cpu", "--max-steps", "2", "--warmup-steps", "1",
             "--probe-steps", "1", "--workers", "0,1", "--data-root", str(synthetic_root),
-            "--val-per-class", "5", "--imb-factor", "0.2", "--batch-size", "16",
+            "--val-per-class", "5", "--stat-per-class", "5", "--imb-factor", "0.2", "--batch-size", "16",
             "--eval-batch-size", "64", "--threads", "1", "--out", str(out)]
     threads_before = torch.get_num_threads()
     assert bench.main(argv) == 0
@@ -40,13 +40,13 @@ def test_quick_run_writes_every_field(synthetic_root, tmp_path, capsys):
     assert len(res["load_avg"]["start"]) == 3 and len(res["load_avg"]["end"]) == 3
 
     data = res["data"]
-    assert data["class_counts"] == [55, 32, 18, 11]  # n_max 60 - 5, imb 0.2 over 4 classes
-    assert data["n_train"] == 116 and data["steps_per_epoch"] == 8 and data["n_test"] == 60
+    assert data["class_counts"] == [50, 29, 17, 10]  # n_max 60 - 5 - 5, imb 0.2 over 4 classes
+    assert data["n_train"] == 106 and data["steps_per_epoch"] == 7 and data["n_test"] == 60
     for name in ("a_project", "b_model_step", "c_reference"):
         m = res["results"][name]
         assert m["steps"] == 2 and m["images"] == 32 and not m["full_epoch"]
         assert m["images_per_s"] > 0 and m["seconds"] > 0
-        assert m["s_per_epoch"] == pytest.approx(m["seconds"] / 2 * 8)  # extrapolated per step
+        assert m["s_per_epoch"] == pytest.approx(m["seconds"] / 2 * 7)  # extrapolated per step
         assert m["median_step_s"] > 0
     c = res["results"]["c_reference"]
     assert set(c["probe_images_per_s"]) == {"0", "1"}
@@ -68,7 +68,7 @@ def test_full_epoch_default_path(synthetic_root, tmp_path, monkeypatch):
     assert res["path"] == str(tmp_path / "benchmarks" / "bench_cpu_simplecnn.json")
     for name in ("a_project", "b_model_step", "c_reference"):
         m = res["results"][name]
-        assert m["full_epoch"] and m["steps"] == 4 and m["images"] == 116
+        assert m["full_epoch"] and m["steps"] == 4 and m["images"] == 106
         assert m["s_per_epoch"] == m["seconds"]
 
 
@@ -99,11 +99,11 @@ def test_reference_batches_are_normalised_random_crops(synthetic_root, tmp_path)
 
 
 def test_real_subset_is_a_runs_subset(real_root, tmp_path):
-    """On real CIFAR-10 the benchmark draws a run's subset: long_tail 0.01, 100 validation images
-    per class held out, 12,156 training images, 95 steps of 128."""
+    """On real CIFAR-10 the benchmark draws a run's subset: long_tail 0.01, 100 validation and 50
+    statistic images per class held out, 12,031 training images, 94 steps of 128."""
     s = bench.prepare(bench.BenchConfig(device="cpu", data_root=str(real_root), quiet=True))
-    assert s.counts == [4900, 2937, 1760, 1055, 632, 379, 227, 136, 81, 49]
-    assert len(s.y) == 12156 and s.steps_per_epoch == 95 and len(s.y_test) == 10000
+    assert s.counts == [4850, 2907, 1742, 1044, 626, 375, 225, 134, 80, 48]
+    assert len(s.y) == 12031 and s.steps_per_epoch == 94 and len(s.y_test) == 10000
     assert s.x.dtype == torch.uint8 and s.class_weights.min() == 1.0 and s.class_weights.max() == 8.0
 
 

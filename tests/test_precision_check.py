@@ -29,3 +29,17 @@ def test_one_seed_is_a_usage_error():
     with pytest.raises(SystemExit) as e:
         main(["--seeds", "0"])
     assert e.value.code == 2
+
+
+def test_each_method_gets_its_own_paired_comparison(synthetic_root, tmp_path):
+    """The check covers LDAM-DRW and logit adjustment beside the two-stage method; every method
+    runs fp32 and the fast path on every seed."""
+    import json
+    out = tmp_path / "check.json"
+    main(["--seeds", "0", "1", "--profile", "smoke", "--device", "cpu", "--data-root", str(synthetic_root),
+          "--out", str(tmp_path / "runs"), "--json", str(out), "--methods", "ldam_drw", "logit_adjust"])
+    report = json.loads(out.read_text())
+    assert set(report["comparison"]) == {"ldam_drw", "logit_adjust"}
+    for method, runs in report["runs"].items():
+        assert [r["seed"] for r in runs["fp32"]] == [r["seed"] for r in runs["fast"]] == [0, 1]
+    assert len(list((tmp_path / "runs").glob("results_precision-ldam_drw-*.json"))) == 4
