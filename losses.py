@@ -116,9 +116,13 @@ class DynamicClassWeights:
 
         s_t = x_1                                        (first update)
         s_t = ema_alpha * s_{t-1} + (1 - ema_alpha) * x_t
-        w_c = min_weight + (max_weight - min_weight) * (s_c - min_k s_k) / (max_k s_k - min_k s_k)
+        u_c = (1 - prior_blend) * unit(s)_c + prior_blend * unit(1 / n)_c
+        w_c = min_weight + (max_weight - min_weight) * u_c
 
-    so the hardest class gets ``max_weight`` and the easiest ``min_weight``. A spread within numerical
+    with ``unit(v)_c = (v_c - min_k v_k) / (max_k v_k - min_k v_k)``, so with ``prior_blend = 0`` (the
+    default) the hardest class gets ``max_weight`` and the easiest ``min_weight``. ``prior_blend``
+    mixes in the class counts ``n`` (inverse frequency, as DRW's weights): 1 gives weights linear in
+    ``1 / n_c`` from ``min_weight`` (the largest class) to ``max_weight`` (the rarest). A spread within numerical
     noise is no signal: when ``max s - min s <= SPREAD_ATOL + SPREAD_RTOL * max |s|`` every weight is
     ``min_weight`` (so a statistic of [1, 1, 1 + 1e-7] gives uniform weights, not [1, 1, 8]). So is
     it when there is no statistic yet (``stat=None``: no epoch before the first stage-2 one, as with
@@ -128,12 +132,18 @@ class DynamicClassWeights:
     SPREAD_RTOL = 1e-6  # relative to the largest |s|; float32 losses carry ~1e-7 relative noise
 
     def __init__(self, num_classes: int, min_weight: float = 1.0, max_weight: float = 8.0,
-                 ema_alpha: float = 0.8, mode: str = "loss"):
+                 ema_alpha: float = 0.8, mode: str = "loss", prior_blend: float = 0.0, counts=None):
         if mode not in DYNAMIC_MODES:
             raise ValueError(f"dynamic_mode={mode!r}; valid: {', '.join(DYNAMIC_MODES)}")
         validate_weight_range(min_weight, max_weight)
         if not 0 <= ema_alpha < 1:
             raise ValueError(f"ema_alpha={ema_alpha!r} must lie in [0, 1)")
+        if not 0 <= prior_blend <= 1:
+            raise ValueError(f"prior_blend={prior_blend!r} must lie in [0, 1]")
+        if prior_blend and (counts is None or len(counts) != num_classes):
+            raise ValueError(f"prior_blend={prior_blend!r} needs the {num_classes} class counts")
+        self.prior_blend = float(prior_blend)
+        self.prior_unit = None if not prior_blend else self._unit(1.0 / torch.as_tensor(counts, dtype=torch.float64))
         self.num_classes, self.mode = num_classes, mode
         self.min_weight, self.max_weight, self.ema_alpha = float(min_weight), float(max_weight), ema_alpha
         self.smoothed: torch.Tensor | None = None  # s_t, float64 on the CPU
@@ -152,12 +162,18 @@ class DynamicClassWeights:
                                      f"vector of {self.num_classes}: {x.tolist()}")
         a = self.ema_alpha
         self.smoothed = x.clone() if self.smoothed is None else a * self.smoothed + (1 - a) * x
-        s = self.smoothed
-        span = s.max() - s.min()
-        is_signal = span > self.SPREAD_ATOL + self.SPREAD_RTOL * s.abs().max()
-        unit = (s - s.min()) / span if is_signal else torch.zeros_like(s)
+        unit = self._unit(self.smoothed)
+        if self.prior_blend:
+            unit = (1 - self.prior_blend) * unit + self.prior_blend * self.prior_unit
         self.weights = (self.min_weight + (self.max_weight - self.min_weight) * unit).float()
         return self.weights
+
+    @classmethod
+    def _unit(cls, v: torch.Tensor) -> torch.Tensor:
+        """``(v - min v) / (max v - min v)``; zeros when the spread is within noise (docstring)."""
+        span = v.max() - v.min()
+        is_signal = span > cls.SPREAD_ATOL + cls.SPREAD_RTOL * v.abs().max()
+        return (v - v.min()) / span if is_signal else torch.zeros_like(v)
 
     def state_dict(self) -> dict:
         return {"smoothed": self.smoothed, "weights": self.weights}

@@ -64,6 +64,20 @@ TUNING_GRID = {
     "dynamic_mode": ("loss", "val_loss", "val_error"),
 }
 
+# Variants of the two-stage method that test why it trails DRW and logit adjustment: each is the
+# profile's default two-stage run with these settings; exp_name "abl-<name>". They share stage 1
+# with the compare suite's cross-entropy runs in the same folder.
+ABLATIONS = {
+    "stage2-cosine-lr0.01": dict(stage2_schedule="cosine", stage2_lr=0.01),  # stage 2's learning rate
+    "maxw32": dict(max_weight=32.0),  # the weight cap (DRW's rarest class gets ~80x)
+    "maxw100": dict(max_weight=100.0),
+    "stat-held-out": dict(dynamic_mode="val_loss"),  # the statistic: held-out loss, not training loss
+    "prior0.5": dict(prior_blend=0.5),  # half statistic, half inverse frequency
+    "prior1-maxw100": dict(prior_blend=1.0, max_weight=100.0),  # counts only: DRW-like weights, focal
+    "prior1-maxw100-ce": dict(prior_blend=1.0, max_weight=100.0, stage2_loss_type="ce"),  # ... and CE
+    "ce": dict(stage2_loss_type="ce"),  # the loss: CE instead of focal
+}
+
 # A profile: overrides of TwoStageConfig plus what the suites run.
 PROFILES = {
     "smoke": {  # seconds on synthetic data, for tests
@@ -162,6 +176,17 @@ def plan_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2)
     return [_config(profile, "compare", model, scenario, seed, common, method=method, imb_factor=imb)
             for seed in seeds for model in (models or spec["compare_models"]) for scenario, imb in cases
             for method in methods]
+
+
+def plan_ablation(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), variants=tuple(ABLATIONS),
+                  **common):
+    """The two-stage variants of :data:`ABLATIONS` on the profile's compare cases."""
+    spec = PROFILES[profile]
+    cases = [c for c in spec["compare_scenarios"] if scenarios is None or c[0] in scenarios]
+    return [_config(profile, "ablation", model, scenario, seed, common, method="two_stage_ictta",
+                    imb_factor=imb, exp_name=f"abl-{name}", **ABLATIONS[name])
+            for seed in seeds for model in (models or spec["compare_models"]) for scenario, imb in cases
+            for name in variants]
 
 
 def order_for_sharing(configs: list[TwoStageConfig]) -> list[TwoStageConfig]:
@@ -762,8 +787,9 @@ def launch(configs: list[TwoStageConfig], lc: LaunchConfig, jobs_dir: str | Path
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--suite", choices=("grid", "compare"), default="grid",
-                   help="grid: baseline + control + tuning (default); compare: the methods side by side")
+    p.add_argument("--suite", choices=("grid", "compare", "ablation"), default="grid",
+                   help="grid: baseline + control + tuning (default); compare: the methods side by side; "
+                        "ablation: the two-stage variants of ABLATIONS (why it trails DRW)")
     p.add_argument("--profile", choices=tuple(PROFILES), default="full",
                    help="settings: smoke (seconds), quick (< 1 h CPU), full (20+20 epochs), "
                         "reduced (30-epoch literature recipe), literature (200 epochs)")
@@ -781,6 +807,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
                    help="torch.compile the training forward (MODE: default, reduce-overhead, ...)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--accept-code-change", action="store_true",
+                   help="keep (skip, resume, share) results made by other code: only after showing the "
+                        "change numerically neutral (README, 'Code changes and old results')")
     g = p.add_argument_group("launchers (submitit; jobs' files go to OUT/PROFILE/jobs/)")
     g.add_argument("--launcher", choices=("inline", "local", "slurm"), default="inline",
                    help="inline: one run after another in this process (default); local: --jobs subprocesses "
@@ -833,6 +862,9 @@ def plan_parts(args, common: dict) -> list[tuple[str, list[TwoStageConfig]]]:
     """The CLI's plan, as (report name, configs) parts in the order the inline launcher runs them."""
     out = _out_dir(args.out, args.profile)
     scenarios = tuple(args.scenarios) if args.scenarios else None
+    if args.suite == "ablation":
+        return [("ablation", plan_ablation(args.profile, args.models, scenarios, tuple(args.seeds or (0, 1, 2)),
+                                           log_dir=out, **common))]
     if args.suite == "compare":
         return [("compare", plan_compare(args.profile, args.models, scenarios, tuple(args.seeds or (0, 1, 2)),
                                          tuple(args.methods or COMPARE_METHODS), args.imb_factors,
@@ -866,6 +898,8 @@ def main(argv=None) -> int:
             common[key] = getattr(args, key)
     if args.compile:
         common.update(compile=True, compile_mode=args.compile)
+    if args.accept_code_change:
+        common["accept_code_change"] = True
     out = Path(_out_dir(args.out, args.profile))
     try:
         parts = plan_parts(args, common)

@@ -104,6 +104,7 @@ METHODS = {
 TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))
 STAGE2_LOSS_TYPES = ("focal", "ce")
 SCHEDULES = ("cosine", "step")
+STAGE2_SCHEDULES = ("inherit", "cosine")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
@@ -152,6 +153,10 @@ class TwoStageConfig:
     cb_beta: float = opt(0.9999, "effective-number beta (cb_focal, drw, ldam_drw), in [0, 1)")
     ldam_max_margin: float = opt(0.5, "largest LDAM margin")
     ldam_scale: float = opt(30.0, "LDAM logit scale s")
+    prior_blend: float = opt(0.0, "dynamic weights: share of a count prior (inverse frequency) blended "
+                                  "into the statistic, in [0, 1] (losses.DynamicClassWeights)")
+    stage2_schedule: str = opt("inherit", "stage-2 learning rate: inherit (the run's schedule goes on) or "
+                                          "cosine (restart at stage2_lr, cosine to 0 over stage 2)")
     normed_init: str = opt("unit", "init of LDAM's cosine classifier: unit (rows of norm 1, the "
                                    "reference) or uniform (raw U(-1, 1) rows, this project's earlier init)")
     la_tau: float = opt(1.0, "logit-adjustment tau")
@@ -214,6 +219,10 @@ def validate_config(cfg: TwoStageConfig) -> None:
     _check(_is_choice(cfg.dynamic_mode, losses.DYNAMIC_MODES), "dynamic_mode", cfg.dynamic_mode,
            ", ".join(losses.DYNAMIC_MODES))
     _check(_is_choice(cfg.schedule, SCHEDULES), "schedule", cfg.schedule, ", ".join(SCHEDULES))
+    _check(_is_choice(cfg.stage2_schedule, STAGE2_SCHEDULES), "stage2_schedule", cfg.stage2_schedule,
+           ", ".join(STAGE2_SCHEDULES))
+    _check(_is_num(cfg.prior_blend) and 0 <= cfg.prior_blend <= 1, "prior_blend", cfg.prior_blend,
+           "a number in [0, 1]")
     _check(_is_choice(cfg.precision, PRECISIONS), "precision", cfg.precision, ", ".join(PRECISIONS))
     _check(_is_choice(cfg.compile_mode, COMPILE_MODES), "compile_mode", cfg.compile_mode, ", ".join(COMPILE_MODES))
     _check(_is_choice(cfg.normed_init, NORMED_INITS), "normed_init", cfg.normed_init, ", ".join(NORMED_INITS))
@@ -276,8 +285,18 @@ def validate_config(cfg: TwoStageConfig) -> None:
 
 
 def config_hash(cfg: TwoStageConfig) -> str:
-    d = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_HASH}
+    """A run's identity: the settings that differ from their defaults (a new setting whose default
+    keeps the old behaviour leaves earlier runs' identities alone; a changed default changes the
+    code fingerprint, which guards the numbers)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    d = {k: v for k, v in asdict(cfg).items()
+         if k not in _NOT_IN_HASH and (k not in defaults or _normal(v) != _normal(defaults[k]))}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _normal(value):
+    """Tuples and lists compare equal (a JSON round trip turns one into the other)."""
+    return list(value) if isinstance(value, (tuple, list)) else value
 
 
 def stage1_hash(cfg: TwoStageConfig) -> str:
@@ -353,14 +372,16 @@ def lr_at_step(step: int, steps_per_epoch: int, cfg: TwoStageConfig, stage: int)
     """Learning rate of global step ``step`` (0-based; global epoch ``e = step / steps_per_epoch``).
 
     * stage 1: ``stage1_lr``, linear warm-up ``min(1, (step + 1) / (warmup_epochs * steps_per_epoch))``;
-    * stage 2: ``stage2_lr`` (cRT's classifier always uses ``cosine``);
+    * stage 2: ``stage2_lr``; ``cosine`` within stage 2 when ``stage2_schedule="cosine"`` (and always
+      for cRT's new classifier), else the run's ``schedule`` goes on;
     * ``cosine``: ``base * (1 + cos(pi * t / T)) / 2`` with ``t``, ``T`` the step and length within the stage;
     * ``step``: ``base`` times 0.01 from global epoch ``lr_milestones[0]`` on, 0.0001 from ``[1]`` on.
     """
     e1 = cfg.stage1_epochs * steps_per_epoch
     base = cfg.stage1_lr if stage == 1 else cfg.stage2_lr
     local, length = (step, e1) if stage == 1 else (step - e1, cfg.stage2_epochs * steps_per_epoch)
-    schedule = "cosine" if stage == 2 and METHODS[cfg.method].retrain_classifier else cfg.schedule
+    restarts = METHODS[cfg.method].retrain_classifier or cfg.stage2_schedule == "cosine"
+    schedule = "cosine" if stage == 2 and restarts else cfg.schedule
     if schedule == "cosine":
         lr = base * 0.5 * (1 + math.cos(math.pi * local / max(length, 1)))
     else:
@@ -577,7 +598,8 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
     batches = data_loader.DeviceBatches(x_train, y_train, cfg.batch_size, norm, gen,
                                         channels_last=cfg.channels_last)
     spe = len(batches)
-    dyn = losses.DynamicClassWeights(C, cfg.min_weight, cfg.max_weight, cfg.ema_alpha, cfg.dynamic_mode)
+    dyn = losses.DynamicClassWeights(C, cfg.min_weight, cfg.max_weight, cfg.ema_alpha, cfg.dynamic_mode,
+                                     cfg.prior_blend, counts)
     renamed = {"model_name": "model", "imbalance_type": "scenario"}  # the CSV's column names
     identity = {"run_id": run_id, "stage1_id": meta["stage1_id"], "exp_name": cfg.exp_name or cfg.method,
                 **{renamed.get(k, k): (str(v) if isinstance(v, (tuple, list)) else v)

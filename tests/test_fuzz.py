@@ -141,6 +141,8 @@ PARAMS = {
     "min_weight": (num_in(0, lo_open=True), _nums),
     "max_weight": (num_in(0, lo_open=True), _nums),
     "ema_alpha": (num_in(0, 1, hi_open=True), _nums),
+    "prior_blend": (num_in(0, 1), _nums),
+    "stage2_schedule": (one_of(tsi.STAGE2_SCHEDULES), _words(tsi.STAGE2_SCHEDULES)),
     "stage2_loss_type": (one_of(tsi.STAGE2_LOSS_TYPES), _words(tsi.STAGE2_LOSS_TYPES)),
     "stage2_focal_gamma": (num_in(0, 5), _nums),
     "dynamic_mode": (one_of(losses.DYNAMIC_MODES), _words(losses.DYNAMIC_MODES)),

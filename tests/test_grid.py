@@ -163,3 +163,19 @@ def test_each_tuning_point_differs_from_its_baseline_in_one_knob(profile):
         moved = {k for k in base if k != "exp_name" and cfg[k] != base[k]}
         assert len([k for k, fields in knobs.items() if moved & set(fields)]) == 1, (point, moved)
         assert moved <= {f for fields in knobs.values() for f in fields}, moved
+
+
+def test_ablation_variants_share_the_compare_suites_stage1():
+    """Each variant is the default two-stage run with its settings, and shares stage 1 with the
+    compare suite's cross-entropy run of the same seed (so a variant costs only its stage 2)."""
+    compare = {c.seed: c for c in grid.plan_compare("reduced", methods=("ce",))}
+    variants = grid.plan_ablation("reduced")
+    assert len(variants) == 3 * len(grid.ABLATIONS)
+    for cfg in variants:
+        assert cfg.method == "two_stage_ictta" and cfg.exp_name.startswith("abl-")
+        assert stage1_hash(cfg) == stage1_hash(compare[cfg.seed])
+        default = dataclasses.asdict(grid._config("reduced", "ablation", cfg.model_name, cfg.imbalance_type,
+                                                  cfg.seed, {}, method="two_stage_ictta",
+                                                  imb_factor=cfg.imb_factor))
+        moved = {k for k, v in dataclasses.asdict(cfg).items() if v != default[k] and k != "exp_name"}
+        assert moved == set(grid.ABLATIONS[cfg.exp_name[len("abl-"):]]), (cfg.exp_name, moved)

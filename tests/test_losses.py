@@ -205,6 +205,22 @@ def test_dynamic_weights_tolerance_is_relative_to_the_statistic():
     assert dyn.update(torch.tensor([big, big + 4 * noise], dtype=torch.float64)).tolist() == [1.0, 8.0]
 
 
+def test_dynamic_weights_prior_blend_mixes_in_inverse_frequency():
+    """u = (1 - b) unit(s) + b unit(1 / n): b = 1 is linear in 1/n, from min (largest class) to max
+    (rarest); b = 0.5 averages the two unit vectors."""
+    counts = [100, 50, 10]
+    inv = [1 / 100, 1 / 50, 1 / 10]
+    unit_prior = [(v - inv[0]) / (inv[2] - inv[0]) for v in inv]
+    stat = torch.tensor([0.3, 0.9, 0.6], dtype=torch.float64)  # unit: 0, 1, 0.5
+    only_prior = DynamicClassWeights(3, 1.0, 11.0, ema_alpha=0.0, prior_blend=1.0, counts=counts)
+    assert only_prior.update(stat).tolist() == pytest.approx([1 + 10 * u for u in unit_prior])
+    half = DynamicClassWeights(3, 1.0, 11.0, ema_alpha=0.0, prior_blend=0.5, counts=counts)
+    want = [1 + 10 * (0.5 * a + 0.5 * b) for a, b in zip([0.0, 1.0, 0.5], unit_prior)]
+    assert half.update(stat).tolist() == pytest.approx(want)
+    with pytest.raises(ValueError, match="counts"):
+        DynamicClassWeights(3, prior_blend=0.5)
+
+
 def test_dynamic_weights_without_statistic_yet_are_min_weight():
     dyn = DynamicClassWeights(3, min_weight=2.0, max_weight=6.0, ema_alpha=0.5)
     assert dyn.update(None).tolist() == [2.0, 2.0, 2.0]

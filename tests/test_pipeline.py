@@ -414,3 +414,14 @@ def test_crt_stage2_batchnorm_follows_the_class_balanced_batches(tiny_run_kwargs
     run(**{**tiny_run_kwargs, "method": "crt"})
     stage2 = moves[tiny_run_kwargs["stage1_epochs"]:]
     assert stage2 and all(training and conv_kept and not bn_kept for training, conv_kept, bn_kept in stage2)
+
+
+def test_run_identity_ignores_settings_left_at_their_default():
+    """config_hash hashes the settings that differ from their defaults: naming a default changes
+    nothing, so adding a new setting with a neutral default keeps earlier runs' identities."""
+    import two_stage_ictta as tsi
+    plain = TwoStageConfig("resnet10", "long_tail")
+    assert tsi.config_hash(plain) == tsi.config_hash(dataclasses.replace(plain, prior_blend=0.0,
+                                                                           lr_milestones=[160, 180]))
+    assert tsi.config_hash(plain) != tsi.config_hash(dataclasses.replace(plain, prior_blend=0.5))
+    assert tsi.config_hash(plain) == tsi.config_hash(dataclasses.replace(plain, tag="other label"))

@@ -1,6 +1,7 @@
 """Metrics against hand-computed cases, evaluation, one training epoch and the learning-rate schedule."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -271,6 +272,20 @@ def test_lr_warmup_then_cosine():
 def test_lr_no_warmup():
     cfg = _cfg(stage1_epochs=4, stage2_epochs=0, stage1_lr=0.2, warmup_epochs=0)
     assert lr_at_step(0, 3, cfg, 1) == 0.2
+
+
+def test_lr_stage2_cosine_restart_on_a_step_schedule():
+    """stage2_schedule="cosine": stage 2 restarts at stage2_lr and decays by cosine to 0 over the
+    stage, whatever the run's schedule; stage 1 keeps the step schedule."""
+    cfg = TwoStageConfig("resnet10", "long_tail", stage1_epochs=16, stage2_epochs=4, stage1_lr=0.1,
+                         stage2_lr=0.01, schedule="step", lr_milestones=(16, 18), warmup_epochs=0,
+                         stage2_schedule="cosine")
+    spe = 10
+    assert lr_at_step(16 * spe, spe, cfg, 2) == pytest.approx(0.01)
+    assert lr_at_step(18 * spe, spe, cfg, 2) == pytest.approx(0.005)  # half-way: (1 + cos(pi/2)) / 2
+    assert lr_at_step(15 * spe, spe, cfg, 1) == pytest.approx(0.1)
+    inherit = dataclasses.replace(cfg, stage2_schedule="inherit")
+    assert lr_at_step(16 * spe, spe, inherit, 2) == pytest.approx(0.01 * 0.01)  # step: x0.01 at 16
 
 
 def test_lr_step_milestones():

@@ -1,0 +1,81 @@
+"""Is a code change numerically neutral? Run the smoke grid and the smoke compare suite (every
+method) with two checkouts of the project, same data and one thread, and compare every number.
+
+    python neutrality_check.py --old ../old-checkout            # this checkout vs an older one
+    python neutrality_check.py --old ../old-checkout --keep out/  # keep both result folders
+
+The numbers are every CSV column that is not a setting or an identity (``run_id``, ``stage1_id``,
+``seconds`` and the config fields): losses, metrics, learning rates and class weights, per epoch and
+split. The verdict "neutral" needs the same runs, the same rows and bit-identical numbers. Only
+then may old results be kept across the change, with ``--accept-code-change`` (a run's JSON then
+lists both code fingerprints). Exit status 0 when neutral, 1 when not.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from two_stage_ictta import TwoStageConfig
+
+NOT_NUMBERS = {"run_id", "stage1_id", "exp_name", "seconds", "model", "scenario"} | {
+    f.name for f in dataclasses.fields(TwoStageConfig)}
+SMOKE_RUNS = (["--profile", "smoke", "--models", "resnet10", "--scenarios", "long_tail"],
+              ["--suite", "compare", "--profile", "smoke"])
+
+
+def run_smoke(checkout: Path, out: Path, data_root: str | None) -> None:
+    """The smoke grid and the smoke compare suite of ``checkout`` into ``out``, on one thread."""
+    for args in SMOKE_RUNS:
+        cmd = [sys.executable, "run_all_models.py", *args, "--out", str(out), "--device", "cpu",
+               "--threads", "1", "--quiet"] + (["--data-root", data_root] if data_root else [])
+        subprocess.run(cmd, cwd=checkout, check=True, stdout=subprocess.DEVNULL)
+
+
+def numbers(folder: Path) -> dict[str, pd.DataFrame]:
+    """Each run's CSV under ``folder``, reduced to its number columns."""
+    out = {}
+    for path in sorted(folder.rglob("results_*.csv")):
+        df = pd.read_csv(path)
+        out[path.name] = df[[c for c in df.columns if c not in NOT_NUMBERS]]
+    return out
+
+
+def differences(old: dict[str, pd.DataFrame], new: dict[str, pd.DataFrame]) -> list[str]:
+    """What differs between two result sets, one line each; empty when they are identical."""
+    lines = [f"only in the old results: {n}" for n in sorted(set(old) - set(new))]
+    lines += [f"only in the new results: {n}" for n in sorted(set(new) - set(old))]
+    for name in sorted(set(old) & set(new)):
+        a, b = old[name], new[name]
+        if list(a.columns) != list(b.columns) or a.shape != b.shape:
+            lines.append(f"{name}: columns or rows differ ({a.shape} vs {b.shape})")
+        elif not a.equals(b):
+            cols = [c for c in a.columns if not a[c].equals(b[c])]
+            lines.append(f"{name}: numbers differ in {', '.join(cols[:8])}")
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--old", required=True, help="the other checkout (e.g. a git worktree of the old commit)")
+    p.add_argument("--new", default=str(Path(__file__).resolve().parent), help="default: this checkout")
+    p.add_argument("--data-root", help="dataset folder (default: each checkout's default)")
+    p.add_argument("--keep", help="folder to keep both result sets in (default: a temporary one)")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(args.keep or tmp)
+        for side in ("old", "new"):
+            run_smoke(Path(getattr(args, side)).resolve(), base / side, args.data_root)
+        diff = differences(numbers(base / "old"), numbers(base / "new"))
+        n_runs = len(numbers(base / "new"))
+    print("\n".join(diff) if diff else f"neutral: {n_runs} smoke runs, every number bit-identical")
+    return 1 if diff else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
