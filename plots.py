@@ -436,27 +436,33 @@ def plot_per_class_f1(runs: pd.DataFrame, control_runs: pd.DataFrame | None, cou
 # ----------------------------------------------------------------------------------------------
 # Compare suite
 
+def _two_lines(s: dict, digits: int = 1) -> str:
+    """:func:`summary_tuning.fmt_stat` on two lines: the mean (± std), then the interval or "n=1"."""
+    return st.fmt_stat(s, digits).replace(" [", "\n[").replace(" (n=1", "\n(n=1")
+
+
 def plot_compare(g: pd.DataFrame, title: str, notes: list, path: Path, paths: list) -> Path:
-    """Methods x metrics: annotated mean ± std; colour = place in the column's range (darkest = highest)."""
+    """Methods x metrics: annotated mean ± std [95% interval]; colour = place in the column's
+    range (darkest = highest)."""
     metrics = st.COMPARE_METRICS
-    mean = np.array([[r[f"test_{m}_pct_mean"] for m, _ in metrics] for _, r in g.iterrows()], dtype=float)
-    std = np.array([[r[f"test_{m}_pct_std"] for m, _ in metrics] for _, r in g.iterrows()], dtype=float)
+    stats = [[{"n": int(r["n_seeds"]), **{k: r[f"test_{m}_pct_{k}"] for k in ("mean", "std", "ci95_lo", "ci95_hi")}}
+              for m, _ in metrics] for _, r in g.iterrows()]
+    mean = np.array([[s["mean"] for s in row] for row in stats], dtype=float)
     lo, hi = np.nanmin(mean, axis=0), np.nanmax(mean, axis=0)
     rel = (mean - lo) / np.where(hi > lo, hi - lo, 1)
-    fig, body = _new_figure(12, 2.4 + 0.5 * len(g))
+    fig, body = _new_figure(12, 2.4 + 0.75 * len(g))
     ax = body.subplots()
     # the lighter 80% of "Blues", so that black or white text stays readable on every cell
     cm = matplotlib.colors.ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0, 0.8, 256))) \
         .with_extremes(bad="lightgray")
     im = ax.imshow(np.ma.masked_invalid(rel), cmap=cm, vmin=0, vmax=1, aspect="auto")
-    for i in range(mean.shape[0]):
-        for j in range(mean.shape[1]):
-            text = st.fmt_mean_std(mean[i, j], std[i, j], 1)
-            ax.text(j, i, text, ha="center", va="center", fontsize=9.5,
+    for i, row in enumerate(stats):
+        for j, s in enumerate(row):
+            ax.text(j, i, _two_lines(s), ha="center", va="center", fontsize=9,
                     color="white" if np.isfinite(rel[i, j]) and rel[i, j] > 0.75 else "black")
     ax.set_xticks(range(len(metrics)), [f"{label} (%)" for _, label in metrics])
     ax.set_yticks(range(len(g)), [f"{m} (n={n})" for m, n in zip(g["method"], g["n_seeds"])])
-    ax.set_xlabel("test metric at stage 2's last epoch (%), mean ± std over seeds")
+    ax.set_xlabel("test metric at stage 2's last epoch (%), mean ± std over seeds [95% Student-t interval]")
     ax.set_ylabel("method (seeds)")
     ax.xaxis.set_ticks_position("top")
     ax.xaxis.set_label_position("top")

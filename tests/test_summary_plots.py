@@ -36,10 +36,12 @@ def write_run(folder: Path, values=None, splits=("test", "val"), upto=None, offs
     """Write one run's CSV into ``folder``; return its path.
 
     ``values(stage, epoch, split) -> dict`` overrides the formula's metrics; ``upto=(stage, epoch)``
-    stops the run there (a run still training); ``offset`` shifts every metric."""
+    stops the run there (a run still training); ``offset`` shifts every metric. ``stage1_id``
+    defaults to a hash of the stage-1 settings (so runs of one seed share it); pass one to differ."""
     ident = {**IDENTITY, **identity}
     ident["run_id"] = _hash({k: v for k, v in ident.items() if k not in ("tag", "run_id", "stage1_id")})
-    ident["stage1_id"] = _hash({k: ident[k] for k in ("model", "scenario", "seed", "stage1_epochs", "imb_factor")})
+    ident["stage1_id"] = identity.get("stage1_id") or _hash(
+        {k: ident[k] for k in ("model", "scenario", "seed", "stage1_epochs", "imb_factor")})
     bonus = {"control": 0.0, "baseline": 0.03}.get(ident["exp_name"], 0.01 * len(ident["exp_name"]) % 0.05)
     rows = []
     for stage, n in ((1, ident["stage1_epochs"]), (2, ident["stage2_epochs"])):
@@ -154,13 +156,120 @@ def test_compare_table(tmp_path):
     assert ce["test_macro_f1_pct_mean"] == pytest.approx(42.0)
     assert ce["test_macro_f1_pct_std"] == pytest.approx(np.std([40, 44], ddof=1))
     assert ce["test_acc_pct_mean"] == pytest.approx(52.0) and ce["test_few_acc_pct_mean"] == pytest.approx(21.0)
-    assert ce["test_macro_f1_pct"] == "42.00 ± 2.83"
-    assert final.loc["two_stage_ictta", "test_macro_f1_pct"] == "47.00 ± 0.00"
+    # two seeds: t_{0.975,1} = 12.7062, half-width 12.7062 * 2.828 / sqrt(2) = 25.41
+    assert ce["test_macro_f1_pct"] == "42.00 ± 2.83 [16.59, 67.41]"
+    assert (ce["test_macro_f1_pct_ci95_lo"], ce["test_macro_f1_pct_ci95_hi"]) == pytest.approx((16.588, 67.412), abs=1e-3)
+    assert final.loc["two_stage_ictta", "test_macro_f1_pct"] == "47.00 ± 0.00 [47.00, 47.00]"
     assert ce["n_seeds"] == 2 and ce["n_max"] == 4900  # 5000 - 100 validation images per class
     md = (tmp_path / "out" / "compare_table.md").read_text()
-    assert "| ldam_drw | 2 | **61.00 ± 1.41** | **51.00 ± 1.41** |" in md
+    assert "| ldam_drw | 2 | **61.00 ± 1.41 [48.29, 73.71]** | **51.00 ± 1.41 [38.29, 63.71]** |" in md
     assert "n_max 4900" in md and "stage-2 last epoch" in md and "best-by-validation" in md
     assert len(pd.read_csv(tmp_path / "out" / "compare_table.csv")) == 6
+
+
+def test_t_quantiles_match_the_tables():
+    known = {1: 12.706, 2: 4.303, 4: 2.776, 9: 2.262, 30: 2.042, 31: 2.040, 40: 2.021, 60: 2.000, 120: 1.980}
+    for df, t in known.items():
+        assert st.t975(df) == pytest.approx(t, abs=5e-4), df
+    assert st.t975(10**6) == pytest.approx(1.960, abs=5e-4)  # the normal's quantile in the limit
+    with pytest.raises(ValueError):
+        st.t975(0)
+
+
+def test_interval_on_known_numbers():
+    s = st.interval95([1, 2, 3, 4, 5])  # mean 3, std 1.5811, t_{0.975,4} = 2.7764
+    assert (s["n"], s["mean"], s["std"]) == (5, 3.0, pytest.approx(1.58114, abs=1e-5))
+    assert (s["ci95_lo"], s["ci95_hi"]) == pytest.approx((1.03676, 4.96324), abs=1e-4)
+    assert st.fmt_stat(s) == "3.00 ± 1.58 [1.04, 4.96]"
+    assert st.interval95([1.0, float("nan"), 3.0])["n"] == 2  # a missing value is not a zero
+
+
+def test_one_seed_has_no_interval(tmp_path):
+    res = tmp_path / "results"
+    write_run(res, pinned({}, {3: 0.50}))
+    write_run(res, pinned({}, {3: 0.45}), exp_name="control", dynamic_mode="none", stage2_loss_type="ce")
+    write_run(res, exp_name="ce", method="ce", tag="compare-reduced")
+    out = st.write_summary(res, tmp_path / "out", verbose=False)
+    s = st.interval95([0.5])
+    assert s["n"] == 1 and np.isnan(s["std"]) and np.isnan(s["ci95_lo"]) and np.isnan(s["ci95_hi"])
+    assert st.fmt_stat(s) == "0.50 (n=1, no interval)"
+    p = out["paired"].set_index(["comparison", "split", "metric"]).loc[("vs_control", "test", "macro_f1")]
+    assert p["n"] == 1 and p["mean"] == pytest.approx(5.0) and np.isnan(p["ci95_lo"])
+    assert p["interval"] == "+5.00 (n=1, no interval), wins 1/1"
+    assert np.isnan(out["agg"]["s2_final_test_macro_f1_ci95"]).all()
+    for name in ("compare_table.md", "paired_differences.md"):
+        text = (tmp_path / "out" / name).read_text()
+        assert "n=1, no interval" in text, name
+        assert not any("±" in line for line in text.splitlines() if line.startswith("|")), name  # no ± from one run
+
+
+def test_paired_differences_on_known_numbers(tmp_path):
+    res = tmp_path / "results"
+    for seed, (ours, control) in enumerate(((0.50, 0.45), (0.55, 0.52), (0.62, 0.50))):
+        write_run(res, pinned({}, {3: ours}), seed=seed)
+        write_run(res, pinned({}, {3: control}), seed=seed, exp_name="control", dynamic_mode="none",
+                  stage2_loss_type="ce")
+    out = st.write_summary(res, tmp_path / "out", verbose=False)
+    p = out["paired"].set_index(["comparison", "split", "metric"])
+    d = p.loc[("vs_control", "test", "macro_f1")]  # differences 5, 3, 12 pp
+    assert (d["n"], d["wins"], d["seeds"]) == (3, 3, "0 1 2")
+    assert (d["mean"], d["std"]) == pytest.approx((6.6667, 4.7258), abs=1e-4)
+    assert (d["ci95_lo"], d["ci95_hi"]) == pytest.approx((-5.0729, 18.4062), abs=1e-3)  # t_{0.975,2} = 4.3027
+    assert d["interval"] == "+6.67 ± 4.73 [-5.07, +18.41], wins 3/3" and d["unpaired"] == ""
+    g = p.loc[("stage2_vs_stage1", "test", "macro_f1")]  # stage 1 ends at 0.10: 40, 45, 52 pp
+    assert (g["mean"], g["ci95_lo"], g["ci95_hi"]) == pytest.approx((45.6667, 30.6930, 60.6403), abs=1e-3)
+    assert ("vs_control", "val", "macro_f1") in p.index  # validation rows too
+    on_disk = pd.read_csv(tmp_path / "out" / "paired_differences.csv")
+    assert len(on_disk) == len(out["paired"]) and "wins 3/3" in (tmp_path / "out" / "paired_differences.md").read_text()
+
+
+def test_pairs_need_the_same_seed_and_the_same_stage1(tmp_path):
+    res = tmp_path / "results"
+    ctl = dict(exp_name="control", dynamic_mode="none", stage2_loss_type="ce")
+    for seed in (0, 1, 2):
+        write_run(res, pinned({}, {3: 0.50}), seed=seed)
+    write_run(res, pinned({}, {3: 0.40}), seed=0, **ctl)
+    write_run(res, pinned({}, {3: 0.48}), seed=1, **ctl)
+    write_run(res, pinned({}, {3: 0.00}), seed=2, stage1_id="another000st", **ctl)  # its own stage 1: no pair
+    write_run(res, pinned({}, {3: 0.00}), seed=3, **ctl)  # no two-stage run of seed 3
+    summary = st.summarize_runs(st.load_rows(res))
+    pairs, unpaired = st.pair_runs(summary[summary["role"] == "two_stage"], summary[summary["role"] == "control"])
+    assert sorted(int(t["seed"]) for t, _ in pairs) == [0, 1]
+    assert all(t["stage1_id"] == c["stage1_id"] and t["seed"] == c["seed"] for t, c in pairs)
+    assert len(unpaired) == 3  # both runs of seed 2, and the control of seed 3
+    assert "two_stage seed 2" in unpaired[0] and "another stage 1" in unpaired[0]
+    assert unpaired[1:] == ["control seed 2: no two_stage partner", "control seed 3: no two_stage partner"]
+    d = st.paired_table(summary).set_index(["comparison", "split", "metric"]).loc[("vs_control", "test", "macro_f1")]
+    assert d["n"] == 2 and d["mean"] == pytest.approx((10 + 2) / 2)  # seed 2's 50-point gap is not in it
+    assert "another stage 1" in d["unpaired"] and "seed 3" in d["unpaired"]
+
+
+def test_ablation_table_chooses_on_validation_and_checks_on_test(tmp_path):
+    res = tmp_path / "results"
+    compare, ablation = dict(tag="compare-reduced"), dict(tag="ablation-reduced")
+    runs = {("drw", "drw"): (0.60, 0.60), ("two_stage_ictta", "two_stage_ictta"): (0.50, 0.50),
+            ("abl-good", "two_stage_ictta"): (0.62, 0.61), ("abl-val-only", "two_stage_ictta"): (0.61, 0.55),
+            ("abl-test-only", "two_stage_ictta"): (0.55, 0.70)}  # (val, test) macro-F1 at the last epoch
+    for (exp, method), (val, test) in runs.items():
+        for seed, shift in enumerate((0.0, 0.01, -0.01)):
+            write_run(res, pinned({3: val + shift}, {3: test + shift}), seed=seed, exp_name=exp, method=method,
+                      **(compare if not exp.startswith("abl-") else ablation))
+    out = st.write_summary(res, tmp_path / "out", verbose=False)
+    table = out["ablation"].set_index("variant")
+    assert table.loc["two_stage_ictta", "kind"] == "default" and table.loc["drw", "kind"] == "drw"
+    assert table.loc["abl-good", "closes_gap"] == "closes the gap"
+    assert table.loc["abl-val-only", "closes_gap"] == "on validation only"
+    assert table.loc["abl-test-only", "closes_gap"] == "no"  # test never rescues a validation loss
+    good = table.loc["abl-good"]
+    assert good["vs_default_test_macro_f1_mean"] == pytest.approx(11.0)
+    assert good["vs_drw_val_macro_f1_mean"] == pytest.approx(2.0) and good["vs_drw_val_macro_f1_wins"] == 3
+    assert good["vs_drw_test_macro_f1_n"] == 3 and good["test_macro_f1_pct_mean"] == pytest.approx(61.0)
+    assert good["test_macro_f1_pct"] == "61.00 ± 1.00 [58.52, 63.48]"  # t_{0.975,2} = 4.3027
+    assert out["best"].empty or not out["best"]["variant"].str.startswith("abl-").any()
+    md = (tmp_path / "out" / "ablation_table.md").read_text()
+    verdicts = {line.split(" | ")[0][2:]: line.split(" | ")[-1] for line in md.splitlines() if line.startswith("| abl-") and " | drw | " in line}
+    assert verdicts == {"abl-good": "closes the gap |", "abl-val-only": "on validation only |", "abl-test-only": "no |"}
+    assert len(pd.read_csv(tmp_path / "out" / "ablation_table.csv")) == 5
 
 
 def test_labels():
