@@ -300,7 +300,8 @@ def test_plots_on_partial_results(tmp_path):
     write_run(res / "reduced", exp_name="ce", method="ce", tag="compare-reduced")
     fig_dir = tmp_path / "figures"
     result = plots.make_plots(res, fig_dir, verbose=False)
-    expected = ["bar_models_vs_scenario_macro_f1.png", "line_depth_trend_macro_f1.png", "heatmap_macro_f1.png",
+    expected = ["forest_paired_macro_f1.png", "bar_models_vs_scenario_macro_f1.png", "line_depth_trend_macro_f1.png",
+                "heatmap_macro_f1.png",
                 "curves_best/resnet10_head_tail_acc_curves_best.png",
                 "class_weights/resnet10_head_tail_stage2_weights.png",
                 "per_class_f1/resnet10_head_tail_f1_vs_count.png", "compare/compare-reduced_resnet10_long_tail_imb0.01.png",
@@ -314,10 +315,68 @@ def test_plots_on_partial_results(tmp_path):
     assert "simplecnn" in notes and "long_tail" in notes and "one seed" in notes and "still running" in notes
     assert "fewer than 3 seeds" in notes
     best = result["best_summary"].iloc[0]
-    assert best["chosen_variant"] == "two_stage" and best["final_macro_f1_minus_control"] == pytest.approx(0.03)
+    assert best["chosen_variant"] == "two_stage"
+    assert best["default_minus_control_pp_mean"] == pytest.approx(3.0) and best["default_minus_control_pp_n"] == 1
     counts = pd.read_csv(fig_dir / "class_counts_imb01.csv")
     assert counts["long_tail"].iloc[[0, -1]].tolist() == [1500, 15] and counts["head_tail"].tolist() == [1500] * 5 + [15] * 5
     assert counts["name"].iloc[0] == "airplane"
+
+
+def write_confusion(csv_path: Path, **stages) -> None:
+    """The run's JSON beside its CSV, holding ``confusion_test`` {stage: matrix}."""
+    csv_path.with_suffix(".json").write_text(json.dumps({"confusion_test": {k: np.asarray(v).tolist()
+                                                                             for k, v in stages.items()}}))
+
+
+def test_figures_of_tuning_ablation_and_confusion(tmp_path):
+    """Two seeds of the grid (default, control, a tuning point) and of the compare and ablation
+    suites: the sensitivity, ablation and confusion figures are drawn; a confusion matrix sums
+    the seeds, and a run that reused its stage 1 takes that stage's matrix from the run that trained it."""
+    res = tmp_path / "results"
+    eye, flip = np.eye(C, dtype=int) * 10, np.fliplr(np.eye(C, dtype=int)) * 10
+    for seed in (0, 1):
+        base = write_run(res, seed=seed)
+        write_confusion(base, stage1=flip, stage2=eye)  # this run trained the shared stage 1
+        write_confusion(write_run(res, pinned({3: 0.99}, {}), seed=seed, exp_name="tune-lr0.03-w1-8-g1.5-loss",
+                                  stage2_lr=0.03, tag="tuning-quick"), stage2=flip)  # best on validation
+        write_run(res, seed=seed, exp_name="control", dynamic_mode="none", stage2_loss_type="ce")
+        for method in ("drw", "two_stage_ictta"):
+            write_run(res / "reduced", seed=seed, exp_name=method, method=method, tag="compare-reduced")
+        write_run(res / "reduced", seed=seed, exp_name="abl-ce", stage2_loss_type="ce", tag="ablation-reduced")
+    summary = st.summarize_runs(st.load_rows(res))
+    tuned = summary.loc[summary["variant"] == "lr0.03-w1-8-g1.5-loss", "config_id"].iloc[0]
+    mats = plots.load_confusions(tuned, summary, res, [])
+    np.testing.assert_array_equal(mats["stage2"], 2 * flip)
+    np.testing.assert_array_equal(mats["stage1"], 2 * flip)  # from the baseline runs, which trained it
+    result = plots.make_plots(res, tmp_path / "figures", verbose=False)
+    for name in ("tuning_sensitivity_macro_f1.png", "ablation/reduced_resnet10_long_tail_imb0.01.png",
+                 "confusion/long_tail_best.png", "forest_paired_macro_f1.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 0, name
+    assert any("confusion" in n for n in result["notes"])  # the compare runs have no JSON: said, not drawn
+
+
+def test_depth_is_counted_from_the_model():
+    assert plots.resnet_depths() == {"resnet10": 10, "resnet15": 16, "resnet20": 20, "resnet32": 32}
+    assert plots.model_depth("simplecnn") == 4  # 3 convolutions + the classifier
+
+
+def test_depth_trend_verdict_says_when_the_data_cannot_support_one():
+    one = {"n": 1, "mean": 20.0, "std": np.nan, "ci95_lo": np.nan, "ci95_hi": np.nan}
+    s = lambda lo, hi: {"n": 3, "mean": (lo + hi) / 2, "std": 1.0, "ci95_lo": lo, "ci95_hi": hi}
+    assert "no trend can be claimed" in plots.trend_verdict({"resnet10": one, "resnet32": s(10, 12)})
+    assert "do not support" in plots.trend_verdict({"resnet10": s(10, 14), "resnet32": s(13, 20)})
+    assert plots.trend_verdict({"resnet10": s(10, 12), "resnet32": s(13, 20)}) == "intervals apart: resnet10 vs resnet32"
+
+
+def test_class_ticks_name_few_classes_and_no_class_of_many():
+    from matplotlib.figure import Figure
+
+    for C, most in ((10, 10), (100, 10)):
+        counts = [max(1, 500 - 5 * c) for c in range(C)]
+        ax = Figure().subplots()
+        plots._class_ticks(ax, np.argsort(counts)[::-1], counts, plots.class_names(C))
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert len(labels) == most and (("airplane" in labels[0]) if C == 10 else labels[0].startswith("#0"))
 
 
 def test_plots_with_nothing_finished(tmp_path):
