@@ -704,7 +704,7 @@ def plot_confusion(mats: dict[str, np.ndarray], title: str, notes: list, path: P
         if C <= 12:
             for i in range(C):
                 for j in range(C):
-                    if np.isfinite(rows[i, j]) and rows[i, j] >= 0.005:
+                    if np.isfinite(rows[i, j]) and round(100 * rows[i, j]) >= 1:
                         ax.text(j, i, f"{100 * rows[i, j]:.0f}", ha="center", va="center", fontsize=7.5,
                                 color="white" if rows[i, j] > 0.6 else "black")
         labels = names if C <= MAX_NAMED_CLASSES else None
@@ -718,7 +718,7 @@ def plot_confusion(mats: dict[str, np.ndarray], title: str, notes: list, path: P
     body.colorbar(im, ax=list(axes), label="share of the true class's test images\n(row-normalised; fixed scale 0 to 1)",
                   shrink=0.85)
     _title(fig, title)
-    _note(fig, notes + (["cells: % of the row; empty below 0.5%"] if C <= 12 else []))
+    _note(fig, notes + (["cells: % of the row; empty where it rounds to 0"] if C <= 12 else []))
     return _save(fig, path, paths)
 
 

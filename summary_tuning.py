@@ -474,8 +474,10 @@ def default_two_stage(g: pd.DataFrame) -> pd.DataFrame:
 
 
 def _what(key: dict, comparison: str, treated: pd.DataFrame, reference_name: str) -> dict:
-    t = treated.iloc[0]
-    return {**key, "comparison": comparison, "treated": t["variant"], "treated_config": t["config_id"],
+    """The identifying columns of a comparison's rows; ``treated_config`` is empty when the treated
+    side has no run (its partners are then all listed as unpaired)."""
+    first = treated.iloc[0] if len(treated) else {"variant": "two_stage", "config_id": ""}
+    return {**key, "comparison": comparison, "treated": first["variant"], "treated_config": first["config_id"],
             "reference": reference_name}
 
 
@@ -489,9 +491,7 @@ def paired_table(summary: pd.DataFrame) -> pd.DataFrame:
         key = dict(zip(PAIR_GROUP, key))
         two_stage, control = g[g["role"] == "two_stage"], g[g["role"] == "control"]
         if len(two_stage) or len(control):
-            first = two_stage if len(two_stage) else control
-            rows += paired_rows({**_what(key, "vs_control", first, "control"), "treated": "two_stage"},
-                                two_stage, control)
+            rows += paired_rows(_what(key, "vs_control", two_stage, "control"), two_stage, control)
         if len(two_stage):
             rows += stage_gain_rows(_what(key, "stage2_vs_stage1", two_stage, "stage 1"), two_stage)
         for _, t in g[g["role"] == "tuning"].groupby("config_id", sort=False):
