@@ -1,34 +1,55 @@
-"""Figures and small tables for a report, from the per-run result CSVs alone.
+"""Figures and small tables for a report, from the per-run result CSVs (and, for confusion
+matrices only, each run's JSON beside its CSV).
 
-Reads only the ``results_*.csv`` files under ``--results`` (via :mod:`summary_tuning`), so it plots
+Reads the ``results_*.csv`` files under ``--results`` (via :mod:`summary_tuning`), so it plots
 a grid that is still running: a missing model, scenario or seed, or a run not finished yet, is
 left out and named in a note (printed, and written in the figure). Only finished runs are plotted.
+Intervals are 95% Student-t intervals over seeds (:func:`summary_tuning.interval95`); with one seed
+a figure draws no error bar and says n=1. Paired differences pair runs by seed and shared stage 1.
 
 The grid figures use one **profile** (``--profile``; default: the first of literature, full,
 reduced, quick, smoke that has baseline or tuning runs) and its baseline and tuning suites:
 
+* ``forest_paired_macro_f1.png`` (the headline): per model and scenario, the paired test
+  difference two-stage minus control (and stage 2 minus stage 1) in macro-F1 and tail macro-F1,
+  with its 95% interval and seeds won, zero line;
 * ``bar_models_vs_scenario_macro_f1.png``: test macro-F1 at stage 2's last epoch, models x
-  scenarios, two-stage vs its same-budget control, error bars = std over seeds;
-* ``line_depth_trend_macro_f1.png``: macro-F1 and tail macro-F1 against ResNet depth (10, 16, 20
-  weighted layers for resnet10/15/20, as model.py counts them);
-* ``heatmap_macro_f1.png``: model x scenario, two-stage macro-F1 and its gain over the control;
+  scenarios, two-stage vs its same-budget control, error bars = 95% intervals, n in the label;
+* ``line_depth_trend_macro_f1.png``: macro-F1 and tail macro-F1 against the depth of the
+  registry's ResNets (conv + linear layers counted in ``model.get_model(name)``), 95% intervals;
+  each panel's title says whether the intervals support a trend (:func:`trend_verdict`);
+* ``heatmap_macro_f1.png``: model x scenario, two-stage macro-F1 (colour on the fixed 0-100 scale)
+  and its paired gain over the control (colour symmetric around 0), mean and interval per cell;
+* ``tuning_sensitivity_macro_f1.png``: each one-knob tuning point's paired difference from the
+  default run in validation and test macro-F1, per model and scenario;
+* ``confusion/<scenario>_best.png``: row-normalised test confusion matrices (end of stage 1 and of
+  stage 2, summed over seeds) of the best two-stage configuration of the scenario, all models, by
+  **validation** macro-F1;
 * per (model, scenario), the best two-stage configuration (baseline + tuning points, chosen on
   **validation** macro-F1 by :func:`summary_tuning.best_configs`), mean over its seeds:
   ``curves_best/<model>_<scenario>_acc_curves_best.png`` (accuracy, macro-F1, tail macro-F1 per
   epoch on val and test, stage boundary marked), ``class_weights/<model>_<scenario>_stage2_weights.png``
   (stage-2 class weights per epoch, one line per class coloured by its training count) and
-  ``per_class_f1/<model>_<scenario>_f1_vs_count.png`` (per-class test F1 against training count,
-  stage 1 vs stage 2, and the control's stage 2);
-* ``best_summary.csv`` (that choice, its test numbers and the control's), ``best_hparams.csv``
-  (its settings) and ``class_counts_imb01.csv`` (per-class training counts, both scenarios, 0.01).
+  ``per_class_f1/<model>_<scenario>_f1_vs_count.png`` (per-class test F1, classes ordered by
+  training count, stage 1 vs stage 2, and the control's stage 2);
+* ``best_summary.csv`` (that choice, its test numbers with std and ci95, and the default run's
+  paired difference from the control), ``best_hparams.csv`` (its settings) and
+  ``class_counts_imb01.csv`` (per-class training counts, both scenarios, 0.01).
 
-For compare-suite results: ``compare/<tag>_<model>_<scenario>_imb<f>.png``, methods x test metrics.
+For compare-suite results: ``compare/<tag>_<model>_<scenario>_imb<f>.png``, methods x test metrics
+(mean ± std [interval]), and ``confusion/<tag>_<model>_<scenario>_imb<f>_best.png``, the method
+with the best validation macro-F1. For ablation runs (exp_name ``abl-...``):
+``ablation/<profile>_<model>_<scenario>_imb<f>.png``, each variant's paired difference from the
+default two-stage run and from drw, with the verdict of :func:`summary_tuning.gap_verdict`.
+
+With many classes (more than ``MAX_NAMED_CLASSES``, e.g. CIFAR-100) no figure names classes.
 
 ``python plots.py --results results --out figures``; as a library, :func:`make_plots`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -44,12 +65,12 @@ from results_logger import atomic_write_text
 
 BASELINE_MODELS = ("simplecnn", "resnet10", "resnet15", "resnet20")  # what run_all_models' grid runs
 SCENARIOS = ("long_tail", "head_tail")
-DEPTH = {"resnet10": 10, "resnet15": 16, "resnet20": 20, "resnet32": 32}  # weighted layers (model.py)
 ROLE_STYLE = {"two_stage": dict(color="tab:blue", label="two-stage (dynamic reweighting)"),
               "control": dict(color="tab:gray", label="same-budget control (stage 2: CE, uniform weights)")}
 STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9.5,
          "xtick.labelsize": 10, "ytick.labelsize": 10, "figure.titlesize": 13, "savefig.dpi": 130}
 MACRO_F1_LABEL = "test macro-F1 (%), stage 2's last epoch"
+MAX_NAMED_CLASSES = 20  # above this many classes, figures name no class (C = 100 stays readable)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,10 +176,92 @@ def missing_notes(cells: pd.DataFrame, models, scenarios, roles=("two_stage", "c
 
 
 # ----------------------------------------------------------------------------------------------
+# Intervals on a figure
+
+CI_TEXT = "95% Student-t interval over seeds (none for one seed)"
+
+
+def _stat(r, prefix: str = "") -> dict:
+    """A paired-table row (or its ``prefix``-ed columns) as :func:`summary_tuning.interval95`'s dict."""
+    n = r.get(f"{prefix}n", 0)
+    return {"n": int(n) if pd.notna(n) else 0,
+            **{k: float(r.get(f"{prefix}{k}", np.nan)) for k in ("mean", "std", "ci95_lo", "ci95_hi")}}
+
+
+def _dot(ax, y: float, s: dict, color: str, marker: str = "o", mfc=None, label=None) -> None:
+    """A mean at (mean, y), its 95% interval as a horizontal line; only the dot when n < 2."""
+    if not s["n"]:
+        return
+    if s["n"] >= 2:
+        ax.hlines(y, s["ci95_lo"], s["ci95_hi"], color=color, lw=2.2, zorder=2)
+    ax.plot([s["mean"]], [y], ls="none", marker=marker, ms=8, color=color, mfc=mfc or color, mew=1.5,
+            zorder=3, label=label)
+
+
+def _short(s: dict, wins: int | None = None) -> str:
+    """``"+6.7 [-5.1, +18.4], wins 3/3"``, or ``"+6.7, n=1, no interval"``."""
+    if not s["n"]:
+        return "no pairs"
+    text = f"{s['mean']:+.1f}" + (f" [{s['ci95_lo']:+.1f}, {s['ci95_hi']:+.1f}]" if s["n"] >= 2 else ", n=1, no interval")
+    return text + (f", wins {wins}/{s['n']}" if wins is not None and s["n"] >= 2 else "")
+
+
+def _zero_line(ax) -> None:
+    ax.axvline(0, color="black", lw=1, zorder=1)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _right_text(ax, y: float, text: str, color: str = "black") -> None:
+    """Text just right of the axes at data height ``y`` (inside the layout)."""
+    ax.annotate(text, xy=(1.02, y), xycoords=("axes fraction", "data"), ha="left", va="center", fontsize=9,
+                color=color, annotation_clip=False)
+
+
+# ----------------------------------------------------------------------------------------------
 # Grid figures: two-stage vs control
 
+FOREST = {"vs_control": ("two-stage minus its same-budget control", dict(color="tab:blue", marker="o")),
+          "stage2_vs_stage1": ("stage 2 minus stage 1 (two-stage run)", dict(color="dimgray", marker="D", mfc="white"))}
+
+
+def plot_forest(paired: pd.DataFrame, models, scenarios, title: str, notes: list, path: Path, paths: list) -> Path:
+    """The headline figure: per (model, scenario), the paired test difference in macro-F1 and tail
+    macro-F1 with its 95% interval, two-stage minus control and stage 2 minus stage 1; zero line."""
+    test = paired[(paired["split"] == "test") & paired["comparison"].isin(FOREST)]
+    cells = [(m, s) for m in models for s in scenarios if ((test["model"] == m) & (test["scenario"] == s)).any()]
+    fig, body = _new_figure(15, 2.6 + 0.62 * max(1, len(cells)))
+    axes = body.subplots(1, len(st.PAIRED_METRICS), sharey=True, squeeze=False)[0]
+    for ax, (metric, label) in zip(axes, st.PAIRED_METRICS):
+        for i, (m, s) in enumerate(cells):
+            for j, (comp, (text, style)) in enumerate(FOREST.items()):
+                r = test[(test["model"] == m) & (test["scenario"] == s) & (test["comparison"] == comp)
+                         & (test["metric"] == metric)]
+                if len(r):
+                    _dot(ax, i + 0.18 * (j - 0.5), _stat(r.iloc[0]), **style, label=text if i == 0 else None)
+                    if comp == "vs_control":
+                        _right_text(ax, i - 0.09, _short(_stat(r.iloc[0]), int(r.iloc[0]["wins"])), style["color"])
+        _zero_line(ax)
+        ax.set_xlabel(f"test {label}, difference (percentage points)")
+        ax.set_title(label)
+    n_pairs = {(m, s): int(test[(test["model"] == m) & (test["scenario"] == s) & (test["comparison"] == "vs_control")]
+                           ["n"].max() if ((test["model"] == m) & (test["scenario"] == s)
+                                           & (test["comparison"] == "vs_control")).any() else 0) for m, s in cells}
+    axes[0].set_yticks(range(len(cells)), [f"{m} · {s.replace('_', '-')}\n({n_pairs[(m, s)]} pair"
+                                           + ("s)" if n_pairs[(m, s)] != 1 else ")") for m, s in cells])
+    axes[0].set_ylim(len(cells) - 0.5, -0.5)  # first row on top
+    if not cells:
+        axes[0].text(0.5, 0.5, "no paired runs", transform=axes[0].transAxes, ha="center", color="dimgray")
+    else:
+        body.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=2, frameon=False)
+    _title(fig, title)
+    _note(fig, notes + [f"lines: {CI_TEXT}; pairs share the seed and the stage-1 checkpoint; "
+                        "right of each panel: two-stage minus control, mean [interval], seeds won"])
+    return _save(fig, path, paths)
+
+
 def plot_bars(cells: pd.DataFrame, models, scenarios, title: str, notes: list, path: Path, paths: list) -> Path:
-    fig, body = _new_figure(4.2 + 1.6 * len(models) * len(scenarios) / 2, 5.2)
+    """Test macro-F1 per model and scenario, two-stage and control; error bars = 95% intervals."""
+    fig, body = _new_figure(4.2 + 1.6 * len(models) * len(scenarios) / 2, 5.4)
     axes = body.subplots(1, len(scenarios), sharey=True, squeeze=False)[0]
     width = 0.38
     for ax, sc in zip(axes, scenarios):
@@ -166,15 +269,18 @@ def plot_bars(cells: pd.DataFrame, models, scenarios, title: str, notes: list, p
         for j, role in enumerate(("two_stage", "control")):
             d = cells[(cells["scenario"] == sc) & (cells["role"] == role)].set_index("model")
             mean = np.array([_pct(d["s2_final_test_macro_f1_mean"].get(m)) for m in models])
-            std = np.array([_pct(d["s2_final_test_macro_f1_std"].get(m)) for m in models])
+            half = np.array([_pct(d["s2_final_test_macro_f1_ci95"].get(m)) for m in models])
+            n = [int(d["n_seeds"].get(m)) if m in d.index else 0 for m in models]
             pos = x + (j - 0.5) * width
-            bars = ax.bar(pos, np.nan_to_num(mean), width, yerr=np.where(np.isfinite(std), std, 0),
-                          capsize=3, color=ROLE_STYLE[role]["color"], edgecolor="black", linewidth=0.5,
-                          label=ROLE_STYLE[role]["label"] if sc == scenarios[0] else None)
-            for b, v in zip(bars, mean):
-                ax.text(b.get_x() + b.get_width() / 2, (v if np.isfinite(v) else 0) + 0.6,
-                        f"{v:.1f}" if np.isfinite(v) else "missing", ha="center", va="bottom", fontsize=8.5,
-                        rotation=90 if not np.isfinite(v) else 0, color="black" if np.isfinite(v) else "dimgray")
+            bars = ax.bar(pos, np.nan_to_num(mean), width, color=ROLE_STYLE[role]["color"], edgecolor="black",
+                          linewidth=0.5, label=ROLE_STYLE[role]["label"] if sc == scenarios[0] else None)
+            has = np.isfinite(half)  # one seed: no interval, no error bar
+            ax.errorbar(pos[has], mean[has], yerr=half[has], fmt="none", ecolor="black", capsize=3, lw=1.2)
+            for b, v, h, k in zip(bars, mean, half, n):
+                top = (v if np.isfinite(v) else 0) + (h if np.isfinite(h) else 0) + 0.6
+                ax.text(b.get_x() + b.get_width() / 2, top, f"{v:.1f}\nn={k}" if np.isfinite(v) else "missing",
+                        ha="center", va="bottom", fontsize=8, rotation=90 if not np.isfinite(v) else 0,
+                        color="black" if np.isfinite(v) else "dimgray")
         # stage 1 is shared by the two: its end, the starting point of both stage 2s
         d1 = cells[(cells["scenario"] == sc)].groupby("model")["s1_final_test_macro_f1_mean"].mean()
         s1 = np.array([_pct(d1.get(m)) for m in models])
@@ -187,40 +293,78 @@ def plot_bars(cells: pd.DataFrame, models, scenarios, title: str, notes: list, p
         ax.set_xlabel("model")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel(MACRO_F1_LABEL)
-    top = np.nanmax([_pct(v) for v in cells["s2_final_test_macro_f1_mean"]] + [_pct(v) for v in cells["s1_final_test_macro_f1_mean"]] + [1])
-    axes[0].set_ylim(0, top * 1.25 + 2)
+    tops = [_pct(a) + (_pct(b) if pd.notna(b) else 0) for a, b in
+            zip(cells["s2_final_test_macro_f1_mean"], cells["s2_final_test_macro_f1_ci95"])]
+    top = np.nanmax(tops + [_pct(v) for v in cells["s1_final_test_macro_f1_mean"]] + [1])
+    axes[0].set_ylim(0, top * 1.2 + 4)
     body.legend(loc="outside upper center", ncol=3, frameon=False)
     _title(fig, title)
-    _note(fig, notes)
+    _note(fig, notes + [f"error bars: {CI_TEXT}; n = seeds"])
     return _save(fig, path, paths)
 
 
+def model_depth(name: str) -> int:
+    """Weighted layers of ``model.get_model(name)``: its Conv2d and Linear modules."""
+    import torch.nn as nn
+
+    import model
+    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.get_model(name).modules())
+
+
+def resnet_depths() -> dict[str, int]:
+    """The CIFAR ResNets of the model registry and their depths, shallowest first."""
+    import model
+    nets = {name: model.get_model(name) for name in model.MODELS}
+    depths = {name: model_depth(name) for name, net in nets.items() if isinstance(net, model.CifarResNet)}
+    return dict(sorted(depths.items(), key=lambda kv: kv[1]))
+
+
+def trend_verdict(points: dict[str, dict]) -> str:
+    """What the intervals of one series (model -> ``interval95`` dict) allow one to say."""
+    have = {m: s for m, s in points.items() if s["n"]}
+    if len(have) < 2:
+        return "fewer than 2 depths with results: no trend"
+    if any(s["n"] < 2 for s in have.values()):
+        return "one seed at some depth: no interval, no trend can be claimed"
+    apart = [(a, b) for i, a in enumerate(have) for b in list(have)[i + 1:]
+             if have[a]["ci95_hi"] < have[b]["ci95_lo"] or have[b]["ci95_hi"] < have[a]["ci95_lo"]]
+    if not apart:
+        return "all 95% intervals overlap: the data do not support a depth trend"
+    return "intervals apart: " + ", ".join(f"{a} vs {b}" for a, b in apart)
+
+
 def plot_depth(cells: pd.DataFrame, scenarios, title: str, notes: list, path: Path, paths: list) -> Path:
-    # the axis always shows resnet10/15/20 (and resnet32 when it has results), present or not
-    resnets = [m for m in DEPTH if m != "resnet32" or m in set(cells["model"])]
-    fig, body = _new_figure(11, 5)
+    """Macro-F1 and tail macro-F1 against ResNet depth (counted from the model), 95% intervals;
+    each panel's title says whether the two-stage macro-F1's intervals support a trend."""
+    depth = resnet_depths()
+    fig, body = _new_figure(12, 5.6)
     axes = body.subplots(1, len(scenarios), sharey=True, squeeze=False)[0]
     lines = {("macro_f1", "two_stage"): dict(color="tab:blue", ls="-", marker="o"),
              ("tail_macro_f1", "two_stage"): dict(color="tab:orange", ls="-", marker="s"),
              ("macro_f1", "control"): dict(color="tab:blue", ls="--", marker="o", mfc="white"),
              ("tail_macro_f1", "control"): dict(color="tab:orange", ls="--", marker="s", mfc="white")}
-    names = {"macro_f1": "macro-F1", "tail_macro_f1": "tail macro-F1"}
+    names = dict(st.PAIRED_METRICS)
     for ax, sc in zip(axes, scenarios):
+        verdict = "no finished ResNet runs"
         for (metric, role), style in lines.items():
             d = cells[(cells["scenario"] == sc) & (cells["role"] == role)].set_index("model")
-            pts = [(DEPTH[m], _pct(d[f"s2_final_test_{metric}_mean"].get(m)), _pct(d[f"s2_final_test_{metric}_std"].get(m)))
-                   for m in resnets if m in d.index]
+            pts = {m: st.level(d.loc[m], f"s2_final_test_{metric}") for m in depth if m in d.index}
             if not pts:
                 continue
-            xs, ys, es = map(np.array, zip(*pts))
-            ax.errorbar(xs, ys, yerr=np.where(np.isfinite(es), es, 0), capsize=3, lw=1.8, ms=7, **style,
-                        label=f"{names[metric]}, {'two-stage' if role == 'two_stage' else 'control'}")
-        ax.set_xticks([DEPTH[m] for m in resnets], [f"{m}\n({DEPTH[m]} layers)" for m in resnets])
-        ax.set_xlim(min(DEPTH[m] for m in resnets) - 2, max(DEPTH[m] for m in resnets) + 2)
+            if (metric, role) == ("macro_f1", "two_stage"):
+                verdict = trend_verdict(pts)
+            xs = np.array([depth[m] for m in pts])
+            ys = np.array([s["mean"] for s in pts.values()])
+            es = np.array([s["ci95_hi"] - s["mean"] for s in pts.values()])
+            ax.plot(xs, ys, lw=1.8, ms=7, **style, label=f"{names[metric]}, {'two-stage' if role == 'two_stage' else 'control'}")
+            has = np.isfinite(es)
+            ax.errorbar(xs[has], ys[has], yerr=es[has], fmt="none", ecolor=style["color"], capsize=3, lw=1.2)
+        ax.set_xticks(list(depth.values()), [f"{m}\n{d}" for m, d in depth.items()])
+        ax.set_xlim(min(depth.values()) - 3, max(depth.values()) + 3)
         if not ax.has_data():
             ax.text(0.5, 0.5, "no finished ResNet runs", transform=ax.transAxes, ha="center", color="dimgray")
-        ax.set_title(sc.replace("_", "-"))
-        ax.set_xlabel("depth (weighted layers)")
+        ax.set_title(f"{sc.replace('_', '-')}\n{textwrap.fill('two-stage macro-F1: ' + verdict, 55)}", fontsize=10.5)
+        ax.set_xlabel("depth: conv + linear layers of the model (model.get_model)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test F1 (%), stage 2's last epoch")
     handles, labels = axes[0].get_legend_handles_labels()
@@ -232,37 +376,43 @@ def plot_depth(cells: pd.DataFrame, scenarios, title: str, notes: list, path: Pa
     if handles:
         body.legend(handles, labels, loc="outside upper center", ncol=4, frameon=False)
     _title(fig, title)
-    _note(fig, notes)
+    _note(fig, notes + [f"error bars: {CI_TEXT}; points of different depths are separate runs (unpaired)"])
     return _save(fig, path, paths)
 
 
-def plot_heatmap(cells: pd.DataFrame, models, scenarios, title: str, notes: list, path: Path, paths: list) -> Path:
-    def grid(role, col):
-        d = cells[cells["role"] == role].set_index(["model", "scenario"])
-        return np.array([[_pct(d[col].get((m, s))) if col in d else np.nan for s in scenarios] for m in models])
-
-    ours, ours_std = grid("two_stage", "s2_final_test_macro_f1_mean"), grid("two_stage", "s2_final_test_macro_f1_std")
-    gain = ours - grid("control", "s2_final_test_macro_f1_mean")
-    fig, body = _new_figure(4.0 + 2.2 * len(scenarios), 1.6 + 0.75 * len(models))
+def plot_heatmap(cells: pd.DataFrame, paired: pd.DataFrame, models, scenarios, title: str, notes: list, path: Path,
+                 paths: list) -> Path:
+    """Left: two-stage test macro-F1, colour on the fixed 0-100% scale. Right: its paired
+    difference from the control, colour symmetric around 0; each cell says mean and interval."""
+    ours = cells[cells["role"] == "two_stage"].set_index(["model", "scenario"])
+    vs = paired[(paired["comparison"] == "vs_control") & (paired["split"] == "test")
+                & (paired["metric"] == "macro_f1")].set_index(["model", "scenario"])
+    levels = [[st.level(ours.loc[(m, s)], "s2_final_test_macro_f1") if (m, s) in ours.index else {"n": 0}
+              for s in scenarios] for m in models]
+    diff = [[_stat(vs.loc[(m, s)]) if (m, s) in vs.index else {"n": 0} for s in scenarios] for m in models]
+    fig, body = _new_figure(4.6 + 2.6 * len(scenarios), 1.8 + 0.8 * len(models))
     axes = body.subplots(1, 2, squeeze=False)[0]
-    lim = max(1.0, np.nanmax(np.abs(gain)) if np.isfinite(gain).any() else 1.0)
-    panels = ((axes[0], ours, "viridis", None, None, "two-stage test macro-F1 (%)", "macro-F1 (%)"),
-              (axes[1], gain, "RdBu", -lim, lim, "two-stage minus control (pp)", "difference (percentage points)"))
-    for ax, data, cmap, vmin, vmax, ttl, cbar in panels:
+    grid = lambda stats: np.array([[s["mean"] if s["n"] else np.nan for s in row] for row in stats])
+    gain = grid(diff)
+    lim = float(np.ceil(np.nanmax(np.abs(gain)))) if np.isfinite(gain).any() else 1.0
+    panels = ((axes[0], levels, "viridis", 0, 100, "two-stage test macro-F1 (%)",
+               "macro-F1 (%), fixed scale 0 to 100"),
+              (axes[1], diff, "RdBu", -lim, lim, "two-stage minus control, paired (pp)",
+               f"difference (pp), symmetric scale ±{lim:g}"))
+    for ax, stats, cmap, vmin, vmax, ttl, cbar in panels:
+        data = grid(stats)
         cm = matplotlib.colormaps[cmap].with_extremes(bad="lightgray")
         im = ax.imshow(np.ma.masked_invalid(data), cmap=cm, vmin=vmin, vmax=vmax, aspect="auto")
         for i in range(len(models)):
             for j in range(len(scenarios)):
-                v = data[i, j]
-                if not np.isfinite(v):
-                    text, color = "missing", "dimgray"
-                else:
-                    text = f"{v:+.1f}" if data is gain else f"{v:.1f}" + (
-                        f"\n± {ours_std[i, j]:.1f}" if np.isfinite(ours_std[i, j]) else "")
-                    lo, hi = im.norm.vmin, im.norm.vmax
-                    frac = (v - lo) / (hi - lo) if hi > lo else 0.5
-                    color = "white" if (data is not gain and frac < 0.6) or (data is gain and abs(v) > 0.6 * lim) else "black"
-                ax.text(j, i, text, ha="center", va="center", fontsize=10, color=color)
+                s = stats[i][j]
+                if not s["n"]:
+                    ax.text(j, i, "missing", ha="center", va="center", fontsize=9.5, color="dimgray")
+                    continue
+                frac = (s["mean"] - vmin) / (vmax - vmin)
+                dark = frac < 0.55 if cmap == "viridis" else abs(frac - 0.5) > 0.3
+                ax.text(j, i, _two_lines(s, 1) if cmap == "viridis" else _short(s).replace(" [", "\n["),
+                        ha="center", va="center", fontsize=9, color="white" if dark else "black")
         ax.set_xticks(range(len(scenarios)), [s.replace("_", "-") for s in scenarios])
         ax.set_yticks(range(len(models)), models)
         ax.set_xlabel("scenario")
@@ -270,7 +420,67 @@ def plot_heatmap(cells: pd.DataFrame, models, scenarios, title: str, notes: list
         ax.set_title(ttl)
         body.colorbar(im, ax=ax, label=cbar, shrink=0.9)
     _title(fig, title)
-    _note(fig, notes + ["grey cells: no finished run"] if np.isnan(gain).any() else notes)
+    _note(fig, notes + [f"cells: mean (± std) [{CI_TEXT}]"]
+          + (["grey cells: no finished run"] if np.isnan(gain).any() else []))
+    return _save(fig, path, paths)
+
+
+def _knob_change(tuned, default) -> str:
+    """What a tuning point changes from the default run, e.g. ``stage2_lr 0.01 -> 0.003``."""
+    def show(r, k):
+        return f"[{st._g(r['min_weight'])}, {st._g(r['max_weight'])}]" if k == "weights" else st._g(r[k])
+    knobs = ["weights" if k in ("min_weight", "max_weight") else k for k in st.TUNED]
+    changed = [k for k in dict.fromkeys(knobs) if show(tuned, k) != show(default, k)]
+    return "; ".join(f"{k} {show(default, k)} → {show(tuned, k)}" for k in changed) or "(same settings)"
+
+
+SPLIT_STYLE = {"val": ("validation", dict(color="tab:green", marker="s", mfc="white")),
+               "test": ("test", dict(color="tab:blue", marker="o"))}
+
+
+def plot_sensitivity(paired: pd.DataFrame, agg: pd.DataFrame, models, scenarios, title: str, notes: list,
+                     path: Path, paths: list) -> Path | None:
+    """Per (model, scenario): each one-knob tuning point's paired difference from the default
+    two-stage run in validation and test macro-F1, with 95% intervals. Points that change more
+    than one knob (a product grid) are counted in a note, not drawn."""
+    tune = paired[(paired["comparison"] == "tuning_vs_default") & (paired["metric"] == "macro_f1")]
+    panels = [(m, s) for m in models for s in scenarios if ((tune["model"] == m) & (tune["scenario"] == s)).any()]
+    if not panels:
+        return None
+    by_config = agg.set_index("config_id")
+    rows_of, skipped = {}, 0
+    for m, s in panels:
+        default = agg[(agg["model"] == m) & (agg["scenario"] == s) & (agg["role"] == "two_stage")]
+        points = []
+        for cid, g in tune[(tune["model"] == m) & (tune["scenario"] == s)].groupby("treated_config", sort=False):
+            change = _knob_change(by_config.loc[cid], default.iloc[0]) if len(default) else str(g["treated"].iloc[0])
+            if ";" in change:
+                skipped += 1
+                continue
+            points.append((change, g.set_index("split")))
+        rows_of[(m, s)] = sorted(points, key=lambda p: p[0])
+    height = max(len(p) for p in rows_of.values())
+    ncols = min(2, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, body = _new_figure(7.5 * ncols, 1.6 + nrows * (0.9 + 0.42 * height))
+    axes = np.atleast_1d(body.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax, key in zip(axes, panels):
+        for i, (change, g) in enumerate(rows_of[key]):
+            for j, (split, (text, style)) in enumerate(SPLIT_STYLE.items()):
+                if split in g.index:
+                    _dot(ax, i + 0.16 * (j - 0.5), _stat(g.loc[split]), **style, label=text if i == 0 else None)
+        _zero_line(ax)
+        ax.set_yticks(range(len(rows_of[key])), [c for c, _ in rows_of[key]])
+        ax.set_ylim(height - 0.5, -0.5)
+        ax.set_title(f"{key[0]} · {key[1].replace('_', '-')}")
+        ax.set_xlabel("macro-F1 minus the default run's (pp)")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    body.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=2, frameon=False)
+    _title(fig, title)
+    _note(fig, notes + [f"lines: {CI_TEXT}; each point paired with the default run of the same seed and stage 1"]
+          + ([f"{skipped} tuning point(s) change more than one knob: not drawn (see paired_differences.csv)"]
+             if skipped else []))
     return _save(fig, path, paths)
 
 
@@ -348,6 +558,7 @@ def class_names(C: int) -> list[str]:
 
 
 def plot_weights(runs: pd.DataFrame, best: pd.Series, counts, title: str, notes: list, path: Path, paths: list) -> Path:
+    """Stage-2 class weights per epoch, one line per class coloured by its training count."""
     C = len(counts)
     w_cols = [f"w_{c}" for c in range(C)]
     s2 = runs[(runs["stage"] == 2) & (runs["split"] == "test")]
@@ -356,11 +567,12 @@ def plot_weights(runs: pd.DataFrame, best: pd.Series, counts, title: str, notes:
     names = class_names(C)
     fig, body = _new_figure(10, 5.2)
     ax = body.subplots()
+    named = C <= MAX_NAMED_CLASSES  # many classes: thin lines, the colour bar alone says which
     seen: dict[int, int] = {}  # classes of equal count share a colour: markers tell them apart
     for c in np.argsort(-np.asarray(counts), kind="stable"):
         k = seen[counts[c]] = seen.get(counts[c], -1) + 1
-        ax.plot(w.index, w[f"w_{c}"], marker="osD^v<>ph*"[k % 10], ms=5, lw=1.8, color=cmap(norm(counts[c])),
-                label=f"{c} {names[c]} (n={counts[c]})")
+        ax.plot(w.index, w[f"w_{c}"], marker="osD^v<>ph*"[k % 10] if named else None, ms=5, lw=1.8 if named else 0.8,
+                color=cmap(norm(counts[c])), label=f"{c} {names[c]} (n={counts[c]})" if named else None)
     for v, lab in ((best.get("min_weight"), "min_weight"), (best.get("max_weight"), "max_weight")):
         if pd.notna(v):
             ax.axhline(float(v), color="black", ls=":", lw=1, label=f"{lab} = {float(v):g}")
@@ -369,8 +581,8 @@ def plot_weights(runs: pd.DataFrame, best: pd.Series, counts, title: str, notes:
     if len(w.index):
         ax.set_xticks(w.index)
     ax.grid(alpha=0.3)
-    body.legend(*ax.get_legend_handles_labels(), loc="outside right upper", title="class (training images)",
-               fontsize=8.5)
+    body.legend(*ax.get_legend_handles_labels(), loc="outside right upper",
+                title="class (training images)" if named else None, fontsize=8.5)
     sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
     cb = body.colorbar(sm, ax=ax, label="training images per class (log scale)", pad=0.01)
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
@@ -381,8 +593,24 @@ def plot_weights(runs: pd.DataFrame, best: pd.Series, counts, title: str, notes:
     return _save(fig, path, paths)
 
 
+def _class_ticks(ax, order, counts, names, axis: str = "x") -> None:
+    """Class ticks in ``order``: name and training count for a few classes, every k-th rank's
+    count for many (no per-class text at C = 100)."""
+    C = len(order)
+    if C <= MAX_NAMED_CLASSES:
+        pos, labels = range(C), [f"{names[c]}\n{counts[c]}" for c in order]
+    else:
+        pos = range(0, C, max(1, C // 10))
+        labels = [f"#{i}\n{counts[order[i]]}" for i in pos]
+    (ax.set_xticks if axis == "x" else ax.set_yticks)(list(pos), labels, fontsize=8.5 if C > 10 else 9.5,
+                                                      rotation=0 if C <= 10 or C > MAX_NAMED_CLASSES else 45)
+
+
 def plot_per_class_f1(runs: pd.DataFrame, control_runs: pd.DataFrame | None, counts, title: str, notes: list,
                       path: Path, paths: list) -> Path:
+    """Per-class test F1 at the end of stage 1 and of stage 2 (and the control's stage 2), classes
+    ordered by training count (head left, tail right); one column per class, so classes of equal
+    count (head_tail) never hide each other."""
     C = len(counts)
     f_cols = [f"f1_{c}" for c in range(C)]
 
@@ -391,72 +619,139 @@ def plot_per_class_f1(runs: pd.DataFrame, control_runs: pd.DataFrame | None, cou
         d = d[d["epoch"] == d["epoch"].max()]
         return 100 * d[f_cols].mean().to_numpy() if len(d) else None
 
-    counts = np.asarray(counts, dtype=float)
-    # classes of equal count (head_tail) are spread a little sideways so that none hides another
-    jitter = np.ones(C)
-    for n in np.unique(counts):
-        idx = np.flatnonzero(counts == n)
-        if len(idx) > 1:
-            jitter[idx] = np.exp(np.linspace(-0.2, 0.2, len(idx)))
-    x = counts * jitter
+    order = np.argsort(-np.asarray(counts), kind="stable")
+    x = np.arange(C)
     s1, s2 = final(runs, 1), final(runs, 2)
     ctl = final(control_runs, 2) if control_runs is not None and len(control_runs) else None
-    names = class_names(C)
-    fig, body = _new_figure(10, 5.6)
+    few = C > MAX_NAMED_CLASSES
+    fig, body = _new_figure(10 if not few else 14, 5.8)
     ax = body.subplots()
-    for c in range(C):
-        if s1 is not None and s2 is not None:
-            ax.annotate("", xy=(x[c], s2[c]), xytext=(x[c], s1[c]),
-                        arrowprops=dict(arrowstyle="->", color="tab:blue", alpha=0.5, lw=1))
+    if s1 is not None and s2 is not None and not few:
+        for i, c in enumerate(order):
+            ax.annotate("", xy=(i, s2[c]), xytext=(i, s1[c]), arrowprops=dict(arrowstyle="->", color="tab:blue", alpha=0.5))
+    size = 55 if not few else 14
     if s1 is not None:
-        ax.scatter(x, s1, s=55, facecolor="white", edgecolor="black", zorder=3, label="end of stage 1 (CE)")
+        ax.scatter(x, s1[order], s=size, facecolor="white", edgecolor="black", zorder=3, label="end of stage 1 (CE)")
     if s2 is not None:
-        ax.scatter(x, s2, s=60, color="tab:blue", zorder=4, label="end of stage 2 (two-stage)")
+        ax.scatter(x, s2[order], s=size, color="tab:blue", zorder=4, label="end of stage 2 (two-stage)")
     if ctl is not None:
-        ax.scatter(x * 1.06, ctl, s=60, marker="x", color="tab:red", zorder=4, label="end of stage 2 (same-budget control)")
-    for c in range(C):
-        y = s2[c] if s2 is not None else s1[c]
-        ax.annotate(names[c], (x[c], y), xytext=(-6, 4), textcoords="offset points", ha="right", fontsize=8,
-                    color="dimgray")
-    ax.set_xscale("log")
-    ticks = np.unique(counts)  # tick at each class size, labelled in images
-    ax.set_xticks(ticks, [f"{int(v)}" for v in ticks])
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.set_xlim(ticks.min() / 1.5, ticks.max() * 1.5)
-    ax.set_xlabel("training images of the class (log scale)")
+        ax.scatter(x + (0.25 if not few else 0), ctl[order], s=size, marker="x", color="tab:red", zorder=4,
+                   label="end of stage 2 (same-budget control)")
+    # a dotted line where the training count changes group (head_tail: head | tail)
+    sorted_counts = np.asarray(counts)[order]
+    for i in np.flatnonzero(np.diff(sorted_counts) != 0) if len(set(counts)) <= 3 else []:
+        ax.axvline(i + 0.5, color="gray", ls=":", lw=1)
+    _class_ticks(ax, order, counts, class_names(C))
+    ax.set_xlim(-0.7, C - 0.3)
+    ax.set_xlabel("class, ordered by training images (tick: " + ("name and count)" if not few else "rank and count)"))
     ax.set_ylabel("test F1 of the class (%)")
     ax.set_ylim(-3, 103)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3, axis="y")
+    body.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncol=3, frameon=False)
     _title(fig, title)
     _note(fig, notes if ctl is not None else notes + ["no finished control run for this model and scenario"])
+    return _save(fig, path, paths)
+
+
+def load_confusions(config_id: str, summary: pd.DataFrame, results_dir: Path, notes: list) -> dict[str, np.ndarray]:
+    """Test confusion matrices at the last epoch of each stage (``confusion_test`` in the run's
+    JSON beside its CSV), summed over the configuration's finished runs. A run that reused a
+    stage 1 does not store its matrix: it is read from the run of the same ``stage1_id`` that
+    trained it. A stage is returned only when every run's matrix was found."""
+    cache: dict[str, dict] = {}
+
+    def matrices(source: str) -> dict:
+        if source not in cache:
+            path = (results_dir / source).with_suffix(".json")
+            try:
+                cache[source] = json.loads(path.read_text()).get("confusion_test") or {}
+            except (OSError, ValueError):
+                cache[source] = {}
+        return cache[source]
+
+    def stage1_of(run) -> list | None:
+        trainers = summary.loc[summary["stage1_id"] == run["stage1_id"], "source"]
+        return next((matrices(s)["stage1"] for s in [run["source"], *trainers] if "stage1" in matrices(s)), None)
+
+    runs = summary[(summary["config_id"] == config_id) & summary["complete"]]
+    found = {"stage1": [stage1_of(r) for _, r in runs.iterrows()],
+             "stage2": [matrices(r["source"]).get("stage2") for _, r in runs.iterrows()]}
+    out = {}
+    for stage, mats in found.items():
+        if mats and all(m is not None for m in mats):
+            out[stage] = np.sum([np.asarray(m, dtype=float) for m in mats], axis=0)
+        elif any(m is not None for m in mats):
+            notes.append(f"config {config_id}: {stage} confusion matrix missing for some runs: {stage} not shown")
+    return out
+
+
+def plot_confusion(mats: dict[str, np.ndarray], title: str, notes: list, path: Path, paths: list) -> Path:
+    """Row-normalised test confusion matrices (rows = true class, each row sums to 1) at the end
+    of stage 1 and of stage 2, on one fixed colour scale from 0 to 1."""
+    stages = [s for s in ("stage1", "stage2") if s in mats]
+    C = mats[stages[0]].shape[0]
+    names = class_names(C)
+    order = np.arange(C)  # the dataset's class order: CIFAR-LT's counts fall with the index
+    side = 4.2 if C <= 12 else 6.5
+    fig, body = _new_figure(1.2 + side * len(stages) + 1.2, side + 1.9)
+    axes = body.subplots(1, len(stages), squeeze=False)[0]
+    for ax, stage in zip(axes, stages):
+        m = mats[stage]
+        with np.errstate(invalid="ignore"):
+            rows = m / m.sum(axis=1, keepdims=True)
+        im = ax.imshow(np.ma.masked_invalid(rows), cmap=matplotlib.colormaps["Blues"].with_extremes(bad="lightgray"),
+                       vmin=0, vmax=1, interpolation="nearest")
+        if C <= 12:
+            for i in range(C):
+                for j in range(C):
+                    if np.isfinite(rows[i, j]) and round(100 * rows[i, j]) >= 1:
+                        ax.text(j, i, f"{100 * rows[i, j]:.0f}", ha="center", va="center", fontsize=7.5,
+                                color="white" if rows[i, j] > 0.6 else "black")
+        labels = names if C <= MAX_NAMED_CLASSES else None
+        step = 1 if labels else max(1, C // 10)
+        ax.set_xticks(order[::step], labels if labels else order[::step], rotation=90 if labels else 0, fontsize=8.5)
+        ax.set_yticks(order[::step], labels if labels else order[::step], fontsize=8.5)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(f"end of {stage.replace('stage', 'stage ')}, diagonal mean {100 * np.nanmean(np.diag(rows)):.1f}%",
+                     fontsize=10.5)
+    body.colorbar(im, ax=list(axes), label="share of the true class's test images\n(row-normalised; fixed scale 0 to 1)",
+                  shrink=0.85)
+    _title(fig, title)
+    _note(fig, notes + (["cells: % of the row; empty where it rounds to 0"] if C <= 12 else []))
     return _save(fig, path, paths)
 
 
 # ----------------------------------------------------------------------------------------------
 # Compare suite
 
+def _two_lines(s: dict, digits: int = 1) -> str:
+    """:func:`summary_tuning.fmt_stat` on two lines: the mean (± std), then the interval or "n=1"."""
+    return st.fmt_stat(s, digits).replace(" [", "\n[").replace(" (n=1", "\n(n=1")
+
+
 def plot_compare(g: pd.DataFrame, title: str, notes: list, path: Path, paths: list) -> Path:
-    """Methods x metrics: annotated mean ± std; colour = place in the column's range (darkest = highest)."""
+    """Methods x metrics: annotated mean ± std [95% interval]; colour = place in the column's
+    range (darkest = highest)."""
     metrics = st.COMPARE_METRICS
-    mean = np.array([[r[f"test_{m}_pct_mean"] for m, _ in metrics] for _, r in g.iterrows()], dtype=float)
-    std = np.array([[r[f"test_{m}_pct_std"] for m, _ in metrics] for _, r in g.iterrows()], dtype=float)
+    stats = [[{"n": int(r["n_seeds"]), **{k: r[f"test_{m}_pct_{k}"] for k in ("mean", "std", "ci95_lo", "ci95_hi")}}
+              for m, _ in metrics] for _, r in g.iterrows()]
+    mean = np.array([[s["mean"] for s in row] for row in stats], dtype=float)
     lo, hi = np.nanmin(mean, axis=0), np.nanmax(mean, axis=0)
     rel = (mean - lo) / np.where(hi > lo, hi - lo, 1)
-    fig, body = _new_figure(12, 2.4 + 0.5 * len(g))
+    fig, body = _new_figure(12, 2.4 + 0.75 * len(g))
     ax = body.subplots()
     # the lighter 80% of "Blues", so that black or white text stays readable on every cell
     cm = matplotlib.colors.ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0, 0.8, 256))) \
         .with_extremes(bad="lightgray")
     im = ax.imshow(np.ma.masked_invalid(rel), cmap=cm, vmin=0, vmax=1, aspect="auto")
-    for i in range(mean.shape[0]):
-        for j in range(mean.shape[1]):
-            text = st.fmt_mean_std(mean[i, j], std[i, j], 1)
-            ax.text(j, i, text, ha="center", va="center", fontsize=9.5,
+    for i, row in enumerate(stats):
+        for j, s in enumerate(row):
+            ax.text(j, i, _two_lines(s), ha="center", va="center", fontsize=9,
                     color="white" if np.isfinite(rel[i, j]) and rel[i, j] > 0.75 else "black")
     ax.set_xticks(range(len(metrics)), [f"{label} (%)" for _, label in metrics])
     ax.set_yticks(range(len(g)), [f"{m} (n={n})" for m, n in zip(g["method"], g["n_seeds"])])
-    ax.set_xlabel("test metric at stage 2's last epoch (%), mean ± std over seeds")
+    ax.set_xlabel("test metric at stage 2's last epoch (%), mean ± std over seeds [95% Student-t interval]")
     ax.set_ylabel("method (seeds)")
     ax.xaxis.set_ticks_position("top")
     ax.xaxis.set_label_position("top")
@@ -467,42 +762,75 @@ def plot_compare(g: pd.DataFrame, title: str, notes: list, path: Path, paths: li
 
 
 # ----------------------------------------------------------------------------------------------
+# Ablation
+
+def plot_ablation(paired: pd.DataFrame, table: pd.DataFrame, title: str, notes: list, path: Path,
+                  paths: list) -> Path:
+    """Per ablation variant, its paired difference in validation and test macro-F1 from the
+    default two-stage run and from drw, with 95% intervals; the verdict of
+    :func:`summary_tuning.gap_verdict` right of the drw panel."""
+    variants = table[table["kind"] == "variant"]
+    f1 = paired[paired["metric"] == "macro_f1"]
+    fig, body = _new_figure(14, 2.6 + 0.6 * len(variants))
+    axes = body.subplots(1, 2, sharey=True, squeeze=False)[0]
+    for ax, ref, ref_text in ((axes[0], "default", "the default two-stage run"), (axes[1], "drw", "drw")):
+        mine = f1[f1["comparison"] == f"ablation_vs_{ref}"]
+        for i, (_, v) in enumerate(variants.iterrows()):
+            rows = mine[mine["treated_config"] == v["config_id"]].set_index("split")
+            for j, (split, (text, style)) in enumerate(SPLIT_STYLE.items()):
+                if split in rows.index:
+                    _dot(ax, i + 0.16 * (j - 0.5), _stat(rows.loc[split]), **style, label=text if i == 0 else None)
+            if ref == "drw":
+                _right_text(ax, i, v["closes_gap"])
+        _zero_line(ax)
+        ax.set_title(f"variant minus {ref_text}" + ("  (right: closes the gap?)" if ref == "drw" else ""))
+        ax.set_xlabel("macro-F1 difference (pp), paired by seed and stage 1")
+    axes[0].set_yticks(range(len(variants)), [f"{v} (n={n})" for v, n in zip(variants["variant"], variants["n_seeds"])])
+    axes[0].set_ylim(len(variants) - 0.5, -0.5)
+    body.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=2, frameon=False)
+    _title(fig, title)
+    _note(fig, notes + [f"lines: {CI_TEXT}; right: closes the gap to drw? (mean paired difference >= 0 on "
+                        "validation, then confirmed on test)"])
+    return _save(fig, path, paths)
+
+
+def _ablation_figures(t: dict, out: Path, paths: list, notes: list) -> None:
+    table = t["ablation"]
+    if not len(table):
+        return
+    for key, g in table.groupby(list(st.PAIR_GROUP), sort=False, dropna=False):
+        d = dict(zip(st.PAIR_GROUP, key))
+        mine = t["paired"][np.logical_and.reduce([t["paired"][k] == v for k, v in d.items()])]
+        gn = [f"{r.variant}: {r.n_seeds} seed(s)" for r in g[g["kind"] == "variant"].itertuples() if r.n_seeds < 2]
+        plot_ablation(mine, g, f"Ablation of the two-stage method, {d['model']}, {d['scenario'].replace('_', '-')} "
+                      f"(imbalance {d['imb_factor']:g}), profile {d['profile'] or '(untagged)'}", gn,
+                      out / "ablation" / f"{d['profile'] or 'untagged'}_{d['model']}_{d['scenario']}_imb{d['imb_factor']:g}.png",
+                      paths)
+
+
+# ----------------------------------------------------------------------------------------------
 # Everything
 
 def make_plots(results_dir="results", out_dir="figures", profile: str | None = None, verbose: bool = True) -> dict:
-    """Read the CSVs under ``results_dir`` and write every figure and table to ``out_dir``.
+    """Read the CSVs under ``results_dir`` (and, for confusion matrices, the runs' JSONs) and
+    write every figure and table to ``out_dir``.
 
     Returns ``paths`` (everything written), ``notes`` (what is missing), and the ``best``,
     ``best_summary``, ``best_hparams`` and ``class_counts`` DataFrames."""
     notes: list[str] = []
     t = st.build_tables(results_dir, notes)
-    summary, agg, rows = t["summary"], t["agg"], t["rows"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     result = {"paths": paths, "notes": notes}
     with matplotlib.rc_context(STYLE):
-        prof = choose_profile(summary, profile)
+        prof = choose_profile(t["summary"], profile)
         if prof is None:
             notes.append("no baseline or tuning runs: grid figures skipped")
         else:
-            result.update(_grid_figures(summary, agg, rows, prof, out, paths, notes))
-        compare = t["compare"]
-        if len(compare):
-            final = compare[compare["selection"] == "final"]
-            for key, g in final.groupby(["tag", "model", "scenario", "imb_factor"], sort=False):
-                gn = []
-                if (g["n_seeds"] < 3).any():
-                    gn.append("fewer than 3 seeds: " + ", ".join(f"{m} {n}" for m, n in zip(g["method"], g["n_seeds"]) if n < 3))
-                done = set(g["method"])
-                absent = [m for m in st.METHOD_ORDER[:-1] if m not in done]
-                if absent:
-                    gn.append("no finished runs for " + ", ".join(absent))
-                notes.extend(f"{key[0]} {key[1]}/{key[2]}: {n}" for n in gn)
-                name = f"{key[0] or 'untagged'}_{key[1]}_{key[2]}_imb{key[3]:g}.png"
-                data = dataset_name(agg[(agg["tag"] == key[0]) & (agg["model"] == key[1])])
-                plot_compare(g, f"Methods on {key[2].replace('_', '-')} {data} (imbalance {key[3]:g}), "
-                             f"{key[1]}, {key[0]}", gn, out / "compare" / name, paths)
+            result.update(_grid_figures(t, prof, Path(results_dir), out, paths, notes))
+        _compare_figures(t, Path(results_dir), out, paths, notes)
+        _ablation_figures(t, out, paths, notes)
     if verbose:
         print(f"{len(paths)} file(s) written under {out}")
         for n in notes:
@@ -510,7 +838,45 @@ def make_plots(results_dir="results", out_dir="figures", profile: str | None = N
     return result
 
 
-def _grid_figures(summary, agg, rows, prof: str, out: Path, paths: list, notes: list) -> dict:
+def _compare_figures(t: dict, root: Path, out: Path, paths: list, notes: list) -> None:
+    """Per compare case: the methods x metrics table, and the confusion matrices of the method
+    with the best validation macro-F1."""
+    compare, agg = t["compare"], t["agg"]
+    if not len(compare):
+        return
+    final = compare[compare["selection"] == "final"]
+    best = st.best_configs(agg, by=("tag", "model", "scenario", "imb_factor"), notes=notes,
+                           candidates=st.METHOD_CANDIDATES).set_index(["tag", "model", "scenario", "imb_factor"])
+    for key, g in final.groupby(["tag", "model", "scenario", "imb_factor"], sort=False):
+        gn = []
+        if (g["n_seeds"] < 3).any():
+            gn.append("fewer than 3 seeds: " + ", ".join(f"{m} {n}" for m, n in zip(g["method"], g["n_seeds"]) if n < 3))
+        absent = [m for m in st.METHOD_ORDER[:-1] if m not in set(g["method"])]
+        if absent:
+            gn.append("no finished runs for " + ", ".join(absent))
+        notes.extend(f"{key[0]} {key[1]}/{key[2]}: {n}" for n in gn)
+        stem = f"{key[0] or 'untagged'}_{key[1]}_{key[2]}_imb{key[3]:g}"
+        data = dataset_name(agg[(agg["tag"] == key[0]) & (agg["model"] == key[1])])
+        case = f"{key[2].replace('_', '-')} {data} (imbalance {key[3]:g}), {key[1]}, {key[0]}"
+        plot_compare(g, f"Methods on {case}", gn, out / "compare" / f"{stem}.png", paths)
+        if key in best.index:
+            b = best.loc[key]
+            _confusion_figure(b, t["summary"], root, f"{case}: best of {int(b['n_candidates'])} methods by validation "
+                              f"macro-F1, {b['variant']}", out / "confusion" / f"{stem}_best.png", paths, notes)
+
+
+def _confusion_figure(best: pd.Series, summary: pd.DataFrame, root: Path, what: str, path: Path, paths: list,
+                      notes: list) -> None:
+    mats = load_confusions(best["config_id"], summary, root, notes)
+    if "stage2" not in mats:  # the final model's matrix is the point of the figure
+        notes.append(f"{path.name}: no stage-2 confusion matrix in the runs' JSONs: figure skipped")
+        return
+    plot_confusion(mats, f"Test confusion matrices, row-normalised, summed over {_seed_text(int(best['n_seeds']))}\n"
+                   f"{what}", [], path, paths)
+
+
+def _grid_figures(t: dict, prof: str, root: Path, out: Path, paths: list, notes: list) -> dict:
+    summary, agg = t["summary"], t["agg"]
     study = agg[agg["suite"].isin(("baseline", "tuning", "")) & (agg["profile"] == prof)] if len(agg) else agg
     all_runs = summary[summary["suite"].isin(("baseline", "tuning", "")) & (summary["profile"] == prof)]
     label = f"profile {prof!r}" if prof else "untagged runs"
@@ -520,6 +886,7 @@ def _grid_figures(summary, agg, rows, prof: str, out: Path, paths: list, notes: 
     gnotes: list[str] = []
     imb = _pick_imb(study, gnotes)
     study = study[study["imb_factor"] == imb]
+    paired = t["paired"][(t["paired"]["profile"] == prof) & (t["paired"]["imb_factor"] == imb)]
     inc = all_runs[~all_runs["complete"]]
     if len(inc):
         gnotes.append(f"{len(inc)} run(s) still running, not shown: " + ", ".join(
@@ -530,17 +897,35 @@ def _grid_figures(summary, agg, rows, prof: str, out: Path, paths: list, notes: 
     fig_notes = gnotes + missing_notes(cells, models, scenarios)
     notes.extend(f"{label}: {n}" for n in fig_notes)
     sub = f"{dataset_name(study)}, imbalance {imb:g}, {label}"
+    plot_forest(paired, models, scenarios, f"Paired test differences per model and scenario ({sub})", fig_notes,
+                out / "forest_paired_macro_f1.png", paths)
     plot_bars(cells, models, scenarios, f"Test macro-F1 per model and scenario: two-stage vs same-budget control\n({sub})",
               fig_notes, out / "bar_models_vs_scenario_macro_f1.png", paths)
-    resnets = [m for m in DEPTH if m != "resnet32"]
-    depth_notes = gnotes + missing_notes(cells, resnets, scenarios)
+    depth_notes = gnotes + missing_notes(cells, list(resnet_depths()), scenarios)
     plot_depth(cells, scenarios, f"Macro-F1 and tail macro-F1 against ResNet depth ({sub})", depth_notes,
                out / "line_depth_trend_macro_f1.png", paths)
-    plot_heatmap(cells, models, scenarios, f"Test macro-F1, stage 2's last epoch ({sub})", fig_notes,
+    plot_heatmap(cells, paired, models, scenarios, f"Test macro-F1, stage 2's last epoch ({sub})", fig_notes,
                  out / "heatmap_macro_f1.png", paths)
+    plot_sensitivity(paired, study, models, scenarios, f"Tuning sensitivity: each knob's effect on macro-F1 "
+                     f"against the default run ({sub})", gnotes, out / "tuning_sensitivity_macro_f1.png", paths)
+    for _, b in st.best_configs(study, by=("scenario", "imb_factor"), notes=notes).iterrows():
+        model = study.loc[study["config_id"] == b["config_id"], "model"].iloc[0]
+        n = int(b["n_candidates"])
+        _confusion_figure(b, summary, root, f"{b['scenario'].replace('_', '-')} ({sub}): best of {n} two-stage "
+                          f"configuration{'s' if n != 1 else ''} by validation macro-F1, {model} {b['variant']}",
+                          out / "confusion" / f"{b['scenario']}_best.png", paths, notes)
+    return _best_config_figures(t, study, cells, paired, prof, imb, out, paths, notes)
 
+
+def _best_config_figures(t: dict, study, cells, paired, prof: str, imb: float, out: Path, paths: list,
+                         notes: list) -> dict:
+    """Per (model, scenario), the best two-stage configuration by validation macro-F1: learning
+    curves, class weights, per-class F1; and the tables best_summary, best_hparams, class_counts."""
+    summary, rows = t["summary"], t["rows"]
     best = st.best_configs(study, by=("model", "scenario", "imb_factor"), notes=notes)
-    best_rows, counts_by = [], {}
+    vs_control = paired[(paired["comparison"] == "vs_control") & (paired["split"] == "test")
+                        & (paired["metric"] == "macro_f1")].set_index(["model", "scenario"])
+    best_rows = []
     for _, b in best.iterrows():
         runs = _runs_of(b["config_id"], summary, rows)
         ctl_cell = cells[(cells["model"] == b["model"]) & (cells["scenario"] == b["scenario"]) & (cells["role"] == "control")]
@@ -560,21 +945,23 @@ def _grid_figures(summary, agg, rows, prof: str, out: Path, paths: list, notes: 
         if counts is None:
             notes.append(f"{stem}: training counts unknown (no n_max and not CIFAR-10): per-class figures skipped")
         else:
-            counts_by[(b["scenario"], first["n_max_effective"])] = counts
             plot_weights(runs, b, counts, f"Stage-2 class weights per epoch\n{what}", bn,
                          out / "class_weights" / f"{stem}_stage2_weights.png", paths)
-            plot_per_class_f1(runs, ctl_runs, counts, f"Per-class test F1 against training count, stage 1 vs stage 2\n{what}",
+            plot_per_class_f1(runs, ctl_runs, counts, f"Per-class test F1, stage 1 vs stage 2\n{what}",
                               bn, out / "per_class_f1" / f"{stem}_f1_vs_count.png", paths)
         r = {"profile": prof, "model": b["model"], "scenario": b["scenario"], "imb_factor": imb,
              "chosen_variant": b["variant"], "tag": b["tag"], "exp_name": b["exp_name"],
              "n_candidates": n_cand, "n_seeds": b["n_seeds"], "seeds": b["seeds"],
-             "val_macro_f1_mean": b[st.SELECT_ON], "val_macro_f1_std": b[st.SELECT_ON.replace("_mean", "_std")]}
+             **{f"val_macro_f1_{k}": b[f"s2_best_val_macro_f1_{k}"] for k in ("mean", "std", "ci95")}}
         for m, _ in st.COMPARE_METRICS:
-            r[f"test_{m}_mean"], r[f"test_{m}_std"] = b[f"s2_best_test_{m}_mean"], b[f"s2_best_test_{m}_std"]
+            r.update({f"test_{m}_{k}": b[f"s2_best_test_{m}_{k}"] for k in ("mean", "std", "ci95")})
         r["test_final_macro_f1_mean"] = b["s2_final_test_macro_f1_mean"]
         r["stage1_test_macro_f1_mean"] = b["s1_final_test_macro_f1_mean"]
         r["control_test_final_macro_f1_mean"] = ctl["s2_final_test_macro_f1_mean"] if ctl is not None else np.nan
-        r["final_macro_f1_minus_control"] = r["test_final_macro_f1_mean"] - r["control_test_final_macro_f1_mean"]
+        # the default two-stage run minus its control, paired (pp); not the chosen configuration's
+        d = vs_control.loc[(b["model"], b["scenario"])] if (b["model"], b["scenario"]) in vs_control.index else None
+        r.update({f"default_minus_control_pp_{k}": d[k] if d is not None else np.nan
+                  for k in ("n", "mean", "ci95_lo", "ci95_hi", "wins")})
         best_rows.append(r)
     best_summary = pd.DataFrame(best_rows)
     hp_cols = ["profile", "model", "scenario", "imb_factor", "chosen_variant", "exp_name", "tag", *st.TUNED,

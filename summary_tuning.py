@@ -1,30 +1,47 @@
-"""Tables from the per-run result CSVs: one row per run, mean ± std per configuration over seeds,
-the best two-stage configuration chosen on validation, and the methods' comparison table.
+"""Tables from the per-run result CSVs: one row per run, mean ± std and a 95% interval per
+configuration over seeds, paired differences (two-stage vs its control, stage 2 vs stage 1, tuning
+points and ablation variants vs the default run), the best two-stage configuration chosen on
+validation, and the methods' comparison table.
 
 Reads only the ``results_*.csv`` files under ``--results`` (recursively): never the JSONs, never the
 code's configs, so it works on a grid that is still running. A run whose CSV does not reach its
 last epoch yet is listed in ``summary_tuning.csv`` (``complete=False``) but left out of every mean.
 
+Intervals are 95% Student-t intervals over seeds, ``mean ± t_{0.975, n-1} * std / sqrt(n)``
+(:func:`interval95`); with one seed there is none, and the text says "n=1, no interval".
+
 Writes, in ``--out`` (default: the results folder):
 
 * ``summary_tuning.csv``: one row per run: tag, model, scenario, method, exp_name, ``variant``
-  (``two_stage``, ``control``, the tuning point's label, or the method), every hyperparameter, the
-  seed, and per stage (``s1_``/``s2_``) the ``final`` (last epoch) and ``best`` (epoch of maximal
-  validation macro-F1) metrics on ``val`` and ``test``, e.g. ``s2_best_test_macro_f1``; and the
-  stage-2 minus stage-1 ``delta_<final|best>_<split>_<metric>``. Metrics are fractions in [0, 1].
+  (``two_stage``, ``control``, the tuning point's label, the ablation's exp_name, or the method),
+  ``role``, every hyperparameter, the seed, and per stage (``s1_``/``s2_``) the ``final`` (last
+  epoch) and ``best`` (epoch of maximal validation macro-F1) metrics on ``val`` and ``test``, e.g.
+  ``s2_best_test_macro_f1``; and the stage-2 minus stage-1 ``delta_<final|best>_<split>_<metric>``.
+  Metrics are fractions in [0, 1].
 * ``summary_tuning_agg.csv``: one row per configuration (all settings but the seed): ``n_seeds``,
-  ``seeds`` and ``<metric>_mean`` / ``<metric>_std`` (sample std, ddof=1; empty for one seed).
+  ``seeds`` and ``<metric>_mean`` / ``_std`` (sample std, ddof=1) / ``_ci95`` (the interval's
+  half-width); std and ci95 are empty for one seed.
 * ``best_configs.csv``: per (profile, model, scenario, imb_factor), the two-stage configuration
   (the baseline-suite default and the tuning points, never the control) with the highest
   **validation** macro-F1 (stage 2's best-by-validation epoch, mean over seeds), and its **test**
-  numbers. The test set never takes part in the choice.
+  numbers with std and ci95. The test set never takes part in the choice.
 * ``compare_table.csv`` / ``compare_table.md``: for the compare suite, rows = methods, columns =
-  test accuracy, macro-F1, tail macro-F1, many/medium/few accuracy in %, mean ± std over seeds, per
-  (tag, model, scenario, imb_factor); at stage 2's last epoch (as the literature reports) and at its
-  best-by-validation epoch.
+  test accuracy, macro-F1, tail macro-F1, many/medium/few accuracy in %, mean ± std [95% interval]
+  over seeds, per (tag, model, scenario, imb_factor); at stage 2's last epoch (as the literature
+  reports) and at its best-by-validation epoch.
+* ``paired_differences.csv`` / ``.md``: every paired comparison of :data:`COMPARISONS`, per
+  (profile, model, scenario, imb_factor), in percentage points at stage 2's last epoch, on test and
+  validation macro-F1 and tail macro-F1: n, mean, std, 95% interval, seeds won (and tied), and the
+  runs left without a partner. Partners have the same seed **and** the same ``stage1_id`` (the
+  shared stage-1 checkpoint); stage 2 vs stage 1 compares the two stages of one run.
+* ``ablation_table.csv`` / ``.md``: per ablation variant (exp_name ``abl-...``), its val and test
+  macro-F1 and tail macro-F1 (mean ± std [interval]), its paired differences vs the default
+  two-stage run and vs ``drw``, and whether it closes the gap to drw (``closes_gap``, computed by
+  :func:`gap_verdict`: chosen on validation, checked on test).
 
 ``python summary_tuning.py --results results --out results``. As a library: ``load_rows``,
-``summarize_runs``, ``aggregate_seeds``, ``best_configs``, ``compare_table``, ``write_summary``.
+``summarize_runs``, ``aggregate_seeds``, ``interval95``, ``pair_runs``, ``paired_table``,
+``ablation_table``, ``best_configs``, ``compare_table``, ``write_summary``.
 """
 from __future__ import annotations
 
@@ -42,7 +59,7 @@ import pandas as pd
 from results_logger import SCALAR_METRICS, atomic_write_text, summarize_rows
 
 RUN_GLOB = "results_*.csv"
-SUITES = ("baseline", "tuning", "compare")
+SUITES = ("baseline", "tuning", "compare", "ablation")
 PROFILE_ORDER = ("literature", "full", "reduced", "quick", "smoke")  # most trusted first
 CIFAR10_TRAIN_PER_CLASS = 5000
 # columns that change from row to row; everything else in a run's CSV is its identity
@@ -59,6 +76,7 @@ METHOD_ORDER = ("ce", "focal", "rw", "cb_focal", "drw", "ldam_drw", "logit_adjus
                 "crt", "tau_norm", "two_stage_ictta", "control")
 GROUP_COLUMNS = ("tag", "suite", "profile", "model", "scenario", "imb_factor", "method", "exp_name",
                  "variant", "role")
+ABLATION_PREFIX = "abl-"  # exp_name of an ablation variant of the two-stage method
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,12 +206,15 @@ def is_control(ident: dict) -> bool:
 
 def variant_and_role(ident: dict) -> tuple[str, str]:
     """``variant``: what a table row is called; ``role``: ``two_stage`` (the method at its default
-    settings, or any untagged run of it), ``control``, ``tuning`` (a tuning point) or ``method``."""
+    settings, or any untagged run of it), ``control``, ``tuning`` (a tuning point), ``ablation``
+    (exp_name ``abl-...``, its variant name) or ``method``."""
     exp, method = str(ident.get("exp_name", "")), ident.get("method")
     if is_control(ident):
         return "control", "control"
     if exp.startswith("tune-"):
         return tuning_label(ident), "tuning"
+    if exp.startswith(ABLATION_PREFIX):
+        return exp, "ablation"
     if exp == "baseline":
         return "two_stage", "two_stage"
     if method == "two_stage_ictta" and split_tag(ident.get("tag", ""))[0] != "compare":
@@ -276,11 +297,61 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Intervals over seeds
+
+# t_{0.975, df}, df = 1..30: the two-sided 95% quantiles of Student's t (4 decimals)
+T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+        2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+        2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
+Z975 = 1.959963984540054  # the normal's 0.975 quantile, t's limit
+
+
+def t975(df: int) -> float:
+    """t_{0.975, df}: the table for df <= 30; beyond it the Cornish-Fisher expansion around the
+    normal quantile z, ``z + (z^3 + z)/(4 df) + (5z^5 + 16z^3 + 3z)/(96 df^2)
+    + (3z^7 + 19z^5 + 17z^3 - 15z)/(384 df^3)`` (off by < 2e-6 from df 31 on)."""
+    if df < 1:
+        raise ValueError(f"df={df!r}: a t interval needs at least 2 values")
+    if df <= len(T975):
+        return T975[df - 1]
+    z = Z975
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+
+
+def interval95(values) -> dict:
+    """``n``, ``mean``, ``std`` (sample, ddof=1) and the 95% Student-t interval
+    ``mean ± t_{0.975, n-1} * std / sqrt(n)`` (``ci95_lo``, ``ci95_hi``) of the finite values.
+    With fewer than 2 values there is no std and no interval (NaN)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    n, nan = len(v), float("nan")
+    if n < 2:
+        return {"n": n, "mean": float(v[0]) if n else nan, "std": nan, "ci95_lo": nan, "ci95_hi": nan}
+    mean, std = float(v.mean()), float(v.std(ddof=1))
+    half = t975(n - 1) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci95_lo": mean - half, "ci95_hi": mean + half}
+
+
+def fmt_stat(s: dict, digits: int = 2, signed: bool = False) -> str:
+    """``interval95``'s dict as text: ``"mean ± std [lo, hi]"`` for n >= 2, ``"mean (n=1, no
+    interval)"`` for one value, ``"–"`` for none. ``signed`` puts + before positive numbers."""
+    f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
+    if not s["n"]:
+        return "–"
+    if s["n"] == 1:
+        return f.format(s["mean"]) + " (n=1, no interval)"
+    return (f.format(s["mean"]) + f" ± {s['std']:.{digits}f} "
+            + f"[{f.format(s['ci95_lo'])}, {f.format(s['ci95_hi'])}]")
+
+
+# ----------------------------------------------------------------------------------------------
 # Over seeds
 
 def aggregate_seeds(summary: pd.DataFrame, complete_only: bool = True) -> pd.DataFrame:
     """One row per configuration: its settings, ``n_seeds``, ``seeds`` and every metric's
-    ``_mean`` and ``_std`` over seeds (sample std, ddof=1: NaN for a single seed)."""
+    ``_mean``, ``_std`` (sample std, ddof=1) and ``_ci95`` (half-width of the 95% Student-t
+    interval: ``mean ± ci95``) over seeds; std and ci95 are NaN for a single seed."""
     df = summary[summary["complete"]] if complete_only else summary
     metrics = metric_columns(df)
     settings = [c for c in df.columns if c not in metrics and c not in
@@ -292,11 +363,271 @@ def aggregate_seeds(summary: pd.DataFrame, complete_only: bool = True) -> pd.Dat
         seeds = sorted(int(s) for s in g["seed"])
         row.update(n_seeds=len(g), seeds=" ".join(map(str, seeds)))
         for c in metrics:
-            v = g[c].astype(float)
-            row[f"{c}_mean"] = v.mean()
-            row[f"{c}_std"] = v.std(ddof=1) if v.notna().sum() > 1 else float("nan")
+            s = interval95(g[c].astype(float))
+            row[f"{c}_mean"], row[f"{c}_std"], row[f"{c}_ci95"] = s["mean"], s["std"], s["ci95_hi"] - s["mean"]
         out.append(row)
     return pd.DataFrame(out, columns=None if out else [*settings, "n_seeds", "seeds"])
+
+
+def level(row, column: str, scale: float = 100.0) -> dict:
+    """One aggregated metric of a configuration (``column`` without ``_mean``) back as
+    ``interval95``'s dict, times ``scale`` (per cent by default)."""
+    mean, std, half = (row.get(f"{column}_{k}", float("nan")) for k in ("mean", "std", "ci95"))
+    n = int(row.get("n_seeds", 0)) if pd.notna(mean) else 0
+    return {"n": n, "mean": scale * mean, "std": scale * std,
+            "ci95_lo": scale * (mean - half), "ci95_hi": scale * (mean + half)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Paired differences
+
+PAIR_ON = ("seed", "stage1_id")  # partners: the same seed AND the same stage-1 checkpoint
+PAIR_GROUP = ("profile", "model", "scenario", "imb_factor")  # partners are looked for within one
+PAIRED_METRICS = (("macro_f1", "macro-F1"), ("tail_macro_f1", "tail macro-F1"))
+PAIRED_SPLITS = ("test", "val")
+# what each comparison subtracts from what (treated - reference), in the paired table's order
+COMPARISONS = {"vs_control": "two-stage minus its same-budget control",
+               "stage2_vs_stage1": "stage 2 minus stage 1 of the two-stage run",
+               "tuning_vs_default": "tuning point minus the default two-stage run",
+               "ablation_vs_default": "ablation variant minus the default two-stage run",
+               "ablation_vs_drw": "ablation variant minus drw"}
+
+
+def _run_name(r) -> str:
+    return f"{r['variant']} seed {int(r['seed'])}"
+
+
+def pair_runs(treated: pd.DataFrame, reference: pd.DataFrame) -> tuple[list, list[str]]:
+    """Pairs ``(treated run, reference run)`` of summary rows with the same seed and the same
+    ``stage1_id``, one to one, and a line for each run left without a partner, with the reason
+    (no run of that seed, another stage 1, several candidates): a run is never dropped silently."""
+    def key(r):
+        return tuple(_plain(r[k]) for k in PAIR_ON)
+
+    t_keys = [key(r) for _, r in treated.iterrows()]
+    by_key: dict[tuple, list] = {}
+    for _, r in reference.iterrows():
+        by_key.setdefault(key(r), []).append(r)
+    ref_seeds = {_plain(r["seed"]): r for _, r in reference.iterrows()}
+    ref_name = reference["variant"].iloc[0] if len(reference) else "reference"
+    pairs, unpaired, used = [], [], set()
+    for (_, t), k in zip(treated.iterrows(), t_keys):
+        partners = by_key.get(k, [])
+        if len(partners) == 1 and t_keys.count(k) == 1:
+            pairs.append((t, partners[0]))
+            used.add(k)
+        elif partners:
+            unpaired.append(f"{_run_name(t)}: {len(partners)} {ref_name} run(s) and {t_keys.count(k)} of its own "
+                            "share this seed and stage 1 (ambiguous)")
+        elif k[0] in ref_seeds:
+            unpaired.append(f"{_run_name(t)}: the {ref_name} run of this seed has another stage 1 "
+                            f"({ref_seeds[k[0]]['stage1_id']} vs {t['stage1_id']})")
+        else:
+            unpaired.append(f"{_run_name(t)}: no {ref_name} run of this seed")
+    t_name = treated["variant"].iloc[0] if len(treated) else "treated"
+    unpaired += [f"{_run_name(r)}: no {t_name} partner" for k, rs in by_key.items() if k not in used
+                 and k not in t_keys for r in rs]
+    return pairs, unpaired
+
+
+def difference_rows(what: dict, seeds: list, diffs: dict, unpaired: list[str]) -> list[dict]:
+    """One row per (split, metric) of ``diffs`` (per-seed differences in percentage points):
+    ``n``, ``mean``, ``std``, ``ci95_lo``/``ci95_hi`` (:func:`interval95`), ``wins`` and ``ties``
+    (seeds where the difference is > 0, = 0), ``interval`` as text and the ``unpaired`` runs. A
+    split that no run logged gives no row; a comparison without any pair gives its test rows, n = 0."""
+    rows = []
+    for (split, metric), d in diffs.items():
+        d = np.asarray(d, dtype=float)
+        if len(d) and not np.isfinite(d).any():
+            continue  # e.g. no validation split
+        if not len(d) and split != "test":
+            continue
+        s = interval95(d)
+        wins, ties = int((d > 0).sum()), int((d == 0).sum())
+        text = (fmt_stat(s, signed=True) + f", wins {wins}/{s['n']}" + (f" ({ties} tied)" if ties else "")
+                if s["n"] else "no pairs")
+        rows.append({**what, "split": split, "metric": metric, "seeds": " ".join(str(int(x)) for x in seeds),
+                     **s, "wins": wins, "ties": ties, "interval": text, "unpaired": "; ".join(unpaired)})
+    return rows
+
+
+def paired_rows(what: dict, treated: pd.DataFrame, reference: pd.DataFrame) -> list[dict]:
+    """``treated - reference`` at stage 2's last epoch, paired by :func:`pair_runs`."""
+    pairs, unpaired = pair_runs(treated, reference)
+    diffs = {(split, m): [100 * (t.get(f"s2_final_{split}_{m}", np.nan) - r.get(f"s2_final_{split}_{m}", np.nan))
+                          for t, r in pairs] for split in PAIRED_SPLITS for m, _ in PAIRED_METRICS}
+    return difference_rows(what, [t["seed"] for t, _ in pairs], diffs, unpaired)
+
+
+def stage_gain_rows(what: dict, runs: pd.DataFrame) -> list[dict]:
+    """Stage 2's last epoch minus stage 1's last epoch, within each run (its own pair)."""
+    diffs = {(split, m): 100 * runs.get(f"delta_final_{split}_{m}", pd.Series(np.nan, runs.index)).to_numpy(float)
+             for split in PAIRED_SPLITS for m, _ in PAIRED_METRICS}
+    return difference_rows(what, list(runs["seed"]), diffs, [])
+
+
+def default_two_stage(g: pd.DataFrame) -> pd.DataFrame:
+    """The default two-stage runs of a group, that ablation variants are compared with: the compare
+    suite's ``two_stage_ictta`` runs if there are any, else the baseline's (role two_stage)."""
+    compare = g[(g["suite"] == "compare") & (g["method"] == "two_stage_ictta")]
+    return compare if len(compare) else g[g["role"] == "two_stage"]
+
+
+def _what(key: dict, comparison: str, treated: pd.DataFrame, reference_name: str) -> dict:
+    """The identifying columns of a comparison's rows; ``treated_config`` is empty when the treated
+    side has no run (its partners are then all listed as unpaired)."""
+    first = treated.iloc[0] if len(treated) else {"variant": "two_stage", "config_id": ""}
+    return {**key, "comparison": comparison, "treated": first["variant"], "treated_config": first["config_id"],
+            "reference": reference_name}
+
+
+def paired_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Every paired comparison of :data:`COMPARISONS` among the finished runs, per
+    (profile, model, scenario, imb_factor), at stage 2's last epoch, on test and validation
+    macro-F1 and tail macro-F1, in percentage points (see :func:`difference_rows`)."""
+    done = summary[summary["complete"]]
+    rows = []
+    for key, g in done.groupby(list(PAIR_GROUP), sort=True, dropna=False):
+        key = dict(zip(PAIR_GROUP, key))
+        two_stage, control = g[g["role"] == "two_stage"], g[g["role"] == "control"]
+        if len(two_stage) or len(control):
+            rows += paired_rows(_what(key, "vs_control", two_stage, "control"), two_stage, control)
+        if len(two_stage):
+            rows += stage_gain_rows(_what(key, "stage2_vs_stage1", two_stage, "stage 1"), two_stage)
+        for _, t in g[g["role"] == "tuning"].groupby("config_id", sort=False):
+            rows += paired_rows(_what(key, "tuning_vs_default", t, "two_stage"), t, two_stage)
+        default, drw = default_two_stage(g), g[(g["role"] == "method") & (g["method"] == "drw")]
+        for _, a in g[g["role"] == "ablation"].groupby("config_id", sort=False):
+            rows += paired_rows(_what(key, "ablation_vs_default", a, "two_stage (default)"), a, default)
+            rows += paired_rows(_what(key, "ablation_vs_drw", a, "drw"), a, drw)
+    cols = [*PAIR_GROUP, "comparison", "treated", "treated_config", "reference", "split", "metric", "n", "seeds",
+            "mean", "std", "ci95_lo", "ci95_hi", "wins", "ties", "interval", "unpaired"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def paired_markdown(paired: pd.DataFrame) -> str:
+    """The paired table's test rows as markdown, one table per comparison kind."""
+    if not len(paired):
+        return "No paired comparisons yet (no two-stage/control, tuning or ablation runs).\n"
+    lines = ["# Paired differences", "",
+             "Treated minus reference at stage 2's last epoch, in percentage points: mean ± std over "
+             "pairs [95% Student-t interval], and the number of seeds where the treated run is ahead. "
+             "Partners share the seed and the stage-1 checkpoint (`stage1_id`); runs without a partner "
+             "are listed, never dropped. Test split; validation rows are in `paired_differences.csv`.", ""]
+    test = paired[paired["split"] == "test"]
+    for comp, text in COMPARISONS.items():
+        g = test[test["comparison"] == comp]
+        if not len(g):
+            continue
+        lines += [f"## {text}", "", "| profile | model | scenario | imb | treated | reference | "
+                  + " | ".join(f"{label} (pp)" for _, label in PAIRED_METRICS) + " | unpaired |",
+                  "|" + "---|" * (7 + len(PAIRED_METRICS))]
+        for _, r in g.groupby(["profile", "model", "scenario", "imb_factor", "treated_config"], sort=False,
+                              dropna=False):
+            first = r.iloc[0]
+            cells = [first["profile"] or "-", first["model"], first["scenario"], f"{first['imb_factor']:g}",
+                     str(first["treated"]), str(first["reference"])]
+            by_metric = r.set_index("metric")
+            cells += [by_metric.loc[m, "interval"] if m in by_metric.index else "–" for m, _ in PAIRED_METRICS]
+            cells.append(first["unpaired"] or "none")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ablation: variants of the two-stage method against its default run and against drw
+
+ABLATION_LEVELS = [(split, m) for split in ("val", "test") for m, _ in PAIRED_METRICS]
+
+
+def gap_verdict(val: dict | None, test: dict | None) -> str:
+    """Does a variant close the gap to drw? Decided on **validation** macro-F1 and only then
+    checked on test: ``"closes the gap"`` if the mean paired difference vs drw is >= 0 on
+    validation and on test; ``"on validation only"`` if it is >= 0 on validation but < 0 on test;
+    ``"no"`` if it is < 0 on validation (test is not consulted); ``"no drw pairs"`` without pairs."""
+    if val is None or not val["n"]:
+        return "no drw pairs"
+    if val["mean"] < 0:
+        return "no"
+    return "closes the gap" if test is not None and test["n"] and test["mean"] >= 0 else "on validation only"
+
+
+def ablation_table(agg: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+    """One row per ablation variant (and, as context, its group's default two-stage and drw
+    configurations, ``kind`` default/drw): val and test macro-F1 and tail macro-F1 at stage 2's
+    last epoch in % (``<split>_<metric>_mean/_std/_ci95_lo/_ci95_hi`` and the text), the paired
+    differences vs the default run and vs drw (``vs_<default|drw>_<split>_<metric>_...``: n,
+    mean, ci95_lo, ci95_hi, wins, text), and the :func:`gap_verdict` (``closes_gap``)."""
+    if not len(agg) or not (agg["role"] == "ablation").any():
+        return pd.DataFrame()
+    rows = []
+    for key, g in agg.groupby(list(PAIR_GROUP), sort=True, dropna=False):
+        variants = g[g["role"] == "ablation"]
+        if not len(variants):
+            continue
+        refs = [("default", default_two_stage(g)), ("drw", g[(g["role"] == "method") & (g["method"] == "drw")])]
+        for kind, cfgs in [*refs, ("variant", variants)]:
+            for _, r in cfgs.iterrows():
+                row = {**dict(zip(PAIR_GROUP, key)), "kind": kind, "variant": r["variant"], "tag": r["tag"],
+                       "config_id": r["config_id"], "n_seeds": r["n_seeds"], "seeds": r["seeds"]}
+                for split, m in ABLATION_LEVELS:
+                    s = level(r, f"s2_final_{split}_{m}")
+                    row.update({f"{split}_{m}_pct_{k}": s[k] for k in ("mean", "std", "ci95_lo", "ci95_hi")})
+                    row[f"{split}_{m}_pct"] = fmt_stat(s)
+                if kind == "variant":
+                    row.update(_ablation_differences(paired, r["config_id"]))
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _ablation_differences(paired: pd.DataFrame, config_id: str) -> dict:
+    out, found = {}, {}
+    mine = paired[paired["treated_config"] == config_id]
+    for ref in ("default", "drw"):
+        for split, m in ABLATION_LEVELS:
+            p = mine[(mine["comparison"] == f"ablation_vs_{ref}") & (mine["split"] == split) & (mine["metric"] == m)]
+            s = p.iloc[0].to_dict() if len(p) else None
+            found[(ref, split, m)] = s
+            prefix = f"vs_{ref}_{split}_{m}"
+            out.update({f"{prefix}_{k}": (s[k] if s else np.nan) for k in ("n", "mean", "ci95_lo", "ci95_hi", "wins")})
+            out[prefix] = s["interval"] if s else "no pairs"
+        out[f"vs_{ref}_unpaired"] = (mine.loc[mine["comparison"] == f"ablation_vs_{ref}", "unpaired"].iloc[0]
+                                     if (mine["comparison"] == f"ablation_vs_{ref}").any() else "")
+    out["closes_gap"] = gap_verdict(found[("drw", "val", "macro_f1")], found[("drw", "test", "macro_f1")])
+    return out
+
+
+def ablation_markdown(table: pd.DataFrame) -> str:
+    """The ablation table as markdown: per group, the levels, then the paired differences and the verdict."""
+    if not len(table):
+        return "No ablation runs yet (exp_name abl-...).\n"
+    lines = ["# Ablation: variants of the two-stage method", "",
+             "Stage 2's last epoch, in %: mean ± std over seeds [95% Student-t interval]. Differences are "
+             "paired (same seed and stage-1 checkpoint), in percentage points, with the seeds won. "
+             "**closes the gap**: the mean paired difference vs drw in macro-F1 is >= 0 on validation "
+             "(the choice) and still >= 0 on test (the check); \"on validation only\" if the test does not "
+             "confirm it; \"no\" if validation says no (test not consulted).", ""]
+    for key, g in table.groupby(list(PAIR_GROUP), sort=False, dropna=False):
+        d = dict(zip(PAIR_GROUP, key))
+        lines += [f"## {d['profile'] or '(untagged)'} · {d['model']} · {d['scenario']} · imb {d['imb_factor']:g}", "",
+                  "| variant | kind | seeds | " + " | ".join(f"{split} {label} (%)" for split in ("val", "test")
+                                                           for _, label in PAIRED_METRICS) + " |",
+                  "|" + "---|" * (3 + len(ABLATION_LEVELS))]
+        for _, r in g.iterrows():
+            lines.append(f"| {r['variant']} | {r['kind']} | {int(r['n_seeds'])} | "
+                         + " | ".join(r[f"{split}_{m}_pct"] for split, m in ABLATION_LEVELS) + " |")
+        lines += ["", "| variant | vs | val macro-F1 (pp) | test macro-F1 (pp) | val tail (pp) | test tail (pp) "
+                  "| closes the gap |", "|---|---|---|---|---|---|---|"]
+        for _, r in g[g["kind"] == "variant"].iterrows():
+            for ref in ("default", "drw"):
+                cells = [r[f"vs_{ref}_{split}_{m}"] for m in ("macro_f1", "tail_macro_f1") for split in ("val", "test")]
+                lines.append(f"| {r['variant']} | {ref} | " + " | ".join(cells) + " | "
+                             + (r["closes_gap"] if ref == "drw" else "") + " |")
+        unpaired = [f"{r['variant']} vs {ref}: {r[f'vs_{ref}_unpaired']}" for _, r in g[g["kind"] == "variant"].iterrows()
+                    for ref in ("default", "drw") if r[f"vs_{ref}_unpaired"]]
+        lines += [""] + ([f"Unpaired: {'; '.join(unpaired)}", ""] if unpaired else [])
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,19 +637,26 @@ BEST_KEY = ("profile", "model", "scenario", "imb_factor")
 SELECT_ON = "s2_best_val_macro_f1_mean"
 
 
-def best_configs(agg: pd.DataFrame, by=BEST_KEY, notes: list | None = None) -> pd.DataFrame:
-    """Per ``by`` group, the two-stage configuration with the highest validation macro-F1.
+GRID_CANDIDATES = {"role": ("two_stage", "tuning"), "suite": ("baseline", "tuning", "")}
+METHOD_CANDIDATES = {"role": ("method",), "suite": ("compare",)}
 
-    Candidates are the baseline suite's default run and the tuning points (``role`` two_stage or
-    tuning, of the baseline/tuning suites or untagged), pooled over their tags so that the tuning
-    grid is compared with its default point. The score is stage 2's best-by-validation epoch's
-    validation macro-F1, averaged over seeds (``SELECT_ON``); ties go to the first. Test numbers
-    are reported, never used. A group without validation rows gets no choice (and a note).
+
+def best_configs(agg: pd.DataFrame, by=BEST_KEY, notes: list | None = None,
+                 candidates: dict = GRID_CANDIDATES) -> pd.DataFrame:
+    """Per ``by`` group, the configuration with the highest validation macro-F1.
+
+    ``candidates`` filters the configurations by column; by default (``GRID_CANDIDATES``) the
+    baseline suite's default two-stage run and the tuning points (``role`` two_stage or tuning, of
+    the baseline/tuning suites or untagged), pooled over their tags so that the tuning grid is
+    compared with its default point; ``METHOD_CANDIDATES`` picks among the compare suite's methods.
+    The score is stage 2's best-by-validation epoch's validation macro-F1, averaged over seeds
+    (``SELECT_ON``); ties go to the first. Test numbers are reported (mean, std and ``_ci95``),
+    never used. A group without validation rows gets no choice (and a note).
     """
     notes = notes if notes is not None else []
     if not len(agg):
         return pd.DataFrame()
-    cand = agg[agg["role"].isin(("two_stage", "tuning")) & agg["suite"].isin(("baseline", "tuning", ""))]
+    cand = agg[np.logical_and.reduce([agg[col].isin(values) for col, values in candidates.items()])]
     rows = []
     for key, g in cand.groupby(list(by), sort=True, dropna=False):
         if SELECT_ON not in g or g[SELECT_ON].isna().all():
@@ -330,10 +668,11 @@ def best_configs(agg: pd.DataFrame, by=BEST_KEY, notes: list | None = None) -> p
                "exp_name": best["exp_name"], "config_id": best["config_id"],
                **{k: best.get(k) for k in TUNED + ("ema_alpha", "stage1_epochs", "stage2_epochs")},
                "n_seeds": best["n_seeds"], "seeds": best["seeds"]}
-        for c in [SELECT_ON, SELECT_ON.replace("_mean", "_std")] + [
+        select = SELECT_ON.removesuffix("_mean")
+        for c in [f"{select}_{s}" for s in ("mean", "std", "ci95")] + [
                 f"s2_{kind}_test_{m}_{s}" for kind in ("best", "final") for m, _ in COMPARE_METRICS
-                for s in ("mean", "std")] + ["s1_final_test_macro_f1_mean", "delta_final_test_macro_f1_mean",
-                                             "s2_best_epoch_mean"]:
+                for s in ("mean", "std", "ci95")] + ["s1_final_test_macro_f1_mean", "delta_final_test_macro_f1_mean",
+                                                     "s2_best_epoch_mean"]:
             row[c] = best.get(c, float("nan"))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -348,7 +687,9 @@ SELECTIONS = {"final": "stage-2 last epoch", "best": "stage-2 best-by-validation
 def compare_table(agg: pd.DataFrame, suites=("compare",)) -> pd.DataFrame:
     """Rows = methods of the ``suites`` runs, per (tag, model, scenario, imb_factor) and selection
     (``final``: stage 2's last epoch, ``best``: its best-by-validation epoch); columns = the test
-    metrics in %, ``<m>_pct_mean`` / ``<m>_pct_std`` and ``<m>_pct`` formatted "mean ± std"."""
+    metrics in %, ``<m>_pct_mean`` / ``_std`` / ``_ci95_lo`` / ``_ci95_hi`` (the 95% Student-t
+    interval over seeds) and ``<m>_pct``, the text of :func:`fmt_stat` ("mean ± std [lo, hi]", or
+    "mean (n=1, no interval")."""
     df = agg[agg["suite"].isin(suites)] if len(agg) else agg
     rows = []
     for _, r in df.iterrows():
@@ -358,9 +699,9 @@ def compare_table(agg: pd.DataFrame, suites=("compare",)) -> pd.DataFrame:
                        stage1_epochs=r.get("stage1_epochs"), stage2_epochs=r.get("stage2_epochs"),
                        n_max=r.get("n_max_effective"), val_per_class=r.get("val_per_class"))
             for m, _ in COMPARE_METRICS:
-                mean, std = (100 * r.get(f"s2_{sel}_test_{m}_{s}", float("nan")) for s in ("mean", "std"))
-                row[f"test_{m}_pct_mean"], row[f"test_{m}_pct_std"] = mean, std
-                row[f"test_{m}_pct"] = fmt_mean_std(mean, std)
+                s = level(r, f"s2_{sel}_test_{m}")
+                row.update({f"test_{m}_pct_{k}": s[k] for k in ("mean", "std", "ci95_lo", "ci95_hi")})
+                row[f"test_{m}_pct"] = fmt_stat(s)
             rows.append(row)
     out = pd.DataFrame(rows)
     if not len(out):
@@ -372,19 +713,14 @@ def compare_table(agg: pd.DataFrame, suites=("compare",)) -> pd.DataFrame:
     return out.drop(columns=["_order", "_sel"]).reset_index(drop=True)
 
 
-def fmt_mean_std(mean, std, digits: int = 2) -> str:
-    if mean is None or not np.isfinite(mean):
-        return "–"
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and np.isfinite(std) else "")
-
-
 def compare_markdown(table: pd.DataFrame) -> str:
     """``compare_table`` as markdown: one table per (tag, model, scenario, imb_factor, selection),
     the best mean of each column in bold, with the recipe's facts above it."""
     if not len(table):
         return "No compare-suite results yet.\n"
     lines = ["# Long-tailed CIFAR-10: the methods side by side", "",
-             "Test metrics in %, mean ± std over seeds (sample std; none for a single seed). "
+             "Test metrics in %, mean ± std over seeds [95% Student-t interval] (no std and no "
+             "interval for a single seed: \"n=1, no interval\"). "
              "Per-class training counts are `n_max * imb_factor**(i/(C-1))` (long_tail) with `n_max` "
              "what is left after the validation split: 4900 rather than the literature's 5000 at "
              "`val_per_class=100`, the imbalance ratio unchanged.", ""]
@@ -426,15 +762,16 @@ def run_notes(summary: pd.DataFrame) -> list[str]:
 
 
 def build_tables(results_dir, notes: list | None = None) -> dict[str, pd.DataFrame]:
-    """Read the CSVs under ``results_dir``; return ``rows``, ``summary``, ``agg``, ``best`` and
-    ``compare`` DataFrames (writes nothing)."""
+    """Read the CSVs under ``results_dir``; return ``rows``, ``summary``, ``agg``, ``best``,
+    ``compare``, ``paired`` and ``ablation`` DataFrames (writes nothing)."""
     notes = notes if notes is not None else []
     rows = load_rows(results_dir, notes)
     summary = summarize_runs(rows)
     notes += run_notes(summary)
     agg = aggregate_seeds(summary)
+    paired = paired_table(summary)
     return {"rows": rows, "summary": summary, "agg": agg, "best": best_configs(agg, notes=notes),
-            "compare": compare_table(agg)}
+            "compare": compare_table(agg), "paired": paired, "ablation": ablation_table(agg, paired)}
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
@@ -453,8 +790,13 @@ def write_summary(results_dir="results", out_dir=None, verbose: bool = True) -> 
              "agg": _write_csv(t["agg"], out / "summary_tuning_agg.csv"),
              "best": _write_csv(t["best"], out / "best_configs.csv"),
              "compare_csv": _write_csv(t["compare"], out / "compare_table.csv")}
-    paths["compare_md"] = out / "compare_table.md"
-    atomic_write_text(paths["compare_md"], compare_markdown(t["compare"]))
+    paths["paired_csv"] = _write_csv(t["paired"], out / "paired_differences.csv")
+    paths["ablation_csv"] = _write_csv(t["ablation"], out / "ablation_table.csv")
+    for name, text in (("compare_table", compare_markdown(t["compare"])),
+                       ("paired_differences", paired_markdown(t["paired"])),
+                       ("ablation_table", ablation_markdown(t["ablation"]))):
+        paths[f"{name}_md"] = out / f"{name}.md"
+        atomic_write_text(out / f"{name}.md", text)
     if verbose:
         print(format_report(t, notes))
         print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -476,21 +818,28 @@ def format_report(t: dict, notes: list[str]) -> str:
             lines.append(f"  {r.profile or '-':<10}{r.model:<11}{r.scenario:<11}{r.imb_factor:>6g}  {r.variant:<32}"
                          f"{r.n_seeds:>5}{pct(r.s2_best_val_macro_f1_mean):>8}{pct(r.s2_best_test_macro_f1_mean):>8}"
                          f"{pct(r.s2_best_test_tail_macro_f1_mean):>8}{pct(r.s2_best_test_acc_mean):>8}")
-    ctl = t["agg"][t["agg"]["role"].isin(("two_stage", "control"))] if len(t["agg"]) else t["agg"]
-    if len(ctl):
-        lines += ["", "Two-stage vs same-budget control, test macro-F1 at the last epoch (%, mean ± std):"]
-        for key, g in ctl.groupby(["tag", "model", "scenario", "imb_factor"], sort=True):
-            vals = {r.role: fmt_mean_std(100 * r.s2_final_test_macro_f1_mean, 100 * r.s2_final_test_macro_f1_std)
-                    for r in g.itertuples() if hasattr(r, "s2_final_test_macro_f1_mean")}
-            lines.append(f"  {key[0] or '-':<16}{key[1]:<11}{key[2]:<11}{key[3]:>6g}  two-stage "
-                         f"{vals.get('two_stage', '-'):<16} control {vals.get('control', '-')}")
+    p = t["paired"]
+    p = p[(p["split"] == "test") & p["comparison"].isin(("vs_control", "stage2_vs_stage1"))] if len(p) else p
+    if len(p):
+        lines += ["", "Paired differences, test at stage 2's last epoch (pp; mean ± std [95% interval], wins):"]
+        for r in p.itertuples():
+            lines.append(f"  {r.profile or '-':<10}{r.model:<11}{r.scenario:<11}{r.imb_factor:>6g}  "
+                         f"{COMPARISONS[r.comparison]:<44}{r.metric:<14}{r.interval}")
+    a = t["ablation"]
+    if len(a):
+        lines += ["", "Ablation variants (does the variant close the gap to drw? chosen on validation, "
+                  "checked on test):"]
+        for r in a[a["kind"] == "variant"].itertuples():
+            lines.append(f"  {r.profile or '-':<10}{r.model:<11}{r.scenario:<11}{r.variant:<28}"
+                         f"vs drw, test macro-F1 {r.vs_drw_test_macro_f1}: {r.closes_gap}")
     c = t["compare"]
     if len(c):
-        lines += ["", "Methods, test metrics at stage 2's last epoch (%, mean ± std over seeds):"]
+        shown = COMPARE_METRICS[:3]  # the rest are in compare_table.md
+        lines += ["", "Methods, test metrics at stage 2's last epoch (%, mean ± std [95% interval] over seeds):"]
         for key, g in c[c["selection"] == "final"].groupby(["tag", "model", "scenario", "imb_factor"], sort=False):
             lines.append(f"  {key[0]} {key[1]} {key[2]} imb {key[3]:g}")
-            cols = ["method", "n_seeds"] + [f"test_{m}_pct" for m, _ in COMPARE_METRICS]
-            text = g[cols].rename(columns={f"test_{m}_pct": label for m, label in COMPARE_METRICS}).to_string(index=False)
+            cols = ["method", "n_seeds"] + [f"test_{m}_pct" for m, _ in shown]
+            text = g[cols].rename(columns={f"test_{m}_pct": label for m, label in shown}).to_string(index=False)
             lines += ["    " + line for line in text.splitlines()]
     if notes:
         lines += ["", "Notes:"] + [f"  - {n}" for n in notes]

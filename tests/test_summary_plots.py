@@ -36,10 +36,12 @@ def write_run(folder: Path, values=None, splits=("test", "val"), upto=None, offs
     """Write one run's CSV into ``folder``; return its path.
 
     ``values(stage, epoch, split) -> dict`` overrides the formula's metrics; ``upto=(stage, epoch)``
-    stops the run there (a run still training); ``offset`` shifts every metric."""
+    stops the run there (a run still training); ``offset`` shifts every metric. ``stage1_id``
+    defaults to a hash of the stage-1 settings (so runs of one seed share it); pass one to differ."""
     ident = {**IDENTITY, **identity}
     ident["run_id"] = _hash({k: v for k, v in ident.items() if k not in ("tag", "run_id", "stage1_id")})
-    ident["stage1_id"] = _hash({k: ident[k] for k in ("model", "scenario", "seed", "stage1_epochs", "imb_factor")})
+    ident["stage1_id"] = identity.get("stage1_id") or _hash(
+        {k: ident[k] for k in ("model", "scenario", "seed", "stage1_epochs", "imb_factor")})
     bonus = {"control": 0.0, "baseline": 0.03}.get(ident["exp_name"], 0.01 * len(ident["exp_name"]) % 0.05)
     rows = []
     for stage, n in ((1, ident["stage1_epochs"]), (2, ident["stage2_epochs"])):
@@ -154,13 +156,120 @@ def test_compare_table(tmp_path):
     assert ce["test_macro_f1_pct_mean"] == pytest.approx(42.0)
     assert ce["test_macro_f1_pct_std"] == pytest.approx(np.std([40, 44], ddof=1))
     assert ce["test_acc_pct_mean"] == pytest.approx(52.0) and ce["test_few_acc_pct_mean"] == pytest.approx(21.0)
-    assert ce["test_macro_f1_pct"] == "42.00 ± 2.83"
-    assert final.loc["two_stage_ictta", "test_macro_f1_pct"] == "47.00 ± 0.00"
+    # two seeds: t_{0.975,1} = 12.7062, half-width 12.7062 * 2.828 / sqrt(2) = 25.41
+    assert ce["test_macro_f1_pct"] == "42.00 ± 2.83 [16.59, 67.41]"
+    assert (ce["test_macro_f1_pct_ci95_lo"], ce["test_macro_f1_pct_ci95_hi"]) == pytest.approx((16.588, 67.412), abs=1e-3)
+    assert final.loc["two_stage_ictta", "test_macro_f1_pct"] == "47.00 ± 0.00 [47.00, 47.00]"
     assert ce["n_seeds"] == 2 and ce["n_max"] == 4900  # 5000 - 100 validation images per class
     md = (tmp_path / "out" / "compare_table.md").read_text()
-    assert "| ldam_drw | 2 | **61.00 ± 1.41** | **51.00 ± 1.41** |" in md
+    assert "| ldam_drw | 2 | **61.00 ± 1.41 [48.29, 73.71]** | **51.00 ± 1.41 [38.29, 63.71]** |" in md
     assert "n_max 4900" in md and "stage-2 last epoch" in md and "best-by-validation" in md
     assert len(pd.read_csv(tmp_path / "out" / "compare_table.csv")) == 6
+
+
+def test_t_quantiles_match_the_tables():
+    known = {1: 12.706, 2: 4.303, 4: 2.776, 9: 2.262, 30: 2.042, 31: 2.040, 40: 2.021, 60: 2.000, 120: 1.980}
+    for df, t in known.items():
+        assert st.t975(df) == pytest.approx(t, abs=5e-4), df
+    assert st.t975(10**6) == pytest.approx(1.960, abs=5e-4)  # the normal's quantile in the limit
+    with pytest.raises(ValueError):
+        st.t975(0)
+
+
+def test_interval_on_known_numbers():
+    s = st.interval95([1, 2, 3, 4, 5])  # mean 3, std 1.5811, t_{0.975,4} = 2.7764
+    assert (s["n"], s["mean"], s["std"]) == (5, 3.0, pytest.approx(1.58114, abs=1e-5))
+    assert (s["ci95_lo"], s["ci95_hi"]) == pytest.approx((1.03676, 4.96324), abs=1e-4)
+    assert st.fmt_stat(s) == "3.00 ± 1.58 [1.04, 4.96]"
+    assert st.interval95([1.0, float("nan"), 3.0])["n"] == 2  # a missing value is not a zero
+
+
+def test_one_seed_has_no_interval(tmp_path):
+    res = tmp_path / "results"
+    write_run(res, pinned({}, {3: 0.50}))
+    write_run(res, pinned({}, {3: 0.45}), exp_name="control", dynamic_mode="none", stage2_loss_type="ce")
+    write_run(res, exp_name="ce", method="ce", tag="compare-reduced")
+    out = st.write_summary(res, tmp_path / "out", verbose=False)
+    s = st.interval95([0.5])
+    assert s["n"] == 1 and np.isnan(s["std"]) and np.isnan(s["ci95_lo"]) and np.isnan(s["ci95_hi"])
+    assert st.fmt_stat(s) == "0.50 (n=1, no interval)"
+    p = out["paired"].set_index(["comparison", "split", "metric"]).loc[("vs_control", "test", "macro_f1")]
+    assert p["n"] == 1 and p["mean"] == pytest.approx(5.0) and np.isnan(p["ci95_lo"])
+    assert p["interval"] == "+5.00 (n=1, no interval), wins 1/1"
+    assert np.isnan(out["agg"]["s2_final_test_macro_f1_ci95"]).all()
+    for name in ("compare_table.md", "paired_differences.md"):
+        text = (tmp_path / "out" / name).read_text()
+        assert "n=1, no interval" in text, name
+        assert not any("±" in line for line in text.splitlines() if line.startswith("|")), name  # no ± from one run
+
+
+def test_paired_differences_on_known_numbers(tmp_path):
+    res = tmp_path / "results"
+    for seed, (ours, control) in enumerate(((0.50, 0.45), (0.55, 0.52), (0.62, 0.50))):
+        write_run(res, pinned({}, {3: ours}), seed=seed)
+        write_run(res, pinned({}, {3: control}), seed=seed, exp_name="control", dynamic_mode="none",
+                  stage2_loss_type="ce")
+    out = st.write_summary(res, tmp_path / "out", verbose=False)
+    p = out["paired"].set_index(["comparison", "split", "metric"])
+    d = p.loc[("vs_control", "test", "macro_f1")]  # differences 5, 3, 12 pp
+    assert (d["n"], d["wins"], d["seeds"]) == (3, 3, "0 1 2")
+    assert (d["mean"], d["std"]) == pytest.approx((6.6667, 4.7258), abs=1e-4)
+    assert (d["ci95_lo"], d["ci95_hi"]) == pytest.approx((-5.0729, 18.4062), abs=1e-3)  # t_{0.975,2} = 4.3027
+    assert d["interval"] == "+6.67 ± 4.73 [-5.07, +18.41], wins 3/3" and d["unpaired"] == ""
+    g = p.loc[("stage2_vs_stage1", "test", "macro_f1")]  # stage 1 ends at 0.10: 40, 45, 52 pp
+    assert (g["mean"], g["ci95_lo"], g["ci95_hi"]) == pytest.approx((45.6667, 30.6930, 60.6403), abs=1e-3)
+    assert ("vs_control", "val", "macro_f1") in p.index  # validation rows too
+    on_disk = pd.read_csv(tmp_path / "out" / "paired_differences.csv")
+    assert len(on_disk) == len(out["paired"]) and "wins 3/3" in (tmp_path / "out" / "paired_differences.md").read_text()
+
+
+def test_pairs_need_the_same_seed_and_the_same_stage1(tmp_path):
+    res = tmp_path / "results"
+    ctl = dict(exp_name="control", dynamic_mode="none", stage2_loss_type="ce")
+    for seed in (0, 1, 2):
+        write_run(res, pinned({}, {3: 0.50}), seed=seed)
+    write_run(res, pinned({}, {3: 0.40}), seed=0, **ctl)
+    write_run(res, pinned({}, {3: 0.48}), seed=1, **ctl)
+    write_run(res, pinned({}, {3: 0.00}), seed=2, stage1_id="another000st", **ctl)  # its own stage 1: no pair
+    write_run(res, pinned({}, {3: 0.00}), seed=3, **ctl)  # no two-stage run of seed 3
+    summary = st.summarize_runs(st.load_rows(res))
+    pairs, unpaired = st.pair_runs(summary[summary["role"] == "two_stage"], summary[summary["role"] == "control"])
+    assert sorted(int(t["seed"]) for t, _ in pairs) == [0, 1]
+    assert all(t["stage1_id"] == c["stage1_id"] and t["seed"] == c["seed"] for t, c in pairs)
+    assert len(unpaired) == 3  # both runs of seed 2, and the control of seed 3
+    assert "two_stage seed 2" in unpaired[0] and "another stage 1" in unpaired[0]
+    assert unpaired[1:] == ["control seed 2: no two_stage partner", "control seed 3: no two_stage partner"]
+    d = st.paired_table(summary).set_index(["comparison", "split", "metric"]).loc[("vs_control", "test", "macro_f1")]
+    assert d["n"] == 2 and d["mean"] == pytest.approx((10 + 2) / 2)  # seed 2's 50-point gap is not in it
+    assert "another stage 1" in d["unpaired"] and "seed 3" in d["unpaired"]
+
+
+def test_ablation_table_chooses_on_validation_and_checks_on_test(tmp_path):
+    res = tmp_path / "results"
+    compare, ablation = dict(tag="compare-reduced"), dict(tag="ablation-reduced")
+    runs = {("drw", "drw"): (0.60, 0.60), ("two_stage_ictta", "two_stage_ictta"): (0.50, 0.50),
+            ("abl-good", "two_stage_ictta"): (0.62, 0.61), ("abl-val-only", "two_stage_ictta"): (0.61, 0.55),
+            ("abl-test-only", "two_stage_ictta"): (0.55, 0.70)}  # (val, test) macro-F1 at the last epoch
+    for (exp, method), (val, test) in runs.items():
+        for seed, shift in enumerate((0.0, 0.01, -0.01)):
+            write_run(res, pinned({3: val + shift}, {3: test + shift}), seed=seed, exp_name=exp, method=method,
+                      **(compare if not exp.startswith("abl-") else ablation))
+    out = st.write_summary(res, tmp_path / "out", verbose=False)
+    table = out["ablation"].set_index("variant")
+    assert table.loc["two_stage_ictta", "kind"] == "default" and table.loc["drw", "kind"] == "drw"
+    assert table.loc["abl-good", "closes_gap"] == "closes the gap"
+    assert table.loc["abl-val-only", "closes_gap"] == "on validation only"
+    assert table.loc["abl-test-only", "closes_gap"] == "no"  # test never rescues a validation loss
+    good = table.loc["abl-good"]
+    assert good["vs_default_test_macro_f1_mean"] == pytest.approx(11.0)
+    assert good["vs_drw_val_macro_f1_mean"] == pytest.approx(2.0) and good["vs_drw_val_macro_f1_wins"] == 3
+    assert good["vs_drw_test_macro_f1_n"] == 3 and good["test_macro_f1_pct_mean"] == pytest.approx(61.0)
+    assert good["test_macro_f1_pct"] == "61.00 ± 1.00 [58.52, 63.48]"  # t_{0.975,2} = 4.3027
+    assert out["best"].empty or not out["best"]["variant"].str.startswith("abl-").any()
+    md = (tmp_path / "out" / "ablation_table.md").read_text()
+    verdicts = {line.split(" | ")[0][2:]: line.split(" | ")[-1] for line in md.splitlines() if line.startswith("| abl-") and " | drw | " in line}
+    assert verdicts == {"abl-good": "closes the gap |", "abl-val-only": "on validation only |", "abl-test-only": "no |"}
+    assert len(pd.read_csv(tmp_path / "out" / "ablation_table.csv")) == 5
 
 
 def test_labels():
@@ -191,7 +300,8 @@ def test_plots_on_partial_results(tmp_path):
     write_run(res / "reduced", exp_name="ce", method="ce", tag="compare-reduced")
     fig_dir = tmp_path / "figures"
     result = plots.make_plots(res, fig_dir, verbose=False)
-    expected = ["bar_models_vs_scenario_macro_f1.png", "line_depth_trend_macro_f1.png", "heatmap_macro_f1.png",
+    expected = ["forest_paired_macro_f1.png", "bar_models_vs_scenario_macro_f1.png", "line_depth_trend_macro_f1.png",
+                "heatmap_macro_f1.png",
                 "curves_best/resnet10_head_tail_acc_curves_best.png",
                 "class_weights/resnet10_head_tail_stage2_weights.png",
                 "per_class_f1/resnet10_head_tail_f1_vs_count.png", "compare/compare-reduced_resnet10_long_tail_imb0.01.png",
@@ -205,10 +315,68 @@ def test_plots_on_partial_results(tmp_path):
     assert "simplecnn" in notes and "long_tail" in notes and "one seed" in notes and "still running" in notes
     assert "fewer than 3 seeds" in notes
     best = result["best_summary"].iloc[0]
-    assert best["chosen_variant"] == "two_stage" and best["final_macro_f1_minus_control"] == pytest.approx(0.03)
+    assert best["chosen_variant"] == "two_stage"
+    assert best["default_minus_control_pp_mean"] == pytest.approx(3.0) and best["default_minus_control_pp_n"] == 1
     counts = pd.read_csv(fig_dir / "class_counts_imb01.csv")
     assert counts["long_tail"].iloc[[0, -1]].tolist() == [1500, 15] and counts["head_tail"].tolist() == [1500] * 5 + [15] * 5
     assert counts["name"].iloc[0] == "airplane"
+
+
+def write_confusion(csv_path: Path, **stages) -> None:
+    """The run's JSON beside its CSV, holding ``confusion_test`` {stage: matrix}."""
+    csv_path.with_suffix(".json").write_text(json.dumps({"confusion_test": {k: np.asarray(v).tolist()
+                                                                             for k, v in stages.items()}}))
+
+
+def test_figures_of_tuning_ablation_and_confusion(tmp_path):
+    """Two seeds of the grid (default, control, a tuning point) and of the compare and ablation
+    suites: the sensitivity, ablation and confusion figures are drawn; a confusion matrix sums
+    the seeds, and a run that reused its stage 1 takes that stage's matrix from the run that trained it."""
+    res = tmp_path / "results"
+    eye, flip = np.eye(C, dtype=int) * 10, np.fliplr(np.eye(C, dtype=int)) * 10
+    for seed in (0, 1):
+        base = write_run(res, seed=seed)
+        write_confusion(base, stage1=flip, stage2=eye)  # this run trained the shared stage 1
+        write_confusion(write_run(res, pinned({3: 0.99}, {}), seed=seed, exp_name="tune-lr0.03-w1-8-g1.5-loss",
+                                  stage2_lr=0.03, tag="tuning-quick"), stage2=flip)  # best on validation
+        write_run(res, seed=seed, exp_name="control", dynamic_mode="none", stage2_loss_type="ce")
+        for method in ("drw", "two_stage_ictta"):
+            write_run(res / "reduced", seed=seed, exp_name=method, method=method, tag="compare-reduced")
+        write_run(res / "reduced", seed=seed, exp_name="abl-ce", stage2_loss_type="ce", tag="ablation-reduced")
+    summary = st.summarize_runs(st.load_rows(res))
+    tuned = summary.loc[summary["variant"] == "lr0.03-w1-8-g1.5-loss", "config_id"].iloc[0]
+    mats = plots.load_confusions(tuned, summary, res, [])
+    np.testing.assert_array_equal(mats["stage2"], 2 * flip)
+    np.testing.assert_array_equal(mats["stage1"], 2 * flip)  # from the baseline runs, which trained it
+    result = plots.make_plots(res, tmp_path / "figures", verbose=False)
+    for name in ("tuning_sensitivity_macro_f1.png", "ablation/reduced_resnet10_long_tail_imb0.01.png",
+                 "confusion/long_tail_best.png", "forest_paired_macro_f1.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 0, name
+    assert any("confusion" in n for n in result["notes"])  # the compare runs have no JSON: said, not drawn
+
+
+def test_depth_is_counted_from_the_model():
+    assert plots.resnet_depths() == {"resnet10": 10, "resnet15": 16, "resnet20": 20, "resnet32": 32}
+    assert plots.model_depth("simplecnn") == 4  # 3 convolutions + the classifier
+
+
+def test_depth_trend_verdict_says_when_the_data_cannot_support_one():
+    one = {"n": 1, "mean": 20.0, "std": np.nan, "ci95_lo": np.nan, "ci95_hi": np.nan}
+    s = lambda lo, hi: {"n": 3, "mean": (lo + hi) / 2, "std": 1.0, "ci95_lo": lo, "ci95_hi": hi}
+    assert "no trend can be claimed" in plots.trend_verdict({"resnet10": one, "resnet32": s(10, 12)})
+    assert "do not support" in plots.trend_verdict({"resnet10": s(10, 14), "resnet32": s(13, 20)})
+    assert plots.trend_verdict({"resnet10": s(10, 12), "resnet32": s(13, 20)}) == "intervals apart: resnet10 vs resnet32"
+
+
+def test_class_ticks_name_few_classes_and_no_class_of_many():
+    from matplotlib.figure import Figure
+
+    for C, most in ((10, 10), (100, 10)):
+        counts = [max(1, 500 - 5 * c) for c in range(C)]
+        ax = Figure().subplots()
+        plots._class_ticks(ax, np.argsort(counts)[::-1], counts, plots.class_names(C))
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert len(labels) == most and (("airplane" in labels[0]) if C == 10 else labels[0].startswith("#0"))
 
 
 def test_plots_with_nothing_finished(tmp_path):
