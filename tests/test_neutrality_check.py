@@ -1,0 +1,28 @@
+"""neutrality_check: which CSV columns are numbers, and what counts as a difference."""
+import pandas as pd
+
+from neutrality_check import differences, numbers
+
+
+def _write(folder, name, **cols):
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(cols).to_csv(folder / name, index=False)
+
+
+def test_settings_and_identities_are_not_numbers_but_metrics_are(tmp_path):
+    _write(tmp_path, "results_a.csv", run_id=["x"], seconds=[1.5], max_weight=[8.0], acc=[0.5], w_0=[1.0])
+    assert list(numbers(tmp_path)["results_a.csv"].columns) == ["acc", "w_0"]
+
+
+def test_identical_numbers_are_neutral_even_when_identities_and_timings_differ(tmp_path):
+    _write(tmp_path / "old", "results_a.csv", run_id=["x"], seconds=[1.0], acc=[0.5])
+    _write(tmp_path / "new", "results_a.csv", run_id=["y"], seconds=[2.0], acc=[0.5])
+    assert differences(numbers(tmp_path / "old"), numbers(tmp_path / "new")) == []
+
+
+def test_a_changed_number_or_a_missing_run_is_reported(tmp_path):
+    _write(tmp_path / "old", "results_a.csv", acc=[0.5, 0.6])
+    _write(tmp_path / "new", "results_a.csv", acc=[0.5, 0.6000001])
+    _write(tmp_path / "old", "results_b.csv", acc=[0.1])
+    diff = differences(numbers(tmp_path / "old"), numbers(tmp_path / "new"))
+    assert diff == ["only in the old results: results_b.csv", "results_a.csv: numbers differ in acc"]
