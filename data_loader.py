@@ -4,7 +4,8 @@ Sources (``load_dataset(data_root)``), tried in this order:
 
 1. a torchvision ``cifar-10-batches-py`` folder (``data_root`` itself, or a child of it);
 2. an image-folder root with ``train/<class>/*`` and ``test/<class>/*`` (any C >= 2 classes);
-3. torchvision's CIFAR-10 download into ``data_root``, when it is empty or missing and we are online.
+3. torchvision's CIFAR-10 download into ``data_root``, when it is empty or missing, we are online,
+   and ``download=True`` or ``data_root`` is this project's ``data/cifar10``.
 
 The decoded images are cached as uint8 arrays (``.npy``) so that a second load costs about a second.
 
@@ -29,6 +30,8 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,11 +203,14 @@ def _load_cached(root: Path, kind: str, reader) -> ImageData:
     return data
 
 
-def load_dataset(data_root: str | os.PathLike | None = None, download: bool = True) -> ImageData:
+def load_dataset(data_root: str | os.PathLike | None = None, download: bool = False) -> ImageData:
     """Load a whole dataset as uint8 arrays, decoding it only the first time.
 
-    ``data_root`` defaults to :func:`default_data_root`. Raises :class:`DataError` (a ``ValueError``)
-    when the folder holds no recognisable dataset, or when it is empty and the download fails.
+    ``data_root`` defaults to :func:`default_data_root`. When it holds nothing, CIFAR-10 is
+    downloaded there (170 MB) only if ``download`` is True or it is this project's own data folder
+    (``data/cifar10``): a mistyped path is an error, never a download or a new folder. Raises
+    :class:`DataError` (a ``ValueError``) when the folder holds no recognisable dataset, or holds
+    nothing and may not or cannot be downloaded into.
     """
     root = Path(data_root) if data_root is not None else default_data_root()
     if root.is_file() and tarfile.is_tarfile(root):
@@ -215,19 +221,29 @@ def load_dataset(data_root: str | os.PathLike | None = None, download: bool = Tr
         return _load_cached(batches, "batches", _read_batches)
     if root.is_dir() and _is_image_folder(root):
         return _load_cached(root, "folder", _read_image_folder)
-    hint = ("point data_root (or $CIFAR10_ROOT) at a 'cifar-10-batches-py' folder or at an "
-            "image-folder root holding train/<class>/ and test/<class>/; the JPEG copy in "
-            "../shared/data extracts to such a root")
+    hint = ("point data_root (--data-root, or $CIFAR10_ROOT) at a 'cifar-10-batches-py' folder or at an "
+            "image-folder root holding train/<class>/ and test/<class>/")
     if root.is_dir() and any(p for p in root.iterdir() if not p.name.startswith(".")):
         raise DataError(f"data_root={str(root)!r} holds no recognisable dataset: {hint}")
-    if not download:
-        raise DataError(f"no dataset at data_root={str(root)!r} and download=False: {hint}")
+    if not (download or root.resolve() == DEFAULT_DATA_ROOT.resolve()):
+        raise DataError(f"no dataset at data_root={str(root)!r}: {hint}; or add --download "
+                        f"(download=True) to fetch CIFAR-10 (170 MB) there")
+    return _download_cifar10(root, hint)
+
+
+def _download_cifar10(root: Path, hint: str) -> ImageData:
+    """torchvision's CIFAR-10 download into ``root``; a folder it created is removed if it fails."""
+    import torchvision
+
+    created = not root.exists()
+    print(f"downloading CIFAR-10 (170 MB) into {root}", file=sys.stderr, flush=True)
     try:
-        import torchvision
         torchvision.datasets.CIFAR10(str(root), train=True, download=True)
     except Exception as e:  # offline, or the mirror is down: the user needs the same advice
-        raise DataError(f"no dataset at data_root={str(root)!r}, and downloading CIFAR-10 "
-                        f"failed ({type(e).__name__}: {e}); {hint}") from e
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        raise DataError(f"no dataset at data_root={str(root)!r}, and downloading CIFAR-10 failed "
+                        f"({type(e).__name__}: {e}); {hint}") from e
     return _load_cached(_find_batches_dir(root), "batches", _read_batches)
 
 

@@ -44,7 +44,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from cli import ArgumentParser, unwritable_folder
 from data_loader import load_dataset
+from model import MODELS
 from results_logger import read_json, write_json
 from two_stage_ictta import (METHODS, RunLock, TwoStageConfig, _pid_alive, config_hash, is_finished, run_name,
                              run_two_stage, stage1_hash, stage1_path, validate_config)
@@ -180,8 +182,8 @@ def check_plan(configs: list[TwoStageConfig]) -> None:
     """Raise ``ValueError`` for the first invalid config or missing dataset, before any work starts."""
     for cfg in configs:
         validate_config(cfg)  # a typo fails here, before hours of work, not at run 57
-    for root in {cfg.data_root for cfg in configs}:
-        load_dataset(root)  # so does missing data (a DataError, which is a ValueError); also fills the cache
+    for root, download in {(cfg.data_root, cfg.download) for cfg in configs}:
+        load_dataset(root, download)  # so does missing data (a DataError, a ValueError); also fills the cache
 
 
 def _run_one(cfg: TwoStageConfig, quiet: bool = False, passthrough=()) -> dict:
@@ -760,18 +762,21 @@ def launch(configs: list[TwoStageConfig], lc: LaunchConfig, jobs_dir: str | Path
 # Command line
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       allow_abbrev=False)
     p.add_argument("--suite", choices=("grid", "compare"), default="grid",
                    help="grid: baseline + control + tuning (default); compare: the methods side by side")
     p.add_argument("--profile", choices=tuple(PROFILES), default="full",
                    help="settings: smoke (seconds), quick (< 1 h CPU), full (20+20 epochs), "
                         "reduced (30-epoch literature recipe), literature (200 epochs)")
-    p.add_argument("--models", nargs="+", help="models (default: the suite's)")
+    p.add_argument("--models", nargs="+", choices=tuple(MODELS), metavar="MODEL",
+                   help=f"models, of {', '.join(MODELS)} (default: the suite's)")
     p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, help="scenarios (default: both)")
     p.add_argument("--methods", nargs="+", choices=tuple(METHODS), help="compare suite: methods (default: all)")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 for grid, 0 1 2 for compare)")
     p.add_argument("--data-root", help="dataset folder (default: $CIFAR10_ROOT, else data/cifar10)")
+    p.add_argument("--download", action="store_true",
+                   help="download the dataset into --data-root if it is not there (data/cifar10 needs no flag)")
     p.add_argument("--out", default="results", help="results folder; runs go to OUT/PROFILE/")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("bf16", "fp32"), help="override the precision (default: bf16)")
@@ -858,7 +863,7 @@ def main(argv=None) -> int:
         args.data_root = args.data_root and str(Path(args.data_root).resolve())
     gpus = visible_gpus(args.device) if args.launcher == "local" else ()
     jobs = args.jobs or (max(1, len(gpus)) if args.launcher == "local" else None)
-    common = {"device": args.device, "data_root": args.data_root}
+    common = {"device": args.device, "data_root": args.data_root, "download": args.download}
     if args.threads is None and args.launcher == "local":
         args.threads = max(1, cpu_count() // jobs)  # the jobs share the cores fairly
     for key in ("precision", "threads"):
@@ -867,6 +872,9 @@ def main(argv=None) -> int:
     if args.compile:
         common.update(compile=True, compile_mode=args.compile)
     out = Path(_out_dir(args.out, args.profile))
+    why_not = unwritable_folder(out)
+    if why_not and not args.status:
+        parser.error(f"--out {args.out}: {why_not}; give a folder you can write to")
     try:
         parts = plan_parts(args, common)
         if args.status:

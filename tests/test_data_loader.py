@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,8 +221,49 @@ def test_unrecognised_data_root(tmp_path):
     with pytest.raises(ValueError, match="data_root") as e:
         load_dataset(tmp_path, download=False)
     assert "train/<class>" in str(e.value)  # says how to point the loader at local data
-    with pytest.raises(DataError, match="download=False"):
+    with pytest.raises(DataError, match="--download"):
         load_dataset(tmp_path / "missing", download=False)
+
+
+@pytest.fixture
+def downloads(monkeypatch) -> list:
+    """torchvision's CIFAR-10 download, replaced: it records where it was asked to download and
+    fails as it does offline."""
+    import torchvision
+
+    calls = []
+
+    def offline(root, train=True, download=False, **kw):
+        calls.append(root)
+        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision does before fetching
+        raise RuntimeError("Error downloading cifar-10-python.tar.gz: no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    return calls
+
+
+def test_a_mistyped_data_root_is_never_created_nor_downloaded_into(tmp_path, downloads):
+    typo = tmp_path / "cifra10"
+    with pytest.raises(DataError) as e:
+        load_dataset(typo)
+    assert not typo.exists() and downloads == []
+    msg = str(e.value)
+    assert "--download" in msg and "--data-root" in msg and "cifar-10-batches-py" in msg
+    assert "shared" not in msg  # no path that exists only on the project's machines
+
+
+def test_download_only_when_asked_or_into_the_default_folder(tmp_path, downloads, monkeypatch):
+    target = tmp_path / "new"
+    with pytest.raises(DataError, match="downloading CIFAR-10 failed") as e:
+        load_dataset(target, download=True)
+    assert downloads == [str(target)] and "shared" not in str(e.value)
+    assert not target.exists()  # the folder the failed download created is gone
+    default = tmp_path / "project" / "data" / "cifar10"
+    monkeypatch.setattr(data_loader, "DEFAULT_DATA_ROOT", default)
+    monkeypatch.delenv("CIFAR10_ROOT", raising=False)
+    with pytest.raises(DataError, match="downloading CIFAR-10 failed"):
+        load_dataset()  # the project's own data folder: no flag needed
+    assert downloads == [str(target), str(default)]
 
 
 def test_image_folder_without_images(tmp_path):

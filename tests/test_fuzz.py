@@ -149,6 +149,7 @@ PARAMS = {
     "seed": (int_in(0, 2 ** 31 - 1), st.integers(-2 ** 40, 2 ** 40)),
     "device": (device_ok, _devices),
     "data_root": (path(optional=True), st.integers()),
+    "download": (is_bool, _ints),
     "val_per_class": (int_in(0), _ints),
     "stat_per_class": (int_in(0), _ints),
     "n_max": (int_in(1, optional=True), _ints),
@@ -281,7 +282,7 @@ _CHOICE_FLAGS = {"model-name": tuple(MODELS), "imbalance-type": data_loader.IMBA
                  "method": tuple(tsi.METHODS), "stage2-loss-type": tsi.STAGE2_LOSS_TYPES,
                  "dynamic-mode": losses.DYNAMIC_MODES, "schedule": tsi.SCHEDULES, "precision": ("bf16", "fp32"),
                  "compile-mode": tsi.COMPILE_MODES}
-_BOOL_FLAGS = ("channels-last", "compile", "quiet", "resume", "reuse-stage1")
+_BOOL_FLAGS = ("channels-last", "compile", "quiet", "resume", "reuse-stage1", "download")
 
 
 @st.composite

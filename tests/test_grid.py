@@ -148,6 +148,18 @@ def test_grid_cli_rejects_bad_input_with_usage_error(tmp_path):
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.csv"))
 
 
+def test_out_that_is_a_file_is_one_line_before_any_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(grid, "check_plan", lambda configs: pytest.fail("the plan was checked: too late"))
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("notes")
+    with pytest.raises(SystemExit) as e:
+        grid.main(["--profile", "smoke", "--out", str(blocker)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert f"--out {blocker}: {blocker} is a file, not a folder" in err
+    assert blocker.read_text() == "notes"
+
+
 @pytest.mark.parametrize("profile", sorted(grid.PROFILES))
 def test_each_tuning_point_differs_from_its_baseline_in_one_knob(profile):
     """The baseline of a one-at-a-time grid is the profile's config, so each point moves exactly

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,9 @@ import pytest
 import torch
 
 import main
+import two_stage_ictta as tsi
 from data_loader import class_counts
-from model import get_model
+from model import MODELS, get_model
 from results_logger import summarize_rows
 from two_stage_ictta import TwoStageConfig, run_two_stage_ictta_on_scenario
 
@@ -270,6 +272,43 @@ def test_main_help_lists_every_setting(capsys):
     out = capsys.readouterr().out
     for f in dataclasses.fields(TwoStageConfig):
         assert "--" + f.name.replace("_", "-") in out, f.name
+
+
+def _help_sections(text: str) -> dict[str, str]:
+    """--help text split at its section titles (lines ending in ':' at column 0)."""
+    parts = re.split(r"^(\S[^\n]*):\n", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_main_help_groups_options_and_lists_registry_choices(capsys):
+    with pytest.raises(SystemExit):
+        main.main(["--help"])
+    out = capsys.readouterr().out
+    sections = _help_sections(out)
+    assert list(sections)[-5:] == list(tsi.CONFIG_GROUPS.values())
+    for f in dataclasses.fields(TwoStageConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert re.search(rf"^  {flag}\b", sections[tsi.CONFIG_GROUPS[f.metadata["group"]]], re.M), f.name
+        if f.metadata["choices"]:
+            assert f"{flag} {{{','.join(f.metadata['choices'])}}}" in out, f.name
+    assert set(dataclasses.fields(TwoStageConfig)[0].metadata["choices"]) == set(MODELS)
+    assert "``" not in out and ":class:" not in out  # no Sphinx markup
+    for block in re.split(r"\n  (?=--)", out):
+        assert block.count("(default") <= 1, block
+
+
+def test_main_rejects_a_name_outside_its_registry_before_running(capsys):
+    with pytest.raises(SystemExit) as e:
+        main.main(["--model-name", "resnet10", "--imbalance-type", "long_tail", "--method", "ldam"])
+    assert e.value.code == 2 and "invalid choice: 'ldam'" in capsys.readouterr().err
+
+
+def test_results_go_to_an_ignored_results_folder_by_default():
+    assert TwoStageConfig("resnet10", "long_tail").log_dir == "results"
+    paths = ["results/x.csv", "results/stage1/s.pt", "results/x.model.pt"]
+    ignored = subprocess.run(["git", "check-ignore", *paths], cwd=Path(main.__file__).parent,
+                             capture_output=True, text=True)
+    assert ignored.stdout.split() == paths
 
 
 def test_main_runs_and_prints_table(tiny_run_kwargs, capsys):
