@@ -176,7 +176,7 @@ def _fingerprint(root: Path, kind: str) -> dict:
     return {"n_files": len(files), "mtime": max((f.stat().st_mtime for f in files), default=0.0)}
 
 
-def _load_cached(root: Path, kind: str, reader) -> ImageData:
+def _load_cached(root: Path, kind: str, reader, write: bool = True) -> ImageData:
     cache = _cache_path(root, kind)
     fp = _fingerprint(root, kind)
     meta_file = cache / "meta.json"
@@ -187,6 +187,8 @@ def _load_cached(root: Path, kind: str, reader) -> ImageData:
             return ImageData(**arrays, classes=meta["classes"], source=meta["source"],
                              mean=meta["mean"], std=meta["std"])
     data = reader(root)
+    if not write:
+        return data
     try:
         cache.mkdir(parents=True, exist_ok=True)
         for k in ("train_x", "train_y", "test_x", "test_y"):
@@ -213,25 +215,38 @@ def load_dataset(data_root: str | os.PathLike | None = None, download: bool = Fa
     nothing and may not or cannot be downloaded into.
     """
     root = Path(data_root) if data_root is not None else default_data_root()
+    data = find_dataset(root)
+    if data is not None:
+        return data
+    if not (download or root.resolve() == DEFAULT_DATA_ROOT.resolve()):
+        raise DataError(f"no dataset at data_root={str(root)!r}: {_HINT}; or add --download "
+                        f"(download=True) to fetch CIFAR-10 (170 MB) there")
+    return _download_cifar10(root)
+
+
+_HINT = ("point data_root (--data-root, or $CIFAR10_ROOT) at a 'cifar-10-batches-py' folder or at an "
+         "image-folder root holding train/<class>/ and test/<class>/")
+
+
+def find_dataset(data_root: str | os.PathLike | None = None, write_cache: bool = True) -> ImageData | None:
+    """The dataset in ``data_root`` (default :func:`default_data_root`), or None when the folder is
+    missing or empty; never downloads, and with ``write_cache=False`` writes nothing at all. Raises
+    :class:`DataError` when it holds something else."""
+    root = Path(data_root) if data_root is not None else default_data_root()
     if root.is_file() and tarfile.is_tarfile(root):
         raise DataError(f"data_root={str(root)!r} is an archive; extract it first, e.g. "
                         f"`mkdir -p data/cifar10 && tar -xzf {root} -C data/cifar10`")
     batches = _find_batches_dir(root) if root.is_dir() else None
     if batches is not None:
-        return _load_cached(batches, "batches", _read_batches)
+        return _load_cached(batches, "batches", _read_batches, write_cache)
     if root.is_dir() and _is_image_folder(root):
-        return _load_cached(root, "folder", _read_image_folder)
-    hint = ("point data_root (--data-root, or $CIFAR10_ROOT) at a 'cifar-10-batches-py' folder or at an "
-            "image-folder root holding train/<class>/ and test/<class>/")
+        return _load_cached(root, "folder", _read_image_folder, write_cache)
     if root.is_dir() and any(p for p in root.iterdir() if not p.name.startswith(".")):
-        raise DataError(f"data_root={str(root)!r} holds no recognisable dataset: {hint}")
-    if not (download or root.resolve() == DEFAULT_DATA_ROOT.resolve()):
-        raise DataError(f"no dataset at data_root={str(root)!r}: {hint}; or add --download "
-                        f"(download=True) to fetch CIFAR-10 (170 MB) there")
-    return _download_cifar10(root, hint)
+        raise DataError(f"data_root={str(root)!r} holds no recognisable dataset: {_HINT}")
+    return None
 
 
-def _download_cifar10(root: Path, hint: str) -> ImageData:
+def _download_cifar10(root: Path) -> ImageData:
     """torchvision's CIFAR-10 download into ``root``; a folder it created is removed if it fails."""
     import torchvision
 
@@ -243,7 +258,7 @@ def _download_cifar10(root: Path, hint: str) -> ImageData:
         if created:
             shutil.rmtree(root, ignore_errors=True)
         raise DataError(f"no dataset at data_root={str(root)!r}, and downloading CIFAR-10 failed "
-                        f"({type(e).__name__}: {e}); {hint}") from e
+                        f"({type(e).__name__}: {e}); {_HINT}") from e
     return _load_cached(_find_batches_dir(root), "batches", _read_batches)
 
 

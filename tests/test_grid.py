@@ -35,16 +35,42 @@ def test_baseline_plan_pairs_every_run_with_its_control():
             assert stage1_hash(control) == stage1_hash(cfg)  # the control shares stage 1
 
 
-def test_tuning_grid_is_one_knob_at_a_time_in_quick_and_a_product_in_full():
-    quick = grid.tuning_points("quick")
-    assert len(quick) == sum(len(v) - 1 for v in grid.TUNING_GRID.values())  # each knob's non-default values
-    full = grid.tuning_points("full")
-    n_product = 1
-    for values in grid.TUNING_GRID.values():
-        n_product *= len(values)
-    assert len(full) == n_product - 1  # all but the default point, which is the baseline run
-    names = {grid._tuning_settings(p)["exp_name"] for p in full}
-    assert len(names) == len(full)  # every point writes its own files
+@pytest.mark.parametrize("profile", sorted(grid.PROFILES))
+def test_tuning_is_one_knob_at_a_time_unless_the_product_is_asked_for(profile):
+    n_one = sum(len(v) for v in grid.TUNING_GRID.values())  # at most each knob's values, one at a time
+    assert 1 <= len(grid.tuning_points(profile)) <= n_one < len(grid.tuning_points("full", "product"))
+    if profile == "full":
+        product = grid.tuning_points(profile, "product")
+        n_product = 1
+        for values in grid.TUNING_GRID.values():
+            n_product *= len(values)
+        assert len(product) == n_product - 1  # all but the default point, which is the baseline run
+        names = {grid._tuning_settings(p)["exp_name"] for p in product}
+        assert len(names) == len(product)  # every point writes its own files
+    with pytest.raises(ValueError, match="tuning="):
+        grid.tuning_points(profile, "grid")
+
+
+def test_the_main_job_is_64_runs_and_the_product_says_its_size_first():
+    args = grid.build_parser().parse_args([])
+    assert (args.profile, args.tuning) == ("full", "one_at_a_time")
+    parts = grid.plan_parts(args, {})
+    text = grid.format_plan(grid.plan_work([c for _, cfgs in parts for c in cfgs], {}), parts)
+    assert text.startswith("plan: 64 runs (baseline 16, tuning (one_at_a_time) 48), 20 + 20 epochs each")
+    parts = grid.plan_parts(grid.build_parser().parse_args(["--tuning", "product"]), {})
+    text = grid.format_plan(grid.plan_work([c for _, cfgs in parts for c in cfgs], {}), parts)
+    assert text.startswith("plan: 496 runs (baseline 16, tuning (product) 480)")
+
+
+def test_profile_help_states_the_real_budgets(capsys):
+    with pytest.raises(SystemExit):
+        grid.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for budget in ("smoke: 1 + 1 epochs", "quick: 12 + 8 epochs, n_max 1500 (its grid took 2 h 13 min",
+                   "full: 20 + 20 epochs, on all the data", "reduced: 16 + 4 epochs, ResNet-10",
+                   "literature: 160 + 40 epochs, Cao et al.'s recipe (200 epochs), ResNet-32"):
+        assert budget in text
+    assert "30-epoch" not in text and "< 1 h" not in text
 
 
 def test_every_tuning_point_shares_the_baseline_stage1():
@@ -93,6 +119,37 @@ def test_smoke_grid_runs_end_to_end_and_skips_on_rerun(synthetic_root, tmp_path)
     assert again.returncode == 0 and "3 skipped" in again.stdout
     for name, df in read_results(out).items():
         pd.testing.assert_frame_equal(df, files[name])
+
+
+def test_plan_progress_dry_run_and_estimate(synthetic_root, tmp_path, capsys, monkeypatch):
+    """The plan comes before the first run, with its timed estimate; one bar runs over the whole grid;
+    a dry run prints the plan, writes nothing and times nothing once everything is finished."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root, data, ignore=shutil.ignore_patterns(".*"))  # no decoded cache yet
+    before = sorted(p.name for p in data.rglob("*"))
+    argv = _grid_cmd(data, tmp_path / "out")[2:-1]  # in-process, progress bars on
+    assert grid.main(argv + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("plan: 3 runs (baseline 2, tuning (one_at_a_time) 1), 1 + 1 epochs each\n"
+                          "  0 finished before (skipped), 3 to run, training 1 stage 1s")
+    assert "estimated time here, one run after another: " in out and "resnet10" in out
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in data.rglob("*")) == before
+
+    assert grid.main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.index("plan: 3 runs") < captured.out.index("3 done")
+    bar = captured.err.replace("\r", "\n")
+    assert "grid 100%" in bar and "run 3/3: tuning-smoke" in bar and "<00:00]" in bar
+    assert bar.count("grid   0%") >= 1 and "run 1/3" in bar  # one bar for both parts
+
+    monkeypatch.setattr(grid, "time_model", lambda *a, **k: pytest.fail("timed with nothing to run"))
+    assert grid.main(argv + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "3 finished before (skipped), 0 to run" in out and "estimated" not in out
+    assert grid.main(argv + ["--dry-run", "--seeds", "1", "--no-estimate"]) == 0
+    assert "3 to run" in capsys.readouterr().out
 
 
 def test_grid_killed_with_sigkill_then_rerun_equals_uninterrupted(synthetic_root, tmp_path):
@@ -164,8 +221,6 @@ def test_out_that_is_a_file_is_one_line_before_any_run(tmp_path, capsys, monkeyp
 def test_each_tuning_point_differs_from_its_baseline_in_one_knob(profile):
     """The baseline of a one-at-a-time grid is the profile's config, so each point moves exactly
     the knob it names (weight_range moves min_weight and max_weight together)."""
-    if grid.PROFILES[profile]["tuning"] != "one_at_a_time":
-        pytest.skip("a product grid moves several knobs by design")
     knobs = {"stage2_lr": ("stage2_lr",), "weight_range": ("min_weight", "max_weight"),
              "stage2_focal_gamma": ("stage2_focal_gamma",), "dynamic_mode": ("dynamic_mode",)}
     base = dataclasses.asdict(grid.plan_baseline(profile, models=("resnet10",), scenarios=("long_tail",))[0])
