@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import time
 
 import torch
@@ -34,7 +35,7 @@ def _threads(n: int | None):
 
 def time_model(cfg, num_classes: int, image_size=(32, 32), steps: int = 3) -> dict:
     """``step_s``, seconds per training step of ``cfg``'s model at its batch size, device, precision
-    and memory format; ``eval_image_s``, seconds per evaluated image."""
+    and memory format (the median of ``steps`` steps); ``eval_image_s``, seconds per evaluated image."""
     device = resolve_device(cfg.device)
     with _threads(cfg.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -54,7 +55,7 @@ def time_model(cfg, num_classes: int, image_size=(32, 32), steps: int = 3) -> di
             return time.perf_counter() - t0
 
         train(1)
-        step_s = train(steps) / steps
+        step_s = statistics.median(train(1) for _ in range(steps))  # the median resists a busy machine's spikes
         t0 = time.perf_counter()
         predict(model, x, norm, cfg.eval_batch_size, cfg.precision, cfg.channels_last).cpu()  # .cpu(): a sync
         eval_image_s = (time.perf_counter() - t0) / len(x)
