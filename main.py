@@ -3,14 +3,20 @@ python main.py --model-name resnet32 --imbalance-type long_tail --method ldam_dr
 
 Every setting of two_stage_ictta.TwoStageConfig is an option below; the script builds the config,
 calls the same function a notebook would (run_two_stage), and prints stage 1 vs stage 2 on test.
+A finished run keeps its model in <log dir>/<run name>.model.pt;
+python main.py --evaluate results/<run name>.model.pt [--json metrics.json]
+prints its test metrics and confusion matrix again (saved_model.evaluate_file).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import pickle
 import sys
 
+import saved_model
 from cli import ArgumentParser
+from results_logger import write_json
 from two_stage_ictta import CONFIG_GROUPS, RunLockedError, TwoStageConfig, run_two_stage
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -47,6 +53,11 @@ def build_parser(config_cls=TwoStageConfig, description: str | None = None,
     parser = ArgumentParser(description=description or __doc__, formatter_class=HelpFormatter,
                             allow_abbrev=False)
     sections = {key: parser.add_argument_group(title) for key, title in (groups or {}).items()}
+    if config_cls is TwoStageConfig:
+        ev = parser.add_argument_group("evaluate a saved model instead of training")
+        ev.add_argument("--evaluate", metavar="MODEL_PT", help="a run's .model.pt: print its test metrics and "
+                                                               "confusion matrix (--data-root, --device apply)")
+        ev.add_argument("--json", metavar="OUT", help="with --evaluate: also write the metrics to this JSON file")
     for f in dataclasses.fields(config_cls):
         where = sections[f.metadata["group"]] if groups else parser
         flag = "--" + f.name.replace("_", "-")
@@ -96,9 +107,28 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluate_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """--evaluate: a saved model's test metrics, printed and, with --json, written."""
+    try:
+        result = saved_model.evaluate_file(args.evaluate, data_root=args.data_root, device=args.device)
+    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as e:  # no such file, not a model file
+        parser.error(f"--evaluate {args.evaluate}: not a model file of this project ({type(e).__name__}: {e})")
+    except ValueError as e:
+        parser.error(str(e))
+    print(saved_model.format_evaluation(result))
+    if args.json:
+        write_json(args.json, result)
+        print(f"metrics: {args.json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.json and not args.evaluate:
+        parser.error("--json goes with --evaluate")
+    if args.evaluate:
+        return evaluate_main(parser, args)
     missing = missing_required(args)
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")

@@ -15,7 +15,9 @@ trained once per ``log_dir`` and its checkpoint reused (``stage1_id`` in every r
 ``run_two_stage_ictta_on_scenario(model_name, imbalance_type, **settings)`` runs one configuration
 (:class:`TwoStageConfig` lists every setting with its default) and returns a dict of results. It
 writes, in ``log_dir``: ``results_<exp>_<model>_<scenario>_imb<f>_seed<s>.csv`` (one row per epoch
-and split) and ``.json`` beside it (the config, the git commit, the status and the results). It
+and split), ``.json`` beside it (the config, the git commit, the status and the results) and, once
+finished, ``.model.pt`` (the final weights and what rebuilds and evaluates them, see
+:mod:`saved_model`). It
 checkpoints every epoch and resumes from the last finished epoch when rerun; a finished run is
 returned from its JSON without retraining.
 """
@@ -42,6 +44,7 @@ from tqdm.auto import tqdm
 
 import data_loader
 import losses
+import saved_model
 from model import MODELS, NORMED_INITS, get_model
 from results_logger import (RunLogger, atomic_torch_save, git_commit, read_json, summarize_rows,
                             write_json)
@@ -519,7 +522,7 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
         raise ValueError(f"log_dir={str(log_dir)!r} cannot be written: {e}") from e
     name = run_name(cfg)
     paths = {"csv": log_dir / f"{name}.csv", "config": log_dir / f"{name}.json",
-             "checkpoint": log_dir / f"{name}.ckpt.pt"}
+             "model": log_dir / f"{name}.model.pt", "checkpoint": log_dir / f"{name}.ckpt.pt"}
     run_id = config_hash(cfg)
     previous = read_json(paths["config"])
     if previous is not None and previous.get("run_id") != run_id and paths["csv"].exists():
@@ -534,7 +537,7 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with RunLock(log_dir / f"{name}.lock"):
-        for suffix in ("csv", "json", "ckpt.pt"):  # temporary files of an attempt that was killed
+        for suffix in ("csv", "json", "model.pt", "ckpt.pt"):  # temporary files of an attempt that was killed
             for tmp in log_dir.glob(f".{name}.{suffix}.*.tmp"):
                 tmp.unlink(missing_ok=True)
         _remove_dead_writers_tmp(stage1_path(cfg))  # the shared stage 1 is not ours alone
@@ -730,6 +733,7 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
                "paths": {k: str(v) for k, v in paths.items() if k != "checkpoint"},
                "resumed_from": resumed_from, "stage1_reused": stage1_reused,
                "seconds": time.perf_counter() - t_run}
+    saved_model.save(paths["model"], model, cfg, data, counts, logger.rows, run_id, code_fingerprint())
     meta.update(status="finished", finished=time.strftime("%Y-%m-%d %H:%M:%S"), results=results)
     logger.flush()
     write_json(paths["config"], meta)
