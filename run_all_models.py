@@ -50,7 +50,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cli import ArgumentParser, unwritable_folder
-from data_loader import find_dataset, load_dataset, make_split
+from data_loader import DATASETS, DEFAULT_DATASET, find_dataset, load_dataset, make_split
 from estimate import format_duration, run_seconds, time_model
 from model import MODELS
 from results_logger import read_json, write_json
@@ -125,6 +125,13 @@ def profile_help(profile: str) -> str:
     return f"{profile}: {s['stage1_epochs']} + {s['stage2_epochs']} epochs, {PROFILES[profile]['about']}"
 
 
+def profile_label(profile: str, dataset: str = DEFAULT_DATASET) -> str:
+    """The name of a profile's runs on a dataset: the profile, plus ``-<dataset>`` for another dataset
+    than CIFAR-10. Runs go to ``OUT/<label>/`` and are tagged ``<suite>-<label>``, so that tables and
+    figures never mix two datasets."""
+    return profile if dataset == DEFAULT_DATASET else f"{profile}-{dataset}"
+
+
 def tuning_points(profile: str, tuning: str = TUNING_MODES[0]) -> list[dict]:
     """Stage-2 settings of the tuning grid for a profile, the baseline point excluded (the
     baseline run is that point): one knob at a time around the profile's settings (the default),
@@ -157,7 +164,8 @@ def _tuning_settings(point: dict) -> dict:
 def _config(profile: str, suite: str, model: str, scenario: str, seed: int, common: dict, **settings):
     overrides = {**PROFILES[profile]["config"], **common, **settings}
     overrides.setdefault("quiet", True)
-    return TwoStageConfig(model, scenario, seed=seed, tag=f"{suite}-{profile}", **overrides)
+    label = profile_label(profile, overrides.get("dataset", DEFAULT_DATASET))
+    return TwoStageConfig(model, scenario, seed=seed, tag=f"{suite}-{label}", **overrides)
 
 
 def plan_baseline(profile="full", models=BASELINE_MODELS, scenarios=SCENARIOS, seeds=(0,), **common):
@@ -205,15 +213,16 @@ def describe(cfg: TwoStageConfig) -> str:
 
 def check_plan(configs: list[TwoStageConfig], fetch: bool = True) -> dict:
     """Raise ``ValueError`` for the first invalid config or missing dataset, before any work starts;
-    return each data_root's dataset (downloaded where allowed, see ``data_loader.load_dataset``).
+    return the dataset of each (data_root, dataset) pair (downloaded where allowed, see
+    ``data_loader.load_dataset``).
     With ``fetch=False`` nothing is downloaded and a missing dataset is None, not an error."""
     for cfg in configs:
         validate_config(cfg)  # a typo fails here, before hours of work, not at run 57
-    roots = {(c.data_root, c.download) for c in configs}
+    sources = {(c.data_root, c.dataset, c.download) for c in configs}
     if not fetch:
-        return {root: find_dataset(root, write_cache=False) for root, _ in roots}
+        return {(root, name): find_dataset(root, name, write_cache=False) for root, name, _ in sources}
     # so does missing data (a DataError, a ValueError); this also fills the decoded-image cache
-    return {root: load_dataset(root, download) for root, download in roots}
+    return {(root, name): load_dataset(root, download, name) for root, name, download in sources}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,7 +243,7 @@ def plan_work(configs: list[TwoStageConfig], datasets: dict) -> list[dict]:
         shared = _shares_stage1(cfg) and (stage1_path(cfg) in provided or stage1_path(cfg).exists())
         if not finished and _shares_stage1(cfg):
             provided.add(stage1_path(cfg))
-        data = datasets.get(cfg.data_root)
+        data = datasets.get((cfg.data_root, cfg.dataset))
         sizes = _split_sizes(cfg, data) if data is not None else None
         trains_stage1 = not finished and cfg.stage1_epochs > 0 and not shared
         work.append({"cfg": cfg, "finished": finished, "trains_stage1": trains_stage1, "sizes": sizes,
@@ -255,7 +264,7 @@ def estimate_work(work: list[dict], datasets: dict, steps: int = ESTIMATE_STEPS)
     and set each one's ``seconds``; return the timings by model setting."""
     timings = {}
     for w in work:
-        cfg, data = w["cfg"], datasets.get(w["cfg"].data_root)
+        cfg, data = w["cfg"], datasets.get((w["cfg"].data_root, w["cfg"].dataset))
         if w["finished"] or data is None:
             continue
         key = (cfg.model_name, cfg.batch_size, cfg.eval_batch_size, cfg.device, cfg.precision, cfg.channels_last,
@@ -383,30 +392,32 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _out_dir(out, profile) -> str:
-    return str(Path(out) / profile)
+def _out_dir(out, profile, dataset: str = DEFAULT_DATASET) -> str:
+    return str(Path(out) / profile_label(profile, dataset))
 
 
 def run_baseline_all_models(profile="full", models=BASELINE_MODELS, scenarios=SCENARIOS, seeds=(0,),
                             out="results", quiet=False, **common) -> dict:
     """Every baseline model on every scenario: two-stage method + same-budget control."""
-    configs = plan_baseline(profile, models, scenarios, seeds, log_dir=_out_dir(out, profile), **common)
-    return run_grid(configs, quiet, Path(_out_dir(out, profile)) / "report_baseline.json")
+    out_dir = Path(_out_dir(out, profile, common.get("dataset", DEFAULT_DATASET)))
+    configs = plan_baseline(profile, models, scenarios, seeds, log_dir=str(out_dir), **common)
+    return run_grid(configs, quiet, out_dir / "report_baseline.json")
 
 
 def run_tuning_resnets(profile="full", models=TUNING_MODELS, scenarios=SCENARIOS, seeds=(0,),
                        tuning=TUNING_MODES[0], out="results", quiet=False, **common) -> dict:
     """The stage-2 tuning grid on the ResNets (stage 1 shared with the baseline runs)."""
-    configs = plan_tuning(profile, models, scenarios, seeds, tuning, log_dir=_out_dir(out, profile), **common)
-    return run_grid(configs, quiet, Path(_out_dir(out, profile)) / "report_tuning.json")
+    out_dir = Path(_out_dir(out, profile, common.get("dataset", DEFAULT_DATASET)))
+    configs = plan_tuning(profile, models, scenarios, seeds, tuning, log_dir=str(out_dir), **common)
+    return run_grid(configs, quiet, out_dir / "report_tuning.json")
 
 
 def run_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), methods=COMPARE_METHODS,
                 imb_factors=None, out="results", quiet=False, **common) -> dict:
     """The field's methods and ours, same data, model, schedule and seeds."""
-    configs = plan_compare(profile, models, scenarios, seeds, methods, imb_factors,
-                           log_dir=_out_dir(out, profile), **common)
-    return run_grid(configs, quiet, Path(_out_dir(out, profile)) / "report_compare.json")
+    out_dir = Path(_out_dir(out, profile, common.get("dataset", DEFAULT_DATASET)))
+    configs = plan_compare(profile, models, scenarios, seeds, methods, imb_factors, log_dir=str(out_dir), **common)
+    return run_grid(configs, quiet, out_dir / "report_compare.json")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -908,7 +919,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, help="scenarios (default: both)")
     p.add_argument("--methods", nargs="+", choices=tuple(METHODS), help="compare suite: methods (default: all)")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 for grid, 0 1 2 for compare)")
-    p.add_argument("--data-root", help="dataset folder (default: $CIFAR10_ROOT, else data/cifar10)")
+    p.add_argument("--dataset", choices=tuple(DATASETS), default=DEFAULT_DATASET,
+                   help="dataset; runs of another than cifar10 go to OUT/PROFILE-DATASET/ (default: %(default)s)")
+    p.add_argument("--data-root", help="dataset folder (default: $CIFAR10_ROOT, else data/cifar10; for cifar100 "
+                                       "$CIFAR100_ROOT, else data/cifar100)")
     p.add_argument("--download", action="store_true",
                    help="download the dataset into --data-root if it is not there (data/cifar10 needs no flag)")
     p.add_argument("--out", default="results", help="results folder; runs go to OUT/PROFILE/")
@@ -970,7 +984,7 @@ def _check_launcher_flags(parser: argparse.ArgumentParser, args) -> None:
 
 def plan_parts(args, common: dict) -> list[tuple[str, list[TwoStageConfig]]]:
     """The CLI's plan, as (report name, configs) parts in the order the inline launcher runs them."""
-    out = _out_dir(args.out, args.profile)
+    out = _out_dir(args.out, args.profile, args.dataset)
     scenarios = tuple(args.scenarios) if args.scenarios else None
     if args.suite == "compare":
         return [("compare", plan_compare(args.profile, args.models, scenarios, tuple(args.seeds or (0, 1, 2)),
@@ -1008,7 +1022,7 @@ def main(argv=None) -> int:
         args.data_root = args.data_root and str(Path(args.data_root).resolve())
     gpus = visible_gpus(args.device) if args.launcher == "local" else ()
     jobs = args.jobs or (max(1, len(gpus)) if args.launcher == "local" else None)
-    common = {"device": args.device, "data_root": args.data_root, "download": args.download}
+    common = {"device": args.device, "data_root": args.data_root, "download": args.download, "dataset": args.dataset}
     if args.threads is None and args.launcher == "local":
         args.threads = max(1, cpu_count() // jobs)  # the jobs share the cores fairly
     for key in ("precision", "threads"):
@@ -1016,7 +1030,7 @@ def main(argv=None) -> int:
             common[key] = getattr(args, key)
     if args.compile:
         common.update(compile=True, compile_mode=args.compile)
-    out = Path(_out_dir(args.out, args.profile))
+    out = Path(_out_dir(args.out, args.profile, args.dataset))
     why_not = unwritable_folder(out)
     if why_not and not args.status:
         parser.error(f"--out {args.out}: {why_not}; give a folder you can write to")

@@ -63,7 +63,8 @@ def evaluate_file(path, data_root=None, device="auto", batch_size: int | None = 
     the run's own data), in the run's precision and evaluation batch size."""
     model, record = load(path, device)
     cfg = record["config"]
-    data = data_loader.load_dataset(data_root if data_root is not None else cfg["data_root"])
+    data = data_loader.load_dataset(data_root if data_root is not None else cfg["data_root"],
+                                    dataset=cfg.get("dataset", data_loader.DEFAULT_DATASET))
     if data.num_classes != record["num_classes"]:
         raise data_loader.DataError(f"{path} is a {record['num_classes']}-class model; data_root="
                                     f"{data.source!r} holds {data.num_classes} classes")

@@ -153,9 +153,12 @@ class TwoStageConfig:
     method: str = opt("two_stage_ictta", "method", "method", tuple(METHODS))
     seed: int = opt(0, "seed of the subset, validation split, init and batch order", "data")
     device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N", "runtime")
-    data_root: str | None = opt(None, "dataset folder (default: $CIFAR10_ROOT, else data/cifar10)", "data")
-    download: bool = opt(False, "download the dataset into data_root when it is not there (the default "
-                                "data folder downloads without asking)", "data")
+    dataset: str = opt(data_loader.DEFAULT_DATASET, "dataset: picks the default data_root and what is downloaded", "data",
+                       tuple(data_loader.DATASETS))
+    data_root: str | None = opt(None, "dataset folder (default: $CIFAR10_ROOT, else data/cifar10; for cifar100 "
+                                      "$CIFAR100_ROOT, else data/cifar100)", "data")
+    download: bool = opt(False, "download the dataset into data_root when it is not there (data/<dataset> "
+                                "downloads without asking)", "data")
     val_per_class: int = opt(100, "balanced validation images per class, held out of train first", "data")
     stat_per_class: int = opt(50, "balanced images per class held out (after validation) for the "
                                   "val_loss / val_error statistic; disjoint from train, validation, test", "data")
@@ -195,6 +198,9 @@ SEED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TwoStageConfig)[2
 _NOT_IDENTITY = ("log_dir", "data_root", "quiet", "resume", "reuse_stage1", "threads", "eval_batch_size",
                  "accept_code_change", "download")
 _NOT_IN_HASH = _NOT_IDENTITY + ("tag",)
+# settings added after results existed: hashed only away from their default, so that the run ids of
+# the runs made before them stay valid
+_HASHED_WHEN_SET = ("dataset",)
 
 
 def _check(cond: bool, name: str, value, accepted: str) -> None:
@@ -228,6 +234,7 @@ def validate_config(cfg: TwoStageConfig) -> None:
     _check(_is_choice(cfg.imbalance_type, data_loader.IMBALANCE_TYPES), "imbalance_type", cfg.imbalance_type,
            ", ".join(data_loader.IMBALANCE_TYPES))
     _check(_is_choice(cfg.method, METHODS), "method", cfg.method, ", ".join(METHODS))
+    _check(_is_choice(cfg.dataset, data_loader.DATASETS), "dataset", cfg.dataset, ", ".join(data_loader.DATASETS))
     _check(_is_choice(cfg.stage2_loss_type, STAGE2_LOSS_TYPES), "stage2_loss_type", cfg.stage2_loss_type,
            ", ".join(STAGE2_LOSS_TYPES))
     _check(_is_choice(cfg.dynamic_mode, losses.DYNAMIC_MODES), "dynamic_mode", cfg.dynamic_mode,
@@ -295,7 +302,9 @@ def validate_config(cfg: TwoStageConfig) -> None:
 
 
 def config_hash(cfg: TwoStageConfig) -> str:
-    d = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_HASH}
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    d = {k: v for k, v in asdict(cfg).items()
+         if k not in _NOT_IN_HASH and not (k in _HASHED_WHEN_SET and v == defaults[k])}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -317,7 +326,7 @@ def stage1_hash(cfg: TwoStageConfig) -> str:
         keys.append("la_tau")
     d = {k: getattr(cfg, k) for k in keys}
     d.update(loss1=m.loss1, weights1=m.weights1, normed=m.normed_classifier,
-             data=str(Path(cfg.data_root or data_loader.default_data_root()).resolve()))
+             data=str(Path(cfg.data_root or data_loader.default_data_root(cfg.dataset)).resolve()))
     # the stage-2 length matters for stage 1 only through a global step schedule's milestones
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -361,8 +370,11 @@ def made_by_other_code(record: dict | None, cfg: TwoStageConfig) -> str | None:
 
 
 def run_name(cfg: TwoStageConfig) -> str:
+    """``results_<exp>_<model>_<scenario>_imb<f>_seed<s>``, with ``_<dataset>`` after the model
+    for a dataset other than CIFAR-10."""
     exp = cfg.exp_name or cfg.method
-    return f"results_{exp}_{cfg.model_name.lower()}_{cfg.imbalance_type}_imb{cfg.imb_factor:g}_seed{cfg.seed}"
+    data = "" if cfg.dataset == data_loader.DEFAULT_DATASET else f"_{cfg.dataset}"
+    return f"results_{exp}_{cfg.model_name.lower()}{data}_{cfg.imbalance_type}_imb{cfg.imb_factor:g}_seed{cfg.seed}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -564,7 +576,7 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
             "status": "running", "paths": {k: str(v) for k, v in paths.items()},
             "code_fingerprint": code_fingerprint(), "code_fingerprints": [code_fingerprint()]}
 
-    data = data_loader.load_dataset(cfg.data_root, cfg.download)
+    data = data_loader.load_dataset(cfg.data_root, cfg.download, cfg.dataset)
     split = data_loader.make_split(data.train_y, cfg.imbalance_type, cfg.imb_factor, n_max=cfg.n_max,
                                    val_per_class=cfg.val_per_class, stat_per_class=cfg.stat_per_class,
                                    seed=cfg.seed)

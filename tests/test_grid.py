@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import run_all_models as grid
 from two_stage_ictta import stage1_hash
@@ -230,3 +231,48 @@ def test_each_tuning_point_differs_from_its_baseline_in_one_knob(profile):
         moved = {k for k in base if k != "exp_name" and cfg[k] != base[k]}
         assert len([k for k, fields in knobs.items() if moved & set(fields)]) == 1, (point, moved)
         assert moved <= {f for fields in knobs.values() for f in fields}, moved
+
+
+@pytest.fixture(scope="module")
+def cifar100_results(tmp_path_factory):
+    """The compare suite (every method, long_tail) and the baseline suite (head_tail) of the smoke
+    profile on a synthetic CIFAR-100 in torchvision's format: 100 classes of 10 ... 1 training images."""
+    from conftest import make_cifar100_folder
+
+    tmp = tmp_path_factory.mktemp("c100")
+    make_cifar100_folder(tmp / "data", n_train=11, n_test=1)
+    small = dict(data_root=str(tmp / "data"), dataset="cifar100", device="cpu", n_max=10, val_per_class=1,
+                 stat_per_class=0, batch_size=128, threads=1)  # one thread: far faster on a busy machine
+    threads = torch.get_num_threads()
+    compare = grid.run_compare("smoke", seeds=(0,), out=str(tmp / "out"), quiet=True, **small)
+    baseline = grid.run_baseline_all_models("smoke", models=("resnet10",), scenarios=("head_tail",),
+                                            out=str(tmp / "out"), quiet=True, **small)
+    torch.set_num_threads(threads)  # a run sets the process's threads; the other tests keep theirs
+    return tmp, compare, baseline
+
+
+def test_cifar100_every_method_and_scenario(cifar100_results):
+    tmp, compare, baseline = cifar100_results
+    assert compare["failed"] == [] and baseline["failed"] == []
+    assert len(compare["done"]) == len(grid.COMPARE_METHODS) and len(baseline["done"]) == 2
+    out = tmp / "out" / "smoke-cifar100"  # never mixed with CIFAR-10 runs of the profile
+    files = read_results(out)
+    assert len(files) == len(grid.COMPARE_METHODS) + 2
+    for name, df in files.items():
+        assert "_cifar100_" in name and (df["dataset"] == "cifar100").all()
+        assert {f"f1_{c}" for c in (0, 99)} <= set(df.columns) and "f1_100" not in df.columns
+        assert df["tag"].str.endswith("-smoke-cifar100").all()
+
+
+def test_cifar100_summary_and_figures(cifar100_results, tmp_path):
+    import plots
+    import summary_tuning
+
+    tmp, _, _ = cifar100_results
+    tables = summary_tuning.write_summary(tmp / "out", tmp_path / "tables", verbose=False)
+    assert set(tables["compare"]["method"]) >= set(grid.COMPARE_METHODS)
+    plots.make_plots(tmp / "out", tmp_path / "figures", verbose=False)
+    for figure in ("compare/compare-smoke-cifar100_resnet10_long_tail_imb0.1.png",
+                   "per_class_f1/resnet10_head_tail_f1_vs_count.png",
+                   "class_weights/resnet10_head_tail_stage2_weights.png"):
+        assert (tmp_path / "figures" / figure).is_file(), figure
