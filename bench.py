@@ -69,7 +69,8 @@ class BenchConfig:
     max_steps: int | None = opt(None, "time only N steps of each of a/b/c and extrapolate s/epoch "
                                       "from the per-step time; None: full epochs")
     warmup_steps: int = opt(5, "untimed steps before each measurement")
-    out: str | None = opt(None, "JSON file; None: benchmarks/bench_<device>_<model>.json")
+    out: str | None = opt(None, "JSON file (default: results/bench/bench_<device>_<model>.json; the committed "
+                                "benchmarks/ files change only when named here)")
     data_root: str | None = opt(None, "dataset folder; None: $CIFAR10_ROOT, else data/cifar10")
     imbalance_type: str = opt("long_tail", "scenario: long_tail or head_tail")
     imb_factor: float = opt(0.01, "smallest / largest class count, in (0, 1]")
@@ -539,7 +540,7 @@ def _run_bench(cfg: BenchConfig, command: str | None) -> dict:
                              a_over_c_median_step=c["median_step_s"] / a["median_step_s"])
     res["targets"] = check_targets(res)
     res["seconds_total"] = (datetime.datetime.now().astimezone() - started).total_seconds()
-    out = Path(cfg.out) if cfg.out else HERE / "benchmarks" / f"bench_{device.type}_{cfg.model.lower()}.json"
+    out = Path(cfg.out) if cfg.out else HERE / "results" / "bench" / f"bench_{device.type}_{cfg.model.lower()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, res)
     res["path"] = str(out)
@@ -587,7 +588,7 @@ def format_table(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     from main import build_parser, config_from_args
 
-    parser = build_parser(BenchConfig, __doc__.split("\n\n")[0])
+    parser = build_parser(BenchConfig, __doc__.split("\n\n")[0], groups=None)
     args = parser.parse_args(argv)
     command = shlex.join(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]) \
         if argv is None else shlex.join(["bench.py", *argv])

@@ -1,10 +1,13 @@
 """Image data: find it, decode it once, draw the imbalanced subsets, and feed batches from the device.
 
-Sources (``load_dataset(data_root)``), tried in this order:
+Sources (``load_dataset(data_root, download, dataset)``), tried in this order:
 
-1. a torchvision ``cifar-10-batches-py`` folder (``data_root`` itself, or a child of it);
+1. torchvision's extracted download of the ``dataset`` (:data:`DATASETS`): a ``cifar-10-batches-py``
+   folder for ``cifar10``, a ``cifar-100-python`` one (files ``train``, ``test``, ``meta``; the
+   100 ``fine_labels``) for ``cifar100``; ``data_root`` itself, or a child of it;
 2. an image-folder root with ``train/<class>/*`` and ``test/<class>/*`` (any C >= 2 classes);
-3. torchvision's CIFAR-10 download into ``data_root``, when it is empty or missing and we are online.
+3. torchvision's download of the dataset into ``data_root``, when it is empty or missing, we are
+   online, and ``download=True`` or ``data_root`` is this project's ``data/<dataset>``.
 
 The decoded images are cached as uint8 arrays (``.npy``) so that a second load costs about a second.
 
@@ -29,7 +32,10 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
+import sys
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +46,8 @@ IMBALANCE_TYPES = ("long_tail", "head_tail")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parent / "data" / "cifar10"
+DATA_DIR = Path(__file__).resolve().parent / "data"  # the default data root of a dataset is DATA_DIR/<name>
+DEFAULT_DATASET = "cifar10"  # a key of DATASETS
 CACHE_VERSION = 2  # 2: the cache records the normalisation constants
 
 
@@ -72,14 +79,14 @@ class ImageData:
 # ----------------------------------------------------------------------------------------------
 # Finding and decoding the data
 
-def default_data_root() -> Path:
-    """``$CIFAR10_ROOT`` if set, else ``data/cifar10`` beside this file."""
-    return Path(os.environ.get("CIFAR10_ROOT") or DEFAULT_DATA_ROOT)
+def default_data_root(dataset: str = DEFAULT_DATASET) -> Path:
+    """``$CIFAR10_ROOT`` (``$CIFAR100_ROOT``, ...) if set, else ``data/<dataset>`` beside this file."""
+    return Path(os.environ.get(_source(dataset).env) or DATA_DIR / dataset)
 
 
-def _find_batches_dir(root: Path) -> Path | None:
-    for cand in (root, root / "cifar-10-batches-py"):
-        if (cand / "data_batch_1").is_file() and (cand / "test_batch").is_file():
+def _find_download_dir(root: Path, source: "CifarSource") -> Path | None:
+    for cand in (root, root / source.folder):
+        if all((cand / name).is_file() for name in source.files):
             return cand
     return None
 
@@ -88,22 +95,65 @@ def _is_image_folder(root: Path) -> bool:
     return (root / "train").is_dir() and (root / "test").is_dir()
 
 
-def _read_batches(folder: Path) -> ImageData:
-    def read(name):
-        with open(folder / name, "rb") as f:
-            d = pickle.load(f, encoding="latin1")
-        return d["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(d["labels"])
+def _unpickle_images(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (NHWC uint8) and labels of one of torchvision's CIFAR pickles: rows of 1024 red, then
+    1024 green, then 1024 blue values."""
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="latin1")
+    return d["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(d[label_key], dtype=np.int64)
 
-    parts = [read(f"data_batch_{i}") for i in range(1, 6)]
-    test_x, test_y = read("test_batch")
-    meta = folder / "batches.meta"
-    classes = list(CIFAR10_CLASSES)
-    if meta.is_file():
-        with open(meta, "rb") as f:
-            classes = pickle.load(f, encoding="latin1")["label_names"]
+
+def _read_meta(path: Path, key: str, default: list) -> list:
+    if not path.is_file():
+        return list(default)
+    with open(path, "rb") as f:
+        return list(pickle.load(f, encoding="latin1")[key])
+
+
+def _read_batches(folder: Path) -> ImageData:
+    """CIFAR-10: ``data_batch_1`` ... ``data_batch_5``, ``test_batch``, ``batches.meta``."""
+    parts = [_unpickle_images(folder / f"data_batch_{i}", "labels") for i in range(1, 6)]
+    test_x, test_y = _unpickle_images(folder / "test_batch", "labels")
+    classes = _read_meta(folder / "batches.meta", "label_names", CIFAR10_CLASSES)
     return ImageData(np.ascontiguousarray(np.concatenate([p[0] for p in parts])),
-                     np.concatenate([p[1] for p in parts]).astype(np.int64),
-                     np.ascontiguousarray(test_x), test_y.astype(np.int64), classes, str(folder))
+                     np.concatenate([p[1] for p in parts]), np.ascontiguousarray(test_x), test_y, classes,
+                     str(folder))
+
+
+def _read_cifar100(folder: Path) -> ImageData:
+    """CIFAR-100: ``train``, ``test`` and ``meta``; the labels are the 100 ``fine_labels``."""
+    train_x, train_y = _unpickle_images(folder / "train", "fine_labels")
+    test_x, test_y = _unpickle_images(folder / "test", "fine_labels")
+    classes = _read_meta(folder / "meta", "fine_label_names", [str(c) for c in range(100)])
+    return ImageData(np.ascontiguousarray(train_x), train_y, np.ascontiguousarray(test_x), test_y, classes,
+                     str(folder))
+
+
+@dataclass(frozen=True)
+class CifarSource:
+    """A dataset that torchvision downloads: its extracted folder, the files that must be there,
+    how to read them, its downloader and the environment variable of its default data root."""
+    title: str
+    folder: str
+    files: tuple
+    reader: Callable[[Path], ImageData]
+    downloader: str  # a class of torchvision.datasets
+    env: str
+    size: str
+
+
+DATASETS = {
+    "cifar10": CifarSource("CIFAR-10", "cifar-10-batches-py", (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"),
+                           _read_batches, "CIFAR10", "CIFAR10_ROOT", "170 MB"),
+    "cifar100": CifarSource("CIFAR-100", "cifar-100-python", ("train", "test"), _read_cifar100, "CIFAR100",
+                            "CIFAR100_ROOT", "170 MB"),
+}
+
+
+def _source(dataset: str) -> CifarSource:
+    if not (isinstance(dataset, str) and dataset in DATASETS):
+        raise ValueError(f"dataset={dataset!r}; valid: {', '.join(DATASETS)}")
+    return DATASETS[dataset]
 
 
 def _list_split(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
@@ -165,15 +215,15 @@ def _cache_path(root: Path, kind: str) -> Path:
 
 
 def _fingerprint(root: Path, kind: str) -> dict:
-    """Cheap identity of the source: file counts and newest mtime per split folder."""
-    if kind == "batches":
-        files = sorted(root.glob("*_batch*"))
+    """Cheap identity of the source: file counts and newest mtime of its files."""
+    if kind in DATASETS:
+        files = [root / name for name in DATASETS[kind].files]
     else:
         files = [f for split in ("train", "test") for f in (root / split).rglob("*") if f.is_file()]
     return {"n_files": len(files), "mtime": max((f.stat().st_mtime for f in files), default=0.0)}
 
 
-def _load_cached(root: Path, kind: str, reader) -> ImageData:
+def _load_cached(root: Path, kind: str, reader, write: bool = True) -> ImageData:
     cache = _cache_path(root, kind)
     fp = _fingerprint(root, kind)
     meta_file = cache / "meta.json"
@@ -184,6 +234,8 @@ def _load_cached(root: Path, kind: str, reader) -> ImageData:
             return ImageData(**arrays, classes=meta["classes"], source=meta["source"],
                              mean=meta["mean"], std=meta["std"])
     data = reader(root)
+    if not write:
+        return data
     try:
         cache.mkdir(parents=True, exist_ok=True)
         for k in ("train_x", "train_y", "test_x", "test_y"):
@@ -200,35 +252,70 @@ def _load_cached(root: Path, kind: str, reader) -> ImageData:
     return data
 
 
-def load_dataset(data_root: str | os.PathLike | None = None, download: bool = True) -> ImageData:
+def load_dataset(data_root: str | os.PathLike | None = None, download: bool = False,
+                 dataset: str = DEFAULT_DATASET) -> ImageData:
     """Load a whole dataset as uint8 arrays, decoding it only the first time.
 
-    ``data_root`` defaults to :func:`default_data_root`. Raises :class:`DataError` (a ``ValueError``)
-    when the folder holds no recognisable dataset, or when it is empty and the download fails.
+    ``data_root`` defaults to :func:`default_data_root` of ``dataset``. When it holds nothing, the
+    dataset is downloaded there (170 MB) only if ``download`` is True or it is this project's own
+    data folder (``data/<dataset>``): a mistyped path is an error, never a download or a new folder.
+    Raises :class:`DataError` (a ``ValueError``) when the folder holds no recognisable dataset, or
+    holds nothing and may not or cannot be downloaded into.
     """
-    root = Path(data_root) if data_root is not None else default_data_root()
+    source = _source(dataset)
+    root = Path(data_root) if data_root is not None else default_data_root(dataset)
+    data = find_dataset(root, dataset)
+    if data is not None:
+        return data
+    if not (download or root.resolve() == (DATA_DIR / dataset).resolve()):
+        raise DataError(f"no dataset at data_root={str(root)!r}: {_hint(source)}; or add --download "
+                        f"(download=True) to fetch {source.title} ({source.size}) there")
+    return _download(root, dataset)
+
+
+def _hint(source: CifarSource) -> str:
+    return (f"point data_root (--data-root, or ${source.env}) at a '{source.folder}' folder or at an "
+            f"image-folder root holding train/<class>/ and test/<class>/")
+
+
+def find_dataset(data_root: str | os.PathLike | None = None, dataset: str = DEFAULT_DATASET,
+                 write_cache: bool = True) -> ImageData | None:
+    """The dataset in ``data_root`` (default :func:`default_data_root`), or None when the folder is
+    missing or empty; never downloads, and with ``write_cache=False`` writes nothing at all. Raises
+    :class:`DataError` when it holds something else, such as another dataset than ``dataset``."""
+    source = _source(dataset)
+    root = Path(data_root) if data_root is not None else default_data_root(dataset)
     if root.is_file() and tarfile.is_tarfile(root):
         raise DataError(f"data_root={str(root)!r} is an archive; extract it first, e.g. "
-                        f"`mkdir -p data/cifar10 && tar -xzf {root} -C data/cifar10`")
-    batches = _find_batches_dir(root) if root.is_dir() else None
-    if batches is not None:
-        return _load_cached(batches, "batches", _read_batches)
+                        f"`mkdir -p data/{dataset} && tar -xzf {root} -C data/{dataset}`")
+    for name, other in DATASETS.items():
+        folder = _find_download_dir(root, other) if root.is_dir() else None
+        if folder is not None and other is not source:
+            raise DataError(f"data_root={str(root)!r} holds {other.title} ({other.folder}), not {source.title}: "
+                            f"give --dataset {name} (dataset={name!r}), or another data_root")
+        if folder is not None:
+            return _load_cached(folder, name, source.reader, write_cache)
     if root.is_dir() and _is_image_folder(root):
-        return _load_cached(root, "folder", _read_image_folder)
-    hint = ("point data_root (or $CIFAR10_ROOT) at a 'cifar-10-batches-py' folder or at an "
-            "image-folder root holding train/<class>/ and test/<class>/; the JPEG copy in "
-            "../shared/data extracts to such a root")
+        return _load_cached(root, "folder", _read_image_folder, write_cache)
     if root.is_dir() and any(p for p in root.iterdir() if not p.name.startswith(".")):
-        raise DataError(f"data_root={str(root)!r} holds no recognisable dataset: {hint}")
-    if not download:
-        raise DataError(f"no dataset at data_root={str(root)!r} and download=False: {hint}")
+        raise DataError(f"data_root={str(root)!r} holds no recognisable dataset: {_hint(source)}")
+    return None
+
+
+def _download(root: Path, dataset: str) -> ImageData:
+    """torchvision's download of ``dataset`` into ``root``; a folder it created is removed if it fails."""
+    import torchvision
+
+    source, created = DATASETS[dataset], not root.exists()
+    print(f"downloading {source.title} ({source.size}) into {root}", file=sys.stderr, flush=True)
     try:
-        import torchvision
-        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+        getattr(torchvision.datasets, source.downloader)(str(root), train=True, download=True)
     except Exception as e:  # offline, or the mirror is down: the user needs the same advice
-        raise DataError(f"no dataset at data_root={str(root)!r}, and downloading CIFAR-10 "
-                        f"failed ({type(e).__name__}: {e}); {hint}") from e
-    return _load_cached(_find_batches_dir(root), "batches", _read_batches)
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        raise DataError(f"no dataset at data_root={str(root)!r}, and downloading {source.title} failed "
+                        f"({type(e).__name__}: {e}); {_hint(source)}") from e
+    return _load_cached(_find_download_dir(root, source), dataset, source.reader)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,16 +1,23 @@
-"""Command line for one two-stage run: ``python main.py --model-name resnet32 --imbalance-type long_tail``.
+"""One two-stage run from the shell, e.g.
+python main.py --model-name resnet32 --imbalance-type long_tail --method ldam_drw
 
-Every field of :class:`two_stage_ictta.TwoStageConfig` is an option (``--help`` lists them); the
-script builds the config, calls the same function a notebook would, and prints stage 1 vs stage 2.
+Every setting of two_stage_ictta.TwoStageConfig is an option below; the script builds the config,
+calls the same function a notebook would (run_two_stage), and prints stage 1 vs stage 2 on test.
+A finished run keeps its model in <log dir>/<run name>.model.pt;
+python main.py --evaluate results/<run name>.model.pt [--json metrics.json]
+prints its test metrics and confusion matrix again (saved_model.evaluate_file).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import pickle
 import sys
-import typing
 
-from two_stage_ictta import RunLockedError, TwoStageConfig, run_two_stage
+import saved_model
+from cli import ArgumentParser
+from results_logger import write_json
+from two_stage_ictta import CONFIG_GROUPS, RunLockedError, TwoStageConfig, run_two_stage
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
@@ -28,26 +35,52 @@ def _none_or(tp):
     return parse
 
 
-def build_parser(config_cls=TwoStageConfig, description: str | None = None) -> argparse.ArgumentParser:
-    """An option per config field, typed from its annotation, documented from its metadata."""
-    parser = argparse.ArgumentParser(description=description or __doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     allow_abbrev=False)
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Appends "(default: X)" to an option's help unless the text already says what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or "%(default)" in text or action.default in (None, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def build_parser(config_cls=TwoStageConfig, description: str | None = None,
+                 groups: dict | None = CONFIG_GROUPS) -> argparse.ArgumentParser:
+    """An option per config field, typed from its annotation, documented from its metadata (its
+    ``help``; its ``choices``, enforced here; and with ``groups``, its ``group`` of the --help).
+    Required fields are not required here, so that --evaluate can go without them: see main()."""
+    parser = ArgumentParser(description=description or __doc__, formatter_class=HelpFormatter,
+                            allow_abbrev=False)
+    sections = {key: parser.add_argument_group(title) for key, title in (groups or {}).items()}
+    if config_cls is TwoStageConfig:
+        ev = parser.add_argument_group("evaluate a saved model instead of training")
+        ev.add_argument("--evaluate", metavar="MODEL_PT", help="a run's .model.pt: print its test metrics and "
+                                                               "confusion matrix (--data-root, --device apply)")
+        ev.add_argument("--json", metavar="OUT", help="with --evaluate: also write the metrics to this JSON file")
     for f in dataclasses.fields(config_cls):
+        where = sections[f.metadata["group"]] if groups else parser
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
-        required = f.default is dataclasses.MISSING
-        default = None if required else f.default
+        if f.default is dataclasses.MISSING:
+            help_text += " (required)"
+        default = None if f.default is dataclasses.MISSING else f.default
         if f.name == "lr_milestones":
-            parser.add_argument(flag, type=int, nargs=2, default=list(default), metavar=("E1", "E2"), help=help_text)
+            where.add_argument(flag, type=int, nargs=2, default=list(default), metavar=("E1", "E2"), help=help_text)
             continue
         tp, optional = _base_type(f.type)
         if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            where.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
-            parser.add_argument(flag, type=_none_or(tp) if optional else tp, default=default,
-                                required=required, help=help_text)
+            where.add_argument(flag, type=_none_or(tp) if optional else tp, default=default,
+                               choices=f.metadata.get("choices"), help=help_text)
     return parser
+
+
+def missing_required(args: argparse.Namespace, config_cls=TwoStageConfig) -> list[str]:
+    """The flags of the required fields that ``args`` leaves unset."""
+    return ["--" + f.name.replace("_", "-") for f in dataclasses.fields(config_cls)
+            if f.default is dataclasses.MISSING and getattr(args, f.name) is None]
 
 
 def config_from_args(args: argparse.Namespace, config_cls=TwoStageConfig):
@@ -74,9 +107,31 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluate_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """--evaluate: a saved model's test metrics, printed and, with --json, written."""
+    try:
+        result = saved_model.evaluate_file(args.evaluate, data_root=args.data_root, device=args.device)
+    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as e:  # no such file, not a model file
+        parser.error(f"--evaluate {args.evaluate}: not a model file of this project ({type(e).__name__}: {e})")
+    except ValueError as e:
+        parser.error(str(e))
+    print(saved_model.format_evaluation(result))
+    if args.json:
+        write_json(args.json, result)
+        print(f"metrics: {args.json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.json and not args.evaluate:
+        parser.error("--json goes with --evaluate")
+    if args.evaluate:
+        return evaluate_main(parser, args)
+    missing = missing_required(args)
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     try:
         cfg = config_from_args(args)
         results = run_two_stage(cfg)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from cli import ArgumentParser
 from results_logger import git_commit, write_json
 from run_all_models import PROFILES
 from two_stage_ictta import METHODS as METHODS_REGISTRY, TwoStageConfig, run_two_stage
@@ -51,7 +52,7 @@ def compare(runs: dict[str, list[dict]]) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--model", default="resnet10")
     p.add_argument("--profile", default="quick", choices=tuple(PROFILES), help="budget of each run")
@@ -62,7 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-root")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=tuple(METHODS_REGISTRY))
     p.add_argument("--out", default="results/precision", help="folder of the runs")
-    p.add_argument("--json", default="benchmarks/precision_cpu.json", help="where the summary goes")
+    p.add_argument("--json", default="results/precision/precision_check.json",
+                   help="where the summary goes (the committed benchmarks/ files change only when named here)")
     args = p.parse_args(argv)
     if len(args.seeds) < 2:
         p.error("--seeds: give at least 2 seeds, or seed noise cannot be measured")

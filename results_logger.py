@@ -10,9 +10,9 @@ import csv
 import io
 import json
 import os
+import secrets
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
@@ -25,9 +25,10 @@ def writer_tag() -> str:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``.<name>.<host>-<pid>.<random>.tmp`` beside ``path``, then rename it over
-    ``path``: readers see the old file or the new one, never half of one."""
+    ``path``: readers see the old file or the new one, never half of one. The file gets the mode
+    of any new file of this process (0666 less the umask: 0644 under umask 022), not mkstemp's 0600."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -37,6 +38,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, exclusive temporary file beside ``path``, opened for writing with mode 0666: the
+    kernel applies the umask, as for any file the user creates."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{writer_tag()}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def atomic_write_text(path, text: str) -> None:

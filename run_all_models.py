@@ -5,13 +5,18 @@ Suites (``--suite``):
 * ``grid`` (the default): :func:`run_baseline_all_models` (the two-stage method with its default
   settings, plus a same-budget control for each: the same stage 1, then stage 2 with
   ``dynamic_mode="none"`` and cross-entropy) followed by :func:`run_tuning_resnets` (the stage-2
-  knobs of :data:`TUNING_GRID` on the ResNets).
+  knobs of :data:`TUNING_GRID` on the ResNets, one knob at a time; ``--tuning product`` runs every
+  combination, 10 times the runs).
 * ``compare``: :data:`COMPARE_METHODS`, the field's methods beside ours on the same data, model,
   schedule and seeds.
 
 Every run is :func:`two_stage_ictta.run_two_stage` with a config built here: a finished run is
 skipped, a killed one resumes from its last epoch, and runs that share a stage 1 train it once
 (they are ordered so that the first of them does). Results go to ``<out>/<profile>/``.
+
+Before the first run the command prints the plan (:func:`format_plan`): the runs, how many finished
+before and will be skipped, the epochs, and the time the rest will take here, estimated from a few
+timed training steps per model (``--no-estimate`` skips them). ``--dry-run`` prints it and exits.
 
 Launchers (``--launcher``; :func:`launch`, through submitit):
 
@@ -44,7 +49,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from data_loader import load_dataset
+from cli import ArgumentParser, unwritable_folder
+from data_loader import DATASETS, DEFAULT_DATASET, find_dataset, load_dataset, make_split
+from estimate import format_duration, run_seconds, time_model
+from model import MODELS
 from results_logger import read_json, write_json
 from two_stage_ictta import (METHODS, RunLock, TwoStageConfig, _pid_alive, config_hash, is_finished, run_name,
                              run_two_stage, stage1_hash, stage1_path, validate_config)
@@ -55,14 +63,15 @@ SCENARIOS = ("long_tail", "head_tail")
 COMPARE_METHODS = ("ce", "focal", "rw", "cb_focal", "drw", "ldam_drw", "logit_adjust",
                    "balanced_softmax", "crt", "tau_norm", "two_stage_ictta")
 
-# Stage-2 knobs of the tuning grid. Profile "full" runs their product; the others vary one knob at
-# a time around the defaults (``tuning="one_at_a_time"``), which is what a 2-core CPU affords.
+# Stage-2 knobs of the tuning grid. By default they vary one knob at a time around the profile's
+# settings (TUNING_MODES[0]: 8 points); "product" runs every combination (80 points, 10x the runs).
 TUNING_GRID = {
     "stage2_lr": (0.003, 0.01, 0.03),
     "weight_range": ((1.0, 4.0), (1.0, 8.0), (1.0, 16.0)),  # (min_weight, max_weight)
     "stage2_focal_gamma": (0.0, 1.5, 3.0),
     "dynamic_mode": ("loss", "val_loss", "val_error"),
 }
+TUNING_MODES = ("one_at_a_time", "product")
 
 # Variants of the two-stage method that test why it trails DRW and logit adjustment: each is the
 # profile's default two-stage run with these settings; exp_name "abl-<name>". They share stage 1
@@ -78,36 +87,37 @@ ABLATIONS = {
     "ce": dict(stage2_loss_type="ce"),  # the loss: CE instead of focal
 }
 
-# A profile: overrides of TwoStageConfig plus what the suites run.
+# A profile: overrides of TwoStageConfig, what the suites run, and (``about``) what --help says of
+# it beside its epochs, which --help reads from ``config``.
 PROFILES = {
-    "smoke": {  # seconds on synthetic data, for tests
+    "smoke": {
+        "about": "on 40 images per class, for tests (seconds)",
         "config": dict(stage1_epochs=1, stage2_epochs=1, imb_factor=0.1, n_max=40, val_per_class=5, stat_per_class=5,
                        batch_size=32, eval_batch_size=256),
-        "tuning": "one_at_a_time", "tuning_limit": 1,
+        "tuning_limit": 1,
         "compare_models": ("resnet10",), "compare_scenarios": (("long_tail", 0.1),),
     },
-    "quick": {  # the whole baseline set in well under an hour on a 2-core CPU
+    "quick": {
+        "about": "n_max 1500 (its grid took 2 h 13 min on a 2-core CPU)",
         "config": dict(stage1_epochs=12, stage2_epochs=8, n_max=1500, eval_every=2),
-        "tuning": "one_at_a_time",
         "compare_models": ("resnet20",), "compare_scenarios": (("long_tail", 0.01),),
     },
-    "full": {  # the seed project's 20 + 20 epochs on all the data
+    "full": {
+        "about": "on all the data: the seed project's budget (the default)",
         "config": dict(),
-        "tuning": "product",
         "compare_models": ("resnet32",), "compare_scenarios": (("long_tail", 0.01), ("head_tail", 0.01)),
     },
-    "reduced": {  # the literature recipe scaled to 20 epochs on ResNet-10: 3 seeds of the comparison
-        # in about 2 h of a 2-core CPU (one thread per seed group)
+    "reduced": {  # the literature recipe scaled to 20 epochs: 3 seeds of the comparison fit a 2-core CPU
+        "about": "ResNet-10 for the compare suite, step decay at 16 and 18",
         "config": dict(stage1_epochs=16, stage2_epochs=4, stage1_lr=0.1, stage2_lr=0.1, schedule="step",
                        lr_milestones=(16, 18), warmup_epochs=1.0, eval_every=4),
-        "tuning": "one_at_a_time",
         "compare_models": ("resnet10",), "compare_scenarios": (("long_tail", 0.01),),
     },
-    "literature": {  # Cao et al. 2019's recipe: ResNet-32, 200 epochs, DRW / stage 2 from epoch 160
+    "literature": {  # Cao et al. 2019's recipe: DRW / stage 2 from epoch 160
+        "about": "Cao et al.'s recipe (200 epochs), ResNet-32 for the compare suite",
         "config": dict(stage1_epochs=160, stage2_epochs=40, stage1_lr=0.1, stage2_lr=0.1, schedule="step",
                        lr_milestones=(160, 180), warmup_epochs=5.0, weight_decay=2e-4, batch_size=128,
                        eval_every=10),
-        "tuning": "one_at_a_time",
         "compare_models": ("resnet32",),
         "compare_scenarios": (("long_tail", 0.01), ("head_tail", 0.01), ("long_tail", 0.02), ("long_tail", 0.1)),
     },
@@ -118,14 +128,35 @@ def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def tuning_points(profile: str) -> list[dict]:
+def profile_settings(profile: str) -> dict:
+    """Every TwoStageConfig default, overridden by the profile's config."""
+    return {**{f.name: f.default for f in dataclasses.fields(TwoStageConfig)}, **PROFILES[profile]["config"]}
+
+
+def profile_help(profile: str) -> str:
+    """``<name>: <stage 1> + <stage 2> epochs, <about>``, the epochs read from the profile's config."""
+    s = profile_settings(profile)
+    return f"{profile}: {s['stage1_epochs']} + {s['stage2_epochs']} epochs, {PROFILES[profile]['about']}"
+
+
+def profile_label(profile: str, dataset: str = DEFAULT_DATASET) -> str:
+    """The name of a profile's runs on a dataset: the profile, plus ``-<dataset>`` for another dataset
+    than CIFAR-10. Runs go to ``OUT/<label>/`` and are tagged ``<suite>-<label>``, so that tables and
+    figures never mix two datasets."""
+    return profile if dataset == DEFAULT_DATASET else f"{profile}-{dataset}"
+
+
+def tuning_points(profile: str, tuning: str = TUNING_MODES[0]) -> list[dict]:
     """Stage-2 settings of the tuning grid for a profile, the baseline point excluded (the
-    baseline run is that point). The baseline is the profile's own config over the dataclass
-    defaults, so a one-at-a-time point differs from the baseline in its one knob only."""
-    defaults = {**{f.name: f.default for f in dataclasses.fields(TwoStageConfig)}, **PROFILES[profile]["config"]}
-    base = {"stage2_lr": defaults["stage2_lr"], "weight_range": (defaults["min_weight"], defaults["max_weight"]),
-            "stage2_focal_gamma": defaults["stage2_focal_gamma"], "dynamic_mode": defaults["dynamic_mode"]}
-    if PROFILES[profile]["tuning"] == "product":
+    baseline run is that point): one knob at a time around the profile's settings (the default),
+    or the product of every knob's values (``tuning="product"``). The baseline is the profile's own
+    config over the dataclass defaults, so a one-at-a-time point differs from it in one knob only."""
+    if tuning not in TUNING_MODES:
+        raise ValueError(f"tuning={tuning!r}; valid: {', '.join(TUNING_MODES)}")
+    s = profile_settings(profile)
+    base = {"stage2_lr": s["stage2_lr"], "weight_range": (s["min_weight"], s["max_weight"]),
+            "stage2_focal_gamma": s["stage2_focal_gamma"], "dynamic_mode": s["dynamic_mode"]}
+    if tuning == "product":
         points = [dict(zip(TUNING_GRID, values)) for values in itertools.product(*TUNING_GRID.values())]
     else:
         points = [{**base, knob: v} for knob, values in TUNING_GRID.items() for v in values]
@@ -147,7 +178,8 @@ def _tuning_settings(point: dict) -> dict:
 def _config(profile: str, suite: str, model: str, scenario: str, seed: int, common: dict, **settings):
     overrides = {**PROFILES[profile]["config"], **common, **settings}
     overrides.setdefault("quiet", True)
-    return TwoStageConfig(model, scenario, seed=seed, tag=f"{suite}-{profile}", **overrides)
+    label = profile_label(profile, overrides.get("dataset", DEFAULT_DATASET))
+    return TwoStageConfig(model, scenario, seed=seed, tag=f"{suite}-{label}", **overrides)
 
 
 def plan_baseline(profile="full", models=BASELINE_MODELS, scenarios=SCENARIOS, seeds=(0,), **common):
@@ -158,9 +190,12 @@ def plan_baseline(profile="full", models=BASELINE_MODELS, scenarios=SCENARIOS, s
                 dynamic_mode="none", stage2_loss_type="ce"))]
 
 
-def plan_tuning(profile="full", models=TUNING_MODELS, scenarios=SCENARIOS, seeds=(0,), **common):
+def plan_tuning(profile="full", models=TUNING_MODELS, scenarios=SCENARIOS, seeds=(0,), tuning=TUNING_MODES[0],
+                **common):
+    """The tuning points (:func:`tuning_points`) on every model, scenario and seed."""
+    points = tuning_points(profile, tuning)
     return [_config(profile, "tuning", model, scenario, seed, common, **_tuning_settings(point))
-            for seed in seeds for model in models for scenario in scenarios for point in tuning_points(profile)]
+            for seed in seeds for model in models for scenario in scenarios for point in points]
 
 
 def plan_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), methods=COMPARE_METHODS,
@@ -201,12 +236,110 @@ def describe(cfg: TwoStageConfig) -> str:
     return f"{cfg.tag} {cfg.exp_name or cfg.method} {cfg.model_name}/{cfg.imbalance_type}@{cfg.imb_factor:g} seed{cfg.seed}"
 
 
-def check_plan(configs: list[TwoStageConfig]) -> None:
-    """Raise ``ValueError`` for the first invalid config or missing dataset, before any work starts."""
+def check_plan(configs: list[TwoStageConfig], fetch: bool = True) -> dict:
+    """Raise ``ValueError`` for the first invalid config or missing dataset, before any work starts;
+    return the dataset of each (data_root, dataset) pair (downloaded where allowed, see
+    ``data_loader.load_dataset``).
+    With ``fetch=False`` nothing is downloaded and a missing dataset is None, not an error."""
     for cfg in configs:
         validate_config(cfg)  # a typo fails here, before hours of work, not at run 57
-    for root in {cfg.data_root for cfg in configs}:
-        load_dataset(root)  # so does missing data (a DataError, which is a ValueError); also fills the cache
+    sources = {(c.data_root, c.dataset, c.download) for c in configs}
+    if not fetch:
+        return {(root, name): find_dataset(root, name, write_cache=False) for root, name, _ in sources}
+    # so does missing data (a DataError, a ValueError); this also fills the decoded-image cache
+    return {(root, name): load_dataset(root, download, name) for root, name, download in sources}
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan: how many runs, how many finished, how long the rest will take here
+
+ESTIMATE_STEPS = 3  # timed training steps per model setting: seconds of the user's time
+STEP_UNITS = {"step_s": 1.0, "eval_image_s": 0.0}  # without timings, a run's work counts in steps
+
+
+def plan_work(configs: list[TwoStageConfig], datasets: dict) -> list[dict]:
+    """Each run of ``configs``, in the order given (the order they run in): ``finished`` (a rerun
+    skips it); ``trains_stage1`` (no earlier unfinished run of the plan and no checkpoint on disk
+    provides its stage 1); ``sizes`` (its train, val, test, stat image counts, None without data);
+    and ``steps``, its training steps."""
+    provided, work = set(), []
+    for cfg in configs:
+        finished = is_finished(cfg, read_json(Path(cfg.log_dir) / f"{run_name(cfg)}.json"))
+        shared = _shares_stage1(cfg) and (stage1_path(cfg) in provided or stage1_path(cfg).exists())
+        if not finished and _shares_stage1(cfg):
+            provided.add(stage1_path(cfg))
+        data = datasets.get((cfg.data_root, cfg.dataset))
+        sizes = _split_sizes(cfg, data) if data is not None else None
+        trains_stage1 = not finished and cfg.stage1_epochs > 0 and not shared
+        work.append({"cfg": cfg, "finished": finished, "trains_stage1": trains_stage1, "sizes": sizes,
+                     "steps": sizes and run_seconds(cfg, sizes, STEP_UNITS, trains_stage1)})
+    return work
+
+
+def _split_sizes(cfg: TwoStageConfig, data) -> dict:
+    """Image counts of ``cfg``'s splits; they do not depend on the seed."""
+    split = make_split(data.train_y, cfg.imbalance_type, cfg.imb_factor, n_max=cfg.n_max,
+                       val_per_class=cfg.val_per_class, stat_per_class=cfg.stat_per_class)
+    return {"train": len(split.train_idx), "val": len(split.val_idx), "stat": len(split.stat_idx),
+            "test": len(data.test_y)}
+
+
+def estimate_work(work: list[dict], datasets: dict, steps: int = ESTIMATE_STEPS) -> dict:
+    """Time ``steps`` training steps of each model setting of the unfinished runs (:func:`estimate.time_model`)
+    and set each one's ``seconds``; return the timings by model setting."""
+    timings = {}
+    for w in work:
+        cfg, data = w["cfg"], datasets.get((w["cfg"].data_root, w["cfg"].dataset))
+        if w["finished"] or data is None:
+            continue
+        key = (cfg.model_name, cfg.batch_size, cfg.eval_batch_size, cfg.device, cfg.precision, cfg.channels_last,
+               cfg.threads, data.num_classes)
+        if key not in timings:
+            timings[key] = time_model(cfg, data.num_classes, data.train_x.shape[1:3], steps)
+        w["seconds"] = run_seconds(cfg, w["sizes"], timings[key], w["trains_stage1"])
+    return timings
+
+
+def format_plan(work: list[dict], parts: list[tuple[str, list]], timings: dict | None = None) -> str:
+    """The plan in a few lines: runs per part, epochs, finished and to run, stage-1 trainings, and
+    the estimated time of what is left when it was timed."""
+    todo = [w for w in work if not w["finished"]]
+    epochs = sorted({f"{w['cfg'].stage1_epochs} + {w['cfg'].stage2_epochs}" for w in work})
+    lines = [f"plan: {len(work)} runs ({', '.join(f'{name} {len(cfgs)}' for name, cfgs in parts)}), "
+             f"{' or '.join(epochs)} epochs each",
+             f"  {len(work) - len(todo)} finished before (skipped), {len(todo)} to run, training "
+             f"{sum(w['trains_stage1'] for w in todo)} stage 1s (the others share one)"]
+    missing = sorted({str(w["cfg"].data_root or "the default data folder") for w in todo if w["sizes"] is None})
+    if missing:
+        lines.append(f"  no data yet in {', '.join(missing)}: no time estimate")
+    elif todo and timings:
+        seconds = sum(w["seconds"] for w in todo)
+        per_model = ", ".join(f"{k[0]} {t['step_s']:.2f} s" for k, t in timings.items())
+        lines.append(f"  estimated time here, one run after another: {format_duration(seconds)} "
+                     f"(from {ESTIMATE_STEPS} timed steps per model: {per_model} per step of "
+                     f"{'/'.join(sorted({str(k[1]) for k in timings}))} images)")
+    return "\n".join(lines)
+
+
+class GridProgress:
+    """One bar over a whole plan, with its ETA: each run counts as its estimated seconds (or, not
+    timed, its training steps), so the bar moves with the work done, not the number of runs."""
+
+    def __init__(self, work: list[dict], quiet: bool = False):
+        self.cost = {_run_key(w["cfg"]): w.get("seconds", w["steps"]) or 0.0 for w in work if not w["finished"]}
+        self.runs, self.done = len(work), 0
+        self.bar = tqdm(total=sum(self.cost.values()) or 1.0, desc="grid", disable=quiet, dynamic_ncols=True,
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}")
+
+    def start(self, cfg: TwoStageConfig) -> None:
+        self.bar.set_postfix_str(f"run {self.done + 1}/{self.runs}: {describe(cfg)}")
+
+    def finish(self, cfg: TwoStageConfig) -> None:
+        self.done += 1
+        self.bar.update(self.cost.pop(_run_key(cfg), 0.0))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _run_one(cfg: TwoStageConfig, quiet: bool = False, passthrough=()) -> dict:
@@ -243,19 +376,24 @@ def _add_outcome(report: dict, o: dict) -> None:
             report["resumed"].append(f"{o['run']} (from stage {stage} epoch {epoch})")
 
 
-def run_grid(configs: list[TwoStageConfig], quiet: bool = False, report_path: str | Path | None = None) -> dict:
+def run_grid(configs: list[TwoStageConfig], quiet: bool = False, report_path: str | Path | None = None,
+             progress: GridProgress | None = None) -> dict:
     """Run every config in turn (inline), never stopping at a failure; return and write a report
-    of the runs done, skipped (finished before), resumed and failed, with the reasons."""
-    check_plan(configs)
+    of the runs done, skipped (finished before), resumed and failed, with the reasons. ``progress``
+    is a bar over a larger plan that these runs are part of; without it they get their own."""
+    datasets = check_plan(configs)
     configs = order_for_sharing(configs)
+    bar = progress or GridProgress(plan_work(configs, datasets), quiet)
     report = _new_report()
-    bar = tqdm(configs, desc="grid", unit="run", disable=quiet, dynamic_ncols=True)
-    for cfg in bar:
-        bar.set_postfix_str(describe(cfg))
+    for cfg in configs:
+        bar.start(cfg)
         o = _run_one(cfg, quiet)
+        bar.finish(cfg)
         if o["status"] == "failed":
             tqdm.write(f"FAILED {o['run']}: {o['error']}")
         _add_outcome(report, o)
+    if progress is None:
+        bar.close()
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     if report_path is not None:
         write_json(report_path, report)
@@ -279,30 +417,32 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _out_dir(out, profile) -> str:
-    return str(Path(out) / profile)
+def _out_dir(out, profile, dataset: str = DEFAULT_DATASET) -> str:
+    return str(Path(out) / profile_label(profile, dataset))
 
 
 def run_baseline_all_models(profile="full", models=BASELINE_MODELS, scenarios=SCENARIOS, seeds=(0,),
                             out="results", quiet=False, **common) -> dict:
     """Every baseline model on every scenario: two-stage method + same-budget control."""
-    configs = plan_baseline(profile, models, scenarios, seeds, log_dir=_out_dir(out, profile), **common)
-    return run_grid(configs, quiet, Path(_out_dir(out, profile)) / "report_baseline.json")
+    out_dir = Path(_out_dir(out, profile, common.get("dataset", DEFAULT_DATASET)))
+    configs = plan_baseline(profile, models, scenarios, seeds, log_dir=str(out_dir), **common)
+    return run_grid(configs, quiet, out_dir / "report_baseline.json")
 
 
 def run_tuning_resnets(profile="full", models=TUNING_MODELS, scenarios=SCENARIOS, seeds=(0,),
-                       out="results", quiet=False, **common) -> dict:
+                       tuning=TUNING_MODES[0], out="results", quiet=False, **common) -> dict:
     """The stage-2 tuning grid on the ResNets (stage 1 shared with the baseline runs)."""
-    configs = plan_tuning(profile, models, scenarios, seeds, log_dir=_out_dir(out, profile), **common)
-    return run_grid(configs, quiet, Path(_out_dir(out, profile)) / "report_tuning.json")
+    out_dir = Path(_out_dir(out, profile, common.get("dataset", DEFAULT_DATASET)))
+    configs = plan_tuning(profile, models, scenarios, seeds, tuning, log_dir=str(out_dir), **common)
+    return run_grid(configs, quiet, out_dir / "report_tuning.json")
 
 
 def run_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), methods=COMPARE_METHODS,
                 imb_factors=None, out="results", quiet=False, **common) -> dict:
     """The field's methods and ours, same data, model, schedule and seeds."""
-    configs = plan_compare(profile, models, scenarios, seeds, methods, imb_factors,
-                           log_dir=_out_dir(out, profile), **common)
-    return run_grid(configs, quiet, Path(_out_dir(out, profile)) / "report_compare.json")
+    out_dir = Path(_out_dir(out, profile, common.get("dataset", DEFAULT_DATASET)))
+    configs = plan_compare(profile, models, scenarios, seeds, methods, imb_factors, log_dir=str(out_dir), **common)
+    return run_grid(configs, quiet, out_dir / "report_compare.json")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -785,19 +925,32 @@ def launch(configs: list[TwoStageConfig], lc: LaunchConfig, jobs_dir: str | Path
 # Command line
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       allow_abbrev=False)
     p.add_argument("--suite", choices=("grid", "compare", "ablation"), default="grid",
                    help="grid: baseline + control + tuning (default); compare: the methods side by side; "
                         "ablation: the two-stage variants of ABLATIONS (why it trails DRW)")
     p.add_argument("--profile", choices=tuple(PROFILES), default="full",
-                   help="settings: smoke (seconds), quick (< 1 h CPU), full (20+20 epochs), "
-                        "reduced (30-epoch literature recipe), literature (200 epochs)")
-    p.add_argument("--models", nargs="+", help="models (default: the suite's)")
+                   help="; ".join(profile_help(name) for name in PROFILES))
+    p.add_argument("--tuning", choices=TUNING_MODES, default=TUNING_MODES[0],
+                   help=f"grid suite's stage-2 tuning: one knob at a time ({len(tuning_points('full'))} points per "
+                        f"model and scenario, the default) or the product of the knobs' values "
+                        f"({len(tuning_points('full', 'product'))} points)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan and exit 0, writing nothing and downloading nothing")
+    p.add_argument("--no-estimate", action="store_true",
+                   help=f"skip the time estimate ({ESTIMATE_STEPS} timed training steps per model before the first run)")
+    p.add_argument("--models", nargs="+", choices=tuple(MODELS), metavar="MODEL",
+                   help=f"models, of {', '.join(MODELS)} (default: the suite's)")
     p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, help="scenarios (default: both)")
     p.add_argument("--methods", nargs="+", choices=tuple(METHODS), help="compare suite: methods (default: all)")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 for grid, 0 1 2 for compare)")
-    p.add_argument("--data-root", help="dataset folder (default: $CIFAR10_ROOT, else data/cifar10)")
+    p.add_argument("--dataset", choices=tuple(DATASETS), default=DEFAULT_DATASET,
+                   help="dataset; runs of another than cifar10 go to OUT/PROFILE-DATASET/ (default: %(default)s)")
+    p.add_argument("--data-root", help="dataset folder (default: $CIFAR10_ROOT, else data/cifar10; for cifar100 "
+                                       "$CIFAR100_ROOT, else data/cifar100)")
+    p.add_argument("--download", action="store_true",
+                   help="download the dataset into --data-root if it is not there (data/cifar10 needs no flag)")
     p.add_argument("--out", default="results", help="results folder; runs go to OUT/PROFILE/")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("bf16", "fp32"), help="override the precision (default: bf16)")
@@ -860,7 +1013,7 @@ def _check_launcher_flags(parser: argparse.ArgumentParser, args) -> None:
 
 def plan_parts(args, common: dict) -> list[tuple[str, list[TwoStageConfig]]]:
     """The CLI's plan, as (report name, configs) parts in the order the inline launcher runs them."""
-    out = _out_dir(args.out, args.profile)
+    out = _out_dir(args.out, args.profile, args.dataset)
     scenarios = tuple(args.scenarios) if args.scenarios else None
     if args.suite == "ablation":
         return [("ablation", plan_ablation(args.profile, args.models, scenarios, tuple(args.seeds or (0, 1, 2)),
@@ -875,10 +1028,21 @@ def plan_parts(args, common: dict) -> list[tuple[str, list[TwoStageConfig]]]:
         extra = {} if imb is None else {"imb_factor": imb}
         parts += [("baseline", plan_baseline(args.profile, tuple(args.models or BASELINE_MODELS), scenarios, seeds,
                                              log_dir=out, **common, **extra)),
-                  ("tuning", plan_tuning(args.profile, tuple(m for m in (args.models or TUNING_MODELS)
-                                                             if m.startswith("resnet")), scenarios, seeds,
-                                         log_dir=out, **common, **extra))]
+                  (f"tuning ({args.tuning})",
+                   plan_tuning(args.profile, tuple(m for m in (args.models or TUNING_MODELS) if m.startswith("resnet")),
+                               scenarios, seeds, args.tuning, log_dir=out, **common, **extra))]
     return parts
+
+
+def show_plan(parts: list[tuple[str, list]], args) -> list[dict]:
+    """Print the plan (:func:`format_plan`), timed unless ``--no-estimate``, ``--launcher slurm`` or
+    nothing is left to run; return its work list. A dry run downloads nothing."""
+    datasets = check_plan([c for _, cfgs in parts for c in cfgs], fetch=not args.dry_run)
+    work = plan_work([c for _, cfgs in parts for c in order_for_sharing(cfgs)], datasets)
+    timed = not args.no_estimate and args.launcher != "slurm" and not all(w["finished"] for w in work)
+    timings = estimate_work(work, datasets) if timed else None
+    print(format_plan(work, parts, timings), flush=True)
+    return work
 
 
 def main(argv=None) -> int:
@@ -890,7 +1054,7 @@ def main(argv=None) -> int:
         args.data_root = args.data_root and str(Path(args.data_root).resolve())
     gpus = visible_gpus(args.device) if args.launcher == "local" else ()
     jobs = args.jobs or (max(1, len(gpus)) if args.launcher == "local" else None)
-    common = {"device": args.device, "data_root": args.data_root}
+    common = {"device": args.device, "data_root": args.data_root, "download": args.download, "dataset": args.dataset}
     if args.threads is None and args.launcher == "local":
         args.threads = max(1, cpu_count() // jobs)  # the jobs share the cores fairly
     for key in ("precision", "threads"):
@@ -900,14 +1064,23 @@ def main(argv=None) -> int:
         common.update(compile=True, compile_mode=args.compile)
     if args.accept_code_change:
         common["accept_code_change"] = True
-    out = Path(_out_dir(args.out, args.profile))
+    out = Path(_out_dir(args.out, args.profile, args.dataset))
+    why_not = unwritable_folder(out)
+    if why_not and not args.status:
+        parser.error(f"--out {args.out}: {why_not}; give a folder you can write to")
     try:
         parts = plan_parts(args, common)
         if args.status:
             print(format_status(grid_status([c for _, cfgs in parts for c in cfgs], out / "jobs")))
             return 0
+        work = show_plan(parts, args)
+        if args.dry_run:
+            return 0
         if args.launcher == "inline":
-            reports = [run_grid(cfgs, args.quiet, out / f"report_{name}.json") for name, cfgs in parts]
+            progress = GridProgress(work, args.quiet)
+            reports = [run_grid(cfgs, args.quiet, out / f"report_{name.split()[0]}.json", progress)
+                       for name, cfgs in parts]
+            progress.close()
         else:
             extra = dict(item.split("=", 1) if "=" in item else (item, True) for item in args.slurm_extra or ())
             lc = LaunchConfig(args.launcher, jobs=jobs, retries=1 if args.retries is None else args.retries, gpus=gpus,

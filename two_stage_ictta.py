@@ -15,7 +15,9 @@ trained once per ``log_dir`` and its checkpoint reused (``stage1_id`` in every r
 ``run_two_stage_ictta_on_scenario(model_name, imbalance_type, **settings)`` runs one configuration
 (:class:`TwoStageConfig` lists every setting with its default) and returns a dict of results. It
 writes, in ``log_dir``: ``results_<exp>_<model>_<scenario>_imb<f>_seed<s>.csv`` (one row per epoch
-and split) and ``.json`` beside it (the config, the git commit, the status and the results). It
+and split), ``.json`` beside it (the config, the git commit, the status and the results) and, once
+finished, ``.model.pt`` (the final weights and what rebuilds and evaluates them, see
+:mod:`saved_model`). It
 checkpoints every epoch and resumes from the last finished epoch when rerun; a finished run is
 returned from its JSON without retraining.
 """
@@ -42,6 +44,7 @@ from tqdm.auto import tqdm
 
 import data_loader
 import losses
+import saved_model
 from model import MODELS, NORMED_INITS, get_model
 from results_logger import (RunLogger, atomic_torch_save, git_commit, read_json, summarize_rows,
                             write_json)
@@ -111,76 +114,98 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 # ----------------------------------------------------------------------------------------------
 # Config
 
-def opt(default, help: str):
-    """A config field with its ``--help`` text."""
-    return field(default=default, metadata={"help": help})
+# The groups of main.py's --help; every field names its group next to it (``opt``).
+CONFIG_GROUPS = {"seed": "the seed project's settings", "method": "method", "schedule": "schedule",
+                 "data": "data", "runtime": "runtime"}
+REQUIRED = dataclasses.MISSING
+
+
+def opt(default, help: str, group: str, choices: tuple | None = None):
+    """A config field with its ``--help`` text and group; ``choices``, for a name, are the keys of
+    the registry it is looked up in (``--help`` lists them, argparse enforces them)."""
+    if group not in CONFIG_GROUPS:
+        raise ValueError(f"group={group!r}; valid: {', '.join(CONFIG_GROUPS)}")
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
 
 
 @dataclass
 class TwoStageConfig:
-    """Every setting of one run. The first 17 are the seed project's names and defaults."""
-    model_name: str = field(metadata={"help": f"model: {', '.join(MODELS)}"})
-    imbalance_type: str = field(metadata={"help": "scenario: long_tail or head_tail"})
-    stage1_epochs: int = opt(20, "epochs of stage 1 (cross-entropy from scratch for decoupled methods)")
-    stage2_epochs: int = opt(20, "epochs of stage 2 (fine-tuning from stage 1)")
-    imb_factor: float = opt(0.01, "smallest / largest class count, in (0, 1]")
-    batch_size: int = opt(128, "training images per step")
-    log_dir: str = opt(".", "folder for the CSV, JSON, checkpoints and the shared stage-1 cache")
-    stage1_lr: float = opt(0.1, "stage-1 learning rate (SGD, per batch of batch_size)")
-    stage2_lr: float = opt(0.01, "stage-2 learning rate")
-    min_weight: float = opt(1.0, "smallest dynamic class weight (> 0)")
-    max_weight: float = opt(8.0, "largest dynamic class weight (>= min_weight)")
-    ema_alpha: float = opt(0.8, "EMA of the per-class statistic: s = a*s_prev + (1-a)*x, a in [0, 1)")
-    stage2_loss_type: str = opt("focal", "stage-2 loss of two_stage_ictta: focal or ce")
-    stage2_focal_gamma: float = opt(1.5, "focal gamma of two_stage_ictta's stage 2, in [0, 5]")
-    dynamic_mode: str = opt("loss", "per-class statistic: loss, val_loss, val_error, none (uniform)")
-    exp_name: str | None = opt(None, "file-name prefix of the run (default: the method's name)")
+    """Every setting of one run. The first 17 are the seed project's names and defaults, but for
+    ``log_dir``: "results", where the seed wrote into the current folder."""
+    model_name: str = opt(REQUIRED, "model", "seed", tuple(MODELS))
+    imbalance_type: str = opt(REQUIRED, "scenario", "seed", data_loader.IMBALANCE_TYPES)
+    stage1_epochs: int = opt(20, "epochs of stage 1 (cross-entropy from scratch for decoupled methods)", "seed")
+    stage2_epochs: int = opt(20, "epochs of stage 2 (fine-tuning from stage 1)", "seed")
+    imb_factor: float = opt(0.01, "smallest / largest class count, in (0, 1]", "seed")
+    batch_size: int = opt(128, "training images per step", "seed")
+    log_dir: str = opt("results", "folder for the CSV, JSON, model, checkpoints and the shared stage-1 cache",
+                       "runtime")
+    stage1_lr: float = opt(0.1, "stage-1 learning rate (SGD, per batch of batch_size)", "seed")
+    stage2_lr: float = opt(0.01, "stage-2 learning rate", "seed")
+    min_weight: float = opt(1.0, "smallest dynamic class weight (> 0)", "seed")
+    max_weight: float = opt(8.0, "largest dynamic class weight (>= min_weight)", "seed")
+    ema_alpha: float = opt(0.8, "EMA of the per-class statistic: s = a*s_prev + (1-a)*x, a in [0, 1)", "seed")
+    stage2_loss_type: str = opt("focal", "stage-2 loss of two_stage_ictta", "seed", STAGE2_LOSS_TYPES)
+    stage2_focal_gamma: float = opt(1.5, "focal gamma of two_stage_ictta's stage 2, in [0, 5]", "seed")
+    dynamic_mode: str = opt("loss", "per-class statistic of the dynamic weights (none: uniform weights)", "seed",
+                            losses.DYNAMIC_MODES)
+    exp_name: str | None = opt(None, "file-name prefix of the run (default: the method's name)", "seed")
     # --- beyond the seed
-    method: str = opt("two_stage_ictta", f"method: {', '.join(METHODS)}")
-    seed: int = opt(0, "seed of the subset, validation split, init and batch order")
-    device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N")
-    data_root: str | None = opt(None, "dataset folder (default: $CIFAR10_ROOT, else data/cifar10)")
-    val_per_class: int = opt(100, "balanced validation images per class, held out of train first")
+    method: str = opt("two_stage_ictta", "method", "method", tuple(METHODS))
+    seed: int = opt(0, "seed of the subset, validation split, init and batch order", "data")
+    device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N", "runtime")
+    dataset: str = opt(data_loader.DEFAULT_DATASET, "dataset: picks the default data_root and what is downloaded", "data",
+                       tuple(data_loader.DATASETS))
+    data_root: str | None = opt(None, "dataset folder (default: $CIFAR10_ROOT, else data/cifar10; for cifar100 "
+                                      "$CIFAR100_ROOT, else data/cifar100)", "data")
+    download: bool = opt(False, "download the dataset into data_root when it is not there (data/<dataset> "
+                                "downloads without asking)", "data")
+    val_per_class: int = opt(100, "balanced validation images per class, held out of train first", "data")
     stat_per_class: int = opt(50, "balanced images per class held out (after validation) for the "
-                                  "val_loss / val_error statistic; disjoint from train, validation, test")
-    n_max: int | None = opt(None, "images of the largest class (default: all left after validation)")
-    momentum: float = opt(0.9, "SGD momentum")
-    weight_decay: float = opt(2e-4, "SGD weight decay")
-    warmup_epochs: float = opt(1.0, "linear learning-rate warm-up at the start of stage 1, in epochs")
-    schedule: str = opt("cosine", "cosine (each stage decays to 0) or step (x0.01, x0.0001 at lr_milestones)")
-    lr_milestones: tuple = opt((160, 180), "global epochs of the step schedule's two decays")
-    focal_gamma: float = opt(1.0, "gamma of the focal and cb_focal methods, in [0, 5]")
-    cb_beta: float = opt(0.9999, "effective-number beta (cb_focal, drw, ldam_drw), in [0, 1)")
-    ldam_max_margin: float = opt(0.5, "largest LDAM margin")
-    ldam_scale: float = opt(30.0, "LDAM logit scale s")
+                                  "val_loss / val_error statistic; disjoint from train, validation, test", "data")
+    n_max: int | None = opt(None, "images of the largest class (default: all left after validation)", "data")
+    momentum: float = opt(0.9, "SGD momentum", "schedule")
+    weight_decay: float = opt(2e-4, "SGD weight decay", "schedule")
+    warmup_epochs: float = opt(1.0, "linear learning-rate warm-up at the start of stage 1, in epochs", "schedule")
+    schedule: str = opt("cosine", "cosine (each stage decays to 0) or step (x0.01, x0.0001 at lr_milestones)",
+                        "schedule", SCHEDULES)
+    lr_milestones: tuple = opt((160, 180), "global epochs of the step schedule's two decays", "schedule")
+    focal_gamma: float = opt(1.0, "gamma of the focal and cb_focal methods, in [0, 5]", "method")
+    cb_beta: float = opt(0.9999, "effective-number beta (cb_focal, drw, ldam_drw), in [0, 1)", "method")
+    ldam_max_margin: float = opt(0.5, "largest LDAM margin", "method")
+    ldam_scale: float = opt(30.0, "LDAM logit scale s", "method")
     prior_blend: float = opt(0.0, "dynamic weights: share of a count prior (inverse frequency) blended "
-                                  "into the statistic, in [0, 1] (losses.DynamicClassWeights)")
+                                  "into the statistic, in [0, 1] (losses.DynamicClassWeights)", "method")
     stage2_schedule: str = opt("inherit", "stage-2 learning rate: inherit (the run's schedule goes on) or "
-                                          "cosine (restart at stage2_lr, cosine to 0 over stage 2)")
+                                          "cosine (restart at stage2_lr, cosine to 0 over stage 2)", "schedule",
+                               STAGE2_SCHEDULES)
     normed_init: str = opt("unit", "init of LDAM's cosine classifier: unit (rows of norm 1, the "
-                                   "reference) or uniform (raw U(-1, 1) rows, this project's earlier init)")
-    la_tau: float = opt(1.0, "logit-adjustment tau")
-    precision: str = opt("bf16", "bf16 (autocast) or fp32")
-    channels_last: bool = opt(True, "channels-last memory format (faster convolutions)")
-    compile: bool = opt(False, "torch.compile the training forward pass")
-    compile_mode: str = opt("default", "torch.compile mode: default, reduce-overhead (CUDA graphs), "
-                                       "max-autotune-no-cudagraphs")
-    eval_every: int = opt(1, "epochs between evaluations (each stage's last epoch always is)")
-    eval_batch_size: int = opt(512, "images per evaluation batch")
-    threads: int | None = opt(None, "CPU threads (default: torch's, one per core)")
-    quiet: bool = opt(False, "no progress bar")
-    resume: bool = opt(True, "resume from the last checkpoint; return a finished run's results")
-    reuse_stage1: bool = opt(True, "share stage 1 with other runs in log_dir")
+                                   "reference) or uniform (raw U(-1, 1) rows, this project's earlier init)",
+                           "method", NORMED_INITS)
+    la_tau: float = opt(1.0, "logit-adjustment tau", "method")
+    precision: str = opt("bf16", "bf16 (autocast) or fp32", "runtime", PRECISIONS)
+    channels_last: bool = opt(True, "channels-last memory format (faster convolutions)", "runtime")
+    compile: bool = opt(False, "torch.compile the training forward pass", "runtime")
+    compile_mode: str = opt("default", "torch.compile mode (reduce-overhead: CUDA graphs)", "runtime",
+                            COMPILE_MODES)
+    eval_every: int = opt(1, "epochs between evaluations (each stage's last epoch always is)", "runtime")
+    eval_batch_size: int = opt(512, "images per evaluation batch", "runtime")
+    threads: int | None = opt(None, "CPU threads (default: torch's, one per core)", "runtime")
+    quiet: bool = opt(False, "no progress bar", "runtime")
+    resume: bool = opt(True, "resume from the last checkpoint; return a finished run's results", "runtime")
+    reuse_stage1: bool = opt(True, "share stage 1 with other runs in log_dir", "runtime")
     accept_code_change: bool = opt(False, "keep (resume, skip, share) results made by other code; only "
-                                          "for a change shown numerically neutral (README)")
-    tag: str = opt("", "free label copied into every row (the grid writes <suite>-<profile>)")
+                                          "for a change shown numerically neutral (README)", "runtime")
+    tag: str = opt("", "free label copied into every row (the grid writes <suite>-<profile>)", "runtime")
 
 
 SEED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TwoStageConfig)[2:17]}
 # settings that change neither the numbers nor the run's identity
 _NOT_IDENTITY = ("log_dir", "data_root", "quiet", "resume", "reuse_stage1", "threads", "eval_batch_size",
-                 "accept_code_change")
+                 "accept_code_change", "download")
 _NOT_IN_HASH = _NOT_IDENTITY + ("tag",)
+# settings added after results existed: hashed only away from their default, so that the run ids of
+# the runs made before them stay valid
 
 
 def _check(cond: bool, name: str, value, accepted: str) -> None:
@@ -214,6 +239,7 @@ def validate_config(cfg: TwoStageConfig) -> None:
     _check(_is_choice(cfg.imbalance_type, data_loader.IMBALANCE_TYPES), "imbalance_type", cfg.imbalance_type,
            ", ".join(data_loader.IMBALANCE_TYPES))
     _check(_is_choice(cfg.method, METHODS), "method", cfg.method, ", ".join(METHODS))
+    _check(_is_choice(cfg.dataset, data_loader.DATASETS), "dataset", cfg.dataset, ", ".join(data_loader.DATASETS))
     _check(_is_choice(cfg.stage2_loss_type, STAGE2_LOSS_TYPES), "stage2_loss_type", cfg.stage2_loss_type,
            ", ".join(STAGE2_LOSS_TYPES))
     _check(_is_choice(cfg.dynamic_mode, losses.DYNAMIC_MODES), "dynamic_mode", cfg.dynamic_mode,
@@ -267,7 +293,7 @@ def validate_config(cfg: TwoStageConfig) -> None:
     _check(cfg.exp_name is None or (isinstance(cfg.exp_name, str) and cfg.exp_name != ""
                                      and all(c.isalnum() or c in "-_.=" for c in cfg.exp_name)),
            "exp_name", cfg.exp_name, "None or a non-empty name of letters, digits and - _ . =")
-    for name in ("channels_last", "compile", "quiet", "resume", "reuse_stage1", "accept_code_change"):
+    for name in ("channels_last", "compile", "quiet", "resume", "reuse_stage1", "accept_code_change", "download"):
         v = getattr(cfg, name)
         _check(isinstance(v, bool), name, v, "True or False")
     _check(isinstance(cfg.tag, str), "tag", cfg.tag, "a string")
@@ -317,7 +343,7 @@ def stage1_hash(cfg: TwoStageConfig) -> str:
         keys.append("la_tau")
     d = {k: getattr(cfg, k) for k in keys}
     d.update(loss1=m.loss1, weights1=m.weights1, normed=m.normed_classifier,
-             data=str(Path(cfg.data_root or data_loader.default_data_root()).resolve()))
+             data=str(Path(cfg.data_root or data_loader.default_data_root(cfg.dataset)).resolve()))
     # the stage-2 length matters for stage 1 only through a global step schedule's milestones
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -361,8 +387,11 @@ def made_by_other_code(record: dict | None, cfg: TwoStageConfig) -> str | None:
 
 
 def run_name(cfg: TwoStageConfig) -> str:
+    """``results_<exp>_<model>_<scenario>_imb<f>_seed<s>``, with ``_<dataset>`` after the model
+    for a dataset other than CIFAR-10."""
     exp = cfg.exp_name or cfg.method
-    return f"results_{exp}_{cfg.model_name.lower()}_{cfg.imbalance_type}_imb{cfg.imb_factor:g}_seed{cfg.seed}"
+    data = "" if cfg.dataset == data_loader.DEFAULT_DATASET else f"_{cfg.dataset}"
+    return f"results_{exp}_{cfg.model_name.lower()}{data}_{cfg.imbalance_type}_imb{cfg.imb_factor:g}_seed{cfg.seed}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -524,7 +553,7 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
         raise ValueError(f"log_dir={str(log_dir)!r} cannot be written: {e}") from e
     name = run_name(cfg)
     paths = {"csv": log_dir / f"{name}.csv", "config": log_dir / f"{name}.json",
-             "checkpoint": log_dir / f"{name}.ckpt.pt"}
+             "model": log_dir / f"{name}.model.pt", "checkpoint": log_dir / f"{name}.ckpt.pt"}
     run_id = config_hash(cfg)
     previous = read_json(paths["config"])
     if previous is not None and previous.get("run_id") != run_id and paths["csv"].exists():
@@ -539,7 +568,7 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with RunLock(log_dir / f"{name}.lock"):
-        for suffix in ("csv", "json", "ckpt.pt"):  # temporary files of an attempt that was killed
+        for suffix in ("csv", "json", "model.pt", "ckpt.pt"):  # temporary files of an attempt that was killed
             for tmp in log_dir.glob(f".{name}.{suffix}.*.tmp"):
                 tmp.unlink(missing_ok=True)
         _remove_dead_writers_tmp(stage1_path(cfg))  # the shared stage 1 is not ours alone
@@ -566,7 +595,7 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
             "status": "running", "paths": {k: str(v) for k, v in paths.items()},
             "code_fingerprint": code_fingerprint(), "code_fingerprints": [code_fingerprint()]}
 
-    data = data_loader.load_dataset(cfg.data_root)
+    data = data_loader.load_dataset(cfg.data_root, cfg.download, cfg.dataset)
     split = data_loader.make_split(data.train_y, cfg.imbalance_type, cfg.imb_factor, n_max=cfg.n_max,
                                    val_per_class=cfg.val_per_class, stat_per_class=cfg.stat_per_class,
                                    seed=cfg.seed)
@@ -736,6 +765,7 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
                "paths": {k: str(v) for k, v in paths.items() if k != "checkpoint"},
                "resumed_from": resumed_from, "stage1_reused": stage1_reused,
                "seconds": time.perf_counter() - t_run}
+    saved_model.save(paths["model"], model, cfg, data, counts, logger.rows, run_id, code_fingerprint())
     meta.update(status="finished", finished=time.strftime("%Y-%m-%d %H:%M:%S"), results=results)
     logger.flush()
     write_json(paths["config"], meta)

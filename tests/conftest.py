@@ -36,6 +36,34 @@ def make_image_folder(root: Path, classes=SYNTH_CLASSES, n_train=SYNTH_TRAIN, n_
     return root
 
 
+def make_cifar100_folder(parent: Path, n_train: int = 14, n_test: int = 3, num_classes: int = 100, seed: int = 0) -> Path:
+    """Write ``parent/cifar-100-python`` exactly as torchvision extracts CIFAR-100: pickles ``train``
+    and ``test`` (``data``: N x 3072 uint8 rows, red then green then blue planes; ``fine_labels``,
+    ``coarse_labels``, ``filenames``, ``batch_label``) and ``meta`` (``fine_label_names``,
+    ``coarse_label_names``). Each class is a noisy colour with a class-specific bright square."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    folder = parent / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.repeat(np.arange(num_classes), n)
+        img = rng.integers(0, 60, (len(labels), 32, 32, 3)).astype(np.int16)
+        for i, c in enumerate(labels):
+            img[i, ..., c % 3] += 60 + (c * 37) % 100
+            r0 = (c * 7) % 24
+            img[i, r0:r0 + 8, (c * 11) % 24:(c * 11) % 24 + 8] += 70
+        rows = np.clip(img, 0, 255).astype(np.uint8).transpose(0, 3, 1, 2).reshape(len(labels), 3072)
+        with open(folder / split, "wb") as f:
+            pickle.dump({"data": rows, "fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist(),
+                         "filenames": [f"img_{i}.png" for i in range(len(labels))],
+                         "batch_label": f"{split}ing batch 1 of 1"}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"fine_{c}" for c in range(num_classes)],
+                     "coarse_label_names": [f"coarse_{c}" for c in range(num_classes // 5)]}, f)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("synthetic"))

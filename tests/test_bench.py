@@ -62,10 +62,12 @@ def test_quick_run_writes_every_field(synthetic_root, tmp_path, capsys):
 
 def test_full_epoch_default_path(synthetic_root, tmp_path, monkeypatch):
     """Without --max-steps every measurement is one whole epoch, short last batch included, and the
-    JSON goes to benchmarks/bench_<device>_<model>.json beside bench.py."""
+    JSON goes to results/bench/bench_<device>_<model>.json beside bench.py, never over the committed
+    benchmarks/ files."""
     monkeypatch.setattr(bench, "HERE", tmp_path)
     res = bench.run_bench(tiny_config(synthetic_root, tmp_path, max_steps=None, out=None, batch_size=32))
-    assert res["path"] == str(tmp_path / "benchmarks" / "bench_cpu_simplecnn.json")
+    assert res["path"] == str(tmp_path / "results" / "bench" / "bench_cpu_simplecnn.json")
+    assert not (tmp_path / "benchmarks").exists()
     for name in ("a_project", "b_model_step", "c_reference"):
         m = res["results"][name]
         assert m["full_epoch"] and m["steps"] == 4 and m["images"] == 106

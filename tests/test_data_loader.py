@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 import data_loader
-from conftest import make_image_folder
+from conftest import make_cifar100_folder, make_image_folder
 from data_loader import DataError, DeviceBatches, Normalizer, class_counts, load_dataset, make_split
 
 CIFAR10_LT_001 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
@@ -196,6 +197,40 @@ def test_cifar_batches_source(tmp_path):
     assert data.train_y.tolist() == [0, 1, 2] * 5
 
 
+def test_cifar100_folder_source(tmp_path):
+    folder = make_cifar100_folder(tmp_path, n_train=4, n_test=2)
+    data = load_dataset(tmp_path, dataset="cifar100")  # the parent of cifar-100-python works too
+    assert data.num_classes == 100 and data.classes[:2] == ["fine_0", "fine_1"]
+    assert data.train_x.shape == (400, 32, 32, 3) and data.test_x.shape == (200, 32, 32, 3)
+    assert np.bincount(data.train_y).tolist() == [4] * 100  # the fine labels, not the 20 coarse ones
+    with open(folder / "train", "rb") as f:
+        row = pickle.load(f)["data"][37]
+    assert np.array_equal(data.train_x[37, :, :, 1], row[1024:2048].reshape(32, 32))
+    assert load_dataset(folder, dataset="cifar100").train_y.tolist() == data.train_y.tolist()
+    with pytest.raises(DataError, match="holds CIFAR-100 .*--dataset cifar100"):
+        load_dataset(tmp_path)  # the CIFAR-10 default is not silently given 100 classes
+
+
+def test_cifar100_downloads_only_when_asked(tmp_path, monkeypatch):
+    import torchvision
+
+    calls = []
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", lambda root, **kw: calls.append(("100", root)) or 1 / 0)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", lambda root, **kw: calls.append(("10", root)) or 1 / 0)
+    with pytest.raises(DataError, match="CIFAR100_ROOT.*cifar-100-python.*--download"):
+        load_dataset(tmp_path / "c100", dataset="cifar100")
+    assert calls == [] and not (tmp_path / "c100").exists()
+    with pytest.raises(DataError, match="downloading CIFAR-100 failed"):
+        load_dataset(tmp_path / "c100", download=True, dataset="cifar100")
+    assert calls == [("100", str(tmp_path / "c100"))]
+    monkeypatch.setenv("CIFAR100_ROOT", str(tmp_path / "mine"))
+    assert data_loader.default_data_root("cifar100") == tmp_path / "mine"
+    monkeypatch.delenv("CIFAR100_ROOT")
+    assert data_loader.default_data_root("cifar100") == data_loader.DATA_DIR / "cifar100"
+    with pytest.raises(ValueError, match="dataset='cifar1000'; valid: cifar10, cifar100"):
+        load_dataset(tmp_path, dataset="cifar1000")
+
+
 def test_cache_is_used_and_invalidated(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "small", classes=("a", "b"), n_train=3, n_test=2)
     first = load_dataset(root, download=False)
@@ -220,8 +255,49 @@ def test_unrecognised_data_root(tmp_path):
     with pytest.raises(ValueError, match="data_root") as e:
         load_dataset(tmp_path, download=False)
     assert "train/<class>" in str(e.value)  # says how to point the loader at local data
-    with pytest.raises(DataError, match="download=False"):
+    with pytest.raises(DataError, match="--download"):
         load_dataset(tmp_path / "missing", download=False)
+
+
+@pytest.fixture
+def downloads(monkeypatch) -> list:
+    """torchvision's CIFAR-10 download, replaced: it records where it was asked to download and
+    fails as it does offline."""
+    import torchvision
+
+    calls = []
+
+    def offline(root, train=True, download=False, **kw):
+        calls.append(root)
+        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision does before fetching
+        raise RuntimeError("Error downloading cifar-10-python.tar.gz: no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    return calls
+
+
+def test_a_mistyped_data_root_is_never_created_nor_downloaded_into(tmp_path, downloads):
+    typo = tmp_path / "cifra10"
+    with pytest.raises(DataError) as e:
+        load_dataset(typo)
+    assert not typo.exists() and downloads == []
+    msg = str(e.value)
+    assert "--download" in msg and "--data-root" in msg and "cifar-10-batches-py" in msg
+    assert "shared" not in msg  # no path that exists only on the project's machines
+
+
+def test_download_only_when_asked_or_into_the_default_folder(tmp_path, downloads, monkeypatch):
+    target = tmp_path / "new"
+    with pytest.raises(DataError, match="downloading CIFAR-10 failed") as e:
+        load_dataset(target, download=True)
+    assert downloads == [str(target)] and "shared" not in str(e.value)
+    assert not target.exists()  # the folder the failed download created is gone
+    default = tmp_path / "project" / "data" / "cifar10"
+    monkeypatch.setattr(data_loader, "DATA_DIR", default.parent)
+    monkeypatch.delenv("CIFAR10_ROOT", raising=False)
+    with pytest.raises(DataError, match="downloading CIFAR-10 failed"):
+        load_dataset()  # the project's own data folder: no flag needed
+    assert downloads == [str(target), str(default)]
 
 
 def test_image_folder_without_images(tmp_path):

@@ -150,7 +150,9 @@ PARAMS = {
     "method": (one_of(tsi.METHODS), _words(list(tsi.METHODS))),
     "seed": (int_in(0, 2 ** 31 - 1), st.integers(-2 ** 40, 2 ** 40)),
     "device": (device_ok, _devices),
+    "dataset": (one_of(data_loader.DATASETS), _words(list(data_loader.DATASETS))),
     "data_root": (path(optional=True), st.integers()),
+    "download": (is_bool, _ints),
     "val_per_class": (int_in(0), _ints),
     "stat_per_class": (int_in(0), _ints),
     "n_max": (int_in(1, optional=True), _ints),
@@ -282,8 +284,8 @@ _FLOAT_FLAGS = {"imb-factor": (0, True, 1, False), "stage1-lr": (0, True, None, 
 _CHOICE_FLAGS = {"model-name": tuple(MODELS), "imbalance-type": data_loader.IMBALANCE_TYPES,
                  "method": tuple(tsi.METHODS), "stage2-loss-type": tsi.STAGE2_LOSS_TYPES,
                  "dynamic-mode": losses.DYNAMIC_MODES, "schedule": tsi.SCHEDULES, "precision": ("bf16", "fp32"),
-                 "compile-mode": tsi.COMPILE_MODES}
-_BOOL_FLAGS = ("channels-last", "compile", "quiet", "resume", "reuse-stage1")
+                 "compile-mode": tsi.COMPILE_MODES, "dataset": tuple(data_loader.DATASETS)}
+_BOOL_FLAGS = ("channels-last", "compile", "quiet", "resume", "reuse-stage1", "download")
 
 
 @st.composite

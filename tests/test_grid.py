@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import run_all_models as grid
 from two_stage_ictta import stage1_hash
@@ -35,16 +36,42 @@ def test_baseline_plan_pairs_every_run_with_its_control():
             assert stage1_hash(control) == stage1_hash(cfg)  # the control shares stage 1
 
 
-def test_tuning_grid_is_one_knob_at_a_time_in_quick_and_a_product_in_full():
-    quick = grid.tuning_points("quick")
-    assert len(quick) == sum(len(v) - 1 for v in grid.TUNING_GRID.values())  # each knob's non-default values
-    full = grid.tuning_points("full")
-    n_product = 1
-    for values in grid.TUNING_GRID.values():
-        n_product *= len(values)
-    assert len(full) == n_product - 1  # all but the default point, which is the baseline run
-    names = {grid._tuning_settings(p)["exp_name"] for p in full}
-    assert len(names) == len(full)  # every point writes its own files
+@pytest.mark.parametrize("profile", sorted(grid.PROFILES))
+def test_tuning_is_one_knob_at_a_time_unless_the_product_is_asked_for(profile):
+    n_one = sum(len(v) for v in grid.TUNING_GRID.values())  # at most each knob's values, one at a time
+    assert 1 <= len(grid.tuning_points(profile)) <= n_one < len(grid.tuning_points("full", "product"))
+    if profile == "full":
+        product = grid.tuning_points(profile, "product")
+        n_product = 1
+        for values in grid.TUNING_GRID.values():
+            n_product *= len(values)
+        assert len(product) == n_product - 1  # all but the default point, which is the baseline run
+        names = {grid._tuning_settings(p)["exp_name"] for p in product}
+        assert len(names) == len(product)  # every point writes its own files
+    with pytest.raises(ValueError, match="tuning="):
+        grid.tuning_points(profile, "grid")
+
+
+def test_the_main_job_is_64_runs_and_the_product_says_its_size_first():
+    args = grid.build_parser().parse_args([])
+    assert (args.profile, args.tuning) == ("full", "one_at_a_time")
+    parts = grid.plan_parts(args, {})
+    text = grid.format_plan(grid.plan_work([c for _, cfgs in parts for c in cfgs], {}), parts)
+    assert text.startswith("plan: 64 runs (baseline 16, tuning (one_at_a_time) 48), 20 + 20 epochs each")
+    parts = grid.plan_parts(grid.build_parser().parse_args(["--tuning", "product"]), {})
+    text = grid.format_plan(grid.plan_work([c for _, cfgs in parts for c in cfgs], {}), parts)
+    assert text.startswith("plan: 496 runs (baseline 16, tuning (product) 480)")
+
+
+def test_profile_help_states_the_real_budgets(capsys):
+    with pytest.raises(SystemExit):
+        grid.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for budget in ("smoke: 1 + 1 epochs", "quick: 12 + 8 epochs, n_max 1500 (its grid took 2 h 13 min",
+                   "full: 20 + 20 epochs, on all the data", "reduced: 16 + 4 epochs, ResNet-10",
+                   "literature: 160 + 40 epochs, Cao et al.'s recipe (200 epochs), ResNet-32"):
+        assert budget in text
+    assert "30-epoch" not in text and "< 1 h" not in text
 
 
 def test_every_tuning_point_shares_the_baseline_stage1():
@@ -93,6 +120,37 @@ def test_smoke_grid_runs_end_to_end_and_skips_on_rerun(synthetic_root, tmp_path)
     assert again.returncode == 0 and "3 skipped" in again.stdout
     for name, df in read_results(out).items():
         pd.testing.assert_frame_equal(df, files[name])
+
+
+def test_plan_progress_dry_run_and_estimate(synthetic_root, tmp_path, capsys, monkeypatch):
+    """The plan comes before the first run, with its timed estimate; one bar runs over the whole grid;
+    a dry run prints the plan, writes nothing and times nothing once everything is finished."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root, data, ignore=shutil.ignore_patterns(".*"))  # no decoded cache yet
+    before = sorted(p.name for p in data.rglob("*"))
+    argv = _grid_cmd(data, tmp_path / "out")[2:-1]  # in-process, progress bars on
+    assert grid.main(argv + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("plan: 3 runs (baseline 2, tuning (one_at_a_time) 1), 1 + 1 epochs each\n"
+                          "  0 finished before (skipped), 3 to run, training 1 stage 1s")
+    assert "estimated time here, one run after another: " in out and "resnet10" in out
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in data.rglob("*")) == before
+
+    assert grid.main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.index("plan: 3 runs") < captured.out.index("3 done")
+    bar = captured.err.replace("\r", "\n")
+    assert "grid 100%" in bar and "run 3/3: tuning-smoke" in bar and "<00:00]" in bar
+    assert bar.count("grid   0%") >= 1 and "run 1/3" in bar  # one bar for both parts
+
+    monkeypatch.setattr(grid, "time_model", lambda *a, **k: pytest.fail("timed with nothing to run"))
+    assert grid.main(argv + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "3 finished before (skipped), 0 to run" in out and "estimated" not in out
+    assert grid.main(argv + ["--dry-run", "--seeds", "1", "--no-estimate"]) == 0
+    assert "3 to run" in capsys.readouterr().out
 
 
 def test_grid_killed_with_sigkill_then_rerun_equals_uninterrupted(synthetic_root, tmp_path):
@@ -148,12 +206,22 @@ def test_grid_cli_rejects_bad_input_with_usage_error(tmp_path):
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.csv"))
 
 
+def test_out_that_is_a_file_is_one_line_before_any_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(grid, "check_plan", lambda configs: pytest.fail("the plan was checked: too late"))
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("notes")
+    with pytest.raises(SystemExit) as e:
+        grid.main(["--profile", "smoke", "--out", str(blocker)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert f"--out {blocker}: {blocker} is a file, not a folder" in err
+    assert blocker.read_text() == "notes"
+
+
 @pytest.mark.parametrize("profile", sorted(grid.PROFILES))
 def test_each_tuning_point_differs_from_its_baseline_in_one_knob(profile):
     """The baseline of a one-at-a-time grid is the profile's config, so each point moves exactly
     the knob it names (weight_range moves min_weight and max_weight together)."""
-    if grid.PROFILES[profile]["tuning"] != "one_at_a_time":
-        pytest.skip("a product grid moves several knobs by design")
     knobs = {"stage2_lr": ("stage2_lr",), "weight_range": ("min_weight", "max_weight"),
              "stage2_focal_gamma": ("stage2_focal_gamma",), "dynamic_mode": ("dynamic_mode",)}
     base = dataclasses.asdict(grid.plan_baseline(profile, models=("resnet10",), scenarios=("long_tail",))[0])
@@ -179,3 +247,48 @@ def test_ablation_variants_share_the_compare_suites_stage1():
                                                   imb_factor=cfg.imb_factor))
         moved = {k for k, v in dataclasses.asdict(cfg).items() if v != default[k] and k != "exp_name"}
         assert moved == set(grid.ABLATIONS[cfg.exp_name[len("abl-"):]]), (cfg.exp_name, moved)
+
+
+@pytest.fixture(scope="module")
+def cifar100_results(tmp_path_factory):
+    """The compare suite (every method, long_tail) and the baseline suite (head_tail) of the smoke
+    profile on a synthetic CIFAR-100 in torchvision's format: 100 classes of 10 ... 1 training images."""
+    from conftest import make_cifar100_folder
+
+    tmp = tmp_path_factory.mktemp("c100")
+    make_cifar100_folder(tmp / "data", n_train=11, n_test=1)
+    small = dict(data_root=str(tmp / "data"), dataset="cifar100", device="cpu", n_max=10, val_per_class=1,
+                 stat_per_class=0, batch_size=128, threads=1)  # one thread: far faster on a busy machine
+    threads = torch.get_num_threads()
+    compare = grid.run_compare("smoke", seeds=(0,), out=str(tmp / "out"), quiet=True, **small)
+    baseline = grid.run_baseline_all_models("smoke", models=("resnet10",), scenarios=("head_tail",),
+                                            out=str(tmp / "out"), quiet=True, **small)
+    torch.set_num_threads(threads)  # a run sets the process's threads; the other tests keep theirs
+    return tmp, compare, baseline
+
+
+def test_cifar100_every_method_and_scenario(cifar100_results):
+    tmp, compare, baseline = cifar100_results
+    assert compare["failed"] == [] and baseline["failed"] == []
+    assert len(compare["done"]) == len(grid.COMPARE_METHODS) and len(baseline["done"]) == 2
+    out = tmp / "out" / "smoke-cifar100"  # never mixed with CIFAR-10 runs of the profile
+    files = read_results(out)
+    assert len(files) == len(grid.COMPARE_METHODS) + 2
+    for name, df in files.items():
+        assert "_cifar100_" in name and (df["dataset"] == "cifar100").all()
+        assert {f"f1_{c}" for c in (0, 99)} <= set(df.columns) and "f1_100" not in df.columns
+        assert df["tag"].str.endswith("-smoke-cifar100").all()
+
+
+def test_cifar100_summary_and_figures(cifar100_results, tmp_path):
+    import plots
+    import summary_tuning
+
+    tmp, _, _ = cifar100_results
+    tables = summary_tuning.write_summary(tmp / "out", tmp_path / "tables", verbose=False)
+    assert set(tables["compare"]["method"]) >= set(grid.COMPARE_METHODS)
+    plots.make_plots(tmp / "out", tmp_path / "figures", verbose=False)
+    for figure in ("compare/compare-smoke-cifar100_resnet10_long_tail_imb0.1.png",
+                   "per_class_f1/resnet10_head_tail_f1_vs_count.png",
+                   "class_weights/resnet10_head_tail_stage2_weights.png"):
+        assert (tmp_path / "figures" / figure).is_file(), figure

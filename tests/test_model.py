@@ -39,12 +39,14 @@ def test_resnet_stage_widths():
     assert m.fc.in_features == 64
 
 
+@pytest.mark.parametrize("normed", [False, True])
+@pytest.mark.parametrize("num_classes", [7, 100])  # 100: CIFAR-100
 @pytest.mark.parametrize("name", list(MODELS))
-def test_forward_shape_and_num_classes(name):
-    m = get_model(name, 7).eval()
+def test_forward_shape_and_num_classes(name, num_classes, normed):
+    m = get_model(name, num_classes, normed_classifier=normed).eval()
     with torch.no_grad():
         out = m(torch.randn(2, 3, 32, 32))
-    assert out.shape == (2, 7)
+    assert out.shape == (2, num_classes)
     assert torch.isfinite(out).all()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,9 @@ import pytest
 import torch
 
 import main
+import two_stage_ictta as tsi
 from data_loader import class_counts
-from model import get_model
+from model import MODELS, get_model
 from results_logger import summarize_rows
 from two_stage_ictta import TwoStageConfig, run_two_stage_ictta_on_scenario
 
@@ -272,6 +274,44 @@ def test_main_help_lists_every_setting(capsys):
         assert "--" + f.name.replace("_", "-") in out, f.name
 
 
+def _help_sections(text: str) -> dict[str, str]:
+    """--help text split at its section titles (lines ending in ':' at column 0)."""
+    parts = re.split(r"^(\S[^\n]*):\n", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_main_help_groups_options_and_lists_registry_choices(capsys):
+    with pytest.raises(SystemExit):
+        main.main(["--help"])
+    out = capsys.readouterr().out
+    sections = _help_sections(out)
+    order = [list(sections).index(title) for title in tsi.CONFIG_GROUPS.values()]
+    assert order == sorted(order)
+    for f in dataclasses.fields(TwoStageConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert re.search(rf"^  {flag}\b", sections[tsi.CONFIG_GROUPS[f.metadata["group"]]], re.M), f.name
+        if f.metadata["choices"]:
+            assert f"{flag} {{{','.join(f.metadata['choices'])}}}" in out, f.name
+    assert set(dataclasses.fields(TwoStageConfig)[0].metadata["choices"]) == set(MODELS)
+    assert "``" not in out and ":class:" not in out  # no Sphinx markup
+    for block in re.split(r"\n  (?=--)", out):
+        assert block.count("(default") <= 1, block
+
+
+def test_main_rejects_a_name_outside_its_registry_before_running(capsys):
+    with pytest.raises(SystemExit) as e:
+        main.main(["--model-name", "resnet10", "--imbalance-type", "long_tail", "--method", "ldam"])
+    assert e.value.code == 2 and "invalid choice: 'ldam'" in capsys.readouterr().err
+
+
+def test_results_go_to_an_ignored_results_folder_by_default():
+    assert TwoStageConfig("resnet10", "long_tail").log_dir == "results"
+    paths = ["results/x.csv", "results/stage1/s.pt", "results/x.model.pt"]
+    ignored = subprocess.run(["git", "check-ignore", *paths], cwd=Path(main.__file__).parent,
+                             capture_output=True, text=True)
+    assert ignored.stdout.split() == paths
+
+
 def test_main_runs_and_prints_table(tiny_run_kwargs, capsys):
     argv = _argv({**tiny_run_kwargs, "stage1_epochs": 1, "stage2_epochs": 1})
     assert main.main(argv) == 0
@@ -382,6 +422,20 @@ def test_code_change_reruns_unless_accepted(synthetic_root, tmp_path):
     resumed, _ = _cli_run(project, log_dir, synthetic_root, "--accept-code-change")
     assert resumed["stage1_reused"]
     assert resumed["code_fingerprints"] == [second["code_fingerprint"], resumed["code_fingerprint"]]
+
+
+def test_the_dataset_is_part_of_a_runs_identity_and_cifar10_ids_stay_as_they_were():
+    import hashlib
+
+    c10 = TwoStageConfig("resnet10", "long_tail")
+    c100 = dataclasses.replace(c10, dataset="cifar100")
+    # a CIFAR-10 run's id is the hash it had before the dataset setting existed
+    before = {k: v for k, v in dataclasses.asdict(c10).items() if k not in tsi._NOT_IN_HASH + ("dataset",)}
+    assert tsi.config_hash(c10) == hashlib.sha1(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    assert tsi.config_hash(c100) != tsi.config_hash(c10) and tsi.stage1_hash(c100) != tsi.stage1_hash(c10)
+    assert tsi.run_name(c10) == "results_two_stage_ictta_resnet10_long_tail_imb0.01_seed0"
+    assert tsi.run_name(c100) == "results_two_stage_ictta_resnet10_cifar100_long_tail_imb0.01_seed0"
+    assert tsi.config_hash(dataclasses.replace(c10, download=True)) == tsi.config_hash(c10)  # not identity
 
 
 def test_code_fingerprint_ignores_docstrings_and_comments(tmp_path):

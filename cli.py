@@ -1,0 +1,28 @@
+"""What the scripts' command lines share: one-line usage errors and the output-folder check."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are one line that points at ``--help`` (exit 2),
+    instead of the usage block (15-23 lines for these scripts) followed by the message."""
+
+    def error(self, message: str):
+        one_line = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {one_line}; see {self.prog} --help\n")
+
+
+def unwritable_folder(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot serve as an output folder (it, or the nearest part of it that exists,
+    is a file or cannot be written), or None when it can. Creates nothing."""
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:  # the nearest existing part decides
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} cannot be written (permission denied)"
+    return None

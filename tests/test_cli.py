@@ -1,0 +1,63 @@
+"""cli: every script's usage error is one line that names the fix; the output-folder check."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bench
+import cli
+import main
+import precision_check
+import run_all_models
+
+ROOT = Path(__file__).resolve().parents[1]
+ONE_LINE = re.compile(r"^(\S+): error: .+; see \1 --help\n$")
+
+
+@pytest.mark.parametrize("script, argv, names", [
+    (main.main, ["--model-name", "resnet99", "--imbalance-type", "long_tail"], "resnet99"),
+    (main.main, ["--imbalance-type", "long_tail"], "--model-name"),
+    (main.main, ["--model-name", "resnet10", "--imbalance-type", "long_tail", "--imb-factor", "2"], "imb_factor"),
+    (run_all_models.main, ["--profile", "nope"], "--profile"),
+    (run_all_models.main, ["--jobs", "2"], "--jobs"),
+    (bench.main, ["--model", "vgg"], "model"),
+    (precision_check.main, ["--seeds", "0"], "--seeds"),
+    (precision_check.main, ["--no-such-flag"], "--no-such-flag"),
+], ids=lambda v: getattr(v, "__module__", None) or (" ".join(v) if isinstance(v, list) else v))
+def test_usage_errors_are_one_line_naming_the_fix(script, argv, names, capsys):
+    with pytest.raises(SystemExit) as e:
+        script(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert ONE_LINE.match(err), err
+    assert names in err
+
+
+def test_the_line_names_the_script_as_the_user_typed_it(tmp_path):
+    r = subprocess.run([sys.executable, "main.py", "--model-name", "resnet10"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr == ("main.py: error: the following arguments are required: --imbalance-type; "
+                        "see main.py --help\n")
+
+
+def test_a_multi_line_message_is_folded_into_one_line(capsys):
+    with pytest.raises(SystemExit):
+        cli.ArgumentParser(prog="x.py").error("first\nsecond")
+    assert capsys.readouterr().err == "x.py: error: first second; see x.py --help\n"
+
+
+def test_unwritable_folder(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert "is a file" in cli.unwritable_folder(blocker)
+    assert "is a file" in cli.unwritable_folder(blocker / "sub" / "dir")
+    assert cli.unwritable_folder(tmp_path / "new" / "folder") is None
+    assert not (tmp_path / "new").exists()  # the check creates nothing
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # tests run as root, who may write anywhere
+    assert "cannot be written" in cli.unwritable_folder(tmp_path / "new")

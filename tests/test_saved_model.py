@@ -1,0 +1,58 @@
+"""saved_model: a finished run keeps its model, and evaluating the file gives the run's test numbers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import main
+import saved_model
+from model import count_parameters, get_model
+from two_stage_ictta import run_two_stage_ictta_on_scenario
+
+KEYS = {"state_dict", "model_name", "num_classes", "normed_classifier", "normed_init", "mean", "std",
+        "class_counts", "classes", "tau", "config", "run_id", "code_fingerprint", "git_commit"}
+
+
+@pytest.mark.parametrize("method", ["two_stage_ictta", "ldam_drw", "tau_norm"])
+def test_the_saved_model_reproduces_the_runs_final_test_numbers(tiny_run_kwargs, method):
+    res = run_two_stage_ictta_on_scenario("simplecnn", "long_tail", method=method, **tiny_run_kwargs)
+    path = Path(res["paths"]["model"])
+    assert path.name == Path(res["paths"]["csv"]).name.replace(".csv", ".model.pt")
+    record = torch.load(path, map_location="cpu", weights_only=True)  # plain data, no pickled code
+    assert set(record) == KEYS
+    assert record["normed_classifier"] == (method == "ldam_drw") and (record["tau"] is not None) == (method == "tau_norm")
+    assert record["config"]["method"] == method and record["class_counts"] == [50, 29, 17, 10]
+
+    ev = saved_model.evaluate_file(path, device="cpu")
+    run_test = res["stage2"]["final"]["test"]
+    for k in ("acc", "macro_f1", "tail_macro_f1", "many_acc", "few_acc", "loss"):
+        assert ev["test"][k] == pytest.approx(run_test[k], abs=1e-6), k
+    meta = json.loads(Path(res["paths"]["config"]).read_text())
+    assert np.array_equal(ev["test"]["confusion"], meta["confusion_test"]["stage2"])
+
+
+def test_a_resnet32_file_is_about_2_mb(tmp_path):
+    model = get_model("resnet32", 10)
+    record_bytes = 4 * sum(t.numel() for t in model.state_dict().values())
+    assert 1.8e6 < record_bytes < 2.1e6 and count_parameters(model) > 0.46e6
+
+
+def test_evaluate_from_the_command_line(tiny_run_kwargs, tmp_path, capsys):
+    res = run_two_stage_ictta_on_scenario("simplecnn", "long_tail", **tiny_run_kwargs)
+    out = tmp_path / "metrics.json"
+    assert main.main(["--evaluate", res["paths"]["model"], "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    acc = res["stage2"]["final"]["test"]["acc"]
+    assert f"acc {100 * acc:.2f}" in printed and "confusion matrix (rows: true class" in printed
+    written = json.loads(out.read_text())
+    assert written["test"]["acc"] == pytest.approx(acc) and len(written["test"]["confusion"]) == 4
+    junk = tmp_path / "notes.model.pt"
+    junk.write_text("not a model")
+    with pytest.raises(SystemExit) as e:
+        main.main(["--evaluate", str(junk)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "not a model file" in err
