@@ -934,6 +934,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
                    help="torch.compile the training forward (MODE: default, reduce-overhead, ...)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write each run's curves for TensorBoard to OUT/PROFILE/tensorboard/ (optional package)")
     g = p.add_argument_group("launchers (submitit; jobs' files go to OUT/PROFILE/jobs/)")
     g.add_argument("--launcher", choices=("inline", "local", "slurm"), default="inline",
                    help="inline: one run after another in this process (default); local: --jobs subprocesses "
@@ -1030,6 +1032,8 @@ def main(argv=None) -> int:
             common[key] = getattr(args, key)
     if args.compile:
         common.update(compile=True, compile_mode=args.compile)
+    if args.tensorboard:
+        common["tensorboard"] = True
     out = Path(_out_dir(args.out, args.profile, args.dataset))
     why_not = unwritable_folder(out)
     if why_not and not args.status:
