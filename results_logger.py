@@ -114,16 +114,20 @@ class RunLogger:
     """Collects a run's rows and rewrites its CSV atomically after each epoch.
 
     ``identity`` holds the columns that every row carries (model, method, scenario, seed and every
-    swept hyperparameter), placed first; ``log`` appends metric rows.
+    swept hyperparameter), placed first; ``log`` appends metric rows, and hands each to ``mirror``
+    (anything with a ``log(row)``, e.g. live curves) when there is one.
     """
 
-    def __init__(self, csv_path, identity: dict, rows: list[dict] | None = None):
+    def __init__(self, csv_path, identity: dict, rows: list[dict] | None = None, mirror=None):
         self.csv_path = Path(csv_path)
         self.identity = dict(identity)
         self.rows: list[dict] = list(rows or [])
+        self.mirror = mirror
 
     def log(self, row: dict) -> None:
         self.rows.append(dict(row))
+        if self.mirror is not None:
+            self.mirror.log(row)
 
     def full_rows(self) -> list[dict]:
         return [{**self.identity, **r} for r in self.rows]

@@ -963,6 +963,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accept-code-change", action="store_true",
                    help="keep (skip, resume, share) results made by other code: only after showing the "
                         "change numerically neutral (README, 'Code changes and old results')")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write each run's curves for TensorBoard to OUT/PROFILE/tensorboard/ (optional package)")
     g = p.add_argument_group("launchers (submitit; jobs' files go to OUT/PROFILE/jobs/)")
     g.add_argument("--launcher", choices=("inline", "local", "slurm"), default="inline",
                    help="inline: one run after another in this process (default); local: --jobs subprocesses "
@@ -1064,6 +1066,8 @@ def main(argv=None) -> int:
         common.update(compile=True, compile_mode=args.compile)
     if args.accept_code_change:
         common["accept_code_change"] = True
+    if args.tensorboard:
+        common["tensorboard"] = True
     out = Path(_out_dir(args.out, args.profile, args.dataset))
     why_not = unwritable_folder(out)
     if why_not and not args.status:

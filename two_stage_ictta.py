@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 import data_loader
+import live_curves
 import losses
 import saved_model
 from model import MODELS, NORMED_INITS, get_model
@@ -192,6 +193,9 @@ class TwoStageConfig:
     eval_batch_size: int = opt(512, "images per evaluation batch", "runtime")
     threads: int | None = opt(None, "CPU threads (default: torch's, one per core)", "runtime")
     quiet: bool = opt(False, "no progress bar", "runtime")
+    tensorboard: bool = opt(False, "also write each evaluated epoch's losses, metrics and class weights for "
+                                   "TensorBoard, to <log_dir>/tensorboard/<run name>/ (optional package: "
+                                   "pip install tensorboard)", "runtime")
     resume: bool = opt(True, "resume from the last checkpoint; return a finished run's results", "runtime")
     reuse_stage1: bool = opt(True, "share stage 1 with other runs in log_dir", "runtime")
     accept_code_change: bool = opt(False, "keep (resume, skip, share) results made by other code; only "
@@ -202,7 +206,7 @@ class TwoStageConfig:
 SEED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TwoStageConfig)[2:17]}
 # settings that change neither the numbers nor the run's identity
 _NOT_IDENTITY = ("log_dir", "data_root", "quiet", "resume", "reuse_stage1", "threads", "eval_batch_size",
-                 "accept_code_change", "download")
+                 "accept_code_change", "download", "tensorboard")
 _NOT_IN_HASH = _NOT_IDENTITY + ("tag",)
 # settings added after results existed: hashed only away from their default, so that the run ids of
 # the runs made before them stay valid
@@ -293,10 +297,13 @@ def validate_config(cfg: TwoStageConfig) -> None:
     _check(cfg.exp_name is None or (isinstance(cfg.exp_name, str) and cfg.exp_name != ""
                                      and all(c.isalnum() or c in "-_.=" for c in cfg.exp_name)),
            "exp_name", cfg.exp_name, "None or a non-empty name of letters, digits and - _ . =")
-    for name in ("channels_last", "compile", "quiet", "resume", "reuse_stage1", "accept_code_change", "download"):
+    for name in ("channels_last", "compile", "quiet", "resume", "reuse_stage1", "accept_code_change", "download",
+                 "tensorboard"):
         v = getattr(cfg, name)
         _check(isinstance(v, bool), name, v, "True or False")
     _check(isinstance(cfg.tag, str), "tag", cfg.tag, "a string")
+    _check(not cfg.tensorboard or live_curves.available(), "tensorboard", cfg.tensorboard,
+           "False, or True once the optional tensorboard package is installed (pip install tensorboard)")
     _check(isinstance(cfg.device, str), "device", cfg.device, "auto, cpu or cuda[:N]")
     resolve_device(cfg.device)
     _check(isinstance(cfg.log_dir, (str, os.PathLike)) and str(cfg.log_dir) != "", "log_dir",
@@ -633,7 +640,9 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
     identity = {"run_id": run_id, "stage1_id": meta["stage1_id"], "exp_name": cfg.exp_name or cfg.method,
                 **{renamed.get(k, k): (str(v) if isinstance(v, (tuple, list)) else v)
                    for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY + ("exp_name",)}}
-    logger = RunLogger(paths["csv"], identity)
+    curves = live_curves.TensorBoardCurves(Path(cfg.log_dir) / "tensorboard" / paths["csv"].stem) \
+        if cfg.tensorboard else None
+    logger = RunLogger(paths["csv"], identity, mirror=curves)
     # state carried between epochs (and through checkpoints)
     st = {"stage": 1, "epoch": 0, "step": 0, "train_class_loss": None}
     stage1_file = stage1_path(cfg)
@@ -760,6 +769,8 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
         raise
     finally:
         bar.close()
+        if curves is not None:
+            curves.close()
 
     results = {"run_id": run_id, "stage1_id": meta["stage1_id"], **summarize_rows(logger.full_rows()),
                "paths": {k: str(v) for k, v in paths.items() if k != "checkpoint"},

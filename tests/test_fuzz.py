@@ -23,6 +23,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 import data_loader
+import live_curves
 import losses
 import main as cli
 import two_stage_ictta as tsi
@@ -180,6 +181,7 @@ PARAMS = {
     "reuse_stage1": (is_bool, _ints),
     "accept_code_change": (is_bool, _ints),
     "tag": (lambda v: isinstance(v, str), _junk()),
+    "tensorboard": (lambda v: v is False or (v is True and live_curves.available()), _ints),
 }
 
 
@@ -285,7 +287,7 @@ _CHOICE_FLAGS = {"model-name": tuple(MODELS), "imbalance-type": data_loader.IMBA
                  "method": tuple(tsi.METHODS), "stage2-loss-type": tsi.STAGE2_LOSS_TYPES,
                  "dynamic-mode": losses.DYNAMIC_MODES, "schedule": tsi.SCHEDULES, "precision": ("bf16", "fp32"),
                  "compile-mode": tsi.COMPILE_MODES, "dataset": tuple(data_loader.DATASETS)}
-_BOOL_FLAGS = ("channels-last", "compile", "quiet", "resume", "reuse-stage1", "download")
+_BOOL_FLAGS = ("channels-last", "compile", "quiet", "resume", "reuse-stage1", "download", "tensorboard")
 
 
 @st.composite
