@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import cli
 from two_stage_ictta import TwoStageConfig
 
 NOT_NUMBERS = {"run_id", "stage1_id", "exp_name", "seconds", "model", "scenario"} | {
@@ -61,7 +62,7 @@ def differences(old: dict[str, pd.DataFrame], new: dict[str, pd.DataFrame]) -> l
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--old", required=True, help="the other checkout (e.g. a git worktree of the old commit)")
     p.add_argument("--new", default=str(Path(__file__).resolve().parent), help="default: this checkout")
     p.add_argument("--data-root", help="dataset folder (default: each checkout's default)")

@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # the object API: Agg canvas, no pyplot global state
 
+import cli
 import summary_tuning as st
 from results_logger import atomic_write_text
 
@@ -1001,7 +1002,7 @@ def class_counts_table(study: pd.DataFrame, notes: list) -> pd.DataFrame:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--results", default="results", help="folder scanned recursively for results_*.csv")
     p.add_argument("--out", default="figures", help="folder for the figures and tables")

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import cli
 from results_logger import SCALAR_METRICS, atomic_write_text, summarize_rows
 
 RUN_GLOB = "results_*.csv"
@@ -847,7 +848,7 @@ def format_report(t: dict, notes: list[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--results", default="results", help="folder scanned recursively for results_*.csv")
     p.add_argument("--out", default=None, help="folder for the tables (default: the results folder)")

@@ -12,8 +12,11 @@ import pytest
 import bench
 import cli
 import main
+import neutrality_check
+import plots
 import precision_check
 import run_all_models
+import summary_tuning
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_LINE = re.compile(r"^(\S+): error: .+; see \1 --help\n$")
@@ -28,6 +31,9 @@ ONE_LINE = re.compile(r"^(\S+): error: .+; see \1 --help\n$")
     (bench.main, ["--model", "vgg"], "model"),
     (precision_check.main, ["--seeds", "0"], "--seeds"),
     (precision_check.main, ["--no-such-flag"], "--no-such-flag"),
+    (summary_tuning.main, ["--no-such-flag"], "--no-such-flag"),
+    (plots.main, ["--no-such-flag"], "--no-such-flag"),
+    (neutrality_check.main, [], "--old"),
 ], ids=lambda v: getattr(v, "__module__", None) or (" ".join(v) if isinstance(v, list) else v))
 def test_usage_errors_are_one_line_naming_the_fix(script, argv, names, capsys):
     with pytest.raises(SystemExit) as e:
