@@ -942,9 +942,9 @@ def _best_config_figures(t: dict, study, cells, paired, prof: str, imb: float, o
                     out / "curves_best" / f"{stem}_acc_curves_best.png", paths)
         C = st.num_classes(runs)
         first = summary[summary["config_id"] == b["config_id"]].iloc[0]
-        counts = st.train_counts(b["scenario"], imb, first["n_max"], first["val_per_class"], C)
+        counts = st.class_counts_of(runs)
         if counts is None:
-            notes.append(f"{stem}: training counts unknown (no n_max and not CIFAR-10): per-class figures skipped")
+            notes.append(f"{stem}: training counts unknown (no run JSON beside the CSVs): per-class figures skipped")
         else:
             plot_weights(runs, b, counts, f"Stage-2 class weights per epoch\n{what}", bn,
                          out / "class_weights" / f"{stem}_stage2_weights.png", paths)
@@ -981,21 +981,20 @@ def _best_config_figures(t: dict, study, cells, paired, prof: str, imb: float, o
 
 def class_counts_table(study: pd.DataFrame, notes: list) -> pd.DataFrame:
     """Per-class training counts of both scenarios at imbalance 0.01, for the study's n_max (its
-    most common), or CIFAR-10's with 100 validation images per class (4900) when that is unknown
-    or too small for 0.01."""
+    most common, as its runs recorded it); empty, with a note, when no run recorded one or it is
+    too small for 0.01."""
     import data_loader
 
-    default = st.CIFAR10_TRAIN_PER_CLASS - 100
     C = int(study["num_classes"].mode().iloc[0]) if len(study) else 10
-    nm = study["n_max_effective"].dropna()
-    n_max = int(nm.mode().iloc[0]) if len(nm) else default
+    nm = study["n_max_effective"].dropna() if "n_max_effective" in study else pd.Series(dtype=float)
+    n_max = int(nm.mode().iloc[0]) if len(nm) else None
     try:
-        counts = {sc: data_loader.class_counts(sc, 0.01, n_max, C) for sc in SCENARIOS}
+        counts = {sc: data_loader.class_counts(sc, 0.01, n_max, C) for sc in SCENARIOS} if n_max else None
     except ValueError:  # e.g. the smoke profile's n_max=40 leaves empty classes at 0.01
-        notes.append(f"class_counts_imb01.csv: n_max={n_max} leaves a class empty at 0.01; "
-                     f"counts given for n_max={default}")
-        n_max = default
-        counts = {sc: data_loader.class_counts(sc, 0.01, n_max, C) for sc in SCENARIOS}
+        counts = None
+    if counts is None:
+        notes.append(f"class_counts_imb01.csv: no usable n_max recorded (n_max={n_max}); table left empty")
+        return pd.DataFrame(columns=["class", "name", *SCENARIOS, "n_max"])
     table = pd.DataFrame({"class": range(C), "name": class_names(C), **counts})
     table["n_max"] = n_max
     return table

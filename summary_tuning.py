@@ -62,7 +62,6 @@ from results_logger import SCALAR_METRICS, atomic_write_text, summarize_rows
 RUN_GLOB = "results_*.csv"
 SUITES = ("baseline", "tuning", "compare", "ablation")
 PROFILE_ORDER = ("literature", "full", "reduced", "quick", "smoke")  # most trusted first
-CIFAR10_TRAIN_PER_CLASS = 5000
 # columns that change from row to row; everything else in a run's CSV is its identity
 ROW_COLUMNS = frozenset(("stage", "epoch", "global_epoch", "split", "lr", "train_loss", "seconds", "tau",
                          *SCALAR_METRICS))
@@ -131,6 +130,8 @@ def load_rows(results_dir, notes: list | None = None) -> pd.DataFrame:
     for df, path in frames.values():
         df = df.copy()
         df["source"] = str(path.relative_to(root))
+        counts = recorded_class_counts(path)
+        df["class_counts"] = json.dumps(counts) if counts else ""
         out.append(df)
     rows = pd.concat(out, ignore_index=True, sort=False)
     if "tag" not in rows:
@@ -152,7 +153,8 @@ def _plain(v):
 
 
 def identity_columns(columns) -> list[str]:
-    return [c for c in columns if c not in ROW_COLUMNS and c != "source" and not PER_CLASS.match(c)]
+    return [c for c in columns if c not in ROW_COLUMNS and c not in ("source", "class_counts")
+            and not PER_CLASS.match(c)]
 
 
 def num_classes(df: pd.DataFrame) -> int:
@@ -160,22 +162,23 @@ def num_classes(df: pd.DataFrame) -> int:
     return sum(1 for c in df.columns if c.startswith("f1_") and PER_CLASS.match(c) and df[c].notna().any())
 
 
-def n_max_effective(n_max, val_per_class, C: int):
-    """The largest class's training count: ``n_max`` if set, else what CIFAR-10 leaves after the
-    validation split (5000 - val_per_class); None when it cannot be known (another dataset)."""
-    if _plain(n_max) is not None:
-        return int(n_max)
-    if C == 10 and _plain(val_per_class) is not None:
-        return CIFAR10_TRAIN_PER_CLASS - int(val_per_class)
-    return None
+def recorded_class_counts(csv_path) -> list[int] | None:
+    """The training counts a run recorded in its JSON (``class_counts``), beside its CSV; None
+    when that JSON is missing or unreadable. The analysis assumes no dataset's counts."""
+    try:
+        counts = json.loads(Path(csv_path).with_suffix(".json").read_text()).get("class_counts")
+    except (OSError, ValueError):
+        return None
+    return [int(c) for c in counts] if counts else None
 
 
-def train_counts(scenario: str, imb_factor: float, n_max, val_per_class, C: int) -> list[int] | None:
-    """Per-class training counts of a run, recomputed from its settings (not stored in the CSV)."""
-    import data_loader  # imports torch: only when counts are asked for
-
-    nm = n_max_effective(n_max, val_per_class, C)
-    return None if nm is None else data_loader.class_counts(scenario, float(imb_factor), nm, C)
+def class_counts_of(df: pd.DataFrame) -> list[int] | None:
+    """A run's (or a configuration's) training counts, from the ``class_counts`` column that
+    :func:`load_rows` fills from the runs' JSONs."""
+    if "class_counts" not in df:
+        return None
+    known = [v for v in df["class_counts"] if isinstance(v, str) and v]
+    return json.loads(known[0]) if known else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,7 +274,7 @@ def summarize_run(df: pd.DataFrame) -> dict:
            "method": ident.get("method"), "exp_name": ident.get("exp_name"), "variant": variant, "role": role}
     row.update({k: v for k, v in ident.items() if k not in row})
     row.update(config_id=config_id(ident), num_classes=C,
-               n_max_effective=n_max_effective(ident.get("n_max"), ident.get("val_per_class"), C),
+               n_max_effective=max(class_counts_of(df) or [float("nan")]),
                complete=complete, stage1_epochs_done=done[1], stage2_epochs_done=done[2],
                has_val=bool((df["split"] == "val").any()), source=df["source"].iloc[0] if "source" in df else "")
     row.update(_flatten(summarize_rows(df)))

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 import plots
+import data_loader
 import summary_tuning as st
 
 C = 10
@@ -66,6 +67,11 @@ def write_run(folder: Path, values=None, splits=("test", "val"), upto=None, offs
             f"_seed{ident['seed']}.csv")
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(folder / name, index=False)
+    # the JSON a run writes beside its CSV: the analysis reads the training counts from it
+    n_max = int(ident["n_max"]) if str(ident["n_max"]) else 4850  # 5000 - 100 validation - 50 statistic
+    counts = data_loader.class_counts(ident["scenario"], float(ident["imb_factor"]), n_max, C) \
+        if n_max * float(ident["imb_factor"]) >= 1 else None
+    (folder / name).with_suffix(".json").write_text(json.dumps({"class_counts": counts}))
     return folder / name
 
 
@@ -160,10 +166,10 @@ def test_compare_table(tmp_path):
     assert ce["test_macro_f1_pct"] == "42.00 ± 2.83 [16.59, 67.41]"
     assert (ce["test_macro_f1_pct_ci95_lo"], ce["test_macro_f1_pct_ci95_hi"]) == pytest.approx((16.588, 67.412), abs=1e-3)
     assert final.loc["two_stage_ictta", "test_macro_f1_pct"] == "47.00 ± 0.00 [47.00, 47.00]"
-    assert ce["n_seeds"] == 2 and ce["n_max"] == 4900  # 5000 - 100 validation images per class
+    assert ce["n_seeds"] == 2 and ce["n_max"] == 4850  # as the runs' JSONs record it
     md = (tmp_path / "out" / "compare_table.md").read_text()
     assert "| ldam_drw | 2 | **61.00 ± 1.41 [48.29, 73.71]** | **51.00 ± 1.41 [38.29, 63.71]** |" in md
-    assert "n_max 4900" in md and "stage-2 last epoch" in md and "best-by-validation" in md
+    assert "n_max 4850" in md and "stage-2 last epoch" in md and "best-by-validation" in md
     assert len(pd.read_csv(tmp_path / "out" / "compare_table.csv")) == 6
 
 
@@ -399,4 +405,18 @@ def test_summary_and_plots_on_a_real_run(tiny_run_kwargs, tmp_path):
     assert 0 <= row["s2_best_test_macro_f1"] <= 1 and row["s2_best_selected_on"] == "val"
     result = plots.make_plots(res, tmp_path / "figures", verbose=False)
     assert (tmp_path / "figures" / "curves_best" / "simplecnn_long_tail_acc_curves_best.png").exists()
-    assert any("training counts unknown" in n for n in result["notes"])  # no n_max, not CIFAR-10
+    # no n_max and not CIFAR-10: the counts come from the run's JSON, so the per-class figures exist
+    assert not any("training counts unknown" in n for n in result["notes"])
+    assert (tmp_path / "figures" / "per_class_f1" / "simplecnn_long_tail_f1_vs_count.png").exists()
+
+
+def test_training_counts_come_from_the_runs_json_not_from_cifar10(tmp_path):
+    """No dataset's counts are assumed: a run of 100 classes whose JSON records its counts gets
+    them, and its n_max is the largest recorded count."""
+    res = tmp_path / "results"
+    path = write_run(res, tag="compare-reduced", exp_name="ce", method="ce", n_max="")
+    recorded = [480 - 4 * c for c in range(C)]
+    path.with_suffix(".json").write_text(json.dumps({"class_counts": recorded}))
+    rows = st.load_rows(res)
+    assert st.class_counts_of(rows) == recorded
+    assert st.summarize_runs(rows)["n_max_effective"].iloc[0] == 480
