@@ -34,6 +34,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -47,28 +48,68 @@ import live_curves
 import losses
 import saved_model
 from model import MODELS, NORMED_INITS, get_model
-from results_logger import (RunLogger, atomic_torch_save, git_commit, read_json, summarize_rows,
+from results_logger import (RunLogger, atomic_torch_save, git_commit, now, read_json, summarize_rows,
                             write_json)
-from train_eval import (PRECISIONS, NonFiniteError, autocast, evaluate, predict, resolve_device,
+from train_eval import (PRECISIONS, NonFiniteError, evaluate, predict, resolve_device,
                         train_one_epoch)
 
 
 # ----------------------------------------------------------------------------------------------
 # Methods
 
+def evaluate_splits(run: Run, stage: int) -> dict:
+    """Metrics on val (if any) and test: every method's evaluation, but tau-norm's in stage 2."""
+    ev = partial(evaluate, run.model, normalizer=run.data.norm, train_counts=run.data.counts,
+                 batch_size=run.cfg.eval_batch_size, precision=run.cfg.precision,
+                 channels_last=run.cfg.channels_last)
+    out = {"test": ev(*run.data.test)}
+    if len(run.data.val[1]):
+        out["val"] = ev(*run.data.val)
+    return out
+
+
+def evaluate_tau_norm(run: Run, stage: int) -> dict:
+    """tau-norm: stage 2 evaluates the tau-normalised classifier, tau chosen on val, then reports test."""
+    if stage == 1:
+        return evaluate_splits(run, stage)
+    return _evaluate_tau_norm(run.model, run.data.norm, run.data.counts, run.cfg, run.data.val, run.data.test)
+
+
+def keep_classifier(run: Run, fresh: bool) -> None:
+    """Stage 2 goes on with the stage-1 model, optimizer and batches: every method but cRT."""
+
+
+def retrain_classifier(run: Run, fresh: bool) -> None:
+    """cRT's stage 2: freeze the backbone, a new classifier (re-initialised when ``fresh``, i.e. not
+    resumed from a stage-2 checkpoint) with its own optimizer, and class-balanced batches drawn from
+    the same generator, so the stream goes on."""
+    _freeze_for_crt(run.model, reinit_seed=run.cfg.seed + 1 if fresh else None)
+    run.optimizer = run.make_optimizer(run.model.fc.parameters())
+    run.batches = data_loader.DeviceBatches(*run.data.train, run.cfg.batch_size, run.data.norm, run.generator,
+                                            sampler="class_balanced", channels_last=run.cfg.channels_last)
+
+
 @dataclass(frozen=True)
 class Method:
     """What a method does in each stage: loss and class weights (``none``, ``inverse`` frequency,
-    ``effective`` number, or ``dynamic``), and any special stage-2 handling."""
+    ``effective`` number, or ``dynamic``), and its stage-specific hooks."""
     loss1: str
     weights1: str
     loss2: str
     weights2: str
     doc: str
     normed_classifier: bool = False  # cosine classifier (LDAM)
-    retrain_classifier: bool = False  # cRT: new classifier, frozen backbone, class-balanced sampling
-    tau_norm: bool = False  # post-hoc tau-normalised classifier, tau chosen on validation
     normalization: str = "mean"  # a weighted loss's denominator: "mean" sum(w_y), "batch_mean" N
+    # how stage 2 starts (and resumes): (run, fresh) -> None, may replace run.optimizer / run.batches
+    enter_stage2: Callable[[Run, bool], None] = keep_classifier
+    evaluate: Callable[[Run, int], dict] = evaluate_splits  # (run, stage) -> {"test": ..., "val": ...}
+    stage2_cosine: bool = False  # stage 2 always restarts a cosine schedule (cRT's new classifier)
+
+    def loss(self, stage: int) -> str:
+        return self.loss1 if stage == 1 else self.loss2
+
+    def weights(self, stage: int) -> str:
+        return self.weights1 if stage == 1 else self.weights2
 
 
 METHODS = {
@@ -96,12 +137,12 @@ METHODS = {
                   "Classifier re-training (Kang et al. 2020): stage 2 re-initialises the classifier and "
                   "trains only it, on the frozen backbone, with class-balanced sampling; the backbone's "
                   "BatchNorm statistics follow those batches (train mode, as the reference).",
-                  retrain_classifier=True),
+                  enter_stage2=retrain_classifier, stage2_cosine=True),
     "tau_norm": Method("ce", "none", "ce", "none",
                        "tau-normalisation (Kang et al. 2020): the CE model's classifier rows scaled by "
                        "1/||w_c||^tau and its bias dropped (as the reference), tau in {0, 0.1, ..., 2} "
                        "chosen on validation macro-F1.",
-                       tau_norm=True),
+                       evaluate=evaluate_tau_norm),
     "two_stage_ictta": Method("ce", "none", "ictta", "dynamic",
                               "Ours: CE, then focal (or CE) with dynamic per-class weights."),
 }
@@ -416,7 +457,7 @@ def lr_at_step(step: int, steps_per_epoch: int, cfg: TwoStageConfig, stage: int)
     e1 = cfg.stage1_epochs * steps_per_epoch
     base = cfg.stage1_lr if stage == 1 else cfg.stage2_lr
     local, length = (step, e1) if stage == 1 else (step - e1, cfg.stage2_epochs * steps_per_epoch)
-    restarts = METHODS[cfg.method].retrain_classifier or cfg.stage2_schedule == "cosine"
+    restarts = METHODS[cfg.method].stage2_cosine or cfg.stage2_schedule == "cosine"
     schedule = "cosine" if stage == 2 and restarts else cfg.schedule
     if schedule == "cosine":
         lr = base * 0.5 * (1 + math.cos(math.pi * local / max(length, 1)))
@@ -592,178 +633,187 @@ def _remove_dead_writers_tmp(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
-    device = resolve_device(cfg.device)
-    method = METHODS[cfg.method]
-    meta = {"run_id": run_id, "stage1_id": stage1_hash(cfg), "config": asdict(cfg),
-            "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
-            # CPU results are bitwise reproducible for a given thread count, not across counts
-            "torch_threads": torch.get_num_threads(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "status": "running", "paths": {k: str(v) for k, v in paths.items()},
-            "code_fingerprint": code_fingerprint(), "code_fingerprints": [code_fingerprint()]}
+@dataclass
+class RunData:
+    """A run's data on the device: the long-tailed training subset and the held-out splits, each
+    ``(uint8 images, labels)``, with the normalisation they share."""
+    data: data_loader.ImageData
+    split: data_loader.Split
+    norm: data_loader.Normalizer
+    train: tuple
+    val: tuple
+    stat: tuple
+    test: tuple
 
+    @property
+    def counts(self) -> list:
+        return self.split.counts
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+
+def prepare_data(cfg: TwoStageConfig, device: torch.device) -> RunData:
+    """Load the dataset, draw the run's subset and splits (seeded by ``cfg.seed``), put them on ``device``."""
     data = data_loader.load_dataset(cfg.data_root, cfg.download, cfg.dataset)
     split = data_loader.make_split(data.train_y, cfg.imbalance_type, cfg.imb_factor, n_max=cfg.n_max,
                                    val_per_class=cfg.val_per_class, stat_per_class=cfg.stat_per_class,
                                    seed=cfg.seed)
-    counts, C = split.counts, data.num_classes
-    meta.update(class_counts=counts, classes=list(data.classes), data_source=data.source,
-                n_train=int(len(split.train_idx)), n_val=int(len(split.val_idx)), n_stat=int(len(split.stat_idx)),
-                normalization={"mean": data.mean, "std": data.std, "over": "the whole training split"})
-    norm = data_loader.Normalizer(data.mean, data.std, device)
     to_dev = partial(data_loader.to_device_images, device=device)
-    x_train, y_train = to_dev(data.train_x[split.train_idx]), torch.from_numpy(data.train_y[split.train_idx]).to(device)
-    x_val, y_val = to_dev(data.train_x[split.val_idx]), torch.from_numpy(data.train_y[split.val_idx]).to(device)
-    x_stat, y_stat = to_dev(data.train_x[split.stat_idx]), torch.from_numpy(data.train_y[split.stat_idx]).to(device)
-    x_test, y_test = to_dev(data.test_x), torch.from_numpy(data.test_y).to(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # CUDA runs are not bitwise reproducible anyway (README)
+    on_device = lambda idx: (to_dev(data.train_x[idx]), torch.from_numpy(data.train_y[idx]).to(device))
+    return RunData(data, split, data_loader.Normalizer(data.mean, data.std, device),
+                   on_device(split.train_idx), on_device(split.val_idx), on_device(split.stat_idx),
+                   (to_dev(data.test_x), torch.from_numpy(data.test_y).to(device)))
 
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+
+def build_model(cfg: TwoStageConfig, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """The run's model with its seeded init (the caller's global RNG untouched), on ``device``."""
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = get_model(cfg.model_name, C, normed_classifier=method.normed_classifier,
+        model = get_model(cfg.model_name, num_classes, normed_classifier=METHODS[cfg.method].normed_classifier,
                           normed_init=cfg.normed_init)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
-    make_opt = lambda params: torch.optim.SGD(params, lr=cfg.stage1_lr, momentum=cfg.momentum,
-                                              weight_decay=cfg.weight_decay)
-    optimizer = make_opt(model.parameters())
+    return model
+
+
+@dataclass
+class RunState:
+    """The counters one epoch hands the next (and a checkpoint keeps)."""
+    stage: int = 1
+    epoch: int = 0  # last finished epoch of this stage
+    step: int = 0  # optimizer steps so far, both stages
+    train_class_loss: torch.Tensor | None = None  # per-class training loss of the last epoch
+
+
+@dataclass
+class Run:
+    """What a run trains and carries between epochs; ``snapshot``/``restore`` are its checkpoint."""
+    cfg: TwoStageConfig
+    method: Method
+    data: RunData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # the batch order's; both stages draw from it, so the stream goes on
+    batches: data_loader.DeviceBatches
+    dyn: losses.DynamicClassWeights
+    logger: RunLogger
+    fingerprints: list  # the code fingerprints that made this run, oldest first
+    state: RunState = field(default_factory=RunState)
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        c = self.cfg
+        return torch.optim.SGD(params, lr=c.stage1_lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def snapshot(self, run_id: str) -> dict:
+        return {"run_id": run_id, "code_fingerprint": code_fingerprint(), "code_fingerprints": self.fingerprints,
+                "st": dict(vars(self.state)), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
+                "dyn": self.dyn.state_dict(), "rows": self.logger.rows}
+
+    def restore(self, snap: dict) -> None:
+        self.state = RunState(**snap["st"])
+        if self.state.stage == 2:  # the stage-2 model and optimizer have the shapes to load into
+            self.method.enter_stage2(self, False)
+        self.model.load_state_dict(snap["model"])
+        self.optimizer.load_state_dict(snap["optimizer"])
+        self.batches.load_state_dict(snap["data"])
+        self.dyn.load_state_dict(snap["dyn"])
+        self.logger.rows = list(snap["rows"])
+        self.fingerprints[:] = list(dict.fromkeys(snap.get("code_fingerprints", []) + self.fingerprints))
+
+
+def start_run(cfg: TwoStageConfig, rd: RunData, model, logger: RunLogger, fingerprints: list) -> Run:
+    """A run at its first step: SGD on every parameter, uniform batches from the seeded generator."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    batches = data_loader.DeviceBatches(x_train, y_train, cfg.batch_size, norm, gen,
-                                        channels_last=cfg.channels_last)
-    spe = len(batches)
-    dyn = losses.DynamicClassWeights(C, cfg.min_weight, cfg.max_weight, cfg.ema_alpha, cfg.dynamic_mode,
-                                     cfg.prior_blend, counts)
-    renamed = {"model_name": "model", "imbalance_type": "scenario"}  # the CSV's column names
-    identity = {"run_id": run_id, "stage1_id": meta["stage1_id"], "exp_name": cfg.exp_name or cfg.method,
-                **{renamed.get(k, k): (str(v) if isinstance(v, (tuple, list)) else v)
-                   for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY + ("exp_name",)}}
+    batches = data_loader.DeviceBatches(*rd.train, cfg.batch_size, rd.norm, gen, channels_last=cfg.channels_last)
+    dyn = losses.DynamicClassWeights(rd.num_classes, cfg.min_weight, cfg.max_weight, cfg.ema_alpha,
+                                     cfg.dynamic_mode, cfg.prior_blend, rd.counts)
+    run = Run(cfg, METHODS[cfg.method], rd, model, None, gen, batches, dyn, logger, fingerprints)
+    run.optimizer = run.make_optimizer(model.parameters())
+    return run
+
+
+def class_weights(run: Run, stage: int) -> torch.Tensor | None:
+    """The class weights of the coming epoch: static ones from the counts, or dynamic ones from the
+    statistic of the epoch just before this one."""
+    kind = run.method.weights(stage)
+    if kind != "dynamic":
+        return static_weights(kind, run.data.counts, run.cfg)
+    stat_fn = partial(_held_out_stat, run.model, run.data.norm, run.data.counts, run.cfg, run.data.stat)
+    return run.dyn.update(_dynamic_stat(run.cfg.dynamic_mode, run.state, stat_fn))
+
+
+def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
+    device = resolve_device(cfg.device)
+    meta = {"run_id": run_id, "stage1_id": stage1_hash(cfg), "config": asdict(cfg),
+            "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
+            # CPU results are bitwise reproducible for a given thread count, not across counts
+            "torch_threads": torch.get_num_threads(), "host": socket.gethostname(), "started": now(),
+            "status": "running", "paths": {k: str(v) for k, v in paths.items()},
+            "code_fingerprint": code_fingerprint(), "code_fingerprints": [code_fingerprint()]}
+    rd = prepare_data(cfg, device)
+    counts, C = rd.counts, rd.num_classes
+    meta.update(class_counts=counts, classes=list(rd.data.classes), data_source=rd.data.source,
+                n_train=int(len(rd.split.train_idx)), n_val=int(len(rd.split.val_idx)),
+                n_stat=int(len(rd.split.stat_idx)),
+                normalization={"mean": rd.data.mean, "std": rd.data.std, "over": "the whole training split"})
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # CUDA runs are not bitwise reproducible anyway (README)
+    model = build_model(cfg, C, device)
+    forward = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
     curves = live_curves.TensorBoardCurves(Path(cfg.log_dir) / "tensorboard" / paths["csv"].stem) \
         if cfg.tensorboard else None
-    logger = RunLogger(paths["csv"], identity, mirror=curves)
-    # state carried between epochs (and through checkpoints)
-    st = {"stage": 1, "epoch": 0, "step": 0, "train_class_loss": None}
-    stage1_file = stage1_path(cfg)
-
-    def snapshot() -> dict:
-        return {"run_id": run_id, "code_fingerprint": code_fingerprint(),
-                "code_fingerprints": meta["code_fingerprints"], "st": dict(st), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "data": batches.state_dict(),
-                "dyn": dyn.state_dict(), "rows": logger.rows}
-
-    def restore(snap: dict) -> None:
-        nonlocal optimizer
-        st.update(snap["st"])
-        if st["stage"] == 2 and method.retrain_classifier:
-            _freeze_for_crt(model)
-            optimizer = make_opt(model.fc.parameters())
-        model.load_state_dict(snap["model"])
-        optimizer.load_state_dict(snap["optimizer"])
-        batches.load_state_dict(snap["data"])
-        dyn.load_state_dict(snap["dyn"])
-        logger.rows = list(snap["rows"])
-        seen = meta["code_fingerprints"]
-        seen[:] = list(dict.fromkeys(snap.get("code_fingerprints", []) + seen))
-
-    def usable(path: Path, what: str) -> dict | None:
-        """The checkpoint at ``path`` if it exists and was made by this code (or is accepted)."""
-        if not path.exists():
-            return None
-        snap = torch.load(path, map_location=device, weights_only=False)
-        why_not = made_by_other_code(snap, cfg)
-        if why_not:
-            print(f"{name}: not reusing {what} {path.name}: {why_not}", file=sys.stderr)
-            return None
-        return snap
-
-    name = paths["csv"].stem
-    resumed_from = None
-    snap = usable(paths["checkpoint"], "checkpoint") if cfg.resume else None
-    if snap is not None and snap.get("run_id") == run_id:
-        restore(snap)
-        resumed_from = (st["stage"], st["epoch"])
-    stage1_reused = False
-    snap = usable(stage1_file, "stage 1") if resumed_from is None and cfg.reuse_stage1 and cfg.stage1_epochs > 0 else None
-    if snap is not None:
-        restore(snap)
-        stage1_reused = True
+    logger = RunLogger(paths["csv"], _row_identity(cfg, run_id, meta["stage1_id"]), mirror=curves)
+    run = start_run(cfg, rd, model, logger, meta["code_fingerprints"])
+    method, spe = run.method, len(run.batches)
+    resumed_from, stage1_reused = _resume(run, cfg, paths, run_id, device)
+    st = run.state  # after _resume, which may replace it
     meta.update(resumed_from=resumed_from, stage1_reused=stage1_reused)
     write_json(paths["config"], meta)
 
-    def evaluate_splits(stage: int) -> dict:
-        """Metrics on val (if any) and test. tau-norm chooses tau on val, then reports test."""
-        if stage == 2 and method.tau_norm:
-            return _evaluate_tau_norm(model, norm, counts, cfg, (x_val, y_val), (x_test, y_test))
-        ev = partial(evaluate, model, normalizer=norm, train_counts=counts, batch_size=cfg.eval_batch_size,
-                     precision=cfg.precision, channels_last=cfg.channels_last)
-        out = {"test": ev(x_test, y_test)}
-        if len(y_val):
-            out["val"] = ev(x_val, y_val)
-        return out
-
-    total = cfg.stage1_epochs + cfg.stage2_epochs
-    bar = tqdm(total=total, disable=cfg.quiet, leave=False, dynamic_ncols=True,
+    bar = tqdm(total=cfg.stage1_epochs + cfg.stage2_epochs, disable=cfg.quiet, leave=False, dynamic_ncols=True,
                desc=f"{cfg.model_name}/{cfg.imbalance_type}/{cfg.exp_name or cfg.method}")
-    bar.update(st["epoch"] + (cfg.stage1_epochs if st["stage"] == 2 else 0))
+    bar.update(st.epoch + (cfg.stage1_epochs if st.stage == 2 else 0))
     t_run = time.perf_counter()
     try:
-        for stage in (1, 2):
-            n_epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
-            if stage < st["stage"] or n_epochs == 0:
+        for stage, n_epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
+            if stage < st.stage or n_epochs == 0:
                 continue
-            if stage == 2 and st["stage"] == 1:  # entering stage 2 now
-                st.update(stage=2, epoch=0)
-                if method.retrain_classifier:
-                    _freeze_for_crt(model, reinit_seed=cfg.seed + 1)
-                    optimizer = make_opt(model.fc.parameters())
-            if stage == 2 and method.retrain_classifier:  # same generator, so the stream goes on
-                batches = data_loader.DeviceBatches(x_train, y_train, cfg.batch_size, norm, gen,
-                                                    sampler="class_balanced", channels_last=cfg.channels_last)
-            stat_fn = partial(_held_out_stat, model, norm, counts, cfg, (x_stat, y_stat))
-            loss_name = method.loss1 if stage == 1 else method.loss2
-            weight_kind = method.weights1 if stage == 1 else method.weights2
-            loss_fn = build_loss(loss_name, counts, cfg, device)
-            for epoch in range(st["epoch"] + 1, n_epochs + 1):
+            if stage == 2 and st.stage == 1:  # entering stage 2 now
+                st.stage, st.epoch = 2, 0
+                method.enter_stage2(run, True)
+            loss_fn = build_loss(method.loss(stage), counts, cfg, device)
+            lr_fn = partial(lr_at_step, steps_per_epoch=spe, cfg=cfg, stage=stage)
+            for epoch in range(st.epoch + 1, n_epochs + 1):
                 t0 = time.perf_counter()
-                if weight_kind == "dynamic":  # from the statistic of the epoch just before this one
-                    weights = dyn.update(_dynamic_stat(cfg.dynamic_mode, st, stat_fn))
-                else:
-                    weights = static_weights(weight_kind, counts, cfg)
-                lr_fn = partial(lr_at_step, steps_per_epoch=spe, cfg=cfg, stage=stage)
-                out = train_one_epoch(model, batches, optimizer, loss_fn, lr_fn, st["step"], C,
+                weights = class_weights(run, stage)
+                out = train_one_epoch(run.model, run.batches, run.optimizer, loss_fn, lr_fn, st.step, C,
                                       class_weights=weights, precision=cfg.precision,
                                       normalization=method.normalization, forward=forward)
-                st["step"] += out["steps"]
-                st["train_class_loss"] = out["class_loss"]
+                st.step += out["steps"]
+                st.train_class_loss = out["class_loss"]
                 last = epoch == n_epochs
-                row_w = (weights if weights is not None else torch.ones(C)).tolist()
                 if last or epoch % cfg.eval_every == 0:
-                    res = evaluate_splits(stage)
-                    seconds = time.perf_counter() - t0
-                    global_epoch = epoch + (cfg.stage1_epochs if stage == 2 else 0)
-                    for split_name, m in res.items():
-                        if not np.isfinite(m["loss"]):
-                            raise NonFiniteError(f"{split_name} loss is {m['loss']} at stage {stage} epoch {epoch}")
-                        extra = {"tau": m["tau"]} if "tau" in m else {}
-                        logger.log(_metric_row(m, stage, epoch, global_epoch, split_name, lr_fn(st["step"] - 1),
-                                               out["loss"], seconds, row_w, extra))
+                    res = method.evaluate(run, stage)
+                    row_w = (weights if weights is not None else torch.ones(C)).tolist()
+                    _log_epoch(logger, res, stage, epoch, epoch + (cfg.stage1_epochs if stage == 2 else 0),
+                               lr_fn(st.step - 1), out["loss"], time.perf_counter() - t0, row_w)
                     if last:
                         meta.setdefault("confusion_test", {})[f"stage{stage}"] = res["test"]["confusion"]
                     bar.set_postfix(stage=stage, loss=f"{out['loss']:.3f}",
                                     val_f1=f"{res.get('val', res['test'])['macro_f1']:.3f}")
-                st["epoch"] = epoch
+                st.epoch = epoch
                 logger.flush()
-                atomic_torch_save(snapshot(), paths["checkpoint"])
+                atomic_torch_save(run.snapshot(run_id), paths["checkpoint"])
                 bar.update(1)
             if stage == 1 and cfg.reuse_stage1:
-                stage1_file.parent.mkdir(exist_ok=True)
-                if not stage1_file.exists() or made_by_other_code(_load_meta_only(stage1_file), cfg):
-                    atomic_torch_save(snapshot(), stage1_file)
+                _share_stage1(run, cfg, run_id)
     except BaseException as e:
         meta.update(status="failed" if isinstance(e, Exception) else "interrupted",
-                    error=f"{type(e).__name__}: {e}", failed=time.strftime("%Y-%m-%d %H:%M:%S"))
+                    error=f"{type(e).__name__}: {e}", failed=now())
         logger.flush()
         write_json(paths["config"], meta)
         raise
@@ -776,21 +826,74 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
                "paths": {k: str(v) for k, v in paths.items() if k != "checkpoint"},
                "resumed_from": resumed_from, "stage1_reused": stage1_reused,
                "seconds": time.perf_counter() - t_run}
-    saved_model.save(paths["model"], model, cfg, data, counts, logger.rows, run_id, code_fingerprint())
-    meta.update(status="finished", finished=time.strftime("%Y-%m-%d %H:%M:%S"), results=results)
+    saved_model.save(paths["model"], run.model, cfg, rd.data, counts, logger.rows, run_id, code_fingerprint())
+    meta.update(status="finished", finished=now(), results=results)
     logger.flush()
     write_json(paths["config"], meta)
     paths["checkpoint"].unlink(missing_ok=True)
     return results
 
 
-def _dynamic_stat(mode: str, st: dict, held_out_stat):
+def _row_identity(cfg: TwoStageConfig, run_id: str, stage1_id: str) -> dict:
+    """The identity columns of every CSV row: the ids and every setting that is part of it."""
+    renamed = {"model_name": "model", "imbalance_type": "scenario"}  # the CSV's column names
+    return {"run_id": run_id, "stage1_id": stage1_id, "exp_name": cfg.exp_name or cfg.method,
+            **{renamed.get(k, k): (str(v) if isinstance(v, (tuple, list)) else v)
+               for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY + ("exp_name",)}}
+
+
+def _resume(run: Run, cfg: TwoStageConfig, paths: dict, run_id: str, device) -> tuple:
+    """Restore ``run`` from its own checkpoint, else from a shared stage 1 made by this code.
+    Returns ``(resumed_from, stage1_reused)``: the (stage, epoch) resumed from, or None; a bool."""
+    name = paths["csv"].stem
+
+    def usable(path: Path, what: str) -> dict | None:
+        """The checkpoint at ``path`` if it exists and was made by this code (or is accepted)."""
+        if not path.exists():
+            return None
+        snap = torch.load(path, map_location=device, weights_only=False)
+        why_not = made_by_other_code(snap, cfg)
+        if why_not:
+            print(f"{name}: not reusing {what} {path.name}: {why_not}", file=sys.stderr)
+            return None
+        return snap
+
+    snap = usable(paths["checkpoint"], "checkpoint") if cfg.resume else None
+    if snap is not None and snap.get("run_id") == run_id:
+        run.restore(snap)
+        return (run.state.stage, run.state.epoch), False
+    snap = usable(stage1_path(cfg), "stage 1") if cfg.reuse_stage1 and cfg.stage1_epochs > 0 else None
+    if snap is not None:
+        run.restore(snap)
+        return None, True
+    return None, False
+
+
+def _share_stage1(run: Run, cfg: TwoStageConfig, run_id: str) -> None:
+    """Save the finished stage 1 for the runs that share it, unless a current one is there."""
+    stage1_file = stage1_path(cfg)
+    stage1_file.parent.mkdir(exist_ok=True)
+    if not stage1_file.exists() or made_by_other_code(_load_meta_only(stage1_file), cfg):
+        atomic_torch_save(run.snapshot(run_id), stage1_file)
+
+
+def _log_epoch(logger: RunLogger, res: dict, stage: int, epoch: int, global_epoch: int, lr: float,
+               train_loss: float, seconds: float, row_w: list) -> None:
+    """One CSV row per evaluated split; a non-finite loss stops the run."""
+    for split_name, m in res.items():
+        if not np.isfinite(m["loss"]):
+            raise NonFiniteError(f"{split_name} loss is {m['loss']} at stage {stage} epoch {epoch}")
+        extra = {"tau": m["tau"]} if "tau" in m else {}
+        logger.log(_metric_row(m, stage, epoch, global_epoch, split_name, lr, train_loss, seconds, row_w, extra))
+
+
+def _dynamic_stat(mode: str, st: RunState, held_out_stat):
     """The per-class statistic that the next stage-2 epoch's weights come from: the last epoch's
     training loss, or ``held_out_stat(mode)`` measured now, after it, on the statistic split.
     None before any training epoch (``stage1_epochs=0``): no epoch has been seen yet."""
     if mode in ("none", "loss"):
-        return st["train_class_loss"]
-    return held_out_stat(mode) if st["step"] > 0 else None
+        return st.train_class_loss
+    return held_out_stat(mode) if st.step > 0 else None
 
 
 def _held_out_stat(model, norm, counts, cfg, stat_split, mode: str) -> torch.Tensor:
