@@ -162,12 +162,19 @@ CONFIG_GROUPS = {"seed": "the seed project's settings", "method": "method", "sch
 REQUIRED = dataclasses.MISSING
 
 
-def opt(default, help: str, group: str, choices: tuple | None = None):
+def opt(default, help: str, group: str, choices: tuple | None = None, *, identity: bool = True,
+        stage2_only: bool = False, label: bool = False):
     """A config field with its ``--help`` text and group; ``choices``, for a name, are the keys of
-    the registry it is looked up in (``--help`` lists them, argparse enforces them)."""
+    the registry it is looked up in (``--help`` lists them, argparse enforces them).
+
+    What the field is part of, declared here so that a new field is safe by default:
+    ``identity=False``: changes neither the numbers nor the run's identity (``config_hash``);
+    ``stage2_only=True``: read only by stage 2, so not part of stage 1's identity (``stage1_hash``);
+    ``label=True``: a name that changes no number (not part of stage 1's identity either)."""
     if group not in CONFIG_GROUPS:
         raise ValueError(f"group={group!r}; valid: {', '.join(CONFIG_GROUPS)}")
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices,
+                                            "identity": identity, "stage2_only": stage2_only, "label": label})
 
 
 @dataclass
@@ -177,21 +184,25 @@ class TwoStageConfig:
     model_name: str = opt(REQUIRED, "model", "seed", tuple(MODELS))
     imbalance_type: str = opt(REQUIRED, "scenario", "seed", data_loader.IMBALANCE_TYPES)
     stage1_epochs: int = opt(20, "epochs of stage 1 (cross-entropy from scratch for decoupled methods)", "seed")
-    stage2_epochs: int = opt(20, "epochs of stage 2 (fine-tuning from stage 1)", "seed")
+    stage2_epochs: int = opt(20, "epochs of stage 2 (fine-tuning from stage 1)", "seed", stage2_only=True)
     imb_factor: float = opt(0.01, "smallest / largest class count, in (0, 1]", "seed")
     batch_size: int = opt(128, "training images per step", "seed")
     log_dir: str = opt("results", "folder for the CSV, JSON, model, checkpoints and the shared stage-1 cache",
-                       "runtime")
+                       "runtime", identity=False)
     stage1_lr: float = opt(0.1, "stage-1 learning rate (SGD, per batch of batch_size)", "seed")
-    stage2_lr: float = opt(0.01, "stage-2 learning rate", "seed")
-    min_weight: float = opt(1.0, "smallest dynamic class weight (> 0)", "seed")
-    max_weight: float = opt(8.0, "largest dynamic class weight (>= min_weight)", "seed")
-    ema_alpha: float = opt(0.8, "EMA of the per-class statistic: s = a*s_prev + (1-a)*x, a in [0, 1)", "seed")
-    stage2_loss_type: str = opt("focal", "stage-2 loss of two_stage_ictta", "seed", STAGE2_LOSS_TYPES)
-    stage2_focal_gamma: float = opt(1.5, "focal gamma of two_stage_ictta's stage 2, in [0, 5]", "seed")
+    stage2_lr: float = opt(0.01, "stage-2 learning rate", "seed", stage2_only=True)
+    min_weight: float = opt(1.0, "smallest dynamic class weight (> 0)", "seed", stage2_only=True)
+    max_weight: float = opt(8.0, "largest dynamic class weight (>= min_weight)", "seed", stage2_only=True)
+    ema_alpha: float = opt(0.8, "EMA of the per-class statistic: s = a*s_prev + (1-a)*x, a in [0, 1)", "seed",
+                           stage2_only=True)
+    stage2_loss_type: str = opt("focal", "stage-2 loss of two_stage_ictta", "seed", STAGE2_LOSS_TYPES,
+                                stage2_only=True)
+    stage2_focal_gamma: float = opt(1.5, "focal gamma of two_stage_ictta's stage 2, in [0, 5]", "seed",
+                                    stage2_only=True)
     dynamic_mode: str = opt("loss", "per-class statistic of the dynamic weights (none: uniform weights)", "seed",
-                            losses.DYNAMIC_MODES)
-    exp_name: str | None = opt(None, "file-name prefix of the run (default: the method's name)", "seed")
+                            losses.DYNAMIC_MODES, stage2_only=True)
+    exp_name: str | None = opt(None, "file-name prefix of the run (default: the method's name)", "seed",
+                               label=True)
     # --- beyond the seed
     method: str = opt("two_stage_ictta", "method", "method", tuple(METHODS))
     seed: int = opt(0, "seed of the subset, validation split, init and batch order", "data")
@@ -199,9 +210,9 @@ class TwoStageConfig:
     dataset: str = opt(data_loader.DEFAULT_DATASET, "dataset: picks the default data_root and what is downloaded", "data",
                        tuple(data_loader.DATASETS))
     data_root: str | None = opt(None, "dataset folder (default: $CIFAR10_ROOT, else data/cifar10; for cifar100 "
-                                      "$CIFAR100_ROOT, else data/cifar100)", "data")
+                                      "$CIFAR100_ROOT, else data/cifar100)", "data", identity=False)
     download: bool = opt(False, "download the dataset into data_root when it is not there (data/<dataset> "
-                                "downloads without asking)", "data")
+                                "downloads without asking)", "data", identity=False)
     val_per_class: int = opt(100, "balanced validation images per class, held out of train first", "data")
     stat_per_class: int = opt(50, "balanced images per class held out (after validation) for the "
                                   "val_loss / val_error statistic; disjoint from train, validation, test", "data")
@@ -217,10 +228,11 @@ class TwoStageConfig:
     ldam_max_margin: float = opt(0.5, "largest LDAM margin", "method")
     ldam_scale: float = opt(30.0, "LDAM logit scale s", "method")
     prior_blend: float = opt(0.0, "dynamic weights: share of a count prior (inverse frequency) blended "
-                                  "into the statistic, in [0, 1] (losses.DynamicClassWeights)", "method")
+                                  "into the statistic, in [0, 1] (losses.DynamicClassWeights)", "method",
+                               stage2_only=True)
     stage2_schedule: str = opt("inherit", "stage-2 learning rate: inherit (the run's schedule goes on) or "
                                           "cosine (restart at stage2_lr, cosine to 0 over stage 2)", "schedule",
-                               STAGE2_SCHEDULES)
+                               STAGE2_SCHEDULES, stage2_only=True)
     normed_init: str = opt("unit", "init of LDAM's cosine classifier: unit (rows of norm 1, the "
                                    "reference) or uniform (raw U(-1, 1) rows, this project's earlier init)",
                            "method", NORMED_INITS)
@@ -231,26 +243,25 @@ class TwoStageConfig:
     compile_mode: str = opt("default", "torch.compile mode (reduce-overhead: CUDA graphs)", "runtime",
                             COMPILE_MODES)
     eval_every: int = opt(1, "epochs between evaluations (each stage's last epoch always is)", "runtime")
-    eval_batch_size: int = opt(512, "images per evaluation batch", "runtime")
-    threads: int | None = opt(None, "CPU threads (default: torch's, one per core)", "runtime")
-    quiet: bool = opt(False, "no progress bar", "runtime")
+    eval_batch_size: int = opt(512, "images per evaluation batch", "runtime", identity=False)
+    threads: int | None = opt(None, "CPU threads (default: torch's, one per core)", "runtime", identity=False)
+    quiet: bool = opt(False, "no progress bar", "runtime", identity=False)
     tensorboard: bool = opt(False, "also write each evaluated epoch's losses, metrics and class weights for "
                                    "TensorBoard, to <log_dir>/tensorboard/<run name>/ (optional package: "
-                                   "pip install tensorboard)", "runtime")
-    resume: bool = opt(True, "resume from the last checkpoint; return a finished run's results", "runtime")
-    reuse_stage1: bool = opt(True, "share stage 1 with other runs in log_dir", "runtime")
+                                   "pip install tensorboard)", "runtime", identity=False)
+    resume: bool = opt(True, "resume from the last checkpoint; return a finished run's results", "runtime",
+                       identity=False)
+    reuse_stage1: bool = opt(True, "share stage 1 with other runs in log_dir", "runtime", identity=False)
     accept_code_change: bool = opt(False, "keep (resume, skip, share) results made by other code; only "
-                                          "for a change shown numerically neutral (README)", "runtime")
-    tag: str = opt("", "free label copied into every row (the grid writes <suite>-<profile>)", "runtime")
+                                          "for a change shown numerically neutral (README)", "runtime",
+                                  identity=False)
+    tag: str = opt("", "free label copied into every row (the grid writes <suite>-<profile>)", "runtime",
+                   label=True)
 
 
-SEED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TwoStageConfig)[2:17]}
-# settings that change neither the numbers nor the run's identity
-_NOT_IDENTITY = ("log_dir", "data_root", "quiet", "resume", "reuse_stage1", "threads", "eval_batch_size",
-                 "accept_code_change", "download", "tensorboard")
+# settings that change neither the numbers nor the run's identity (``identity=False`` at the field)
+_NOT_IDENTITY = tuple(f.name for f in dataclasses.fields(TwoStageConfig) if not f.metadata["identity"])
 _NOT_IN_HASH = _NOT_IDENTITY + ("tag",)
-# settings added after results existed: hashed only away from their default, so that the run ids of
-# the runs made before them stay valid
 
 
 def _check(cond: bool, name: str, value, accepted: str) -> None:
@@ -374,25 +385,15 @@ def _normal(value):
 
 
 def stage1_hash(cfg: TwoStageConfig) -> str:
-    """Identity of stage 1: everything that changes its numbers, nothing that only stage 2 uses."""
+    """Identity of stage 1: every setting but those declared not to matter to it at their field
+    (``identity=False``, ``stage2_only``, ``label``), the method replaced by its stage-1 loss, weights
+    and classifier, the data folder by its resolved path. A new setting is part of it by default."""
     m = METHODS[cfg.method]
-    keys = ["model_name", "imbalance_type", "imb_factor", "batch_size", "stage1_epochs", "stage1_lr",
-            "seed", "device", "val_per_class", "stat_per_class", "n_max", "momentum", "weight_decay", "warmup_epochs",
-            "schedule", "lr_milestones", "precision", "channels_last", "compile", "compile_mode"]
-    if m.loss1 == "focal":
-        keys.append("focal_gamma")
-    if m.weights1 == "effective":
-        keys.append("cb_beta")
-    if m.loss1 == "ldam":
-        keys += ["ldam_max_margin", "ldam_scale"]
-    if m.normed_classifier:
-        keys.append("normed_init")
-    if m.loss1 == "logit_adjust":
-        keys.append("la_tau")
-    d = {k: getattr(cfg, k) for k in keys}
+    d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+         if f.metadata["identity"] and not f.metadata["stage2_only"] and not f.metadata["label"]
+         and f.name != "method"}
     d.update(loss1=m.loss1, weights1=m.weights1, normed=m.normed_classifier,
              data=str(Path(cfg.data_root or data_loader.default_data_root(cfg.dataset)).resolve()))
-    # the stage-2 length matters for stage 1 only through a global step schedule's milestones
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
