@@ -62,6 +62,7 @@ from matplotlib.figure import Figure  # the object API: Agg canvas, no pyplot gl
 
 import summary_tuning as st
 from results_logger import atomic_write_text
+from two_stage_ictta import METHODS
 
 BASELINE_MODELS = ("simplecnn", "resnet10", "resnet15", "resnet20")  # what run_all_models' grid runs
 SCENARIOS = ("long_tail", "head_tail")
@@ -851,7 +852,7 @@ def _compare_figures(t: dict, root: Path, out: Path, paths: list, notes: list) -
         gn = []
         if (g["n_seeds"] < 3).any():
             gn.append("fewer than 3 seeds: " + ", ".join(f"{m} {n}" for m, n in zip(g["method"], g["n_seeds"]) if n < 3))
-        absent = [m for m in st.METHOD_ORDER[:-1] if m not in set(g["method"])]
+        absent = [m for m in METHODS if m not in set(g["method"])]
         if absent:
             gn.append("no finished runs for " + ", ".join(absent))
         notes.extend(f"{key[0]} {key[1]}/{key[2]}: {n}" for n in gn)

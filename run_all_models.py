@@ -7,7 +7,7 @@ Suites (``--suite``):
   ``dynamic_mode="none"`` and cross-entropy) followed by :func:`run_tuning_resnets` (the stage-2
   knobs of :data:`TUNING_GRID` on the ResNets, one knob at a time; ``--tuning product`` runs every
   combination, 10 times the runs).
-* ``compare``: :data:`COMPARE_METHODS`, the field's methods beside ours on the same data, model,
+* ``compare``: every method of :data:`two_stage_ictta.METHODS`, the field's methods beside ours on the same data, model,
   schedule and seeds.
 
 Every run is :func:`two_stage_ictta.run_two_stage` with a config built here: a finished run is
@@ -60,8 +60,6 @@ from two_stage_ictta import (METHODS, RunLock, TwoStageConfig, _pid_alive, confi
 BASELINE_MODELS = ("simplecnn", "resnet10", "resnet15", "resnet20")
 TUNING_MODELS = ("resnet10", "resnet15", "resnet20")
 SCENARIOS = ("long_tail", "head_tail")
-COMPARE_METHODS = ("ce", "focal", "rw", "cb_focal", "drw", "ldam_drw", "logit_adjust",
-                   "balanced_softmax", "crt", "tau_norm", "two_stage_ictta")
 
 # Stage-2 knobs of the tuning grid. By default they vary one knob at a time around the profile's
 # settings (TUNING_MODES[0]: 8 points); "product" runs every combination (80 points, 10x the runs).
@@ -198,10 +196,10 @@ def plan_tuning(profile="full", models=TUNING_MODELS, scenarios=SCENARIOS, seeds
             for seed in seeds for model in models for scenario in scenarios for point in points]
 
 
-def plan_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), methods=COMPARE_METHODS,
+def plan_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), methods=None,
                  imb_factors=None, **common):
-    """Every method on every (scenario, imb_factor) case of the profile; ``scenarios`` and
-    ``imb_factors`` keep only the matching cases."""
+    """Every method (default: every registered one) on every (scenario, imb_factor) case of the
+    profile; ``scenarios`` and ``imb_factors`` keep only the matching cases."""
     spec = PROFILES[profile]
     cases = [c for c in spec["compare_scenarios"] if (scenarios is None or c[0] in scenarios)
              and (imb_factors is None or any(abs(c[1] - f) < 1e-12 for f in imb_factors))]
@@ -210,7 +208,7 @@ def plan_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2)
                          f"imb_factors={imb_factors}; its cases: {spec['compare_scenarios']}")
     return [_config(profile, "compare", model, scenario, seed, common, method=method, imb_factor=imb)
             for seed in seeds for model in (models or spec["compare_models"]) for scenario, imb in cases
-            for method in methods]
+            for method in (methods or tuple(METHODS))]
 
 
 def plan_ablation(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), variants=tuple(ABLATIONS),
@@ -437,7 +435,7 @@ def run_tuning_resnets(profile="full", models=TUNING_MODELS, scenarios=SCENARIOS
     return run_grid(configs, quiet, out_dir / "report_tuning.json")
 
 
-def run_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), methods=COMPARE_METHODS,
+def run_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), methods=None,
                 imb_factors=None, out="results", quiet=False, **common) -> dict:
     """The field's methods and ours, same data, model, schedule and seeds."""
     out_dir = Path(_out_dir(out, profile, common.get("dataset", DEFAULT_DATASET)))
@@ -1022,7 +1020,7 @@ def plan_parts(args, common: dict) -> list[tuple[str, list[TwoStageConfig]]]:
                                            log_dir=out, **common))]
     if args.suite == "compare":
         return [("compare", plan_compare(args.profile, args.models, scenarios, tuple(args.seeds or (0, 1, 2)),
-                                         tuple(args.methods or COMPARE_METHODS), args.imb_factors,
+                                         tuple(args.methods or METHODS), args.imb_factors,
                                          log_dir=out, **common))]
     seeds, scenarios = tuple(args.seeds or (0,)), scenarios or SCENARIOS
     parts = []

@@ -57,6 +57,7 @@ import numpy as np
 import pandas as pd
 
 from results_logger import SCALAR_METRICS, atomic_write_text, summarize_rows
+from two_stage_ictta import METHODS
 
 RUN_GLOB = "results_*.csv"
 SUITES = ("baseline", "tuning", "compare", "ablation")
@@ -71,9 +72,14 @@ NOT_CONFIG = ("run_id", "stage1_id", "seed")  # the configuration is the identit
 TUNED = ("stage2_lr", "min_weight", "max_weight", "stage2_focal_gamma", "dynamic_mode", "stage2_loss_type")
 COMPARE_METRICS = (("acc", "test acc"), ("macro_f1", "macro-F1"), ("tail_macro_f1", "tail macro-F1"),
                    ("many_acc", "many acc"), ("medium_acc", "medium acc"), ("few_acc", "few acc"))
-# display order of the compare table: issue 4's list; unknown methods follow alphabetically
-METHOD_ORDER = ("ce", "focal", "rw", "cb_focal", "drw", "ldam_drw", "logit_adjust", "balanced_softmax",
-                "crt", "tau_norm", "two_stage_ictta", "control")
+
+
+def method_order() -> tuple:
+    """Display order of the compare table: the registry's (two_stage_ictta.METHODS), then the
+    baseline's control; unknown methods follow alphabetically."""
+    return (*METHODS, "control")
+
+
 GROUP_COLUMNS = ("tag", "suite", "profile", "model", "scenario", "imb_factor", "method", "exp_name",
                  "variant", "role")
 ABLATION_PREFIX = "abl-"  # exp_name of an ablation variant of the two-stage method
@@ -706,7 +712,7 @@ def compare_table(agg: pd.DataFrame, suites=("compare",)) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     if not len(out):
         return out
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    rank = {m: i for i, m in enumerate(method_order())}
     out["_order"] = out["method"].map(lambda m: (rank.get(m, len(rank)), m))
     out["_sel"] = out["selection"].map(list(SELECTIONS).index)  # final first
     out = out.sort_values(["tag", "model", "scenario", "imb_factor", "_sel", "_order"], kind="stable")

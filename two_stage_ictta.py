@@ -362,11 +362,11 @@ def validate_config(cfg: TwoStageConfig) -> None:
            cfg.log_dir, "a folder path")
     _check(cfg.data_root is None or isinstance(cfg.data_root, (str, os.PathLike)), "data_root",
            cfg.data_root, "None or a folder path")
-    needs_stat = cfg.method == "two_stage_ictta" and cfg.dynamic_mode in ("val_loss", "val_error")
+    needs_stat = METHODS[cfg.method].weights2 == "dynamic" and cfg.dynamic_mode in ("val_loss", "val_error")
     _check(not needs_stat or cfg.stat_per_class > 0, "stat_per_class", cfg.stat_per_class,
            f"> 0 for dynamic_mode={cfg.dynamic_mode!r} (its statistic comes from that split)")
-    _check(cfg.method != "tau_norm" or cfg.val_per_class > 0, "val_per_class", cfg.val_per_class,
-           "> 0 for method='tau_norm' (tau is chosen on validation)")
+    _check(METHODS[cfg.method].evaluate is not evaluate_tau_norm or cfg.val_per_class > 0, "val_per_class",
+           cfg.val_per_class, f"> 0 for method={cfg.method!r} (tau is chosen on validation)")
 
 
 def config_hash(cfg: TwoStageConfig) -> str:
@@ -470,26 +470,37 @@ def lr_at_step(step: int, steps_per_epoch: int, cfg: TwoStageConfig, stage: int)
     return lr
 
 
+def _ictta_loss(counts, cfg: TwoStageConfig, device):
+    """two_stage_ictta's stage-2 loss: focal (gamma=stage2_focal_gamma) or CE, per stage2_loss_type."""
+    if cfg.stage2_loss_type == "focal":
+        return partial(losses.focal_loss, gamma=cfg.stage2_focal_gamma)
+    return losses.focal_loss
+
+
+def _balanced_softmax_loss(counts, cfg: TwoStageConfig, device):
+    log_counts = torch.tensor(counts, dtype=torch.float64).log().float().to(device)
+    return partial(losses.logit_adjusted_loss, log_priors=log_counts, tau=1.0)
+
+
+# The losses a Method names, each built from (counts, cfg, device) as f(logits, y, weight, reduction).
+LOSSES = {
+    "ce": lambda counts, cfg, device: losses.focal_loss,
+    "focal": lambda counts, cfg, device: partial(losses.focal_loss, gamma=cfg.focal_gamma),
+    "ldam": lambda counts, cfg, device: partial(
+        losses.ldam_loss, margins=losses.ldam_margins(counts, cfg.ldam_max_margin).to(device), scale=cfg.ldam_scale),
+    "logit_adjust": lambda counts, cfg, device: partial(
+        losses.logit_adjusted_loss, log_priors=losses.log_prior(counts).to(device), tau=cfg.la_tau),
+    "balanced_softmax": _balanced_softmax_loss,
+    "ictta": _ictta_loss,
+}
+
+
 def build_loss(name: str, counts, cfg: TwoStageConfig, device="cpu"):
-    """The loss function ``f(logits, y, weight, reduction)`` of a method's stage; its constant
-    tensors (margins, priors) live on ``device`` so the step loop copies nothing."""
-    if name == "ictta":
-        name = cfg.stage2_loss_type
-        if name == "focal":
-            return partial(losses.focal_loss, gamma=cfg.stage2_focal_gamma)
-    if name == "ce":
-        return losses.focal_loss
-    if name == "focal":
-        return partial(losses.focal_loss, gamma=cfg.focal_gamma)
-    if name == "ldam":
-        return partial(losses.ldam_loss, margins=losses.ldam_margins(counts, cfg.ldam_max_margin).to(device),
-                       scale=cfg.ldam_scale)
-    if name == "logit_adjust":
-        return partial(losses.logit_adjusted_loss, log_priors=losses.log_prior(counts).to(device), tau=cfg.la_tau)
-    if name == "balanced_softmax":
-        log_counts = torch.tensor(counts, dtype=torch.float64).log().float().to(device)
-        return partial(losses.logit_adjusted_loss, log_priors=log_counts, tau=1.0)
-    raise ValueError(f"unknown loss {name!r}")
+    """The loss function ``f(logits, y, weight, reduction)`` of a method's stage (:data:`LOSSES`);
+    its constant tensors (margins, priors) live on ``device`` so the step loop copies nothing."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
+    return LOSSES[name](counts, cfg, device)
 
 
 def static_weights(kind: str, counts, cfg: TwoStageConfig) -> torch.Tensor | None:
