@@ -46,10 +46,12 @@ from tqdm.auto import tqdm
 import data_loader
 import live_curves
 import losses
+import runfiles
 import saved_model
 from model import MODELS, NORMED_INITS, get_model
 from results_logger import (RunLogger, atomic_torch_save, git_commit, now, read_json, summarize_rows,
                             write_json)
+from runfiles import RunLock
 from train_eval import (PRECISIONS, NonFiniteError, evaluate, predict, resolve_device,
                         train_one_epoch)
 
@@ -518,70 +520,8 @@ def is_finished(cfg: TwoStageConfig, meta: dict | None) -> bool:
     this code (or kept by ``accept_code_change``), whose CSV exists: what a rerun skips, and what
     the grid's ``--status`` counts as done."""
     return (meta is not None and meta.get("status") == "finished" and meta.get("run_id") == config_hash(cfg)
-            and made_by_other_code(meta, cfg) is None and (Path(cfg.log_dir) / f"{run_name(cfg)}.csv").exists())
-
-
-class RunLock:
-    """An exclusive lock file for one run: a second process on the same run gets a clear error.
-    A lock left by a dead process on this host is taken over."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, me.encode())
-                os.close(fd)
-                return self
-            except FileExistsError:
-                try:
-                    text = self.path.read_text()
-                    host, pid = text.split()
-                    int(pid)
-                except (OSError, ValueError):
-                    text, host, pid = None, "", "0"
-                if host == socket.gethostname() and not _pid_alive(int(pid)):
-                    self._remove_if_unchanged(text)
-                    continue
-                raise RunLockedError(f"run {self.path.stem!r} is being written by process {pid} on "
-                                     f"{host}; wait for it, or delete {self.path} if that process is gone")
-        raise RunLockedError(f"could not take the lock {self.path}")
-
-    def _remove_if_unchanged(self, stale: str) -> None:
-        """Delete the stale lock file if it still reads ``stale``. A flock on the folder makes the
-        check and the delete one step between processes: otherwise two processes that both found
-        the same stale lock could each delete the other's fresh one, and both run."""
-        import fcntl
-
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close
-            if self.path.read_text() == stale:
-                self.path.unlink()
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(fd)
-
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
-
-
-class RunLockedError(RuntimeError):
-    pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # no such process; a pid no process can have
-        return False
-    except PermissionError:
-        return True
-    return True
+            and made_by_other_code(meta, cfg) is None
+            and runfiles.run_paths(cfg.log_dir, run_name(cfg))["csv"].exists())
 
 
 def _metric_row(metrics: dict, stage: int, epoch: int, global_epoch: int, split: str, lr: float,
@@ -612,8 +552,7 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
     except OSError as e:
         raise ValueError(f"log_dir={str(log_dir)!r} cannot be written: {e}") from e
     name = run_name(cfg)
-    paths = {"csv": log_dir / f"{name}.csv", "config": log_dir / f"{name}.json",
-             "model": log_dir / f"{name}.model.pt", "checkpoint": log_dir / f"{name}.ckpt.pt"}
+    paths = runfiles.run_paths(log_dir, name)
     run_id = config_hash(cfg)
     previous = read_json(paths["config"])
     if previous is not None and previous.get("run_id") != run_id and paths["csv"].exists():
@@ -627,22 +566,10 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
         print(f"rerunning {name}: its finished result was {stale}", file=sys.stderr)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    with RunLock(log_dir / f"{name}.lock"):
-        for suffix in ("csv", "json", "model.pt", "ckpt.pt"):  # temporary files of an attempt that was killed
-            for tmp in log_dir.glob(f".{name}.{suffix}.*.tmp"):
-                tmp.unlink(missing_ok=True)
-        _remove_dead_writers_tmp(stage1_path(cfg))  # the shared stage 1 is not ours alone
+    with RunLock(runfiles.lock_path(log_dir, name)):
+        runfiles.remove_attempt_tmp(log_dir, name)  # of an attempt that was killed
+        runfiles.remove_dead_writers_tmp(stage1_path(cfg))  # the shared stage 1 is not ours alone
         return _run_locked(cfg, paths, run_id)
-
-
-def _remove_dead_writers_tmp(path: Path) -> None:
-    """Delete the temporary files of ``path`` left by processes of this host that have died."""
-    host = socket.gethostname().replace(".", "_")
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        writer = tmp.name[len(path.name) + 2:].split(".")[0]  # <host>-<pid>
-        w_host, _, pid = writer.rpartition("-")
-        if w_host == host and pid.isdigit() and not _pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
 
 
 @dataclass

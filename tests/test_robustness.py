@@ -28,6 +28,7 @@ from hypothesis import given, settings, strategies as st
 
 import data_loader
 import main as cli
+import runfiles
 import two_stage_ictta as tsi
 from conftest import make_image_folder
 from data_loader import DataError
@@ -154,7 +155,7 @@ def shared_dir(data_root, tmp_path_factory) -> dict:
         try:  # a second process (this one) on the same run, while the first holds its lock
             tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, data_root=str(data_root), log_dir=str(log_dir),
                                                 exp_name="killed", **RUN)
-        except tsi.RunLockedError as e:
+        except runfiles.RunLockedError as e:
             out["refused"] = str(e)
         finally:
             torch.set_num_threads(threads)
@@ -251,7 +252,7 @@ def test_lock_held_by_a_live_process_refuses_the_run(tmp_path, live_pid, synthet
     cfg = tsi.TwoStageConfig(MODEL, SCENARIO, data_root=str(synthetic_root), log_dir=str(tmp_path), **RUN)
     lock = tmp_path / f"{tsi.run_name(cfg)}.lock"
     lock.write_text(_lock_text(live_pid))
-    with pytest.raises(tsi.RunLockedError, match=f"process {live_pid}"):
+    with pytest.raises(runfiles.RunLockedError, match=f"process {live_pid}"):
         tsi.run_two_stage(cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == [lock.name]  # nothing written
     assert lock.read_text() == _lock_text(live_pid)
@@ -260,18 +261,18 @@ def test_lock_held_by_a_live_process_refuses_the_run(tmp_path, live_pid, synthet
 def test_lock_of_a_dead_process_is_taken_over(tmp_path, dead_pid):
     lock = tmp_path / "run.lock"
     lock.write_text(_lock_text(dead_pid))
-    with tsi.RunLock(lock):
+    with runfiles.RunLock(lock):
         assert lock.read_text() == _lock_text(os.getpid())
-        with pytest.raises(tsi.RunLockedError):  # and now it is ours, alive
-            tsi.RunLock(lock).__enter__()
+        with pytest.raises(runfiles.RunLockedError):  # and now it is ours, alive
+            runfiles.RunLock(lock).__enter__()
     assert not lock.exists()
 
 
 def test_lock_from_another_host_is_respected(tmp_path, dead_pid):
     lock = tmp_path / "run.lock"
     lock.write_text(_lock_text(dead_pid, host="some-other-host"))  # its liveness cannot be checked here
-    with pytest.raises(tsi.RunLockedError, match="some-other-host"):
-        tsi.RunLock(lock).__enter__()
+    with pytest.raises(runfiles.RunLockedError, match="some-other-host"):
+        runfiles.RunLock(lock).__enter__()
 
 
 @pytest.mark.parametrize("content", ["", "garbage", "{host} notapid", "{host} 1 2", "other-host -1"])
@@ -279,8 +280,8 @@ def test_unreadable_lock_is_an_error_not_a_crash(tmp_path, content):
     """A lock it cannot read is respected (the user is told to delete it), never a crash."""
     lock = tmp_path / "run.lock"
     lock.write_text(content.format(host=socket.gethostname()))
-    with pytest.raises(tsi.RunLockedError, match=str(lock)):
-        tsi.RunLock(lock).__enter__()
+    with pytest.raises(runfiles.RunLockedError, match=str(lock)):
+        runfiles.RunLock(lock).__enter__()
 
 
 def test_two_processes_cannot_both_take_over_one_stale_lock(tmp_path, dead_pid, live_pid, monkeypatch):
@@ -288,7 +289,7 @@ def test_two_processes_cannot_both_take_over_one_stale_lock(tmp_path, dead_pid, 
     writes its own). P must then see Q's live lock and stop, not delete it and run beside Q."""
     lock = tmp_path / "run.lock"
     lock.write_text(_lock_text(dead_pid))
-    real_alive = tsi._pid_alive
+    real_alive = runfiles.pid_alive
 
     def alive_while_q_takes_over(pid: int) -> bool:
         if pid == dead_pid and lock.read_text() == _lock_text(dead_pid):
@@ -297,9 +298,9 @@ def test_two_processes_cannot_both_take_over_one_stale_lock(tmp_path, dead_pid, 
             return False
         return real_alive(pid)
 
-    monkeypatch.setattr(tsi, "_pid_alive", alive_while_q_takes_over)
-    with pytest.raises(tsi.RunLockedError, match=f"process {live_pid}"):
-        tsi.RunLock(lock).__enter__()
+    monkeypatch.setattr(runfiles, "pid_alive", alive_while_q_takes_over)
+    with pytest.raises(runfiles.RunLockedError, match=f"process {live_pid}"):
+        runfiles.RunLock(lock).__enter__()
     assert lock.read_text() == _lock_text(live_pid)
 
 
@@ -515,7 +516,7 @@ def test_temp_files_name_their_writer_and_dead_writers_leftovers_are_removed(tmp
     remote = target.parent / f".{target.name}.other_host-{dead_pid}.x3.tmp"  # cannot be checked here
     for p in (dead, alive, remote):
         p.write_bytes(b"half")
-    tsi._remove_dead_writers_tmp(target)
+    runfiles.remove_dead_writers_tmp(target)
     assert not dead.exists() and alive.exists() and remote.exists()
     assert writer_tag() == f"{host}-{os.getpid()}"
     atomic_write_text(target, "whole")  # and our own write leaves no temporary file
