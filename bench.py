@@ -48,7 +48,8 @@ import losses
 from model import MODELS
 from results_logger import git_commit, write_json
 from train_eval import PRECISIONS, autocast, evaluate, resolve_device, train_one_epoch
-from two_stage_ictta import COMPILE_MODES, TwoStageConfig, build_loss, lr_at_step, prepare_data
+from two_stage_ictta import (COMPILE_MODES, TwoStageConfig, build_loss, check_setting, is_choice, lr_at_step,
+                             prepare_data)
 from two_stage_ictta import build_model as run_model
 
 HERE = Path(__file__).resolve().parent
@@ -89,12 +90,11 @@ class BenchConfig:
 def validate(cfg: BenchConfig) -> None:
     """Raise ``ValueError`` naming the first invalid setting."""
     def check(ok, name, accepted):
-        if not ok:
-            raise ValueError(f"{name}={getattr(cfg, name)!r} is invalid; accepted: {accepted}")
+        check_setting(ok, name, getattr(cfg, name), accepted)
     check(isinstance(cfg.model, str) and cfg.model.lower() in MODELS, "model", ", ".join(MODELS))
-    check(cfg.precision in PRECISIONS, "precision", ", ".join(PRECISIONS))
-    check(cfg.compile_mode in COMPILE_MODES, "compile_mode", ", ".join(COMPILE_MODES))
-    check(cfg.imbalance_type in data_loader.IMBALANCE_TYPES, "imbalance_type",
+    check(is_choice(cfg.precision, PRECISIONS), "precision", ", ".join(PRECISIONS))
+    check(is_choice(cfg.compile_mode, COMPILE_MODES), "compile_mode", ", ".join(COMPILE_MODES))
+    check(is_choice(cfg.imbalance_type, data_loader.IMBALANCE_TYPES), "imbalance_type",
           ", ".join(data_loader.IMBALANCE_TYPES))
     check(cfg.threads is None or cfg.threads >= 1, "threads", "None or an integer >= 1")
     check(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps", "None or an integer >= 1")

@@ -429,7 +429,7 @@ def plot_heatmap(cells: pd.DataFrame, paired: pd.DataFrame, models, scenarios, t
 def _knob_change(tuned, default) -> str:
     """What a tuning point changes from the default run, e.g. ``stage2_lr 0.01 -> 0.003``."""
     def show(r, k):
-        return f"[{st._g(r['min_weight'])}, {st._g(r['max_weight'])}]" if k == "weights" else st._g(r[k])
+        return f"[{st.fmt_num(r['min_weight'])}, {st.fmt_num(r['max_weight'])}]" if k == "weights" else st.fmt_num(r[k])
     knobs = ["weights" if k in ("min_weight", "max_weight") else k for k in st.TUNED]
     changed = [k for k in dict.fromkeys(knobs) if show(tuned, k) != show(default, k)]
     return "; ".join(f"{k} {show(default, k)} → {show(tuned, k)}" for k in changed) or "(same settings)"

@@ -266,16 +266,17 @@ _NOT_IDENTITY = tuple(f.name for f in dataclasses.fields(TwoStageConfig) if not 
 _NOT_IN_HASH = _NOT_IDENTITY + ("tag",)
 
 
-def _check(cond: bool, name: str, value, accepted: str) -> None:
+def check_setting(cond: bool, name: str, value, accepted: str) -> None:
+    """Raise ``ValueError("<name>=<value> is invalid; accepted: <accepted>")`` unless ``cond``."""
     if not cond:
         raise ValueError(f"{name}={value!r} is invalid; accepted: {accepted}")
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def _is_num(v) -> bool:
+def is_number(v) -> bool:
     if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
         return False
     try:
@@ -284,7 +285,7 @@ def _is_num(v) -> bool:
         return False
 
 
-def _is_choice(v, choices) -> bool:
+def is_choice(v, choices) -> bool:
     """``v in choices`` for a string only: a list or array would raise TypeError or an
     ambiguous-truth ValueError that names no parameter."""
     return isinstance(v, str) and v in choices
@@ -292,82 +293,82 @@ def _is_choice(v, choices) -> bool:
 
 def validate_config(cfg: TwoStageConfig) -> None:
     """Raise ``ValueError`` naming the first invalid setting and what it accepts. Writes nothing."""
-    _check(isinstance(cfg.model_name, str) and cfg.model_name.lower() in MODELS, "model_name",
+    check_setting(isinstance(cfg.model_name, str) and cfg.model_name.lower() in MODELS, "model_name",
            cfg.model_name, ", ".join(MODELS))
-    _check(_is_choice(cfg.imbalance_type, data_loader.IMBALANCE_TYPES), "imbalance_type", cfg.imbalance_type,
+    check_setting(is_choice(cfg.imbalance_type, data_loader.IMBALANCE_TYPES), "imbalance_type", cfg.imbalance_type,
            ", ".join(data_loader.IMBALANCE_TYPES))
-    _check(_is_choice(cfg.method, METHODS), "method", cfg.method, ", ".join(METHODS))
-    _check(_is_choice(cfg.dataset, data_loader.DATASETS), "dataset", cfg.dataset, ", ".join(data_loader.DATASETS))
-    _check(_is_choice(cfg.stage2_loss_type, STAGE2_LOSS_TYPES), "stage2_loss_type", cfg.stage2_loss_type,
+    check_setting(is_choice(cfg.method, METHODS), "method", cfg.method, ", ".join(METHODS))
+    check_setting(is_choice(cfg.dataset, data_loader.DATASETS), "dataset", cfg.dataset, ", ".join(data_loader.DATASETS))
+    check_setting(is_choice(cfg.stage2_loss_type, STAGE2_LOSS_TYPES), "stage2_loss_type", cfg.stage2_loss_type,
            ", ".join(STAGE2_LOSS_TYPES))
-    _check(_is_choice(cfg.dynamic_mode, losses.DYNAMIC_MODES), "dynamic_mode", cfg.dynamic_mode,
+    check_setting(is_choice(cfg.dynamic_mode, losses.DYNAMIC_MODES), "dynamic_mode", cfg.dynamic_mode,
            ", ".join(losses.DYNAMIC_MODES))
-    _check(_is_choice(cfg.schedule, SCHEDULES), "schedule", cfg.schedule, ", ".join(SCHEDULES))
-    _check(_is_choice(cfg.stage2_schedule, STAGE2_SCHEDULES), "stage2_schedule", cfg.stage2_schedule,
+    check_setting(is_choice(cfg.schedule, SCHEDULES), "schedule", cfg.schedule, ", ".join(SCHEDULES))
+    check_setting(is_choice(cfg.stage2_schedule, STAGE2_SCHEDULES), "stage2_schedule", cfg.stage2_schedule,
            ", ".join(STAGE2_SCHEDULES))
-    _check(_is_num(cfg.prior_blend) and 0 <= cfg.prior_blend <= 1, "prior_blend", cfg.prior_blend,
+    check_setting(is_number(cfg.prior_blend) and 0 <= cfg.prior_blend <= 1, "prior_blend", cfg.prior_blend,
            "a number in [0, 1]")
-    _check(_is_choice(cfg.precision, PRECISIONS), "precision", cfg.precision, ", ".join(PRECISIONS))
-    _check(_is_choice(cfg.compile_mode, COMPILE_MODES), "compile_mode", cfg.compile_mode, ", ".join(COMPILE_MODES))
-    _check(_is_choice(cfg.normed_init, NORMED_INITS), "normed_init", cfg.normed_init, ", ".join(NORMED_INITS))
-    _check(_is_num(cfg.imb_factor) and 0 < cfg.imb_factor <= 1, "imb_factor", cfg.imb_factor, "a number in (0, 1]")
+    check_setting(is_choice(cfg.precision, PRECISIONS), "precision", cfg.precision, ", ".join(PRECISIONS))
+    check_setting(is_choice(cfg.compile_mode, COMPILE_MODES), "compile_mode", cfg.compile_mode, ", ".join(COMPILE_MODES))
+    check_setting(is_choice(cfg.normed_init, NORMED_INITS), "normed_init", cfg.normed_init, ", ".join(NORMED_INITS))
+    check_setting(is_number(cfg.imb_factor) and 0 < cfg.imb_factor <= 1, "imb_factor", cfg.imb_factor, "a number in (0, 1]")
     for name in ("stage1_epochs", "stage2_epochs"):
         v = getattr(cfg, name)
-        _check(_is_int(v) and v >= 0, name, v, "an integer >= 0")
-    _check(cfg.stage1_epochs + cfg.stage2_epochs > 0, "stage1_epochs", cfg.stage1_epochs,
+        check_setting(is_int(v) and v >= 0, name, v, "an integer >= 0")
+    check_setting(cfg.stage1_epochs + cfg.stage2_epochs > 0, "stage1_epochs", cfg.stage1_epochs,
            "stage1_epochs + stage2_epochs >= 1")
     for name in ("batch_size", "eval_every", "eval_batch_size"):
         v = getattr(cfg, name)
-        _check(_is_int(v) and v > 0, name, v, "an integer > 0")
+        check_setting(is_int(v) and v > 0, name, v, "an integer > 0")
     for name in ("stage1_lr", "stage2_lr", "ldam_scale"):
         v = getattr(cfg, name)
-        _check(_is_num(v) and v > 0, name, v, "a finite number > 0")
+        check_setting(is_number(v) and v > 0, name, v, "a finite number > 0")
     for name in ("min_weight", "max_weight"):
         v = getattr(cfg, name)
-        _check(_is_num(v) and v > 0, name, v, "a finite number > 0")
-    _check(cfg.min_weight <= cfg.max_weight, "min_weight", cfg.min_weight,
+        check_setting(is_number(v) and v > 0, name, v, "a finite number > 0")
+    check_setting(cfg.min_weight <= cfg.max_weight, "min_weight", cfg.min_weight,
            f"a number <= max_weight ({cfg.max_weight!r})")
-    _check(_is_num(cfg.ema_alpha) and 0 <= cfg.ema_alpha < 1, "ema_alpha", cfg.ema_alpha, "a number in [0, 1)")
+    check_setting(is_number(cfg.ema_alpha) and 0 <= cfg.ema_alpha < 1, "ema_alpha", cfg.ema_alpha, "a number in [0, 1)")
     for name in ("stage2_focal_gamma", "focal_gamma"):
         v = getattr(cfg, name)
-        _check(_is_num(v) and 0 <= v <= 5, name, v, "a number in [0, 5]")
-    _check(_is_num(cfg.cb_beta) and 0 <= cfg.cb_beta < 1, "cb_beta", cfg.cb_beta, "a number in [0, 1)")
+        check_setting(is_number(v) and 0 <= v <= 5, name, v, "a number in [0, 5]")
+    check_setting(is_number(cfg.cb_beta) and 0 <= cfg.cb_beta < 1, "cb_beta", cfg.cb_beta, "a number in [0, 1)")
     for name in ("weight_decay", "warmup_epochs", "ldam_max_margin", "la_tau"):
         v = getattr(cfg, name)
-        _check(_is_num(v) and v >= 0, name, v, "a finite number >= 0")
-    _check(_is_num(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", cfg.momentum, "a number in [0, 1)")
-    _check(isinstance(cfg.lr_milestones, (tuple, list)) and len(cfg.lr_milestones) == 2
-           and all(_is_num(m) and m >= 0 for m in cfg.lr_milestones)
+        check_setting(is_number(v) and v >= 0, name, v, "a finite number >= 0")
+    check_setting(is_number(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", cfg.momentum, "a number in [0, 1)")
+    check_setting(isinstance(cfg.lr_milestones, (tuple, list)) and len(cfg.lr_milestones) == 2
+           and all(is_number(m) and m >= 0 for m in cfg.lr_milestones)
            and cfg.lr_milestones[0] <= cfg.lr_milestones[1], "lr_milestones", cfg.lr_milestones,
            "two increasing epochs >= 0")
-    _check(_is_int(cfg.seed) and 0 <= cfg.seed < 2 ** 31, "seed", cfg.seed, "an integer in [0, 2**31)")
+    check_setting(is_int(cfg.seed) and 0 <= cfg.seed < 2 ** 31, "seed", cfg.seed, "an integer in [0, 2**31)")
     for name in ("val_per_class", "stat_per_class"):
         v = getattr(cfg, name)
-        _check(_is_int(v) and v >= 0, name, v, "an integer >= 0")
-    _check(cfg.n_max is None or (_is_int(cfg.n_max) and cfg.n_max >= 1), "n_max", cfg.n_max,
+        check_setting(is_int(v) and v >= 0, name, v, "an integer >= 0")
+    check_setting(cfg.n_max is None or (is_int(cfg.n_max) and cfg.n_max >= 1), "n_max", cfg.n_max,
            "None or an integer >= 1")
-    _check(cfg.threads is None or (_is_int(cfg.threads) and 1 <= cfg.threads <= 1024), "threads", cfg.threads,
+    check_setting(cfg.threads is None or (is_int(cfg.threads) and 1 <= cfg.threads <= 1024), "threads", cfg.threads,
            "None or an integer in [1, 1024]")  # torch overflows past 2**31 and spawns that many threads
-    _check(cfg.exp_name is None or (isinstance(cfg.exp_name, str) and cfg.exp_name != ""
+    check_setting(cfg.exp_name is None or (isinstance(cfg.exp_name, str) and cfg.exp_name != ""
                                      and all(c.isalnum() or c in "-_.=" for c in cfg.exp_name)),
            "exp_name", cfg.exp_name, "None or a non-empty name of letters, digits and - _ . =")
     for name in ("channels_last", "compile", "quiet", "resume", "reuse_stage1", "accept_code_change", "download",
                  "tensorboard"):
         v = getattr(cfg, name)
-        _check(isinstance(v, bool), name, v, "True or False")
-    _check(isinstance(cfg.tag, str), "tag", cfg.tag, "a string")
-    _check(not cfg.tensorboard or live_curves.available(), "tensorboard", cfg.tensorboard,
+        check_setting(isinstance(v, bool), name, v, "True or False")
+    check_setting(isinstance(cfg.tag, str), "tag", cfg.tag, "a string")
+    check_setting(not cfg.tensorboard or live_curves.available(), "tensorboard", cfg.tensorboard,
            "False, or True once the optional tensorboard package is installed (pip install tensorboard)")
-    _check(isinstance(cfg.device, str), "device", cfg.device, "auto, cpu or cuda[:N]")
+    check_setting(isinstance(cfg.device, str), "device", cfg.device, "auto, cpu or cuda[:N]")
     resolve_device(cfg.device)
-    _check(isinstance(cfg.log_dir, (str, os.PathLike)) and str(cfg.log_dir) != "", "log_dir",
+    check_setting(isinstance(cfg.log_dir, (str, os.PathLike)) and str(cfg.log_dir) != "", "log_dir",
            cfg.log_dir, "a folder path")
-    _check(cfg.data_root is None or isinstance(cfg.data_root, (str, os.PathLike)), "data_root",
+    check_setting(cfg.data_root is None or isinstance(cfg.data_root, (str, os.PathLike)), "data_root",
            cfg.data_root, "None or a folder path")
     needs_stat = METHODS[cfg.method].weights2 == "dynamic" and cfg.dynamic_mode in ("val_loss", "val_error")
-    _check(not needs_stat or cfg.stat_per_class > 0, "stat_per_class", cfg.stat_per_class,
+    check_setting(not needs_stat or cfg.stat_per_class > 0, "stat_per_class", cfg.stat_per_class,
            f"> 0 for dynamic_mode={cfg.dynamic_mode!r} (its statistic comes from that split)")
-    _check(METHODS[cfg.method].evaluate is not evaluate_tau_norm or cfg.val_per_class > 0, "val_per_class",
+    check_setting(METHODS[cfg.method].evaluate is not evaluate_tau_norm or cfg.val_per_class > 0, "val_per_class",
            cfg.val_per_class, f"> 0 for method={cfg.method!r} (tau is chosen on validation)")
 
 
