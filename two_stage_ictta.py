@@ -687,6 +687,8 @@ def class_weights(run: Run, stage: int) -> torch.Tensor | None:
 
 
 def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
+    """The run, its lock held: set up the data, model and :class:`Run`, resume what can be resumed,
+    then the epoch loop (train, evaluate, log, checkpoint), and the final files."""
     device = resolve_device(cfg.device)
     meta = {"run_id": run_id, "stage1_id": stage1_hash(cfg), "config": asdict(cfg),
             "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
