@@ -37,7 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -45,10 +45,12 @@ import torch
 
 import data_loader
 import losses
-from model import MODELS, get_model
+from model import MODELS
 from results_logger import git_commit, write_json
 from train_eval import PRECISIONS, autocast, evaluate, resolve_device, train_one_epoch
-from two_stage_ictta import COMPILE_MODES, TwoStageConfig, build_loss, lr_at_step
+from two_stage_ictta import (COMPILE_MODES, TwoStageConfig, build_loss, check_setting, is_choice, lr_at_step,
+                             prepare_data)
+from two_stage_ictta import build_model as run_model
 
 HERE = Path(__file__).resolve().parent
 
@@ -88,12 +90,11 @@ class BenchConfig:
 def validate(cfg: BenchConfig) -> None:
     """Raise ``ValueError`` naming the first invalid setting."""
     def check(ok, name, accepted):
-        if not ok:
-            raise ValueError(f"{name}={getattr(cfg, name)!r} is invalid; accepted: {accepted}")
+        check_setting(ok, name, getattr(cfg, name), accepted)
     check(isinstance(cfg.model, str) and cfg.model.lower() in MODELS, "model", ", ".join(MODELS))
-    check(cfg.precision in PRECISIONS, "precision", ", ".join(PRECISIONS))
-    check(cfg.compile_mode in COMPILE_MODES, "compile_mode", ", ".join(COMPILE_MODES))
-    check(cfg.imbalance_type in data_loader.IMBALANCE_TYPES, "imbalance_type",
+    check(is_choice(cfg.precision, PRECISIONS), "precision", ", ".join(PRECISIONS))
+    check(is_choice(cfg.compile_mode, COMPILE_MODES), "compile_mode", ", ".join(COMPILE_MODES))
+    check(is_choice(cfg.imbalance_type, data_loader.IMBALANCE_TYPES), "imbalance_type",
           ", ".join(data_loader.IMBALANCE_TYPES))
     check(cfg.threads is None or cfg.threads >= 1, "threads", "None or an integer >= 1")
     check(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps", "None or an integer >= 1")
@@ -233,42 +234,31 @@ class Setup:
 
 
 def prepare(cfg: BenchConfig) -> Setup:
-    """Load the data and draw the subset as a run does (same seed, same split)."""
+    """Load the data and draw the subset as a run does (same code, seed and split)."""
     device = resolve_device(cfg.device)
     run_cfg = TwoStageConfig(cfg.model, cfg.imbalance_type, imb_factor=cfg.imb_factor,
                              batch_size=cfg.batch_size, val_per_class=cfg.val_per_class,
                              stat_per_class=cfg.stat_per_class, seed=cfg.seed,
                              device=str(device), precision=cfg.precision, channels_last=cfg.channels_last,
                              compile=cfg.compile, compile_mode=cfg.compile_mode, data_root=cfg.data_root)
-    data = data_loader.load_dataset(cfg.data_root)
-    split = data_loader.make_split(data.train_y, cfg.imbalance_type, cfg.imb_factor,
-                                   val_per_class=cfg.val_per_class, stat_per_class=cfg.stat_per_class,
-                                   seed=cfg.seed)
+    rd = prepare_data(run_cfg, device)
+    data, split = rd.data, rd.split
     images, labels = data.train_x[split.train_idx], data.train_y[split.train_idx]
-    mean, std = data.mean, data.std  # the run's constants: the whole training split's
-    to_dev = partial(data_loader.to_device_images, device=device)
     # stage 2 of two_stage_ictta: focal loss with dynamic class weights in [min_weight, max_weight];
     # the statistic log(n_max / n_c) (rarer = harder) stands in for the previous epoch's class loss
     dyn = losses.DynamicClassWeights(data.num_classes, run_cfg.min_weight, run_cfg.max_weight,
                                      run_cfg.ema_alpha, run_cfg.dynamic_mode)
     counts_t = torch.tensor(split.counts, dtype=torch.float64)
     weights = dyn.update((counts_t.max() / counts_t).log())
-    return Setup(cfg, device, run_cfg, images, labels, to_dev(images),
-                 torch.from_numpy(labels).to(device), to_dev(data.test_x),
-                 torch.from_numpy(data.test_y).to(device), mean, std,
-                 data_loader.Normalizer(mean, std, device), list(split.counts), data.num_classes,
+    return Setup(cfg, device, run_cfg, images, labels, *rd.train, *rd.test,
+                 data.mean, data.std,  # the run's constants: the whole training split's
+                 rd.norm, list(split.counts), data.num_classes,
                  build_loss("ictta", split.counts, run_cfg, device), weights.to(device), data.source)
 
 
 def build_model(s: Setup, channels_last: bool) -> torch.nn.Module:
     """The run's model, with the run's seeded init."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(s.cfg.seed)
-        model = get_model(s.cfg.model, s.num_classes)
-    model = model.to(s.device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return run_model(replace(s.run_cfg, channels_last=channels_last), s.num_classes, s.device)
 
 
 def compiled(model, cfg: BenchConfig):

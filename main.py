@@ -17,7 +17,8 @@ import sys
 import saved_model
 from cli import ArgumentParser
 from results_logger import write_json
-from two_stage_ictta import CONFIG_GROUPS, RunLockedError, TwoStageConfig, run_two_stage
+from runfiles import RunLockedError
+from two_stage_ictta import CONFIG_GROUPS, TwoStageConfig, run_two_stage
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 

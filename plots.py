@@ -63,6 +63,7 @@ from matplotlib.figure import Figure  # the object API: Agg canvas, no pyplot gl
 import cli
 import summary_tuning as st
 from results_logger import atomic_write_text
+from two_stage_ictta import METHODS
 
 BASELINE_MODELS = ("simplecnn", "resnet10", "resnet15", "resnet20")  # what run_all_models' grid runs
 SCENARIOS = ("long_tail", "head_tail")
@@ -429,7 +430,7 @@ def plot_heatmap(cells: pd.DataFrame, paired: pd.DataFrame, models, scenarios, t
 def _knob_change(tuned, default) -> str:
     """What a tuning point changes from the default run, e.g. ``stage2_lr 0.01 -> 0.003``."""
     def show(r, k):
-        return f"[{st._g(r['min_weight'])}, {st._g(r['max_weight'])}]" if k == "weights" else st._g(r[k])
+        return f"[{st.fmt_num(r['min_weight'])}, {st.fmt_num(r['max_weight'])}]" if k == "weights" else st.fmt_num(r[k])
     knobs = ["weights" if k in ("min_weight", "max_weight") else k for k in st.TUNED]
     changed = [k for k in dict.fromkeys(knobs) if show(tuned, k) != show(default, k)]
     return "; ".join(f"{k} {show(default, k)} → {show(tuned, k)}" for k in changed) or "(same settings)"
@@ -852,7 +853,7 @@ def _compare_figures(t: dict, root: Path, out: Path, paths: list, notes: list) -
         gn = []
         if (g["n_seeds"] < 3).any():
             gn.append("fewer than 3 seeds: " + ", ".join(f"{m} {n}" for m, n in zip(g["method"], g["n_seeds"]) if n < 3))
-        absent = [m for m in st.METHOD_ORDER[:-1] if m not in set(g["method"])]
+        absent = [m for m in METHODS if m not in set(g["method"])]
         if absent:
             gn.append("no finished runs for " + ", ".join(absent))
         notes.extend(f"{key[0]} {key[1]}/{key[2]}: {n}" for n in gn)

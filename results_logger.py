@@ -13,9 +13,17 @@ import os
 import secrets
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import torch
+
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # local time of every "started" / "finished" / "failed" record
+
+
+def now() -> str:
+    """The local time, as every run and grid record writes it (:data:`TIME_FORMAT`)."""
+    return time.strftime(TIME_FORMAT)
 
 
 def writer_tag() -> str:

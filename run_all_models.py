@@ -7,8 +7,8 @@ Suites (``--suite``):
   ``dynamic_mode="none"`` and cross-entropy) followed by :func:`run_tuning_resnets` (the stage-2
   knobs of :data:`TUNING_GRID` on the ResNets, one knob at a time; ``--tuning product`` runs every
   combination, 10 times the runs).
-* ``compare``: :data:`COMPARE_METHODS`, the field's methods beside ours on the same data, model,
-  schedule and seeds.
+* ``compare``: every method of :data:`two_stage_ictta.METHODS`, the field's methods beside ours on
+  the same data, model, schedule and seeds.
 
 Every run is :func:`two_stage_ictta.run_two_stage` with a config built here: a finished run is
 skipped, a killed one resumes from its last epoch, and runs that share a stage 1 train it once
@@ -18,7 +18,7 @@ Before the first run the command prints the plan (:func:`format_plan`): the runs
 before and will be skipped, the epochs, and the time the rest will take here, estimated from a few
 timed training steps per model (``--no-estimate`` skips them). ``--dry-run`` prints it and exits.
 
-Launchers (``--launcher``; :func:`launch`, through submitit):
+Launchers (``--launcher``; :func:`launch.launch`, through submitit):
 
 * ``inline`` (the default): the runs one after another in this process.
 * ``local``: ``--jobs N`` jobs at once, each a subprocess pinned to one GPU (round-robin over
@@ -28,23 +28,16 @@ Launchers (``--launcher``; :func:`launch`, through submitit):
 
 Whatever the launcher, a finished run is never redone nor submitted again, the run that trains a
 shared stage 1 goes first and the runs sharing it wait for its job, and ``--status`` counts the
-plan's runs done, running, failed and missing (:func:`grid_status` states the rule).
+plan's runs done, running, failed and missing (:func:`launch.grid_status` states the rule).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import getpass
 import itertools
-import os
-import pickle
 import shlex
-import socket
-import subprocess
 import sys
-import time
 import traceback
-from collections import deque
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -53,15 +46,14 @@ from cli import ArgumentParser, unwritable_folder
 from data_loader import DATASETS, DEFAULT_DATASET, find_dataset, load_dataset, make_split
 from estimate import format_duration, run_seconds, time_model
 from model import MODELS
-from results_logger import read_json, write_json
-from two_stage_ictta import (METHODS, RunLock, TwoStageConfig, _pid_alive, config_hash, is_finished, run_name,
-                             run_two_stage, stage1_hash, stage1_path, validate_config)
+from results_logger import now, write_json
+from runfiles import read_run_json
+from two_stage_ictta import (METHODS, TwoStageConfig, is_finished, run_name, run_two_stage, stage1_hash,
+                             stage1_path, validate_config)
 
 BASELINE_MODELS = ("simplecnn", "resnet10", "resnet15", "resnet20")
 TUNING_MODELS = ("resnet10", "resnet15", "resnet20")
 SCENARIOS = ("long_tail", "head_tail")
-COMPARE_METHODS = ("ce", "focal", "rw", "cb_focal", "drw", "ldam_drw", "logit_adjust",
-                   "balanced_softmax", "crt", "tau_norm", "two_stage_ictta")
 
 # Stage-2 knobs of the tuning grid. By default they vary one knob at a time around the profile's
 # settings (TUNING_MODES[0]: 8 points); "product" runs every combination (80 points, 10x the runs).
@@ -198,10 +190,10 @@ def plan_tuning(profile="full", models=TUNING_MODELS, scenarios=SCENARIOS, seeds
             for seed in seeds for model in models for scenario in scenarios for point in points]
 
 
-def plan_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), methods=COMPARE_METHODS,
+def plan_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), methods=None,
                  imb_factors=None, **common):
-    """Every method on every (scenario, imb_factor) case of the profile; ``scenarios`` and
-    ``imb_factors`` keep only the matching cases."""
+    """Every method (default: every registered one) on every (scenario, imb_factor) case of the
+    profile; ``scenarios`` and ``imb_factors`` keep only the matching cases."""
     spec = PROFILES[profile]
     cases = [c for c in spec["compare_scenarios"] if (scenarios is None or c[0] in scenarios)
              and (imb_factors is None or any(abs(c[1] - f) < 1e-12 for f in imb_factors))]
@@ -210,7 +202,7 @@ def plan_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2)
                          f"imb_factors={imb_factors}; its cases: {spec['compare_scenarios']}")
     return [_config(profile, "compare", model, scenario, seed, common, method=method, imb_factor=imb)
             for seed in seeds for model in (models or spec["compare_models"]) for scenario, imb in cases
-            for method in methods]
+            for method in (methods or tuple(METHODS))]
 
 
 def plan_ablation(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), variants=tuple(ABLATIONS),
@@ -222,6 +214,11 @@ def plan_ablation(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2
                     imb_factor=imb, exp_name=f"abl-{name}", **ABLATIONS[name])
             for seed in seeds for model in (models or spec["compare_models"]) for scenario, imb in cases
             for name in variants]
+
+
+def shares_stage1(cfg: TwoStageConfig) -> bool:
+    """Whether ``cfg`` reads or writes the shared stage-1 checkpoint of its log_dir."""
+    return cfg.reuse_stage1 and cfg.stage1_epochs > 0
 
 
 def order_for_sharing(configs: list[TwoStageConfig]) -> list[TwoStageConfig]:
@@ -264,9 +261,9 @@ def plan_work(configs: list[TwoStageConfig], datasets: dict) -> list[dict]:
     and ``steps``, its training steps."""
     provided, work = set(), []
     for cfg in configs:
-        finished = is_finished(cfg, read_json(Path(cfg.log_dir) / f"{run_name(cfg)}.json"))
-        shared = _shares_stage1(cfg) and (stage1_path(cfg) in provided or stage1_path(cfg).exists())
-        if not finished and _shares_stage1(cfg):
+        finished = is_finished(cfg, read_run_json(cfg.log_dir, run_name(cfg)))
+        shared = shares_stage1(cfg) and (stage1_path(cfg) in provided or stage1_path(cfg).exists())
+        if not finished and shares_stage1(cfg):
             provided.add(stage1_path(cfg))
         data = datasets.get((cfg.data_root, cfg.dataset))
         sizes = _split_sizes(cfg, data) if data is not None else None
@@ -321,12 +318,17 @@ def format_plan(work: list[dict], parts: list[tuple[str, list]], timings: dict |
     return "\n".join(lines)
 
 
+def run_key(cfg: TwoStageConfig) -> str:
+    """A run's key across processes and hosts: its log_dir, resolved, and its name."""
+    return str(Path(cfg.log_dir).resolve() / run_name(cfg))
+
+
 class GridProgress:
     """One bar over a whole plan, with its ETA: each run counts as its estimated seconds (or, not
     timed, its training steps), so the bar moves with the work done, not the number of runs."""
 
     def __init__(self, work: list[dict], quiet: bool = False):
-        self.cost = {_run_key(w["cfg"]): w.get("seconds", w["steps"]) or 0.0 for w in work if not w["finished"]}
+        self.cost = {run_key(w["cfg"]): w.get("seconds", w["steps"]) or 0.0 for w in work if not w["finished"]}
         self.runs, self.done = len(work), 0
         self.bar = tqdm(total=sum(self.cost.values()) or 1.0, desc="grid", disable=quiet, dynamic_ncols=True,
                         bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}")
@@ -336,13 +338,13 @@ class GridProgress:
 
     def finish(self, cfg: TwoStageConfig) -> None:
         self.done += 1
-        self.bar.update(self.cost.pop(_run_key(cfg), 0.0))
+        self.bar.update(self.cost.pop(run_key(cfg), 0.0))
 
     def close(self) -> None:
         self.bar.close()
 
 
-def _run_one(cfg: TwoStageConfig, quiet: bool = False, passthrough=()) -> dict:
+def run_one(cfg: TwoStageConfig, quiet: bool = False, passthrough=()) -> dict:
     """Run one config; its outcome: ``status`` done, skipped (finished before) or failed (with the
     error). A failing run never stops the caller; exceptions of type ``passthrough`` do."""
     out = {"run": describe(cfg), "name": run_name(cfg)}
@@ -359,12 +361,12 @@ def _run_one(cfg: TwoStageConfig, quiet: bool = False, passthrough=()) -> dict:
     return {**out, "status": "done", "resumed_from": res.get("resumed_from")}
 
 
-def _new_report(**extra) -> dict:
+def new_report(**extra) -> dict:
     return {"done": [], "skipped": [], "resumed": [], "failed": [], **extra,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "started": now()}
 
 
-def _add_outcome(report: dict, o: dict) -> None:
+def add_outcome(report: dict, o: dict) -> None:
     if o["status"] == "failed":
         report["failed"].append({"run": o["run"], "error": o["error"]})
     elif o["status"] == "skipped":
@@ -384,17 +386,17 @@ def run_grid(configs: list[TwoStageConfig], quiet: bool = False, report_path: st
     datasets = check_plan(configs)
     configs = order_for_sharing(configs)
     bar = progress or GridProgress(plan_work(configs, datasets), quiet)
-    report = _new_report()
+    report = new_report()
     for cfg in configs:
         bar.start(cfg)
-        o = _run_one(cfg, quiet)
+        o = run_one(cfg, quiet)
         bar.finish(cfg)
         if o["status"] == "failed":
             tqdm.write(f"FAILED {o['run']}: {o['error']}")
-        _add_outcome(report, o)
+        add_outcome(report, o)
     if progress is None:
         bar.close()
-    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    report["finished"] = now()
     if report_path is not None:
         write_json(report_path, report)
     return report
@@ -437,7 +439,7 @@ def run_tuning_resnets(profile="full", models=TUNING_MODELS, scenarios=SCENARIOS
     return run_grid(configs, quiet, out_dir / "report_tuning.json")
 
 
-def run_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), methods=COMPARE_METHODS,
+def run_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), methods=None,
                 imb_factors=None, out="results", quiet=False, **common) -> dict:
     """The field's methods and ours, same data, model, schedule and seeds."""
     out_dir = Path(_out_dir(out, profile, common.get("dataset", DEFAULT_DATASET)))
@@ -446,485 +448,11 @@ def run_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2),
 
 
 # ----------------------------------------------------------------------------------------------
-# Launchers: the same runs as jobs of submitit's local or SLURM executor
-#
-# A job is a GridJob: a list of configs run in turn. Runs that share a stage 1 which is not trained
-# yet are split so that no two jobs ever train the same stage 1 (plan_jobs): the first run is a job
-# of its own and trains it; the others wait for that job (local: submitted when it ends; SLURM:
-# --dependency=afterany) and then run one job each, in parallel, reading the cached stage 1.
-# Every job leaves a record <jobs folder>/<launch>/<job id>_runs.json of the runs it holds, which
-# is what --status and a rerun read to know what is running.
-
-ROOT = Path(__file__).resolve().parent
-LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # minutes; submitit's local default (2) would kill real runs
-SLURM_TIMEOUT_MIN = 60 * 24  # minutes per job; on timeout or preemption the job is requeued and resumes
-POLL_S = 0.5  # seconds between looks at the local jobs
-
-
-@dataclasses.dataclass
-class GridJob:
-    """What one launcher job runs: ``configs`` in turn, each outcome reported, none stopping the rest.
-
-    Submitit pickles this object for the job. With ``stage1_required`` the job only continues from a
-    stage 1 that another job trained: a run whose stage-1 checkpoint is missing (that job failed)
-    fails at once, retryable, instead of training it alongside someone else.
-    """
-    configs: list
-    stage1_required: bool = False
-
-    def __call__(self) -> list[dict]:
-        try:  # submitit's "timed out too many times" must end the job, not only the run
-            from submitit.core.utils import UncompletedJobError
-        except ImportError:
-            UncompletedJobError = ()
-        outcomes = []
-        for cfg in self.configs:
-            if self.stage1_required and not stage1_path(cfg).exists():
-                o = {"run": describe(cfg), "name": run_name(cfg), "status": "failed", "retryable": True,
-                     "error": f"its stage 1 {stage1_path(cfg)} is missing: the job meant to train it failed"}
-            else:
-                o = _run_one(cfg, passthrough=UncompletedJobError)
-            print(f"{o['status']}: {o['run']}" + (f": {o['error']}" if "error" in o else ""), flush=True)
-            outcomes.append(o)
-        return outcomes
-
-    def checkpoint(self):
-        """Called by submitit on preemption or timeout: requeue this job as it is. Its finished runs
-        are then skipped and the interrupted one resumes from its last epoch."""
-        from submitit.helpers import DelayedSubmission
-        return DelayedSubmission(self)
-
-
-@dataclasses.dataclass
-class JobSpec:
-    """A job to submit: its runs, and the runs (``then``) that wait for it because they share the
-    stage 1 it trains."""
-    configs: list
-    stage1_required: bool = False
-    then: list = dataclasses.field(default_factory=list)
-    attempt: int = 0  # resubmissions so far
-
-
-@dataclasses.dataclass
-class LaunchConfig:
-    """How :func:`launch` runs a plan (the CLI's launcher flags)."""
-    launcher: str = "local"  # local or slurm
-    jobs: int | None = 1  # local: jobs at once; slurm: array tasks at once (None: submitit's 256)
-    retries: int = 1  # resubmissions of a job that ended without reporting its runs (local, slurm+wait)
-    gpus: tuple = ()  # local: GPU ids the jobs are pinned to, round-robin (none: CPU only)
-    timeout_min: int | None = None  # minutes per job (default LOCAL_TIMEOUT_MIN / SLURM_TIMEOUT_MIN)
-    partition: str | None = None  # slurm
-    gpus_per_job: int = 1  # slurm
-    mem_gb: float | None = None  # slurm
-    slurm_extra: dict = dataclasses.field(default_factory=dict)  # slurm: more sbatch options
-    wait: bool = False  # slurm: wait for the jobs, retry, and report as local does
-    job_name: str = "ictta"  # slurm
-    quiet: bool = False
-
-
-def _shares_stage1(cfg: TwoStageConfig) -> bool:
-    return cfg.reuse_stage1 and cfg.stage1_epochs > 0
-
-
-def plan_jobs(configs: list[TwoStageConfig]) -> list[JobSpec]:
-    """Jobs for ``configs`` such that no two jobs ever train the same stage 1: of runs sharing a
-    stage 1 that is not cached yet, the first is a job that trains it and the rest wait for that
-    job (``then``); every other run is a job of its own."""
-    groups: dict[Path, list] = {}
-    for cfg in configs:  # by the stage-1 checkpoint, which names the log_dir as well as the stage 1
-        groups.setdefault(stage1_path(cfg), []).append(cfg)
-    specs = []
-    for group in groups.values():
-        if len(group) > 1 and _shares_stage1(group[0]) and not stage1_path(group[0]).exists():
-            specs.append(JobSpec([group[0]], then=group[1:]))
-        else:
-            specs += [JobSpec([cfg]) for cfg in group]
-    return specs
-
-
-def visible_gpus(device: str = "auto") -> tuple[str, ...]:
-    """The GPUs the local launcher pins its jobs to: the entries of ``$CUDA_VISIBLE_DEVICES`` when it
-    is set (ids, UUIDs or MIG names), else ``0 .. n-1``; none when ``device`` is ``cpu``."""
-    if device == "cpu":
-        return ()
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return tuple(t.strip() for t in env.split(",") if t.strip())
-    import torch
-
-    return tuple(str(i) for i in range(torch.cuda.device_count()))
-
-
-def cpu_count() -> int:
-    """CPU cores this process may use (its affinity mask, which SLURM and containers narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _job_python(cuda_devices: str | None = None) -> str:
-    """The job's interpreter as a command: this one, with the project on PYTHONPATH (the job unpickles
-    GridJob and the configs by reference to these modules) and, for a local job, the GPU it is
-    pinned to. ``env`` rather than submitit's visible_gpus, which takes integer ids only."""
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    pinned = [] if cuda_devices is None else [f"CUDA_VISIBLE_DEVICES={cuda_devices}"]
-    return shlex.join(["env", *pinned, f"PYTHONPATH={pythonpath}", sys.executable])
-
-
-def _grid_job(configs, stage1_required=False):
-    """A GridJob of ``run_all_models`` even when this file runs as ``__main__``: pickle then stores a
-    reference the job can import, not a copy of a class from ``__main__``."""
-    import run_all_models
-
-    return run_all_models.GridJob(list(configs), stage1_required)
-
-
-def _run_key(cfg: TwoStageConfig) -> str:
-    return str(Path(cfg.log_dir).resolve() / run_name(cfg))
-
-
-def _write_record(folder: Path, job_id: str, launcher: str, spec: JobSpec, after: str | None = None) -> None:
-    write_json(folder / f"{job_id}_runs.json",
-               {"job_id": job_id, "launcher": launcher, "host": socket.gethostname(), "submitted": time.time(),
-                "after": after, "stage1_required": spec.stage1_required,
-                "runs": [_run_key(c) for c in spec.configs]})
-
-
-def _read_records(jobs_dir: Path) -> list[dict]:
-    records = []
-    for path in Path(jobs_dir).glob("*/*_runs.json"):
-        rec = read_json(path)
-        if rec is not None:
-            records.append({**rec, "folder": str(path.parent)})
-    return sorted(records, key=lambda r: r["submitted"])
-
-
-def _local_job_alive(pid: int) -> bool:
-    if not _pid_alive(pid):
-        return False
-    try:  # a recycled pid belongs to some other program
-        return b"submitit" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:  # no /proc (or a zombie): trust the pid
-        return True
-
-
-def _slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """The scheduler's state of each job: sacct's (through submitit); for a job sacct does not know
-    (purged from accounting), PENDING if squeue lists it, else GONE; UNKNOWN if neither can tell."""
-    from submitit.slurm.slurm import SlurmInfoWatcher, read_job_id
-
-    watcher = SlurmInfoWatcher()
-    for jid in job_ids:
-        watcher.register_job(jid)
-    watcher.update()
-    states = {jid: watcher.get_state(jid, mode="cache") for jid in job_ids}
-    if any(state == "UNKNOWN" for state in states.values()):
-        try:
-            lines = subprocess.run(["squeue", "-h", "-o", "%i", "-u", getpass.getuser()], capture_output=True,
-                                   text=True, timeout=60, check=True).stdout.split()
-        except (OSError, subprocess.SubprocessError):
-            return states
-        queued = set()
-        for line in lines:  # 123, 123_4, or 123_[0-7%2] for an array's waiting tasks
-            for main, *index in read_job_id(line):
-                queued.add(main)
-                queued.update(f"{main}_{i}" for i in range(int(index[0]), int(index[-1]) + 1) if index)
-        states = {jid: ("PENDING" if jid in queued else "GONE") if state == "UNKNOWN" else state
-                  for jid, state in states.items()}
-    return states
-
-
-def _job_states(records: list[dict]) -> dict[tuple, str]:
-    """``live``, ``ended`` or ``unknown`` for each job record.
-
-    ended: submitit wrote its result file (the job returned or raised), or its process is gone
-    (local, same host), or SLURM reports a final state (COMPLETED, FAILED, CANCELLED, TIMEOUT,
-    NODE_FAIL, OUT_OF_MEMORY, ...), or sacct does not know it and squeue does not list it. live:
-    its process runs (local), or SLURM reports PENDING, RUNNING, REQUEUED, COMPLETING, PREEMPTED
-    or READY. unknown: a local job of another host, or a SLURM job when neither sacct nor squeue
-    answers (not on the cluster?).
-    """
-    states, slurm = {}, []
-    for rec in records:
-        key = (rec["folder"], rec["job_id"])
-        if (Path(rec["folder"]) / f"{rec['job_id']}_0_result.pkl").exists():
-            states[key] = "ended"
-        elif rec["launcher"] == "local":
-            if rec["host"] != socket.gethostname():
-                states[key] = "unknown"
-            else:
-                states[key] = "live" if _local_job_alive(int(rec["job_id"])) else "ended"
-        else:
-            slurm.append(rec)
-    if slurm:
-        scheduler = _slurm_states(sorted({r["job_id"] for r in slurm}))
-        incomplete = ("READY", "PENDING", "RUNNING", "REQUEUED", "COMPLETING", "PREEMPTED")  # as submitit
-        for rec in slurm:
-            state = scheduler.get(rec["job_id"], "UNKNOWN").upper()
-            states[(rec["folder"], rec["job_id"])] = ("unknown" if state == "UNKNOWN" else
-                                                      "live" if state in incomplete else "ended")
-    return states
-
-
-def _reported_failure(rec: dict, name: str) -> str | None:
-    """Why an ended job says run ``name`` failed, from submitit's result file; None if it does not."""
-    try:  # the outcomes are plain data: no need for the job's classes
-        with (Path(rec["folder"]) / f"{rec['job_id']}_0_result.pkl").open("rb") as f:
-            kind, value = pickle.load(f)
-    except Exception:  # no result file, or an unreadable one
-        return None
-    if kind == "error":  # GridJob itself raised; value is the traceback
-        return f"{rec['launcher']} job {rec['job_id']} failed: {value.strip().splitlines()[-1]}"
-    return next((o["error"] for o in value if o["name"] == name and o["status"] == "failed"), None)
-
-
-def _lock_owner(path: Path) -> tuple[str, int] | None:
-    """(host, pid) written in a run's lock file; None without one; ("?", -1) if unreadable."""
-    try:
-        host, pid = path.read_text().split()
-        return host, int(pid)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):  # being written, or garbage
-        return "?", -1
-
-
-def grid_status(configs: list[TwoStageConfig], jobs_dir: str | Path) -> dict:
-    """Each run of the plan as done, running, failed or missing, from its result files, its lock
-    and the launcher's job records in ``jobs_dir``; the first rule that holds decides:
-
-    1. done: its JSON says finished, for these settings, and its CSV exists (what a rerun skips);
-    2. running, in progress: its lock file is held: by a live process if the lock was taken on this
-       host; taken on another host, unless the last job the run was submitted in has ended;
-    3. running, queued: the last job it was submitted in is live, or its state is unknown;
-    4. failed: its files hold a run with other settings; or its JSON says failed or interrupted;
-       or it started (JSON "running", or a lock left behind) and nobody holds its lock (killed); or
-       its last job ended without finishing it;
-    5. missing: none of these (never started, never submitted).
-    """
-    records = _read_records(Path(jobs_dir))
-    latest = {run: rec for rec in records for run in rec["runs"]}  # records are in submission order
-    states = _job_states(list({(r["folder"], r["job_id"]): r for r in latest.values()}.values()))
-    me = socket.gethostname()
-    runs = []
-    for cfg in configs:
-        name, log_dir = run_name(cfg), Path(cfg.log_dir)
-        meta = read_json(log_dir / f"{name}.json")
-        rec = latest.get(_run_key(cfg))
-        job = states[(rec["folder"], rec["job_id"])] if rec else None
-        where = f"{rec['launcher']} job {rec['job_id']}" if rec else ""
-        owner = _lock_owner(log_dir / f"{name}.lock")
-        state, detail = "missing", "never started"
-        if is_finished(cfg, meta):
-            state, detail = "done", ""
-        elif owner and (_pid_alive(owner[1]) if owner[0] == me else job != "ended"):
-            state, detail = "running", f"in progress: pid {owner[1]} on {owner[0]}" + (f" ({where})" if rec else "")
-        elif job in ("live", "unknown"):
-            state, detail = "running", f"queued in {where}" + (" (job state unknown)" if job == "unknown" else "")
-        elif meta is not None and meta.get("run_id") != config_hash(cfg) and (log_dir / f"{name}.csv").exists():
-            state, detail = "failed", f"its files hold a run with other settings (run_id {meta.get('run_id')})"
-        elif meta is not None and meta.get("status") in ("failed", "interrupted"):
-            state, detail = "failed", meta.get("error") or meta["status"]
-        elif owner or (meta is not None and meta.get("status") == "running"):
-            state, detail = "failed", "killed: it started but no live process holds its lock" + (
-                f" ({where} ended)" if rec else "")
-        elif rec:
-            state, detail = "failed", _reported_failure(rec, name) or f"{where} ended before running it"
-        runs.append({"run": describe(cfg), "name": name, "state": state, "detail": detail,
-                     "lock": owner, "job": rec and rec["job_id"]})
-    counts = {k: sum(r["state"] == k for r in runs) for k in ("done", "running", "failed", "missing")}
-    return {"total": len(runs), "counts": counts, "runs": runs, "jobs_dir": str(jobs_dir),
-            "queued": sum(r["detail"].startswith("queued") for r in runs),
-            "unknown_jobs": sorted(k[1] for k, v in states.items() if v == "unknown")}
-
-
-def format_status(status: dict) -> str:
-    c = status["counts"]
-    lines = [f"{status['total']} runs: {c['done']} done, {c['running']} running "
-             f"({c['running'] - status['queued']} in progress, {status['queued']} queued in live jobs), "
-             f"{c['failed']} failed, {c['missing']} missing"]
-    lines += [f"  {r['state']:7} {r['run']}: {r['detail']}" for r in status["runs"] if r["state"] in ("running", "failed")]
-    if status["unknown_jobs"]:
-        lines.append(f"  note: the state of jobs {', '.join(status['unknown_jobs'])} is unknown (neither sacct nor "
-                     f"squeue answered, or local jobs of another host): their runs count as running")
-    return "\n".join(lines)
-
-
-def _job_outcomes(job, spec: JobSpec) -> list[dict]:
-    """The outcome of each run of a job that has ended. A job that ended without reporting them
-    (killed, out of memory, node failure, timed out too often) leaves its unfinished runs failed and
-    retryable."""
-    if job.paths.result_pickle.exists():
-        try:
-            return job.result()
-        except Exception as e:  # GridJob itself raised: all but its last lines are submitit's traceback
-            reason = f"job {job.job_id} failed: {str(e).strip().splitlines()[-1][:300]}; log: {job.paths.stderr}"
-    else:
-        reason = (f"job {job.job_id} ended without a result (killed, out of memory or node failure?); "
-                  f"log: {job.paths.stderr}")
-    outcomes = []
-    for cfg in spec.configs:
-        meta = read_json(Path(cfg.log_dir) / f"{run_name(cfg)}.json")
-        if is_finished(cfg, meta):
-            outcomes.append({"run": describe(cfg), "name": run_name(cfg), "status": "done",
-                             "resumed_from": meta["results"].get("resumed_from")})
-        else:
-            outcomes.append({"run": describe(cfg), "name": run_name(cfg), "status": "failed", "error": reason,
-                             "retryable": True})
-    return outcomes
-
-
-def _finish(job, spec: JobSpec, retries: int, report: dict, quiet: bool) -> list[JobSpec]:
-    """Record an ended job's outcomes; return the jobs to submit next: its retryable runs again
-    (while retries are left), or else the runs that waited for it."""
-    outcomes = _job_outcomes(job, spec)
-    retry = [cfg for cfg, o in zip(spec.configs, outcomes) if o.get("retryable")] if spec.attempt < retries else []
-    for o in outcomes:
-        if o.get("retryable") and retry:
-            report["retried"].append(f"{o['run']} ({o['error']})")
-        else:
-            _add_outcome(report, o)
-    if not quiet:
-        print(f"job {job.job_id} ended: " + ", ".join(f"{o['status']} {o['run']}" for o in outcomes)
-              + (" (resubmitting)" if retry else ""), flush=True)
-    if retry:
-        return [JobSpec(retry, spec.stage1_required, spec.then, spec.attempt + 1)]
-    return plan_jobs(spec.then)
-
-
-def _launch_local(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: dict) -> None:
-    """Run the jobs as local subprocesses, ``lc.jobs`` at a time; slot ``k`` is pinned to GPU
-    ``lc.gpus[k % len(lc.gpus)]``, or to no GPU when there are none."""
-    import submitit
-
-    queue, live = deque(specs), {}  # live: slot -> (job, spec)
-    try:
-        while queue or live:
-            while queue and len(live) < lc.jobs:
-                slot = min(set(range(lc.jobs)) - set(live))
-                spec = queue.popleft()
-                ex = submitit.LocalExecutor(folder, python=_job_python(lc.gpus[slot % len(lc.gpus)] if lc.gpus else ""))
-                ex.update_parameters(timeout_min=lc.timeout_min or LOCAL_TIMEOUT_MIN)
-                job = ex.submit(_grid_job(spec.configs, spec.stage1_required))
-                _write_record(folder, job.job_id, "local", spec)
-                report["jobs"].append(job.job_id)
-                live[slot] = (job, spec)
-                if not lc.quiet:
-                    print(f"job {job.job_id} started" + (f" on GPU {lc.gpus[slot % len(lc.gpus)]}" if lc.gpus else "")
-                          + ": " + ", ".join(describe(c) for c in spec.configs), flush=True)
-            time.sleep(POLL_S)
-            for slot, (job, spec) in list(live.items()):
-                if job.done():
-                    del live[slot]
-                    queue.extend(_finish(job, spec, lc.retries, report, lc.quiet))
-    except KeyboardInterrupt:  # stop the jobs too (their runs are marked interrupted and resume later)
-        for job, _ in live.values():
-            job.cancel(check=False)
-        deadline = time.time() + 30
-        while time.time() < deadline and not all(job.done() for job, _ in live.values()):
-            time.sleep(POLL_S)
-        raise
-
-
-def _submit_slurm(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: dict) -> list[tuple]:
-    """Submit the jobs to SLURM as job arrays: one array of the jobs that can start now, and per
-    stage-1 trainer one array of the runs waiting for it (``--dependency=afterany:<its job>``)."""
-    import submitit
-
-    ex = submitit.SlurmExecutor(folder, python=_job_python())
-    mem = lc.mem_gb and (f"{int(lc.mem_gb)}GB" if lc.mem_gb == int(lc.mem_gb) else f"{round(lc.mem_gb * 1024)}MB")
-    params = dict(job_name=lc.job_name, time=lc.timeout_min or SLURM_TIMEOUT_MIN,
-                  partition=lc.partition, mem=mem, gpus_per_node=lc.gpus_per_job or None,
-                  array_parallelism=lc.jobs, additional_parameters=lc.slurm_extra or None)
-    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
-
-    def submit(batch: list[JobSpec], after: str | None = None) -> list:
-        ex.update_parameters(dependency=f"afterany:{after}" if after else None)
-        jobs = ex.submit_array([_grid_job(s.configs, s.stage1_required) for s in batch])
-        for job, spec in zip(jobs, batch):
-            _write_record(folder, job.job_id, "slurm", spec, after)
-            report["jobs"].append(job.job_id)
-            report["submitted"] += [describe(c) for c in spec.configs]
-        return jobs
-
-    firsts = [dataclasses.replace(s, then=[]) for s in specs]
-    submitted = list(zip(submit(firsts), firsts))
-    for spec, (head, _) in zip(specs, list(submitted)):
-        if spec.then:
-            waiting = [JobSpec([cfg], stage1_required=True) for cfg in spec.then]
-            submitted += zip(submit(waiting, after=head.job_id), waiting)
-    if not lc.quiet:
-        ids = sorted({str(j.job_id).split("_")[0] for j, _ in submitted})
-        print(f"submitted {len(report['submitted'])} runs in {len(submitted)} SLURM jobs (job ids {', '.join(ids)}); "
-              f"job folder {folder}", flush=True)
-    return submitted
-
-
-def _launch_slurm(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: dict) -> None:
-    """Submit; with ``lc.wait``, wait for the jobs, resubmit the retryable runs (``lc.retries``
-    rounds) and fill the report as the local launcher does."""
-    for round_ in range(lc.retries + 1 if lc.wait else 1):
-        submitted = _submit_slurm(specs, lc, folder, report)
-        if not lc.wait:
-            return
-        while not all(job.done() for job, _ in submitted):
-            time.sleep(10 * POLL_S)
-        retry = []
-        for job, spec in submitted:
-            outcomes = _job_outcomes(job, spec)
-            for cfg, o in zip(spec.configs, outcomes):
-                if o.get("retryable") and round_ < lc.retries:
-                    report["retried"].append(f"{o['run']} ({o['error']})")
-                    retry.append(cfg)
-                else:
-                    _add_outcome(report, o)
-        report["submitted"] = []
-        if not retry:
-            return
-        specs = plan_jobs(retry)
-
-
-def launch(configs: list[TwoStageConfig], lc: LaunchConfig, jobs_dir: str | Path,
-           report_path: str | Path | None = None) -> dict:
-    """Run the plan's unfinished runs as jobs of submitit's local or SLURM executor.
-
-    From :func:`grid_status`: a done run is skipped and never submitted; a running one (lock held,
-    or in a live job) is left to its job; a failed or missing run is submitted, unless it needs a
-    stage 1 that a live job is training now (deferred). A lock left on another host by a job that
-    has ended is deleted first. Returns, and writes to ``report_path``, the end report.
-    """
-    check_plan(configs)
-    jobs_dir = Path(jobs_dir)
-    report = _new_report(launcher=lc.launcher, jobs=[], submitted=[], running=[], deferred=[], retried=[])
-    status = grid_status(configs, jobs_dir)
-    busy = {stage1_path(cfg) for cfg, r in zip(configs, status["runs"]) if r["state"] == "running"}
-    todo = []
-    for cfg, r in zip(configs, status["runs"]):
-        if r["state"] == "done":
-            report["skipped"].append(r["run"])
-        elif r["state"] == "running":
-            report["running"].append(f"{r['run']} ({r['detail']})")
-        elif stage1_path(cfg) in busy and _shares_stage1(cfg) and not stage1_path(cfg).exists():
-            report["deferred"].append(r["run"])
-        else:
-            if r["lock"] and r["lock"][0] != socket.gethostname():  # left by a job that ended (rule 2)
-                RunLock(Path(cfg.log_dir) / f"{r['name']}.lock")._remove_if_unchanged(f"{r['lock'][0]} {r['lock'][1]}")
-            todo.append(cfg)
-    specs = plan_jobs(order_for_sharing(todo))
-    if specs:
-        folder = jobs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # this launch's submitit folder
-        (_launch_local if lc.launcher == "local" else _launch_slurm)(specs, lc, folder, report)
-    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    if report_path is not None:
-        write_json(report_path, report)
-    return report
-
-
-# ----------------------------------------------------------------------------------------------
 # Command line
 
 def build_parser() -> argparse.ArgumentParser:
+    import launch  # imports this module: not at the top
+
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                        allow_abbrev=False)
     p.add_argument("--suite", choices=("grid", "compare", "ablation"), default="grid",
@@ -976,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--retries", type=int, help="local, slurm --wait: resubmissions of a job that ended without "
                                                "reporting its runs: killed, out of memory, node failure (default 1)")
     g.add_argument("--timeout-min", type=int, help=f"local, slurm: minutes per job (slurm default "
-                                                   f"{SLURM_TIMEOUT_MIN}; a timed-out job is requeued and resumes)")
+                                                   f"{launch.SLURM_TIMEOUT_MIN}; a timed-out job is requeued and resumes)")
     g.add_argument("--partition", help="slurm: partition")
     g.add_argument("--gpus-per-job", type=int, help="slurm: GPUs per job (default 1; 0 for a CPU partition)")
     g.add_argument("--mem-gb", type=float, help="slurm: memory per job, GB")
@@ -1022,7 +550,7 @@ def plan_parts(args, common: dict) -> list[tuple[str, list[TwoStageConfig]]]:
                                            log_dir=out, **common))]
     if args.suite == "compare":
         return [("compare", plan_compare(args.profile, args.models, scenarios, tuple(args.seeds or (0, 1, 2)),
-                                         tuple(args.methods or COMPARE_METHODS), args.imb_factors,
+                                         tuple(args.methods or METHODS), args.imb_factors,
                                          log_dir=out, **common))]
     seeds, scenarios = tuple(args.seeds or (0,)), scenarios or SCENARIOS
     parts = []
@@ -1048,17 +576,19 @@ def show_plan(parts: list[tuple[str, list]], args) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    import launch  # imports this module: not at the top
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_launcher_flags(parser, args)
     if args.launcher != "inline" or args.status:  # jobs may run elsewhere: absolute paths
         args.out = str(Path(args.out).resolve())
         args.data_root = args.data_root and str(Path(args.data_root).resolve())
-    gpus = visible_gpus(args.device) if args.launcher == "local" else ()
+    gpus = launch.visible_gpus(args.device) if args.launcher == "local" else ()
     jobs = args.jobs or (max(1, len(gpus)) if args.launcher == "local" else None)
     common = {"device": args.device, "data_root": args.data_root, "download": args.download, "dataset": args.dataset}
     if args.threads is None and args.launcher == "local":
-        args.threads = max(1, cpu_count() // jobs)  # the jobs share the cores fairly
+        args.threads = max(1, launch.cpu_count() // jobs)  # the jobs share the cores fairly
     for key in ("precision", "threads"):
         if getattr(args, key) is not None:
             common[key] = getattr(args, key)
@@ -1075,7 +605,7 @@ def main(argv=None) -> int:
     try:
         parts = plan_parts(args, common)
         if args.status:
-            print(format_status(grid_status([c for _, cfgs in parts for c in cfgs], out / "jobs")))
+            print(launch.format_status(launch.grid_status([c for _, cfgs in parts for c in cfgs], out / "jobs")))
             return 0
         work = show_plan(parts, args)
         if args.dry_run:
@@ -1087,12 +617,12 @@ def main(argv=None) -> int:
             progress.close()
         else:
             extra = dict(item.split("=", 1) if "=" in item else (item, True) for item in args.slurm_extra or ())
-            lc = LaunchConfig(args.launcher, jobs=jobs, retries=1 if args.retries is None else args.retries, gpus=gpus,
+            lc = launch.LaunchConfig(args.launcher, jobs=jobs, retries=1 if args.retries is None else args.retries, gpus=gpus,
                               timeout_min=args.timeout_min, partition=args.partition,
                               gpus_per_job=1 if args.gpus_per_job is None else args.gpus_per_job, mem_gb=args.mem_gb,
                               slurm_extra=extra, wait=args.wait, job_name=f"ictta-{args.suite}-{args.profile}",
                               quiet=args.quiet)
-            reports = [launch([c for _, cfgs in parts for c in cfgs], lc, out / "jobs",
+            reports = [launch.launch([c for _, cfgs in parts for c in cfgs], lc, out / "jobs",
                               out / f"report_{args.suite}_{args.launcher}.json")]
     except ValueError as e:
         parser.error(str(e))

@@ -58,6 +58,7 @@ import pandas as pd
 
 import cli
 from results_logger import SCALAR_METRICS, atomic_write_text, summarize_rows
+from two_stage_ictta import METHODS
 
 RUN_GLOB = "results_*.csv"
 SUITES = ("baseline", "tuning", "compare", "ablation")
@@ -71,12 +72,13 @@ NOT_CONFIG = ("run_id", "stage1_id", "seed")  # the configuration is the identit
 TUNED = ("stage2_lr", "min_weight", "max_weight", "stage2_focal_gamma", "dynamic_mode", "stage2_loss_type")
 COMPARE_METRICS = (("acc", "test acc"), ("macro_f1", "macro-F1"), ("tail_macro_f1", "tail macro-F1"),
                    ("many_acc", "many acc"), ("medium_acc", "medium acc"), ("few_acc", "few acc"))
-# display order of the compare table: issue 4's list; unknown methods follow alphabetically
-METHOD_ORDER = ("ce", "focal", "rw", "cb_focal", "drw", "ldam_drw", "logit_adjust", "balanced_softmax",
-                "crt", "tau_norm", "two_stage_ictta", "control")
-GROUP_COLUMNS = ("tag", "suite", "profile", "model", "scenario", "imb_factor", "method", "exp_name",
-                 "variant", "role")
 ABLATION_PREFIX = "abl-"  # exp_name of an ablation variant of the two-stage method
+
+
+def method_order() -> tuple:
+    """Display order of the compare table: the registry's (two_stage_ictta.METHODS), then the
+    baseline's control; unknown methods follow alphabetically."""
+    return (*METHODS, "control")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,14 +192,15 @@ def split_tag(tag: str) -> tuple[str, str]:
     return (suite, profile) if suite in SUITES else ("", str(tag))
 
 
-def _g(v) -> str:
+def fmt_num(v) -> str:
+    """A number as ``%g`` (0.01, 1e-05, 8), anything else as text."""
     return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
 def tuning_label(ident: dict) -> str:
     """The tuning point as run_all_models names it: ``lr0.01-w1-8-g1.5-loss`` (+ ``-ce`` for CE)."""
-    label = (f"lr{_g(ident.get('stage2_lr'))}-w{_g(ident.get('min_weight'))}-{_g(ident.get('max_weight'))}"
-             f"-g{_g(ident.get('stage2_focal_gamma'))}-{ident.get('dynamic_mode')}")
+    label = (f"lr{fmt_num(ident.get('stage2_lr'))}-w{fmt_num(ident.get('min_weight'))}-{fmt_num(ident.get('max_weight'))}"
+             f"-g{fmt_num(ident.get('stage2_focal_gamma'))}-{ident.get('dynamic_mode')}")
     return label + ("-ce" if ident.get("stage2_loss_type") == "ce" else "")
 
 
@@ -710,7 +713,7 @@ def compare_table(agg: pd.DataFrame, suites=("compare",)) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     if not len(out):
         return out
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    rank = {m: i for i, m in enumerate(method_order())}
     out["_order"] = out["method"].map(lambda m: (rank.get(m, len(rank)), m))
     out["_sel"] = out["selection"].map(list(SELECTIONS).index)  # final first
     out = out.sort_values(["tag", "model", "scenario", "imb_factor", "_sel", "_order"], kind="stable")
@@ -732,13 +735,13 @@ def compare_markdown(table: pd.DataFrame) -> str:
     for key, g in table.groupby(keys, sort=False):
         d = dict(zip(keys, key))
         first = g.iloc[0]
-        n_max = _g(first["n_max"]) if pd.notna(first["n_max"]) else "?"
+        n_max = fmt_num(first["n_max"]) if pd.notna(first["n_max"]) else "?"
         seeds = (f"{int(g['n_seeds'].max())} seed(s) per method" if g["n_seeds"].nunique() == 1
                  else "seeds per method differ (see the seeds column)")
         lines += [f"## {d['tag'] or '(untagged)'} · {d['model']} · {d['scenario']} · imb {d['imb_factor']:g} · "
                   f"{SELECTIONS[d['selection']]}", "",
                   f"{int(first['stage1_epochs'])} + {int(first['stage2_epochs'])} epochs, n_max {n_max}, "
-                  f"val_per_class {_g(first['val_per_class'])}, {seeds}.", ""]
+                  f"val_per_class {fmt_num(first['val_per_class'])}, {seeds}.", ""]
         header = ["method", "seeds"] + [f"{label} (%)" for _, label in COMPARE_METRICS]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         best = {m: g[f"test_{m}_pct_mean"].max() for m, _ in COMPARE_METRICS}

@@ -34,6 +34,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -45,30 +46,72 @@ from tqdm.auto import tqdm
 import data_loader
 import live_curves
 import losses
+import runfiles
 import saved_model
 from model import MODELS, NORMED_INITS, get_model
-from results_logger import (RunLogger, atomic_torch_save, git_commit, read_json, summarize_rows,
+from results_logger import (RunLogger, atomic_torch_save, git_commit, now, read_json, summarize_rows,
                             write_json)
-from train_eval import (PRECISIONS, NonFiniteError, autocast, evaluate, predict, resolve_device,
+from runfiles import RunLock
+from train_eval import (PRECISIONS, NonFiniteError, evaluate, predict, resolve_device,
                         train_one_epoch)
 
 
 # ----------------------------------------------------------------------------------------------
 # Methods
 
+def evaluate_splits(run: Run, stage: int) -> dict:
+    """Metrics on val (if any) and test: every method's evaluation, but tau-norm's in stage 2."""
+    ev = partial(evaluate, run.model, normalizer=run.data.norm, train_counts=run.data.counts,
+                 batch_size=run.cfg.eval_batch_size, precision=run.cfg.precision,
+                 channels_last=run.cfg.channels_last)
+    out = {"test": ev(*run.data.test)}
+    if len(run.data.val[1]):
+        out["val"] = ev(*run.data.val)
+    return out
+
+
+def evaluate_tau_norm(run: Run, stage: int) -> dict:
+    """tau-norm: stage 2 evaluates the tau-normalised classifier, tau chosen on val, then reports test."""
+    if stage == 1:
+        return evaluate_splits(run, stage)
+    return _evaluate_tau_norm(run.model, run.data.norm, run.data.counts, run.cfg, run.data.val, run.data.test)
+
+
+def keep_classifier(run: Run, fresh: bool) -> None:
+    """Stage 2 goes on with the stage-1 model, optimizer and batches: every method but cRT."""
+
+
+def retrain_classifier(run: Run, fresh: bool) -> None:
+    """cRT's stage 2: freeze the backbone, a new classifier (re-initialised when ``fresh``, i.e. not
+    resumed from a stage-2 checkpoint) with its own optimizer, and class-balanced batches drawn from
+    the same generator, so the stream goes on."""
+    _freeze_for_crt(run.model, reinit_seed=run.cfg.seed + 1 if fresh else None)
+    run.optimizer = run.make_optimizer(run.model.fc.parameters())
+    run.batches = data_loader.DeviceBatches(*run.data.train, run.cfg.batch_size, run.data.norm, run.generator,
+                                            sampler="class_balanced", channels_last=run.cfg.channels_last)
+
+
 @dataclass(frozen=True)
 class Method:
     """What a method does in each stage: loss and class weights (``none``, ``inverse`` frequency,
-    ``effective`` number, or ``dynamic``), and any special stage-2 handling."""
+    ``effective`` number, or ``dynamic``), and its stage-specific hooks."""
     loss1: str
     weights1: str
     loss2: str
     weights2: str
     doc: str
     normed_classifier: bool = False  # cosine classifier (LDAM)
-    retrain_classifier: bool = False  # cRT: new classifier, frozen backbone, class-balanced sampling
-    tau_norm: bool = False  # post-hoc tau-normalised classifier, tau chosen on validation
     normalization: str = "mean"  # a weighted loss's denominator: "mean" sum(w_y), "batch_mean" N
+    # how stage 2 starts (and resumes): (run, fresh) -> None, may replace run.optimizer / run.batches
+    enter_stage2: Callable[[Run, bool], None] = keep_classifier
+    evaluate: Callable[[Run, int], dict] = evaluate_splits  # (run, stage) -> {"test": ..., "val": ...}
+    stage2_cosine: bool = False  # stage 2 always restarts a cosine schedule (cRT's new classifier)
+
+    def loss(self, stage: int) -> str:
+        return self.loss1 if stage == 1 else self.loss2
+
+    def weights(self, stage: int) -> str:
+        return self.weights1 if stage == 1 else self.weights2
 
 
 METHODS = {
@@ -96,12 +139,12 @@ METHODS = {
                   "Classifier re-training (Kang et al. 2020): stage 2 re-initialises the classifier and "
                   "trains only it, on the frozen backbone, with class-balanced sampling; the backbone's "
                   "BatchNorm statistics follow those batches (train mode, as the reference).",
-                  retrain_classifier=True),
+                  enter_stage2=retrain_classifier, stage2_cosine=True),
     "tau_norm": Method("ce", "none", "ce", "none",
                        "tau-normalisation (Kang et al. 2020): the CE model's classifier rows scaled by "
                        "1/||w_c||^tau and its bias dropped (as the reference), tau in {0, 0.1, ..., 2} "
                        "chosen on validation macro-F1.",
-                       tau_norm=True),
+                       evaluate=evaluate_tau_norm),
     "two_stage_ictta": Method("ce", "none", "ictta", "dynamic",
                               "Ours: CE, then focal (or CE) with dynamic per-class weights."),
 }
@@ -121,12 +164,19 @@ CONFIG_GROUPS = {"seed": "the seed project's settings", "method": "method", "sch
 REQUIRED = dataclasses.MISSING
 
 
-def opt(default, help: str, group: str, choices: tuple | None = None):
+def opt(default, help: str, group: str, choices: tuple | None = None, *, identity: bool = True,
+        stage2_only: bool = False, label: bool = False):
     """A config field with its ``--help`` text and group; ``choices``, for a name, are the keys of
-    the registry it is looked up in (``--help`` lists them, argparse enforces them)."""
+    the registry it is looked up in (``--help`` lists them, argparse enforces them).
+
+    What the field is part of, declared here so that a new field is safe by default:
+    ``identity=False``: changes neither the numbers nor the run's identity (``config_hash``);
+    ``stage2_only=True``: read only by stage 2, so not part of stage 1's identity (``stage1_hash``);
+    ``label=True``: a name that changes no number (not part of stage 1's identity either)."""
     if group not in CONFIG_GROUPS:
         raise ValueError(f"group={group!r}; valid: {', '.join(CONFIG_GROUPS)}")
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices,
+                                            "identity": identity, "stage2_only": stage2_only, "label": label})
 
 
 @dataclass
@@ -136,21 +186,25 @@ class TwoStageConfig:
     model_name: str = opt(REQUIRED, "model", "seed", tuple(MODELS))
     imbalance_type: str = opt(REQUIRED, "scenario", "seed", data_loader.IMBALANCE_TYPES)
     stage1_epochs: int = opt(20, "epochs of stage 1 (cross-entropy from scratch for decoupled methods)", "seed")
-    stage2_epochs: int = opt(20, "epochs of stage 2 (fine-tuning from stage 1)", "seed")
+    stage2_epochs: int = opt(20, "epochs of stage 2 (fine-tuning from stage 1)", "seed", stage2_only=True)
     imb_factor: float = opt(0.01, "smallest / largest class count, in (0, 1]", "seed")
     batch_size: int = opt(128, "training images per step", "seed")
     log_dir: str = opt("results", "folder for the CSV, JSON, model, checkpoints and the shared stage-1 cache",
-                       "runtime")
+                       "runtime", identity=False)
     stage1_lr: float = opt(0.1, "stage-1 learning rate (SGD, per batch of batch_size)", "seed")
-    stage2_lr: float = opt(0.01, "stage-2 learning rate", "seed")
-    min_weight: float = opt(1.0, "smallest dynamic class weight (> 0)", "seed")
-    max_weight: float = opt(8.0, "largest dynamic class weight (>= min_weight)", "seed")
-    ema_alpha: float = opt(0.8, "EMA of the per-class statistic: s = a*s_prev + (1-a)*x, a in [0, 1)", "seed")
-    stage2_loss_type: str = opt("focal", "stage-2 loss of two_stage_ictta", "seed", STAGE2_LOSS_TYPES)
-    stage2_focal_gamma: float = opt(1.5, "focal gamma of two_stage_ictta's stage 2, in [0, 5]", "seed")
+    stage2_lr: float = opt(0.01, "stage-2 learning rate", "seed", stage2_only=True)
+    min_weight: float = opt(1.0, "smallest dynamic class weight (> 0)", "seed", stage2_only=True)
+    max_weight: float = opt(8.0, "largest dynamic class weight (>= min_weight)", "seed", stage2_only=True)
+    ema_alpha: float = opt(0.8, "EMA of the per-class statistic: s = a*s_prev + (1-a)*x, a in [0, 1)", "seed",
+                           stage2_only=True)
+    stage2_loss_type: str = opt("focal", "stage-2 loss of two_stage_ictta", "seed", STAGE2_LOSS_TYPES,
+                                stage2_only=True)
+    stage2_focal_gamma: float = opt(1.5, "focal gamma of two_stage_ictta's stage 2, in [0, 5]", "seed",
+                                    stage2_only=True)
     dynamic_mode: str = opt("loss", "per-class statistic of the dynamic weights (none: uniform weights)", "seed",
-                            losses.DYNAMIC_MODES)
-    exp_name: str | None = opt(None, "file-name prefix of the run (default: the method's name)", "seed")
+                            losses.DYNAMIC_MODES, stage2_only=True)
+    exp_name: str | None = opt(None, "file-name prefix of the run (default: the method's name)", "seed",
+                               label=True)
     # --- beyond the seed
     method: str = opt("two_stage_ictta", "method", "method", tuple(METHODS))
     seed: int = opt(0, "seed of the subset, validation split, init and batch order", "data")
@@ -158,9 +212,9 @@ class TwoStageConfig:
     dataset: str = opt(data_loader.DEFAULT_DATASET, "dataset: picks the default data_root and what is downloaded", "data",
                        tuple(data_loader.DATASETS))
     data_root: str | None = opt(None, "dataset folder (default: $CIFAR10_ROOT, else data/cifar10; for cifar100 "
-                                      "$CIFAR100_ROOT, else data/cifar100)", "data")
+                                      "$CIFAR100_ROOT, else data/cifar100)", "data", identity=False)
     download: bool = opt(False, "download the dataset into data_root when it is not there (data/<dataset> "
-                                "downloads without asking)", "data")
+                                "downloads without asking)", "data", identity=False)
     val_per_class: int = opt(100, "balanced validation images per class, held out of train first", "data")
     stat_per_class: int = opt(50, "balanced images per class held out (after validation) for the "
                                   "val_loss / val_error statistic; disjoint from train, validation, test", "data")
@@ -176,10 +230,11 @@ class TwoStageConfig:
     ldam_max_margin: float = opt(0.5, "largest LDAM margin", "method")
     ldam_scale: float = opt(30.0, "LDAM logit scale s", "method")
     prior_blend: float = opt(0.0, "dynamic weights: share of a count prior (inverse frequency) blended "
-                                  "into the statistic, in [0, 1] (losses.DynamicClassWeights)", "method")
+                                  "into the statistic, in [0, 1] (losses.DynamicClassWeights)", "method",
+                               stage2_only=True)
     stage2_schedule: str = opt("inherit", "stage-2 learning rate: inherit (the run's schedule goes on) or "
                                           "cosine (restart at stage2_lr, cosine to 0 over stage 2)", "schedule",
-                               STAGE2_SCHEDULES)
+                               STAGE2_SCHEDULES, stage2_only=True)
     normed_init: str = opt("unit", "init of LDAM's cosine classifier: unit (rows of norm 1, the "
                                    "reference) or uniform (raw U(-1, 1) rows, this project's earlier init)",
                            "method", NORMED_INITS)
@@ -190,38 +245,38 @@ class TwoStageConfig:
     compile_mode: str = opt("default", "torch.compile mode (reduce-overhead: CUDA graphs)", "runtime",
                             COMPILE_MODES)
     eval_every: int = opt(1, "epochs between evaluations (each stage's last epoch always is)", "runtime")
-    eval_batch_size: int = opt(512, "images per evaluation batch", "runtime")
-    threads: int | None = opt(None, "CPU threads (default: torch's, one per core)", "runtime")
-    quiet: bool = opt(False, "no progress bar", "runtime")
+    eval_batch_size: int = opt(512, "images per evaluation batch", "runtime", identity=False)
+    threads: int | None = opt(None, "CPU threads (default: torch's, one per core)", "runtime", identity=False)
+    quiet: bool = opt(False, "no progress bar", "runtime", identity=False)
     tensorboard: bool = opt(False, "also write each evaluated epoch's losses, metrics and class weights for "
                                    "TensorBoard, to <log_dir>/tensorboard/<run name>/ (optional package: "
-                                   "pip install tensorboard)", "runtime")
-    resume: bool = opt(True, "resume from the last checkpoint; return a finished run's results", "runtime")
-    reuse_stage1: bool = opt(True, "share stage 1 with other runs in log_dir", "runtime")
+                                   "pip install tensorboard)", "runtime", identity=False)
+    resume: bool = opt(True, "resume from the last checkpoint; return a finished run's results", "runtime",
+                       identity=False)
+    reuse_stage1: bool = opt(True, "share stage 1 with other runs in log_dir", "runtime", identity=False)
     accept_code_change: bool = opt(False, "keep (resume, skip, share) results made by other code; only "
-                                          "for a change shown numerically neutral (README)", "runtime")
-    tag: str = opt("", "free label copied into every row (the grid writes <suite>-<profile>)", "runtime")
+                                          "for a change shown numerically neutral (README)", "runtime",
+                                  identity=False)
+    tag: str = opt("", "free label copied into every row (the grid writes <suite>-<profile>)", "runtime",
+                   label=True)
 
 
-SEED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TwoStageConfig)[2:17]}
-# settings that change neither the numbers nor the run's identity
-_NOT_IDENTITY = ("log_dir", "data_root", "quiet", "resume", "reuse_stage1", "threads", "eval_batch_size",
-                 "accept_code_change", "download", "tensorboard")
+# settings that change neither the numbers nor the run's identity (``identity=False`` at the field)
+_NOT_IDENTITY = tuple(f.name for f in dataclasses.fields(TwoStageConfig) if not f.metadata["identity"])
 _NOT_IN_HASH = _NOT_IDENTITY + ("tag",)
-# settings added after results existed: hashed only away from their default, so that the run ids of
-# the runs made before them stay valid
 
 
-def _check(cond: bool, name: str, value, accepted: str) -> None:
+def check_setting(cond: bool, name: str, value, accepted: str) -> None:
+    """Raise ``ValueError("<name>=<value> is invalid; accepted: <accepted>")`` unless ``cond``."""
     if not cond:
         raise ValueError(f"{name}={value!r} is invalid; accepted: {accepted}")
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def _is_num(v) -> bool:
+def is_number(v) -> bool:
     if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
         return False
     try:
@@ -230,7 +285,7 @@ def _is_num(v) -> bool:
         return False
 
 
-def _is_choice(v, choices) -> bool:
+def is_choice(v, choices) -> bool:
     """``v in choices`` for a string only: a list or array would raise TypeError or an
     ambiguous-truth ValueError that names no parameter."""
     return isinstance(v, str) and v in choices
@@ -238,83 +293,83 @@ def _is_choice(v, choices) -> bool:
 
 def validate_config(cfg: TwoStageConfig) -> None:
     """Raise ``ValueError`` naming the first invalid setting and what it accepts. Writes nothing."""
-    _check(isinstance(cfg.model_name, str) and cfg.model_name.lower() in MODELS, "model_name",
+    check_setting(isinstance(cfg.model_name, str) and cfg.model_name.lower() in MODELS, "model_name",
            cfg.model_name, ", ".join(MODELS))
-    _check(_is_choice(cfg.imbalance_type, data_loader.IMBALANCE_TYPES), "imbalance_type", cfg.imbalance_type,
+    check_setting(is_choice(cfg.imbalance_type, data_loader.IMBALANCE_TYPES), "imbalance_type", cfg.imbalance_type,
            ", ".join(data_loader.IMBALANCE_TYPES))
-    _check(_is_choice(cfg.method, METHODS), "method", cfg.method, ", ".join(METHODS))
-    _check(_is_choice(cfg.dataset, data_loader.DATASETS), "dataset", cfg.dataset, ", ".join(data_loader.DATASETS))
-    _check(_is_choice(cfg.stage2_loss_type, STAGE2_LOSS_TYPES), "stage2_loss_type", cfg.stage2_loss_type,
+    check_setting(is_choice(cfg.method, METHODS), "method", cfg.method, ", ".join(METHODS))
+    check_setting(is_choice(cfg.dataset, data_loader.DATASETS), "dataset", cfg.dataset, ", ".join(data_loader.DATASETS))
+    check_setting(is_choice(cfg.stage2_loss_type, STAGE2_LOSS_TYPES), "stage2_loss_type", cfg.stage2_loss_type,
            ", ".join(STAGE2_LOSS_TYPES))
-    _check(_is_choice(cfg.dynamic_mode, losses.DYNAMIC_MODES), "dynamic_mode", cfg.dynamic_mode,
+    check_setting(is_choice(cfg.dynamic_mode, losses.DYNAMIC_MODES), "dynamic_mode", cfg.dynamic_mode,
            ", ".join(losses.DYNAMIC_MODES))
-    _check(_is_choice(cfg.schedule, SCHEDULES), "schedule", cfg.schedule, ", ".join(SCHEDULES))
-    _check(_is_choice(cfg.stage2_schedule, STAGE2_SCHEDULES), "stage2_schedule", cfg.stage2_schedule,
+    check_setting(is_choice(cfg.schedule, SCHEDULES), "schedule", cfg.schedule, ", ".join(SCHEDULES))
+    check_setting(is_choice(cfg.stage2_schedule, STAGE2_SCHEDULES), "stage2_schedule", cfg.stage2_schedule,
            ", ".join(STAGE2_SCHEDULES))
-    _check(_is_num(cfg.prior_blend) and 0 <= cfg.prior_blend <= 1, "prior_blend", cfg.prior_blend,
+    check_setting(is_number(cfg.prior_blend) and 0 <= cfg.prior_blend <= 1, "prior_blend", cfg.prior_blend,
            "a number in [0, 1]")
-    _check(_is_choice(cfg.precision, PRECISIONS), "precision", cfg.precision, ", ".join(PRECISIONS))
-    _check(_is_choice(cfg.compile_mode, COMPILE_MODES), "compile_mode", cfg.compile_mode, ", ".join(COMPILE_MODES))
-    _check(_is_choice(cfg.normed_init, NORMED_INITS), "normed_init", cfg.normed_init, ", ".join(NORMED_INITS))
-    _check(_is_num(cfg.imb_factor) and 0 < cfg.imb_factor <= 1, "imb_factor", cfg.imb_factor, "a number in (0, 1]")
+    check_setting(is_choice(cfg.precision, PRECISIONS), "precision", cfg.precision, ", ".join(PRECISIONS))
+    check_setting(is_choice(cfg.compile_mode, COMPILE_MODES), "compile_mode", cfg.compile_mode, ", ".join(COMPILE_MODES))
+    check_setting(is_choice(cfg.normed_init, NORMED_INITS), "normed_init", cfg.normed_init, ", ".join(NORMED_INITS))
+    check_setting(is_number(cfg.imb_factor) and 0 < cfg.imb_factor <= 1, "imb_factor", cfg.imb_factor, "a number in (0, 1]")
     for name in ("stage1_epochs", "stage2_epochs"):
         v = getattr(cfg, name)
-        _check(_is_int(v) and v >= 0, name, v, "an integer >= 0")
-    _check(cfg.stage1_epochs + cfg.stage2_epochs > 0, "stage1_epochs", cfg.stage1_epochs,
+        check_setting(is_int(v) and v >= 0, name, v, "an integer >= 0")
+    check_setting(cfg.stage1_epochs + cfg.stage2_epochs > 0, "stage1_epochs", cfg.stage1_epochs,
            "stage1_epochs + stage2_epochs >= 1")
     for name in ("batch_size", "eval_every", "eval_batch_size"):
         v = getattr(cfg, name)
-        _check(_is_int(v) and v > 0, name, v, "an integer > 0")
+        check_setting(is_int(v) and v > 0, name, v, "an integer > 0")
     for name in ("stage1_lr", "stage2_lr", "ldam_scale"):
         v = getattr(cfg, name)
-        _check(_is_num(v) and v > 0, name, v, "a finite number > 0")
+        check_setting(is_number(v) and v > 0, name, v, "a finite number > 0")
     for name in ("min_weight", "max_weight"):
         v = getattr(cfg, name)
-        _check(_is_num(v) and v > 0, name, v, "a finite number > 0")
-    _check(cfg.min_weight <= cfg.max_weight, "min_weight", cfg.min_weight,
+        check_setting(is_number(v) and v > 0, name, v, "a finite number > 0")
+    check_setting(cfg.min_weight <= cfg.max_weight, "min_weight", cfg.min_weight,
            f"a number <= max_weight ({cfg.max_weight!r})")
-    _check(_is_num(cfg.ema_alpha) and 0 <= cfg.ema_alpha < 1, "ema_alpha", cfg.ema_alpha, "a number in [0, 1)")
+    check_setting(is_number(cfg.ema_alpha) and 0 <= cfg.ema_alpha < 1, "ema_alpha", cfg.ema_alpha, "a number in [0, 1)")
     for name in ("stage2_focal_gamma", "focal_gamma"):
         v = getattr(cfg, name)
-        _check(_is_num(v) and 0 <= v <= 5, name, v, "a number in [0, 5]")
-    _check(_is_num(cfg.cb_beta) and 0 <= cfg.cb_beta < 1, "cb_beta", cfg.cb_beta, "a number in [0, 1)")
+        check_setting(is_number(v) and 0 <= v <= 5, name, v, "a number in [0, 5]")
+    check_setting(is_number(cfg.cb_beta) and 0 <= cfg.cb_beta < 1, "cb_beta", cfg.cb_beta, "a number in [0, 1)")
     for name in ("weight_decay", "warmup_epochs", "ldam_max_margin", "la_tau"):
         v = getattr(cfg, name)
-        _check(_is_num(v) and v >= 0, name, v, "a finite number >= 0")
-    _check(_is_num(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", cfg.momentum, "a number in [0, 1)")
-    _check(isinstance(cfg.lr_milestones, (tuple, list)) and len(cfg.lr_milestones) == 2
-           and all(_is_num(m) and m >= 0 for m in cfg.lr_milestones)
+        check_setting(is_number(v) and v >= 0, name, v, "a finite number >= 0")
+    check_setting(is_number(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", cfg.momentum, "a number in [0, 1)")
+    check_setting(isinstance(cfg.lr_milestones, (tuple, list)) and len(cfg.lr_milestones) == 2
+           and all(is_number(m) and m >= 0 for m in cfg.lr_milestones)
            and cfg.lr_milestones[0] <= cfg.lr_milestones[1], "lr_milestones", cfg.lr_milestones,
            "two increasing epochs >= 0")
-    _check(_is_int(cfg.seed) and 0 <= cfg.seed < 2 ** 31, "seed", cfg.seed, "an integer in [0, 2**31)")
+    check_setting(is_int(cfg.seed) and 0 <= cfg.seed < 2 ** 31, "seed", cfg.seed, "an integer in [0, 2**31)")
     for name in ("val_per_class", "stat_per_class"):
         v = getattr(cfg, name)
-        _check(_is_int(v) and v >= 0, name, v, "an integer >= 0")
-    _check(cfg.n_max is None or (_is_int(cfg.n_max) and cfg.n_max >= 1), "n_max", cfg.n_max,
+        check_setting(is_int(v) and v >= 0, name, v, "an integer >= 0")
+    check_setting(cfg.n_max is None or (is_int(cfg.n_max) and cfg.n_max >= 1), "n_max", cfg.n_max,
            "None or an integer >= 1")
-    _check(cfg.threads is None or (_is_int(cfg.threads) and 1 <= cfg.threads <= 1024), "threads", cfg.threads,
+    check_setting(cfg.threads is None or (is_int(cfg.threads) and 1 <= cfg.threads <= 1024), "threads", cfg.threads,
            "None or an integer in [1, 1024]")  # torch overflows past 2**31 and spawns that many threads
-    _check(cfg.exp_name is None or (isinstance(cfg.exp_name, str) and cfg.exp_name != ""
+    check_setting(cfg.exp_name is None or (isinstance(cfg.exp_name, str) and cfg.exp_name != ""
                                      and all(c.isalnum() or c in "-_.=" for c in cfg.exp_name)),
            "exp_name", cfg.exp_name, "None or a non-empty name of letters, digits and - _ . =")
     for name in ("channels_last", "compile", "quiet", "resume", "reuse_stage1", "accept_code_change", "download",
                  "tensorboard"):
         v = getattr(cfg, name)
-        _check(isinstance(v, bool), name, v, "True or False")
-    _check(isinstance(cfg.tag, str), "tag", cfg.tag, "a string")
-    _check(not cfg.tensorboard or live_curves.available(), "tensorboard", cfg.tensorboard,
+        check_setting(isinstance(v, bool), name, v, "True or False")
+    check_setting(isinstance(cfg.tag, str), "tag", cfg.tag, "a string")
+    check_setting(not cfg.tensorboard or live_curves.available(), "tensorboard", cfg.tensorboard,
            "False, or True once the optional tensorboard package is installed (pip install tensorboard)")
-    _check(isinstance(cfg.device, str), "device", cfg.device, "auto, cpu or cuda[:N]")
+    check_setting(isinstance(cfg.device, str), "device", cfg.device, "auto, cpu or cuda[:N]")
     resolve_device(cfg.device)
-    _check(isinstance(cfg.log_dir, (str, os.PathLike)) and str(cfg.log_dir) != "", "log_dir",
+    check_setting(isinstance(cfg.log_dir, (str, os.PathLike)) and str(cfg.log_dir) != "", "log_dir",
            cfg.log_dir, "a folder path")
-    _check(cfg.data_root is None or isinstance(cfg.data_root, (str, os.PathLike)), "data_root",
+    check_setting(cfg.data_root is None or isinstance(cfg.data_root, (str, os.PathLike)), "data_root",
            cfg.data_root, "None or a folder path")
-    needs_stat = cfg.method == "two_stage_ictta" and cfg.dynamic_mode in ("val_loss", "val_error")
-    _check(not needs_stat or cfg.stat_per_class > 0, "stat_per_class", cfg.stat_per_class,
+    needs_stat = METHODS[cfg.method].weights2 == "dynamic" and cfg.dynamic_mode in ("val_loss", "val_error")
+    check_setting(not needs_stat or cfg.stat_per_class > 0, "stat_per_class", cfg.stat_per_class,
            f"> 0 for dynamic_mode={cfg.dynamic_mode!r} (its statistic comes from that split)")
-    _check(cfg.method != "tau_norm" or cfg.val_per_class > 0, "val_per_class", cfg.val_per_class,
-           "> 0 for method='tau_norm' (tau is chosen on validation)")
+    check_setting(METHODS[cfg.method].evaluate is not evaluate_tau_norm or cfg.val_per_class > 0, "val_per_class",
+           cfg.val_per_class, f"> 0 for method={cfg.method!r} (tau is chosen on validation)")
 
 
 def config_hash(cfg: TwoStageConfig) -> str:
@@ -333,25 +388,15 @@ def _normal(value):
 
 
 def stage1_hash(cfg: TwoStageConfig) -> str:
-    """Identity of stage 1: everything that changes its numbers, nothing that only stage 2 uses."""
+    """Identity of stage 1: every setting but those declared not to matter to it at their field
+    (``identity=False``, ``stage2_only``, ``label``), the method replaced by its stage-1 loss, weights
+    and classifier, the data folder by its resolved path. A new setting is part of it by default."""
     m = METHODS[cfg.method]
-    keys = ["model_name", "imbalance_type", "imb_factor", "batch_size", "stage1_epochs", "stage1_lr",
-            "seed", "device", "val_per_class", "stat_per_class", "n_max", "momentum", "weight_decay", "warmup_epochs",
-            "schedule", "lr_milestones", "precision", "channels_last", "compile", "compile_mode"]
-    if m.loss1 == "focal":
-        keys.append("focal_gamma")
-    if m.weights1 == "effective":
-        keys.append("cb_beta")
-    if m.loss1 == "ldam":
-        keys += ["ldam_max_margin", "ldam_scale"]
-    if m.normed_classifier:
-        keys.append("normed_init")
-    if m.loss1 == "logit_adjust":
-        keys.append("la_tau")
-    d = {k: getattr(cfg, k) for k in keys}
+    d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+         if f.metadata["identity"] and not f.metadata["stage2_only"] and not f.metadata["label"]
+         and f.name != "method"}
     d.update(loss1=m.loss1, weights1=m.weights1, normed=m.normed_classifier,
              data=str(Path(cfg.data_root or data_loader.default_data_root(cfg.dataset)).resolve()))
-    # the stage-2 length matters for stage 1 only through a global step schedule's milestones
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -416,7 +461,7 @@ def lr_at_step(step: int, steps_per_epoch: int, cfg: TwoStageConfig, stage: int)
     e1 = cfg.stage1_epochs * steps_per_epoch
     base = cfg.stage1_lr if stage == 1 else cfg.stage2_lr
     local, length = (step, e1) if stage == 1 else (step - e1, cfg.stage2_epochs * steps_per_epoch)
-    restarts = METHODS[cfg.method].retrain_classifier or cfg.stage2_schedule == "cosine"
+    restarts = METHODS[cfg.method].stage2_cosine or cfg.stage2_schedule == "cosine"
     schedule = "cosine" if stage == 2 and restarts else cfg.schedule
     if schedule == "cosine":
         lr = base * 0.5 * (1 + math.cos(math.pi * local / max(length, 1)))
@@ -428,26 +473,37 @@ def lr_at_step(step: int, steps_per_epoch: int, cfg: TwoStageConfig, stage: int)
     return lr
 
 
+def _ictta_loss(counts, cfg: TwoStageConfig, device):
+    """two_stage_ictta's stage-2 loss: focal (gamma=stage2_focal_gamma) or CE, per stage2_loss_type."""
+    if cfg.stage2_loss_type == "focal":
+        return partial(losses.focal_loss, gamma=cfg.stage2_focal_gamma)
+    return losses.focal_loss
+
+
+def _balanced_softmax_loss(counts, cfg: TwoStageConfig, device):
+    log_counts = torch.tensor(counts, dtype=torch.float64).log().float().to(device)
+    return partial(losses.logit_adjusted_loss, log_priors=log_counts, tau=1.0)
+
+
+# The losses a Method names, each built from (counts, cfg, device) as f(logits, y, weight, reduction).
+LOSSES = {
+    "ce": lambda counts, cfg, device: losses.focal_loss,
+    "focal": lambda counts, cfg, device: partial(losses.focal_loss, gamma=cfg.focal_gamma),
+    "ldam": lambda counts, cfg, device: partial(
+        losses.ldam_loss, margins=losses.ldam_margins(counts, cfg.ldam_max_margin).to(device), scale=cfg.ldam_scale),
+    "logit_adjust": lambda counts, cfg, device: partial(
+        losses.logit_adjusted_loss, log_priors=losses.log_prior(counts).to(device), tau=cfg.la_tau),
+    "balanced_softmax": _balanced_softmax_loss,
+    "ictta": _ictta_loss,
+}
+
+
 def build_loss(name: str, counts, cfg: TwoStageConfig, device="cpu"):
-    """The loss function ``f(logits, y, weight, reduction)`` of a method's stage; its constant
-    tensors (margins, priors) live on ``device`` so the step loop copies nothing."""
-    if name == "ictta":
-        name = cfg.stage2_loss_type
-        if name == "focal":
-            return partial(losses.focal_loss, gamma=cfg.stage2_focal_gamma)
-    if name == "ce":
-        return losses.focal_loss
-    if name == "focal":
-        return partial(losses.focal_loss, gamma=cfg.focal_gamma)
-    if name == "ldam":
-        return partial(losses.ldam_loss, margins=losses.ldam_margins(counts, cfg.ldam_max_margin).to(device),
-                       scale=cfg.ldam_scale)
-    if name == "logit_adjust":
-        return partial(losses.logit_adjusted_loss, log_priors=losses.log_prior(counts).to(device), tau=cfg.la_tau)
-    if name == "balanced_softmax":
-        log_counts = torch.tensor(counts, dtype=torch.float64).log().float().to(device)
-        return partial(losses.logit_adjusted_loss, log_priors=log_counts, tau=1.0)
-    raise ValueError(f"unknown loss {name!r}")
+    """The loss function ``f(logits, y, weight, reduction)`` of a method's stage (:data:`LOSSES`);
+    its constant tensors (margins, priors) live on ``device`` so the step loop copies nothing."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
+    return LOSSES[name](counts, cfg, device)
 
 
 def static_weights(kind: str, counts, cfg: TwoStageConfig) -> torch.Tensor | None:
@@ -465,70 +521,8 @@ def is_finished(cfg: TwoStageConfig, meta: dict | None) -> bool:
     this code (or kept by ``accept_code_change``), whose CSV exists: what a rerun skips, and what
     the grid's ``--status`` counts as done."""
     return (meta is not None and meta.get("status") == "finished" and meta.get("run_id") == config_hash(cfg)
-            and made_by_other_code(meta, cfg) is None and (Path(cfg.log_dir) / f"{run_name(cfg)}.csv").exists())
-
-
-class RunLock:
-    """An exclusive lock file for one run: a second process on the same run gets a clear error.
-    A lock left by a dead process on this host is taken over."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, me.encode())
-                os.close(fd)
-                return self
-            except FileExistsError:
-                try:
-                    text = self.path.read_text()
-                    host, pid = text.split()
-                    int(pid)
-                except (OSError, ValueError):
-                    text, host, pid = None, "", "0"
-                if host == socket.gethostname() and not _pid_alive(int(pid)):
-                    self._remove_if_unchanged(text)
-                    continue
-                raise RunLockedError(f"run {self.path.stem!r} is being written by process {pid} on "
-                                     f"{host}; wait for it, or delete {self.path} if that process is gone")
-        raise RunLockedError(f"could not take the lock {self.path}")
-
-    def _remove_if_unchanged(self, stale: str) -> None:
-        """Delete the stale lock file if it still reads ``stale``. A flock on the folder makes the
-        check and the delete one step between processes: otherwise two processes that both found
-        the same stale lock could each delete the other's fresh one, and both run."""
-        import fcntl
-
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close
-            if self.path.read_text() == stale:
-                self.path.unlink()
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(fd)
-
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
-
-
-class RunLockedError(RuntimeError):
-    pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # no such process; a pid no process can have
-        return False
-    except PermissionError:
-        return True
-    return True
+            and made_by_other_code(meta, cfg) is None
+            and runfiles.run_paths(cfg.log_dir, run_name(cfg))["csv"].exists())
 
 
 def _metric_row(metrics: dict, stage: int, epoch: int, global_epoch: int, split: str, lr: float,
@@ -559,8 +553,7 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
     except OSError as e:
         raise ValueError(f"log_dir={str(log_dir)!r} cannot be written: {e}") from e
     name = run_name(cfg)
-    paths = {"csv": log_dir / f"{name}.csv", "config": log_dir / f"{name}.json",
-             "model": log_dir / f"{name}.model.pt", "checkpoint": log_dir / f"{name}.ckpt.pt"}
+    paths = runfiles.run_paths(log_dir, name)
     run_id = config_hash(cfg)
     previous = read_json(paths["config"])
     if previous is not None and previous.get("run_id") != run_id and paths["csv"].exists():
@@ -574,196 +567,195 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
         print(f"rerunning {name}: its finished result was {stale}", file=sys.stderr)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    with RunLock(log_dir / f"{name}.lock"):
-        for suffix in ("csv", "json", "model.pt", "ckpt.pt"):  # temporary files of an attempt that was killed
-            for tmp in log_dir.glob(f".{name}.{suffix}.*.tmp"):
-                tmp.unlink(missing_ok=True)
-        _remove_dead_writers_tmp(stage1_path(cfg))  # the shared stage 1 is not ours alone
+    with RunLock(runfiles.lock_path(log_dir, name)):
+        runfiles.remove_attempt_tmp(log_dir, name)  # of an attempt that was killed
+        runfiles.remove_dead_writers_tmp(stage1_path(cfg))  # the shared stage 1 is not ours alone
         return _run_locked(cfg, paths, run_id)
 
 
-def _remove_dead_writers_tmp(path: Path) -> None:
-    """Delete the temporary files of ``path`` left by processes of this host that have died."""
-    host = socket.gethostname().replace(".", "_")
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        writer = tmp.name[len(path.name) + 2:].split(".")[0]  # <host>-<pid>
-        w_host, _, pid = writer.rpartition("-")
-        if w_host == host and pid.isdigit() and not _pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+@dataclass
+class RunData:
+    """A run's data on the device: the long-tailed training subset and the held-out splits, each
+    ``(uint8 images, labels)``, with the normalisation they share."""
+    data: data_loader.ImageData
+    split: data_loader.Split
+    norm: data_loader.Normalizer
+    train: tuple
+    val: tuple
+    stat: tuple
+    test: tuple
+
+    @property
+    def counts(self) -> list:
+        return self.split.counts
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
 
 
-def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
-    device = resolve_device(cfg.device)
-    method = METHODS[cfg.method]
-    meta = {"run_id": run_id, "stage1_id": stage1_hash(cfg), "config": asdict(cfg),
-            "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
-            # CPU results are bitwise reproducible for a given thread count, not across counts
-            "torch_threads": torch.get_num_threads(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "status": "running", "paths": {k: str(v) for k, v in paths.items()},
-            "code_fingerprint": code_fingerprint(), "code_fingerprints": [code_fingerprint()]}
-
+def prepare_data(cfg: TwoStageConfig, device: torch.device) -> RunData:
+    """Load the dataset, draw the run's subset and splits (seeded by ``cfg.seed``), put them on ``device``."""
     data = data_loader.load_dataset(cfg.data_root, cfg.download, cfg.dataset)
     split = data_loader.make_split(data.train_y, cfg.imbalance_type, cfg.imb_factor, n_max=cfg.n_max,
                                    val_per_class=cfg.val_per_class, stat_per_class=cfg.stat_per_class,
                                    seed=cfg.seed)
-    counts, C = split.counts, data.num_classes
-    meta.update(class_counts=counts, classes=list(data.classes), data_source=data.source,
-                n_train=int(len(split.train_idx)), n_val=int(len(split.val_idx)), n_stat=int(len(split.stat_idx)),
-                normalization={"mean": data.mean, "std": data.std, "over": "the whole training split"})
-    norm = data_loader.Normalizer(data.mean, data.std, device)
     to_dev = partial(data_loader.to_device_images, device=device)
-    x_train, y_train = to_dev(data.train_x[split.train_idx]), torch.from_numpy(data.train_y[split.train_idx]).to(device)
-    x_val, y_val = to_dev(data.train_x[split.val_idx]), torch.from_numpy(data.train_y[split.val_idx]).to(device)
-    x_stat, y_stat = to_dev(data.train_x[split.stat_idx]), torch.from_numpy(data.train_y[split.stat_idx]).to(device)
-    x_test, y_test = to_dev(data.test_x), torch.from_numpy(data.test_y).to(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # CUDA runs are not bitwise reproducible anyway (README)
+    on_device = lambda idx: (to_dev(data.train_x[idx]), torch.from_numpy(data.train_y[idx]).to(device))
+    return RunData(data, split, data_loader.Normalizer(data.mean, data.std, device),
+                   on_device(split.train_idx), on_device(split.val_idx), on_device(split.stat_idx),
+                   (to_dev(data.test_x), torch.from_numpy(data.test_y).to(device)))
 
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+
+def build_model(cfg: TwoStageConfig, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """The run's model with its seeded init (the caller's global RNG untouched), on ``device``."""
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = get_model(cfg.model_name, C, normed_classifier=method.normed_classifier,
+        model = get_model(cfg.model_name, num_classes, normed_classifier=METHODS[cfg.method].normed_classifier,
                           normed_init=cfg.normed_init)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
-    make_opt = lambda params: torch.optim.SGD(params, lr=cfg.stage1_lr, momentum=cfg.momentum,
-                                              weight_decay=cfg.weight_decay)
-    optimizer = make_opt(model.parameters())
+    return model
+
+
+@dataclass
+class RunState:
+    """The counters one epoch hands the next (and a checkpoint keeps)."""
+    stage: int = 1
+    epoch: int = 0  # last finished epoch of this stage
+    step: int = 0  # optimizer steps so far, both stages
+    train_class_loss: torch.Tensor | None = None  # per-class training loss of the last epoch
+
+
+@dataclass
+class Run:
+    """What a run trains and carries between epochs; ``snapshot``/``restore`` are its checkpoint."""
+    cfg: TwoStageConfig
+    method: Method
+    data: RunData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # the batch order's; both stages draw from it, so the stream goes on
+    batches: data_loader.DeviceBatches
+    dyn: losses.DynamicClassWeights
+    logger: RunLogger
+    fingerprints: list  # the code fingerprints that made this run, oldest first
+    state: RunState = field(default_factory=RunState)
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        c = self.cfg
+        return torch.optim.SGD(params, lr=c.stage1_lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def snapshot(self, run_id: str) -> dict:
+        return {"run_id": run_id, "code_fingerprint": code_fingerprint(), "code_fingerprints": self.fingerprints,
+                "st": dict(vars(self.state)), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
+                "dyn": self.dyn.state_dict(), "rows": self.logger.rows}
+
+    def restore(self, snap: dict) -> None:
+        self.state = RunState(**snap["st"])
+        if self.state.stage == 2:  # the stage-2 model and optimizer have the shapes to load into
+            self.method.enter_stage2(self, False)
+        self.model.load_state_dict(snap["model"])
+        self.optimizer.load_state_dict(snap["optimizer"])
+        self.batches.load_state_dict(snap["data"])
+        self.dyn.load_state_dict(snap["dyn"])
+        self.logger.rows = list(snap["rows"])
+        self.fingerprints[:] = list(dict.fromkeys(snap.get("code_fingerprints", []) + self.fingerprints))
+
+
+def start_run(cfg: TwoStageConfig, rd: RunData, model, logger: RunLogger, fingerprints: list) -> Run:
+    """A run at its first step: SGD on every parameter, uniform batches from the seeded generator."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    batches = data_loader.DeviceBatches(x_train, y_train, cfg.batch_size, norm, gen,
-                                        channels_last=cfg.channels_last)
-    spe = len(batches)
-    dyn = losses.DynamicClassWeights(C, cfg.min_weight, cfg.max_weight, cfg.ema_alpha, cfg.dynamic_mode,
-                                     cfg.prior_blend, counts)
-    renamed = {"model_name": "model", "imbalance_type": "scenario"}  # the CSV's column names
-    identity = {"run_id": run_id, "stage1_id": meta["stage1_id"], "exp_name": cfg.exp_name or cfg.method,
-                **{renamed.get(k, k): (str(v) if isinstance(v, (tuple, list)) else v)
-                   for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY + ("exp_name",)}}
+    batches = data_loader.DeviceBatches(*rd.train, cfg.batch_size, rd.norm, gen, channels_last=cfg.channels_last)
+    dyn = losses.DynamicClassWeights(rd.num_classes, cfg.min_weight, cfg.max_weight, cfg.ema_alpha,
+                                     cfg.dynamic_mode, cfg.prior_blend, rd.counts)
+    run = Run(cfg, METHODS[cfg.method], rd, model, None, gen, batches, dyn, logger, fingerprints)
+    run.optimizer = run.make_optimizer(model.parameters())
+    return run
+
+
+def class_weights(run: Run, stage: int) -> torch.Tensor | None:
+    """The class weights of the coming epoch: static ones from the counts, or dynamic ones from the
+    statistic of the epoch just before this one."""
+    kind = run.method.weights(stage)
+    if kind != "dynamic":
+        return static_weights(kind, run.data.counts, run.cfg)
+    stat_fn = partial(_held_out_stat, run.model, run.data.norm, run.data.counts, run.cfg, run.data.stat)
+    return run.dyn.update(_dynamic_stat(run.cfg.dynamic_mode, run.state, stat_fn))
+
+
+def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
+    """The run, its lock held: set up the data, model and :class:`Run`, resume what can be resumed,
+    then the epoch loop (train, evaluate, log, checkpoint), and the final files."""
+    device = resolve_device(cfg.device)
+    meta = {"run_id": run_id, "stage1_id": stage1_hash(cfg), "config": asdict(cfg),
+            "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
+            # CPU results are bitwise reproducible for a given thread count, not across counts
+            "torch_threads": torch.get_num_threads(), "host": socket.gethostname(), "started": now(),
+            "status": "running", "paths": {k: str(v) for k, v in paths.items()},
+            "code_fingerprint": code_fingerprint(), "code_fingerprints": [code_fingerprint()]}
+    rd = prepare_data(cfg, device)
+    counts, C = rd.counts, rd.num_classes
+    meta.update(class_counts=counts, classes=list(rd.data.classes), data_source=rd.data.source,
+                n_train=int(len(rd.split.train_idx)), n_val=int(len(rd.split.val_idx)),
+                n_stat=int(len(rd.split.stat_idx)),
+                normalization={"mean": rd.data.mean, "std": rd.data.std, "over": "the whole training split"})
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # CUDA runs are not bitwise reproducible anyway (README)
+    model = build_model(cfg, C, device)
+    forward = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
     curves = live_curves.TensorBoardCurves(Path(cfg.log_dir) / "tensorboard" / paths["csv"].stem) \
         if cfg.tensorboard else None
-    logger = RunLogger(paths["csv"], identity, mirror=curves)
-    # state carried between epochs (and through checkpoints)
-    st = {"stage": 1, "epoch": 0, "step": 0, "train_class_loss": None}
-    stage1_file = stage1_path(cfg)
-
-    def snapshot() -> dict:
-        return {"run_id": run_id, "code_fingerprint": code_fingerprint(),
-                "code_fingerprints": meta["code_fingerprints"], "st": dict(st), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "data": batches.state_dict(),
-                "dyn": dyn.state_dict(), "rows": logger.rows}
-
-    def restore(snap: dict) -> None:
-        nonlocal optimizer
-        st.update(snap["st"])
-        if st["stage"] == 2 and method.retrain_classifier:
-            _freeze_for_crt(model)
-            optimizer = make_opt(model.fc.parameters())
-        model.load_state_dict(snap["model"])
-        optimizer.load_state_dict(snap["optimizer"])
-        batches.load_state_dict(snap["data"])
-        dyn.load_state_dict(snap["dyn"])
-        logger.rows = list(snap["rows"])
-        seen = meta["code_fingerprints"]
-        seen[:] = list(dict.fromkeys(snap.get("code_fingerprints", []) + seen))
-
-    def usable(path: Path, what: str) -> dict | None:
-        """The checkpoint at ``path`` if it exists and was made by this code (or is accepted)."""
-        if not path.exists():
-            return None
-        snap = torch.load(path, map_location=device, weights_only=False)
-        why_not = made_by_other_code(snap, cfg)
-        if why_not:
-            print(f"{name}: not reusing {what} {path.name}: {why_not}", file=sys.stderr)
-            return None
-        return snap
-
-    name = paths["csv"].stem
-    resumed_from = None
-    snap = usable(paths["checkpoint"], "checkpoint") if cfg.resume else None
-    if snap is not None and snap.get("run_id") == run_id:
-        restore(snap)
-        resumed_from = (st["stage"], st["epoch"])
-    stage1_reused = False
-    snap = usable(stage1_file, "stage 1") if resumed_from is None and cfg.reuse_stage1 and cfg.stage1_epochs > 0 else None
-    if snap is not None:
-        restore(snap)
-        stage1_reused = True
+    logger = RunLogger(paths["csv"], _row_identity(cfg, run_id, meta["stage1_id"]), mirror=curves)
+    run = start_run(cfg, rd, model, logger, meta["code_fingerprints"])
+    method, spe = run.method, len(run.batches)
+    resumed_from, stage1_reused = _resume(run, cfg, paths, run_id, device)
+    st = run.state  # after _resume, which may replace it
     meta.update(resumed_from=resumed_from, stage1_reused=stage1_reused)
     write_json(paths["config"], meta)
 
-    def evaluate_splits(stage: int) -> dict:
-        """Metrics on val (if any) and test. tau-norm chooses tau on val, then reports test."""
-        if stage == 2 and method.tau_norm:
-            return _evaluate_tau_norm(model, norm, counts, cfg, (x_val, y_val), (x_test, y_test))
-        ev = partial(evaluate, model, normalizer=norm, train_counts=counts, batch_size=cfg.eval_batch_size,
-                     precision=cfg.precision, channels_last=cfg.channels_last)
-        out = {"test": ev(x_test, y_test)}
-        if len(y_val):
-            out["val"] = ev(x_val, y_val)
-        return out
-
-    total = cfg.stage1_epochs + cfg.stage2_epochs
-    bar = tqdm(total=total, disable=cfg.quiet, leave=False, dynamic_ncols=True,
+    bar = tqdm(total=cfg.stage1_epochs + cfg.stage2_epochs, disable=cfg.quiet, leave=False, dynamic_ncols=True,
                desc=f"{cfg.model_name}/{cfg.imbalance_type}/{cfg.exp_name or cfg.method}")
-    bar.update(st["epoch"] + (cfg.stage1_epochs if st["stage"] == 2 else 0))
+    bar.update(st.epoch + (cfg.stage1_epochs if st.stage == 2 else 0))
     t_run = time.perf_counter()
     try:
-        for stage in (1, 2):
-            n_epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
-            if stage < st["stage"] or n_epochs == 0:
+        for stage, n_epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
+            if stage < st.stage or n_epochs == 0:
                 continue
-            if stage == 2 and st["stage"] == 1:  # entering stage 2 now
-                st.update(stage=2, epoch=0)
-                if method.retrain_classifier:
-                    _freeze_for_crt(model, reinit_seed=cfg.seed + 1)
-                    optimizer = make_opt(model.fc.parameters())
-            if stage == 2 and method.retrain_classifier:  # same generator, so the stream goes on
-                batches = data_loader.DeviceBatches(x_train, y_train, cfg.batch_size, norm, gen,
-                                                    sampler="class_balanced", channels_last=cfg.channels_last)
-            stat_fn = partial(_held_out_stat, model, norm, counts, cfg, (x_stat, y_stat))
-            loss_name = method.loss1 if stage == 1 else method.loss2
-            weight_kind = method.weights1 if stage == 1 else method.weights2
-            loss_fn = build_loss(loss_name, counts, cfg, device)
-            for epoch in range(st["epoch"] + 1, n_epochs + 1):
+            if stage == 2 and st.stage == 1:  # entering stage 2 now
+                st.stage, st.epoch = 2, 0
+                method.enter_stage2(run, True)
+            loss_fn = build_loss(method.loss(stage), counts, cfg, device)
+            lr_fn = partial(lr_at_step, steps_per_epoch=spe, cfg=cfg, stage=stage)
+            for epoch in range(st.epoch + 1, n_epochs + 1):
                 t0 = time.perf_counter()
-                if weight_kind == "dynamic":  # from the statistic of the epoch just before this one
-                    weights = dyn.update(_dynamic_stat(cfg.dynamic_mode, st, stat_fn))
-                else:
-                    weights = static_weights(weight_kind, counts, cfg)
-                lr_fn = partial(lr_at_step, steps_per_epoch=spe, cfg=cfg, stage=stage)
-                out = train_one_epoch(model, batches, optimizer, loss_fn, lr_fn, st["step"], C,
+                weights = class_weights(run, stage)
+                out = train_one_epoch(run.model, run.batches, run.optimizer, loss_fn, lr_fn, st.step, C,
                                       class_weights=weights, precision=cfg.precision,
                                       normalization=method.normalization, forward=forward)
-                st["step"] += out["steps"]
-                st["train_class_loss"] = out["class_loss"]
+                st.step += out["steps"]
+                st.train_class_loss = out["class_loss"]
                 last = epoch == n_epochs
-                row_w = (weights if weights is not None else torch.ones(C)).tolist()
                 if last or epoch % cfg.eval_every == 0:
-                    res = evaluate_splits(stage)
-                    seconds = time.perf_counter() - t0
-                    global_epoch = epoch + (cfg.stage1_epochs if stage == 2 else 0)
-                    for split_name, m in res.items():
-                        if not np.isfinite(m["loss"]):
-                            raise NonFiniteError(f"{split_name} loss is {m['loss']} at stage {stage} epoch {epoch}")
-                        extra = {"tau": m["tau"]} if "tau" in m else {}
-                        logger.log(_metric_row(m, stage, epoch, global_epoch, split_name, lr_fn(st["step"] - 1),
-                                               out["loss"], seconds, row_w, extra))
+                    res = method.evaluate(run, stage)
+                    row_w = (weights if weights is not None else torch.ones(C)).tolist()
+                    _log_epoch(logger, res, stage, epoch, epoch + (cfg.stage1_epochs if stage == 2 else 0),
+                               lr_fn(st.step - 1), out["loss"], time.perf_counter() - t0, row_w)
                     if last:
                         meta.setdefault("confusion_test", {})[f"stage{stage}"] = res["test"]["confusion"]
                     bar.set_postfix(stage=stage, loss=f"{out['loss']:.3f}",
                                     val_f1=f"{res.get('val', res['test'])['macro_f1']:.3f}")
-                st["epoch"] = epoch
+                st.epoch = epoch
                 logger.flush()
-                atomic_torch_save(snapshot(), paths["checkpoint"])
+                atomic_torch_save(run.snapshot(run_id), paths["checkpoint"])
                 bar.update(1)
             if stage == 1 and cfg.reuse_stage1:
-                stage1_file.parent.mkdir(exist_ok=True)
-                if not stage1_file.exists() or made_by_other_code(_load_meta_only(stage1_file), cfg):
-                    atomic_torch_save(snapshot(), stage1_file)
+                _share_stage1(run, cfg, run_id)
     except BaseException as e:
         meta.update(status="failed" if isinstance(e, Exception) else "interrupted",
-                    error=f"{type(e).__name__}: {e}", failed=time.strftime("%Y-%m-%d %H:%M:%S"))
+                    error=f"{type(e).__name__}: {e}", failed=now())
         logger.flush()
         write_json(paths["config"], meta)
         raise
@@ -776,21 +768,74 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
                "paths": {k: str(v) for k, v in paths.items() if k != "checkpoint"},
                "resumed_from": resumed_from, "stage1_reused": stage1_reused,
                "seconds": time.perf_counter() - t_run}
-    saved_model.save(paths["model"], model, cfg, data, counts, logger.rows, run_id, code_fingerprint())
-    meta.update(status="finished", finished=time.strftime("%Y-%m-%d %H:%M:%S"), results=results)
+    saved_model.save(paths["model"], run.model, cfg, rd.data, counts, logger.rows, run_id, code_fingerprint())
+    meta.update(status="finished", finished=now(), results=results)
     logger.flush()
     write_json(paths["config"], meta)
     paths["checkpoint"].unlink(missing_ok=True)
     return results
 
 
-def _dynamic_stat(mode: str, st: dict, held_out_stat):
+def _row_identity(cfg: TwoStageConfig, run_id: str, stage1_id: str) -> dict:
+    """The identity columns of every CSV row: the ids and every setting that is part of it."""
+    renamed = {"model_name": "model", "imbalance_type": "scenario"}  # the CSV's column names
+    return {"run_id": run_id, "stage1_id": stage1_id, "exp_name": cfg.exp_name or cfg.method,
+            **{renamed.get(k, k): (str(v) if isinstance(v, (tuple, list)) else v)
+               for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY + ("exp_name",)}}
+
+
+def _resume(run: Run, cfg: TwoStageConfig, paths: dict, run_id: str, device) -> tuple:
+    """Restore ``run`` from its own checkpoint, else from a shared stage 1 made by this code.
+    Returns ``(resumed_from, stage1_reused)``: the (stage, epoch) resumed from, or None; a bool."""
+    name = paths["csv"].stem
+
+    def usable(path: Path, what: str) -> dict | None:
+        """The checkpoint at ``path`` if it exists and was made by this code (or is accepted)."""
+        if not path.exists():
+            return None
+        snap = torch.load(path, map_location=device, weights_only=False)
+        why_not = made_by_other_code(snap, cfg)
+        if why_not:
+            print(f"{name}: not reusing {what} {path.name}: {why_not}", file=sys.stderr)
+            return None
+        return snap
+
+    snap = usable(paths["checkpoint"], "checkpoint") if cfg.resume else None
+    if snap is not None and snap.get("run_id") == run_id:
+        run.restore(snap)
+        return (run.state.stage, run.state.epoch), False
+    snap = usable(stage1_path(cfg), "stage 1") if cfg.reuse_stage1 and cfg.stage1_epochs > 0 else None
+    if snap is not None:
+        run.restore(snap)
+        return None, True
+    return None, False
+
+
+def _share_stage1(run: Run, cfg: TwoStageConfig, run_id: str) -> None:
+    """Save the finished stage 1 for the runs that share it, unless a current one is there."""
+    stage1_file = stage1_path(cfg)
+    stage1_file.parent.mkdir(exist_ok=True)
+    if not stage1_file.exists() or made_by_other_code(_load_meta_only(stage1_file), cfg):
+        atomic_torch_save(run.snapshot(run_id), stage1_file)
+
+
+def _log_epoch(logger: RunLogger, res: dict, stage: int, epoch: int, global_epoch: int, lr: float,
+               train_loss: float, seconds: float, row_w: list) -> None:
+    """One CSV row per evaluated split; a non-finite loss stops the run."""
+    for split_name, m in res.items():
+        if not np.isfinite(m["loss"]):
+            raise NonFiniteError(f"{split_name} loss is {m['loss']} at stage {stage} epoch {epoch}")
+        extra = {"tau": m["tau"]} if "tau" in m else {}
+        logger.log(_metric_row(m, stage, epoch, global_epoch, split_name, lr, train_loss, seconds, row_w, extra))
+
+
+def _dynamic_stat(mode: str, st: RunState, held_out_stat):
     """The per-class statistic that the next stage-2 epoch's weights come from: the last epoch's
     training loss, or ``held_out_stat(mode)`` measured now, after it, on the statistic split.
     None before any training epoch (``stage1_epochs=0``): no epoch has been seen yet."""
     if mode in ("none", "loss"):
-        return st["train_class_loss"]
-    return held_out_stat(mode) if st["step"] > 0 else None
+        return st.train_class_loss
+    return held_out_stat(mode) if st.step > 0 else None
 
 
 def _held_out_stat(model, norm, counts, cfg, stat_split, mode: str) -> torch.Tensor:

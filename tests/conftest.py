@@ -1,8 +1,11 @@
-"""Shared fixtures: a small synthetic image-folder dataset (always), and the real CIFAR-10 when
-it is on this machine ($CIFAR10_ROOT, or data/cifar10 as .ci/run extracts it)."""
+"""Shared fixtures: a small synthetic image-folder dataset (always), the real CIFAR-10 when it is on
+this machine ($CIFAR10_ROOT, or data/cifar10 as .ci/run extracts it), and live and dead pids for
+the lock tests."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -90,3 +93,25 @@ def tiny_run_kwargs(synthetic_root, tmp_path) -> dict:
     return dict(data_root=str(synthetic_root), log_dir=str(tmp_path / "runs"), stage1_epochs=2,
                 stage2_epochs=2, batch_size=32, val_per_class=5, stat_per_class=5, imb_factor=0.2, device="cpu",
                 quiet=True, eval_batch_size=64)
+
+
+def lock_text(pid: int, host: str | None = None) -> str:
+    """A run lock's content: ``<host> <pid>``."""
+    return f"{host or socket.gethostname()} {pid}"
+
+
+@pytest.fixture
+def live_pid():
+    """The pid of a live process (a sleep)."""
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def dead_pid():
+    """A pid that no process has (one that has exited and been reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # reaped: the pid is free
+    return proc.pid

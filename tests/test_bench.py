@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import bench
-import data_loader
 
 
 def tiny_config(root, tmp_path, **kw) -> bench.BenchConfig:

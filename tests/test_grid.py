@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import run_all_models as grid
-from two_stage_ictta import stage1_hash
+from two_stage_ictta import METHODS, stage1_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -270,10 +270,10 @@ def cifar100_results(tmp_path_factory):
 def test_cifar100_every_method_and_scenario(cifar100_results):
     tmp, compare, baseline = cifar100_results
     assert compare["failed"] == [] and baseline["failed"] == []
-    assert len(compare["done"]) == len(grid.COMPARE_METHODS) and len(baseline["done"]) == 2
+    assert len(compare["done"]) == len(METHODS) and len(baseline["done"]) == 2
     out = tmp / "out" / "smoke-cifar100"  # never mixed with CIFAR-10 runs of the profile
     files = read_results(out)
-    assert len(files) == len(grid.COMPARE_METHODS) + 2
+    assert len(files) == len(METHODS) + 2
     for name, df in files.items():
         assert "_cifar100_" in name and (df["dataset"] == "cifar100").all()
         assert {f"f1_{c}" for c in (0, 99)} <= set(df.columns) and "f1_100" not in df.columns
@@ -286,9 +286,30 @@ def test_cifar100_summary_and_figures(cifar100_results, tmp_path):
 
     tmp, _, _ = cifar100_results
     tables = summary_tuning.write_summary(tmp / "out", tmp_path / "tables", verbose=False)
-    assert set(tables["compare"]["method"]) >= set(grid.COMPARE_METHODS)
+    assert set(tables["compare"]["method"]) >= set(METHODS)
     plots.make_plots(tmp / "out", tmp_path / "figures", verbose=False)
     for figure in ("compare/compare-smoke-cifar100_resnet10_long_tail_imb0.1.png",
                    "per_class_f1/resnet10_head_tail_f1_vs_count.png",
                    "class_weights/resnet10_head_tail_stage2_weights.png"):
         assert (tmp_path / "figures" / figure).is_file(), figure
+
+
+def test_a_method_registered_in_one_place_runs_through_the_grid_and_the_summary(synthetic_root, tmp_path,
+                                                                                monkeypatch):
+    """A new method is one entry of two_stage_ictta.METHODS: the compare suite plans it, the grid runs
+    it, the summary orders it with the others."""
+    import summary_tuning
+    import two_stage_ictta as tsi
+
+    monkeypatch.setitem(tsi.METHODS, "toy", tsi.Method("ce", "inverse", "focal", "effective", "a toy method"))
+    assert "toy" in {c.method for c in grid.plan_compare("smoke", seeds=(0,))}
+    assert "toy" in grid.build_parser().parse_args(["--suite", "compare", "--methods", "toy"]).methods
+    threads = torch.get_num_threads()
+    report = grid.run_compare("smoke", seeds=(0,), methods=("drw", "toy"), out=str(tmp_path / "out"), quiet=True,
+                              data_root=str(synthetic_root), device="cpu", threads=1)
+    torch.set_num_threads(threads)
+    assert report["failed"] == [] and len(report["done"]) == 2
+    tables = summary_tuning.write_summary(tmp_path / "out", tmp_path / "tables", verbose=False)
+    compare = tables["compare"]
+    assert set(compare["method"]) == {"drw", "toy"}
+    assert list(dict.fromkeys(compare["method"])) == ["drw", "toy"]  # the registry's order

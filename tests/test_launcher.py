@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from submitit.core.utils import DelayedSubmission
 
+import launch
 import run_all_models as grid
 from two_stage_ictta import run_name, stage1_path
 
@@ -121,21 +122,21 @@ def test_a_job_that_died_is_resubmitted_then_reported_failed(synthetic_root, tmp
                                         data_root=str(synthetic_root), device="cpu")
     dead = SimpleNamespace(job_id="77", paths=SimpleNamespace(result_pickle=tmp_path / "77_0_result.pkl",
                                                               stderr=tmp_path / "77_0_log.err"))
-    report = grid._new_report(retried=[])
-    again = grid._finish(dead, grid.JobSpec([first], then=[waiting]), retries=1, report=report, quiet=True)
-    assert again == [grid.JobSpec([first], then=[waiting], attempt=1)]  # the waiting run still waits
+    report = grid.new_report(retried=[])
+    again = launch._finish(dead, launch.JobSpec([first], then=[waiting]), retries=1, report=report, quiet=True)
+    assert again == [launch.JobSpec([first], then=[waiting], attempt=1)]  # the waiting run still waits
     assert len(report["retried"]) == 1 and not report["failed"]
-    after = grid._finish(dead, again[0], retries=1, report=report, quiet=True)
+    after = launch._finish(dead, again[0], retries=1, report=report, quiet=True)
     assert [f["run"] for f in report["failed"]] == [grid.describe(first)]
     assert "77 ended without a result" in report["failed"][0]["error"]
-    assert after == [grid.JobSpec([waiting])]  # now on its own: it trains the stage 1 itself
+    assert after == [launch.JobSpec([waiting])]  # now on its own: it trains the stage 1 itself
 
 
 def test_grid_job_pickles_and_never_trains_a_stage1_it_must_wait_for(synthetic_root, tmp_path):
     cfg = grid.plan_tuning("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path / "runs"),
                            data_root=str(synthetic_root), device="cpu")[0]
-    job = cloudpickle.loads(cloudpickle.dumps(grid._grid_job([cfg], stage1_required=True)))
-    assert isinstance(job, grid.GridJob) and job.configs == [cfg]
+    job = cloudpickle.loads(cloudpickle.dumps(launch._grid_job([cfg], stage1_required=True)))
+    assert isinstance(job, launch.GridJob) and job.configs == [cfg]
     [outcome] = job()  # its stage 1 is not there: fails at once, retryable, and writes nothing
     assert outcome["status"] == "failed" and outcome["retryable"] and "stage 1" in outcome["error"]
     assert not stage1_path(cfg).exists() and not list((tmp_path / "runs").glob("results_*"))
@@ -208,7 +209,7 @@ def test_slurm_submission_status_and_resubmission_after_an_outage(synthetic_root
     for rec_path in log_dir.glob("jobs/*/*_runs.json"):
         rec = json.loads(rec_path.read_text())
         job = DelayedSubmission.load(rec_path.parent / f"{rec['job_id']}_submitted.pkl").function
-        assert isinstance(job, grid.GridJob) and len(job.configs) == 1
+        assert isinstance(job, launch.GridJob) and len(job.configs) == 1
         assert job.configs[0] == plan[run_name(job.configs[0])]
         assert rec["runs"] == [str(log_dir / run_name(job.configs[0]))]
         assert job.stage1_required == (rec["after"] is not None)
@@ -283,8 +284,8 @@ def test_bad_launcher_flags_are_usage_errors(flags, message, capsys):
 
 def test_local_jobs_are_pinned_to_the_visible_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, GPU-1a2b")
-    assert grid.visible_gpus("auto") == ("2", "GPU-1a2b") and grid.visible_gpus("cpu") == ()
+    assert launch.visible_gpus("auto") == ("2", "GPU-1a2b") and launch.visible_gpus("cpu") == ()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert grid.visible_gpus("auto") == ()
-    words = grid._job_python("GPU-1a2b").split()
+    assert launch.visible_gpus("auto") == ()
+    words = launch._job_python("GPU-1a2b").split()
     assert words[:2] == ["env", "CUDA_VISIBLE_DEVICES=GPU-1a2b"] and words[-1] == sys.executable

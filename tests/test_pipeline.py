@@ -429,8 +429,8 @@ def test_the_dataset_is_part_of_a_runs_identity_and_cifar10_ids_stay_as_they_wer
 
     c10 = TwoStageConfig("resnet10", "long_tail")
     c100 = dataclasses.replace(c10, dataset="cifar100")
-    # a CIFAR-10 run's id is the hash it had before the dataset setting existed
-    before = {k: v for k, v in dataclasses.asdict(c10).items() if k not in tsi._NOT_IN_HASH + ("dataset",)}
+    # a CIFAR-10 run's id is the hash it had before the dataset setting existed: its non-default settings
+    before = {"model_name": "resnet10", "imbalance_type": "long_tail"}
     assert tsi.config_hash(c10) == hashlib.sha1(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:12]
     assert tsi.config_hash(c100) != tsi.config_hash(c10) and tsi.stage1_hash(c100) != tsi.stage1_hash(c10)
     assert tsi.run_name(c10) == "results_two_stage_ictta_resnet10_long_tail_imb0.01_seed0"
@@ -479,3 +479,38 @@ def test_run_identity_ignores_settings_left_at_their_default():
                                                                            lr_milestones=[160, 180]))
     assert tsi.config_hash(plain) != tsi.config_hash(dataclasses.replace(plain, prior_blend=0.5))
     assert tsi.config_hash(plain) == tsi.config_hash(dataclasses.replace(plain, tag="other label"))
+
+
+# one other valid value per setting (a new setting must be added here, and declared at its field)
+OTHER_VALUE = {
+    "model_name": "resnet20", "imbalance_type": "head_tail", "stage1_epochs": 3, "stage2_epochs": 3,
+    "imb_factor": 0.1, "batch_size": 64, "log_dir": "elsewhere", "stage1_lr": 0.2, "stage2_lr": 0.02,
+    "min_weight": 0.5, "max_weight": 4.0, "ema_alpha": 0.5, "stage2_loss_type": "ce", "stage2_focal_gamma": 2.0,
+    "dynamic_mode": "val_loss", "exp_name": "other", "method": "drw", "seed": 1, "device": "cpu",
+    "dataset": "cifar100", "data_root": "/some/other/root", "download": True, "val_per_class": 10,
+    "stat_per_class": 10, "n_max": 100, "momentum": 0.5, "weight_decay": 1e-3, "warmup_epochs": 0.0,
+    "schedule": "step", "lr_milestones": (1, 2), "focal_gamma": 2.0, "cb_beta": 0.99, "ldam_max_margin": 0.3,
+    "ldam_scale": 10.0, "prior_blend": 0.5, "stage2_schedule": "cosine", "normed_init": "uniform", "la_tau": 0.5,
+    "precision": "fp32", "channels_last": False, "compile": True, "compile_mode": "reduce-overhead",
+    "eval_every": 2, "eval_batch_size": 64, "threads": 2, "quiet": True, "tensorboard": True, "resume": False,
+    "reuse_stage1": False, "accept_code_change": True, "tag": "x",
+}
+
+
+def test_stage1_identity_changes_exactly_as_each_field_declares():
+    """Changing one setting alone changes stage 1's identity unless its field says it does not
+    matter to stage 1 (identity=False, stage2_only, label); data_root counts through the data path,
+    the method through its stage-1 loss, weights and classifier."""
+    fields = dataclasses.fields(TwoStageConfig)
+    assert set(OTHER_VALUE) == {f.name for f in fields}
+    base = TwoStageConfig("resnet10", "long_tail", method="ce")
+    for f in (f for f in fields if f.name != "method"):  # the method: below
+        changed = dataclasses.replace(base, **{f.name: OTHER_VALUE[f.name]})
+        meta = f.metadata
+        expected = f.name == "data_root" or (meta["identity"] and not meta["stage2_only"] and not meta["label"])
+        assert (tsi.stage1_hash(changed) != tsi.stage1_hash(base)) == expected, f.name
+    same_stage1 = {n for n, m in tsi.METHODS.items()
+                   if (m.loss1, m.weights1, m.normed_classifier) == ("ce", "none", False)}
+    assert {"ce", "drw", "crt", "tau_norm", "two_stage_ictta"} <= same_stage1
+    assert {tsi.stage1_hash(dataclasses.replace(base, method=n)) for n in same_stage1} == {tsi.stage1_hash(base)}
+    assert tsi.stage1_hash(dataclasses.replace(base, method="focal")) != tsi.stage1_hash(base)

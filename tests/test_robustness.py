@@ -14,7 +14,6 @@ import math
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,8 +27,9 @@ from hypothesis import given, settings, strategies as st
 
 import data_loader
 import main as cli
+import runfiles
 import two_stage_ictta as tsi
-from conftest import make_image_folder
+from conftest import lock_text, make_image_folder
 from data_loader import DataError
 from losses import focal_loss
 from train_eval import NonFiniteError
@@ -154,7 +154,7 @@ def shared_dir(data_root, tmp_path_factory) -> dict:
         try:  # a second process (this one) on the same run, while the first holds its lock
             tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, data_root=str(data_root), log_dir=str(log_dir),
                                                 exp_name="killed", **RUN)
-        except tsi.RunLockedError as e:
+        except runfiles.RunLockedError as e:
             out["refused"] = str(e)
         finally:
             torch.set_num_threads(threads)
@@ -198,7 +198,7 @@ def test_second_process_on_a_running_run_is_refused_and_writes_nothing(shared_di
 
 
 def test_lock_left_by_the_killed_process_was_taken_over(shared_dir):
-    assert shared_dir["lock_after_kill"] == _lock_text(shared_dir["victim_pid"])
+    assert shared_dir["lock_after_kill"] == lock_text(shared_dir["victim_pid"])
     assert not (shared_dir["log_dir"] / f"{shared_dir['names']['killed']}.lock").exists()
 
 
@@ -226,81 +226,16 @@ def test_same_seed_same_csv_in_process_and_from_the_cli(shared_dir, data_root, t
 
 
 # ----------------------------------------------------------------------------------------------
-# The run lock
-
-def _lock_text(pid: int, host: str | None = None) -> str:
-    return f"{host or socket.gethostname()} {pid}"
-
-
-@pytest.fixture
-def live_pid():
-    proc = subprocess.Popen(["sleep", "60"])
-    yield proc.pid
-    proc.kill()
-    proc.wait()
-
-
-@pytest.fixture
-def dead_pid():
-    proc = subprocess.Popen(["true"])
-    proc.wait()  # reaped: the pid is free
-    return proc.pid
-
+# The run lock, through a run and the CLI (the lock itself: test_runfiles.py)
 
 def test_lock_held_by_a_live_process_refuses_the_run(tmp_path, live_pid, synthetic_root):
     cfg = tsi.TwoStageConfig(MODEL, SCENARIO, data_root=str(synthetic_root), log_dir=str(tmp_path), **RUN)
     lock = tmp_path / f"{tsi.run_name(cfg)}.lock"
-    lock.write_text(_lock_text(live_pid))
-    with pytest.raises(tsi.RunLockedError, match=f"process {live_pid}"):
+    lock.write_text(lock_text(live_pid))
+    with pytest.raises(runfiles.RunLockedError, match=f"process {live_pid}"):
         tsi.run_two_stage(cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == [lock.name]  # nothing written
-    assert lock.read_text() == _lock_text(live_pid)
-
-
-def test_lock_of_a_dead_process_is_taken_over(tmp_path, dead_pid):
-    lock = tmp_path / "run.lock"
-    lock.write_text(_lock_text(dead_pid))
-    with tsi.RunLock(lock):
-        assert lock.read_text() == _lock_text(os.getpid())
-        with pytest.raises(tsi.RunLockedError):  # and now it is ours, alive
-            tsi.RunLock(lock).__enter__()
-    assert not lock.exists()
-
-
-def test_lock_from_another_host_is_respected(tmp_path, dead_pid):
-    lock = tmp_path / "run.lock"
-    lock.write_text(_lock_text(dead_pid, host="some-other-host"))  # its liveness cannot be checked here
-    with pytest.raises(tsi.RunLockedError, match="some-other-host"):
-        tsi.RunLock(lock).__enter__()
-
-
-@pytest.mark.parametrize("content", ["", "garbage", "{host} notapid", "{host} 1 2", "other-host -1"])
-def test_unreadable_lock_is_an_error_not_a_crash(tmp_path, content):
-    """A lock it cannot read is respected (the user is told to delete it), never a crash."""
-    lock = tmp_path / "run.lock"
-    lock.write_text(content.format(host=socket.gethostname()))
-    with pytest.raises(tsi.RunLockedError, match=str(lock)):
-        tsi.RunLock(lock).__enter__()
-
-
-def test_two_processes_cannot_both_take_over_one_stale_lock(tmp_path, dead_pid, live_pid, monkeypatch):
-    """Process P finds the stale lock; before it removes it, process Q takes it over (removes it and
-    writes its own). P must then see Q's live lock and stop, not delete it and run beside Q."""
-    lock = tmp_path / "run.lock"
-    lock.write_text(_lock_text(dead_pid))
-    real_alive = tsi._pid_alive
-
-    def alive_while_q_takes_over(pid: int) -> bool:
-        if pid == dead_pid and lock.read_text() == _lock_text(dead_pid):
-            lock.unlink()  # Q's takeover, between P's check and P's removal
-            lock.write_text(_lock_text(live_pid))
-            return False
-        return real_alive(pid)
-
-    monkeypatch.setattr(tsi, "_pid_alive", alive_while_q_takes_over)
-    with pytest.raises(tsi.RunLockedError, match=f"process {live_pid}"):
-        tsi.RunLock(lock).__enter__()
-    assert lock.read_text() == _lock_text(live_pid)
+    assert lock.read_text() == lock_text(live_pid)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,7 +429,7 @@ def test_focal_loss_gradient_under_autocast_is_finite(dtype):
 
 def test_cli_on_a_locked_run_says_who_holds_it_without_a_traceback(tmp_path, live_pid, synthetic_root, capsys):
     cfg = tsi.TwoStageConfig(MODEL, SCENARIO, data_root=str(synthetic_root), log_dir=str(tmp_path), **RUN)
-    (tmp_path / f"{tsi.run_name(cfg)}.lock").write_text(_lock_text(live_pid))
+    (tmp_path / f"{tsi.run_name(cfg)}.lock").write_text(lock_text(live_pid))
     argv = ["--model-name", MODEL, "--imbalance-type", SCENARIO, "--data-root", str(synthetic_root),
             "--log-dir", str(tmp_path)]
     for k, v in RUN.items():
@@ -503,21 +438,3 @@ def test_cli_on_a_locked_run_says_who_holds_it_without_a_traceback(tmp_path, liv
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert f"process {live_pid}" in err and "Traceback" not in err
-
-
-def test_temp_files_name_their_writer_and_dead_writers_leftovers_are_removed(tmp_path, dead_pid, live_pid):
-    from results_logger import atomic_write_text, writer_tag
-    target = tmp_path / "stage1" / "stage1_abc.pt"
-    target.parent.mkdir()
-    host = socket.gethostname().replace(".", "_")
-    dead = target.parent / f".{target.name}.{host}-{dead_pid}.x1.tmp"
-    alive = target.parent / f".{target.name}.{host}-{live_pid}.x2.tmp"
-    remote = target.parent / f".{target.name}.other_host-{dead_pid}.x3.tmp"  # cannot be checked here
-    for p in (dead, alive, remote):
-        p.write_bytes(b"half")
-    tsi._remove_dead_writers_tmp(target)
-    assert not dead.exists() and alive.exists() and remote.exists()
-    assert writer_tag() == f"{host}-{os.getpid()}"
-    atomic_write_text(target, "whole")  # and our own write leaves no temporary file
-    assert target.read_text() == "whole"
-    assert sorted(p.name for p in target.parent.iterdir()) == sorted([target.name, alive.name, remote.name])

@@ -1,0 +1,84 @@
+"""runfiles.py: a run's file names, its lock (taken over from a dead process of this host, never
+from a live one or another host's), and the leftovers of writers that died."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+import runfiles
+from conftest import lock_text
+
+
+def test_run_paths_name_every_file_of_a_run(tmp_path):
+    paths = runfiles.run_paths(tmp_path, "results_x")
+    assert {k: p.name for k, p in paths.items()} == {
+        "csv": "results_x.csv", "config": "results_x.json", "model": "results_x.model.pt",
+        "checkpoint": "results_x.ckpt.pt"}
+    assert runfiles.lock_path(tmp_path, "results_x") == tmp_path / "results_x.lock"
+    assert runfiles.read_run_json(tmp_path, "results_x") is None
+
+
+def test_lock_of_a_dead_process_is_taken_over(tmp_path, dead_pid):
+    lock = tmp_path / "run.lock"
+    lock.write_text(lock_text(dead_pid))
+    with runfiles.RunLock(lock):
+        assert lock.read_text() == lock_text(os.getpid())
+        with pytest.raises(runfiles.RunLockedError):  # and now it is ours, alive
+            runfiles.RunLock(lock).__enter__()
+    assert not lock.exists()
+
+
+def test_lock_from_another_host_is_respected(tmp_path, dead_pid):
+    lock = tmp_path / "run.lock"
+    lock.write_text(lock_text(dead_pid, host="some-other-host"))  # its liveness cannot be checked here
+    with pytest.raises(runfiles.RunLockedError, match="some-other-host"):
+        runfiles.RunLock(lock).__enter__()
+
+
+@pytest.mark.parametrize("content", ["", "garbage", "{host} notapid", "{host} 1 2", "other-host -1"])
+def test_unreadable_lock_is_an_error_not_a_crash(tmp_path, content):
+    """A lock it cannot read is respected (the user is told to delete it), never a crash."""
+    lock = tmp_path / "run.lock"
+    lock.write_text(content.format(host=socket.gethostname()))
+    with pytest.raises(runfiles.RunLockedError, match=str(lock)):
+        runfiles.RunLock(lock).__enter__()
+
+
+def test_two_processes_cannot_both_take_over_one_stale_lock(tmp_path, dead_pid, live_pid, monkeypatch):
+    """Process P finds the stale lock; before it removes it, process Q takes it over (removes it and
+    writes its own). P must then see Q's live lock and stop, not delete it and run beside Q."""
+    lock = tmp_path / "run.lock"
+    lock.write_text(lock_text(dead_pid))
+    real_alive = runfiles.pid_alive
+
+    def alive_while_q_takes_over(pid: int) -> bool:
+        if pid == dead_pid and lock.read_text() == lock_text(dead_pid):
+            lock.unlink()  # Q's takeover, between P's check and P's removal
+            lock.write_text(lock_text(live_pid))
+            return False
+        return real_alive(pid)
+
+    monkeypatch.setattr(runfiles, "pid_alive", alive_while_q_takes_over)
+    with pytest.raises(runfiles.RunLockedError, match=f"process {live_pid}"):
+        runfiles.RunLock(lock).__enter__()
+    assert lock.read_text() == lock_text(live_pid)
+
+
+def test_temp_files_name_their_writer_and_dead_writers_leftovers_are_removed(tmp_path, dead_pid, live_pid):
+    from results_logger import atomic_write_text, writer_tag
+    target = tmp_path / "stage1" / "stage1_abc.pt"
+    target.parent.mkdir()
+    host = socket.gethostname().replace(".", "_")
+    dead = target.parent / f".{target.name}.{host}-{dead_pid}.x1.tmp"
+    alive = target.parent / f".{target.name}.{host}-{live_pid}.x2.tmp"
+    remote = target.parent / f".{target.name}.other_host-{dead_pid}.x3.tmp"  # cannot be checked here
+    for p in (dead, alive, remote):
+        p.write_bytes(b"half")
+    runfiles.remove_dead_writers_tmp(target)
+    assert not dead.exists() and alive.exists() and remote.exists()
+    assert writer_tag() == f"{host}-{os.getpid()}"
+    atomic_write_text(target, "whole")  # and our own write leaves no temporary file
+    assert target.read_text() == "whole"
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([target.name, alive.name, remote.name])
