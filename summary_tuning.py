@@ -725,12 +725,12 @@ def compare_markdown(table: pd.DataFrame) -> str:
     the best mean of each column in bold, with the recipe's facts above it."""
     if not len(table):
         return "No compare-suite results yet.\n"
-    lines = ["# Long-tailed CIFAR-10: the methods side by side", "",
+    lines = ["# Long-tailed classification: the methods side by side", "",
              "Test metrics in %, mean ± std over seeds [95% Student-t interval] (no std and no "
              "interval for a single seed: \"n=1, no interval\"). "
              "Per-class training counts are `n_max * imb_factor**(i/(C-1))` (long_tail) with `n_max` "
-             "what is left after the validation split: 4900 rather than the literature's 5000 at "
-             "`val_per_class=100`, the imbalance ratio unchanged.", ""]
+             "the largest count the runs recorded: what is left after the validation and statistic "
+             "splits (4850 on CIFAR-10 rather than the literature's 5000), the imbalance ratio unchanged.", ""]
     keys = ["tag", "model", "scenario", "imb_factor", "selection"]
     for key, g in table.groupby(keys, sort=False):
         d = dict(zip(keys, key))
