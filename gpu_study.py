@@ -1,164 +1,431 @@
-"""Everything one GPU lease measures, in one command, inside a fixed wall-clock budget.
+"""One GPU lease's work in one command: the literature-budget comparison, many runs at once.
 
-A lent GPU comes for minutes, once: this script runs the full-budget work in order of value and
-stops each phase at its deadline, so that whatever finished is kept (every run checkpoints its CSV
-each epoch; see README "GPU results"). Phases:
+A GPU is lent for minutes, once, so this script does the work in order of value, inside a wall-clock
+budget, and returns whatever finished even when the budget runs out:
 
-1. ``bench.py`` on the GPU (project epoch vs model step vs DataLoader + PIL, eager), while it is idle;
-2. one literature-recipe run alone (ResNet-32, 200 epochs, ``ce``, seed 0), timed end to end;
-3. the rest of the literature comparison (``ce``, ``drw``, ``two_stage_ictta`` sharing stage 1;
-   ``ldam_drw``; ``logit_adjust``; 3 seeds) and the reduced-profile comparison of all methods,
-   as concurrent processes (each is launch-bound, so the GPU runs several at once);
-4. the fp32 vs bf16 accuracy check and the quick grid, if time is left.
+1. the data: extracts the JPEG tarball (``--data-tar``) when ``data/cifar10`` is missing, then
+   decodes and caches it once, before any run needs it;
+2. ``bench.py`` (a short one: ``--max-steps``) while the GPU is idle;
+3. the compare suite at ``--profile literature`` (ResNet-32, 160 + 40 epochs, long_tail 0.01):
+   every method, ``--seeds``, and LDAM-DRW with the uniform classifier init of its reference code.
+   Each run is its own process (``main.py`` with the run's settings, so each has a command that
+   reproduces it), ``--jobs`` of them at once: one eager ResNet-32 at batch 128 leaves the GPU
+   mostly idle. Runs start in order of value (``PRIORITY``); a run that reuses the cross-entropy
+   stage 1 of its seed starts as soon as that stage 1 is on disk, before any run still waiting.
 
-Results are tarred into ``OUT/results.tgz`` after every phase (``OUT`` defaults to ``$OUT``).
-Run on CPU with tiny settings for a dry run: ``python gpu_study.py --dry-run --data-root DIR``.
+Every run's CSV and JSON, the logs and ``gpu_study.json`` (the events, each run's command, wall
+time and return code, GPU load samples) are packed into ``OUT/results.tgz`` whenever a run ends and
+every ``--pack-every`` seconds, so a call that times out still returns them. Runs checkpoint every
+epoch: the same command again on the same machine resumes them and skips the finished ones.
+
+GPU:  python gpu_study.py --data-tar .gpu_carry/cifar10-jpeg.tar.gz --budget 560
+CPU dry run (smoke profile, the same plumbing):  python gpu_study.py --dry-run
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
+import re
+import signal
 import subprocess
 import sys
 import tarfile
 import time
+from collections import deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from cli import ArgumentParser
+from launch import plan_jobs
+from main import config_argv
+from run_all_models import plan_compare
+from runfiles import read_run_json
+from two_stage_ictta import TwoStageConfig, is_finished, run_name, stage1_path
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
+# Runs that train from scratch start in this order (method, then seed); runs that reuse a stage 1
+# go first once it exists. "ldam_drw uniform" is LDAM-DRW with its reference code's classifier init.
+PRIORITY = ("ce", "ldam_drw", "logit_adjust", "cb_focal", "balanced_softmax", "focal", "rw", "ldam_drw uniform")
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
-    p.add_argument("--budget", type=float, default=560.0, help="seconds for everything")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--dry-run", action="store_true", help="CPU, smoke profile: checks the plumbing")
-    p.add_argument("--compile", default="reduce-overhead", help="compile mode, or 'none'")
-    args = p.parse_args()
-    t0 = time.time()
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    results = HERE / "results_gpu"
-    logs = results / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    dry = args.dry_run
-    device = "cpu" if dry else "cuda"
-    lit, reduced, quick = ("smoke", "smoke", "smoke") if dry else ("literature", "reduced", "quick")
-    lit_imb = "0.1" if dry else "0.01"
-    events = []
+@dataclass
+class Job:
+    """One run as a process: its config, its command, and what it waits for."""
+    label: str
+    command: list[str]
+    cfg: TwoStageConfig | None = None
+    waits_for: Path | None = None  # a shared stage-1 checkpoint that must exist first
+    proc: subprocess.Popen | None = None
+    record: dict = field(default_factory=dict)
+    log: Path | None = None
+    paused: bool = False
+    samples: deque = field(default_factory=lambda: deque(maxlen=600))  # (time, epochs done)
+    done_total: tuple | None = None  # (epochs done, epochs in all), from the run's progress bar
 
-    def left() -> float:
-        return args.budget - (time.time() - t0)
+    @classmethod
+    def of(cls, cfg: TwoStageConfig, waits_for: Path | None = None) -> "Job":
+        return cls(label(cfg), [PY, "main.py", *config_argv(cfg)], cfg, waits_for)
 
-    def note(msg: str) -> None:
-        line = f"[{time.time() - t0:6.1f}s] {msg}"
+    def remaining(self) -> int:
+        return self.done_total[1] - self.done_total[0] if self.done_total else 10**9
+
+    def ready(self) -> bool:
+        return self.waits_for is None or self.waits_for.exists()
+
+    def observe(self, now: float) -> None:
+        """Read the run's progress bar (epochs done / in all) from the end of its log."""
+        seen = epochs_done(self.log)
+        if seen is not None:
+            self.done_total = seen
+            self.samples.append((now, seen[0]))
+
+    def rate(self, window: float) -> float | None:
+        """Epochs per second over the last ``window`` seconds: None with less history than 80 % of that."""
+        if not self.samples:
+            return None
+        t1, e1 = self.samples[-1]
+        t0, e0 = next((t, e) for t, e in self.samples if t >= t1 - window)
+        return None if t1 - t0 < 0.8 * window else (e1 - e0) / (t1 - t0)
+
+
+def literature_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoStageConfig]:
+    """Every method of the compare suite on long_tail ``imb``, plus LDAM-DRW with uniform init;
+    each with its progress bar, which tells the scheduler how far it is."""
+    cfgs = [replace(c, quiet=False) for c in plan_compare(profile, None, ("long_tail",), seeds, None, [imb], **common)]
+    uniform = [replace(c, normed_init="uniform", exp_name="ldam_drw_uniform_init")
+               for c in cfgs if c.method == "ldam_drw"]
+    return cfgs + uniform
+
+
+def label(cfg: TwoStageConfig) -> str:
+    return f"{cfg.method}{' uniform' if cfg.normed_init == 'uniform' else ''} seed{cfg.seed}"
+
+
+def plan(cfgs: list[TwoStageConfig]) -> list[Job]:
+    """The jobs in start order: each stage-1 group's first run from scratch, in PRIORITY order;
+    the rest of the group wait for its stage-1 checkpoint. Finished runs are left out."""
+    def rank(cfg):  # a run that reuses a stage 1 on disk ranks with the run that trained it
+        name = label(cfg).rsplit(" seed", 1)[0]
+        return PRIORITY.index(name) if name in PRIORITY else 0, cfg.seed
+
+    jobs = []
+    for spec in sorted(plan_jobs(cfgs), key=lambda s: rank(s.configs[0])):
+        jobs += [Job.of(c) for c in spec.configs]
+        jobs += [Job.of(c, waits_for=stage1_path(c)) for c in spec.then]
+    return [j for j in jobs if not is_finished(j.cfg, read_run_json(j.cfg.log_dir, run_name(j.cfg)))]
+
+
+def next_job(pending: list[Job]) -> Job | None:
+    """The first waiting run whose stage 1 is ready, else the first run from scratch."""
+    for j in pending:
+        if j.waits_for is not None and j.ready():
+            return j
+    return next((j for j in pending if j.waits_for is None), None)
+
+
+PROGRESS = re.compile(rb"(\d+)/(\d+) \[")
+
+
+def epochs_done(log: Path | None) -> tuple[int, int] | None:
+    """The last ``done/total`` that a run's tqdm bar wrote to its log, or None."""
+    if log is None or not log.exists():
+        return None
+    with open(log, "rb") as f:
+        f.seek(max(0, log.stat().st_size - 4096))
+        found = PROGRESS.findall(f.read())
+    return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+
+def rebalance(rates: list[float | None], remaining: list[int], time_left: float, slack: float = 0.75) -> int | None:
+    """How many of the running runs (epoch ``rates``, ``remaining`` epochs) should run on, or None
+    to leave them be. The runs share the GPU, so their summed rate R holds when fewer run; n runs
+    with the fewest epochs left all finish in time when ``n * remaining_n <= R * time_left``
+    (remaining sorted up). Fewer than now: the largest such n (finish-first: only finished runs
+    count). One more than now: every run finishes within ``slack * time_left``. None while any
+    rate is unknown (a new run, or a load that just changed)."""
+    if not rates or any(r is None for r in rates):
+        return None
+    total, left = sum(rates), sorted(remaining)
+    fits = [n for n in range(1, len(left) + 1) if n * left[n - 1] <= total * time_left]
+    n = max(fits, default=1)
+    if n < len(left):
+        return n
+    if all(r > 0 and e / r < slack * time_left for r, e in zip(rates, remaining)):
+        return len(left) + 1
+    return None
+
+
+class Study:
+    """The clock, the event log and the packing of results into ``out/results.tgz``."""
+
+    def __init__(self, out: Path, results: Path, budget: float):
+        self.t0, self.out, self.results, self.budget = time.time(), out, results, budget
+        self.events, self.jobs, self.gpu_load, self.info = [], [], [], {}
+        self.logs = results / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def note(self, msg: str) -> None:
+        line = f"[{self.elapsed():6.1f}s] {msg}"
         print(line, flush=True)
-        events.append(line)
+        self.events.append(line)
 
-    def pack() -> None:
-        (results / "events.txt").write_text("\n".join(events) + "\n")
-        tmp = out / "results.tgz.tmp"
+    def pack(self) -> None:
+        summary = {**self.info, "events": self.events, "runs": [j.record for j in self.jobs if j.record],
+                   "gpu_load": self.gpu_load}
+        (self.results / "gpu_study.json").write_text(json.dumps(summary, indent=1))
+        tmp = self.out / "results.tgz.tmp"
         with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(results, arcname="results_gpu",
-                    filter=lambda ti: None if ti.name.endswith((".pt", ".lock")) else ti)
-        os.replace(tmp, out / "results.tgz")
+            tar.add(self.results, arcname=self.results.name,
+                    filter=lambda ti: None if ti.name.endswith((".pt", ".lock")) or ".tmp" in ti.name else ti)
+        os.replace(tmp, self.out / "results.tgz")
 
-    def launch(name: str, cmd: list[str]) -> subprocess.Popen:
-        note(f"start {name}: {' '.join(cmd)}")
-        f = open(logs / f"{name}.log", "w")
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=HERE,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    def run_alone(self, name: str, cmd: list[str], limit: float) -> int | str:
+        """Run ``cmd`` to its end or for ``limit`` seconds; its output goes to logs/NAME.log."""
+        self.note(f"start {name}: {' '.join(cmd)}")
+        with open(self.logs / f"{name}.log", "w") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=HERE, env=child_env())
+            try:
+                rc = proc.wait(limit)
+            except subprocess.TimeoutExpired:
+                stop([proc])
+                rc = "stopped at its limit"
+        self.note(f"end {name}: rc={rc}")
+        return rc
 
-    def wait_all(procs: dict, deadline: float) -> dict:
-        codes = {}
-        while procs:
-            for name, pr in list(procs.items()):
-                if pr.poll() is not None:
-                    codes[name] = pr.returncode
-                    note(f"end {name}: rc={pr.returncode}")
-                    del procs[name]
-            if procs and time.time() - t0 > deadline:
-                for name, pr in procs.items():
-                    pr.terminate()
-                    note(f"deadline: stopped {name}")
-                for name, pr in procs.items():
-                    try:
-                        pr.wait(10)
-                    except subprocess.TimeoutExpired:
-                        pr.kill()
-                    codes[name] = "stopped"
-                procs.clear()
-            time.sleep(1)
-        return codes
 
-    common = ["--device", device, "--quiet", "--threads", "2"]
-    if args.data_root:
-        common += ["--data-root", args.data_root]
-    compile_args = [] if args.compile == "none" or dry else ["--compile", args.compile]
-    grid = [PY, "run_all_models.py", "--out", str(results)]
+def child_env() -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
-    # 0. the machine and the data cache
-    env = subprocess.run([PY, "-c", "import torch,sys; print(sys.version); print(torch.__version__, "
-                          "torch.cuda.is_available() and torch.cuda.get_device_name())"],
-                         capture_output=True, text=True)
-    note(f"env: {env.stdout.strip()} {env.stderr.strip()[-300:]}")
-    if not dry:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
-                              "--format=csv,noheader"], capture_output=True, text=True)
-        note(f"nvidia-smi: {smi.stdout.strip()}")
-    r = subprocess.run([PY, "-c", f"import data_loader as d; x=d.load_dataset({args.data_root!r}); "
-                        "print(x.train_x.shape, x.source)"], capture_output=True, text=True, cwd=HERE)
-    note(f"data: {r.stdout.strip()} {r.stderr.strip()[-500:]}")
 
-    # 1. bench while the GPU is idle
-    if (HERE / "bench.py").exists():
-        bench = [PY, "bench.py", "--device", device, "--max-steps", "3" if dry else "150",
-                 "--model", "simplecnn" if dry else "resnet32", "--workers", "0,1,2" if dry else "0,4,8"]
-        if args.data_root:
-            bench += ["--data-root", args.data_root]
-        wait_all({"bench": launch("bench", bench + ["--out", str(results / f"bench_{device}.json")])},
-                 deadline=min(90, args.budget * 0.2))
-    pack()
+def stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM, then SIGKILL after 10 s: a run killed mid-epoch resumes from its last epoch."""
+    for p in procs:
+        p.terminate()
+    end = time.time() + 10
+    for p in procs:
+        try:
+            p.wait(max(0.1, end - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
 
-    # 2. one literature run alone, timed end to end
-    lit_case = ["--suite", "compare", "--profile", lit, "--scenarios", "long_tail", "--imb-factors", lit_imb]
-    solo_cmd = grid + lit_case + ["--methods", "ce", "--seeds", "0"] + common + compile_args
-    t_solo = time.time()
-    codes = wait_all({"solo_ce_seed0": launch("solo_ce_seed0", solo_cmd)}, deadline=time.time() - t0 + 150)
-    solo = {"command": " ".join(solo_cmd), "wall_s": round(time.time() - t_solo, 1), "rc": codes["solo_ce_seed0"]}
-    (results / "solo_run.json").write_text(json.dumps(solo, indent=1))
-    note(f"solo literature run: {solo}")
-    if solo["rc"] != 0 and compile_args:
-        note("solo run failed with compile; the rest runs eager")
-        compile_args = []
-    pack()
 
-    # 3. the literature comparison (3 seeds) and the reduced comparison, concurrently
-    procs = {}
-    for seed in ("0", "1", "2"):
-        shared = ["drw", "two_stage_ictta"] if seed == "0" and solo["rc"] == 0 else ["ce", "drw", "two_stage_ictta"]
-        for tag, methods in (("shared", shared), ("ldam", ["ldam_drw"]), ("la", ["logit_adjust"])):
-            cmd = grid + lit_case + ["--methods", *methods, "--seeds", seed] + common + compile_args
-            procs[f"lit_{tag}_seed{seed}"] = launch(f"lit_{tag}_seed{seed}", cmd)
-    for seed in ("0", "1", "2"):
-        cmd = grid + ["--suite", "compare", "--profile", reduced, "--seeds", seed] + common
-        procs[f"reduced_seed{seed}"] = launch(f"reduced_seed{seed}", cmd)
-    wait_all(procs, deadline=args.budget - 100)
-    pack()
+def sample_gpu_load(study: Study, running: int) -> None:
+    r = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader"],
+                       capture_output=True, text=True)
+    if r.returncode == 0:
+        study.gpu_load.append({"t_s": round(study.elapsed()), "runs": running, "util_mem": r.stdout.strip()})
 
-    # 4. precision check and the quick grid, with what is left
-    procs = {}
-    if left() > 60:
-        # fp32 twins of phase 3's bf16 reduced runs of these two methods (same seeds)
-        cmd = [PY, "run_all_models.py", "--out", str(results / "precision_fp32"), "--suite", "compare",
-               "--profile", reduced, "--methods", "ce", "two_stage_ictta", "--precision", "fp32"] + common
-        procs["precision_fp32"] = launch("precision_fp32", cmd)
-        procs["quick_grid"] = launch("quick_grid", grid + ["--profile", quick] + common)
-        wait_all(procs, deadline=args.budget - 15)
-    note("done")
-    pack()
+
+def start(study: Study, job: Job) -> None:
+    job.log = study.logs / f"{job.label.replace(' ', '_')}.log"
+    with open(job.log, "a") as log:
+        job.proc = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, cwd=HERE, env=child_env())
+    job.record = {"run": job.label, "name": run_name(job.cfg) if job.cfg else job.label,
+                  "command": " ".join(job.command[1:]),
+                  "started_s": round(study.elapsed(), 1), "paused_s": []}
+    study.note(f"start {job.label}")
+
+
+def finish(study: Study, job: Job, rc) -> None:
+    job.record.update(rc=rc, ended_s=round(study.elapsed(), 1), epochs=job.done_total,
+                      wall_s=round(study.elapsed() - job.record["started_s"], 1))
+    study.note(f"end {job.label}: rc={rc}, {job.record['wall_s']} s, epochs {job.done_total}")
+
+
+def pause(study: Study, job: Job, paused: bool) -> None:
+    """SIGSTOP or SIGCONT a run: a stopped process keeps its GPU memory and loses nothing."""
+    job.proc.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+    job.paused = paused
+    job.samples.clear()
+    job.record["paused_s" if paused else "resumed_s"] = job.record.get("paused_s" if paused else "resumed_s", []) \
+        + [round(study.elapsed(), 1)]
+    study.note(f"{'pause' if paused else 'resume'} {job.label} at {job.done_total}")
+
+
+def run_jobs(study: Study, jobs: list[Job], max_jobs: int, deadline: float, pack_every: float,
+             poll_s: float = 1.0, window: float = 40.0, gpu: bool = True) -> None:
+    """Run ``jobs`` as processes until all end or ``deadline`` (seconds since the start), at most
+    ``cap`` at once: ``max_jobs`` at first, then as :func:`rebalance` says every ``window`` seconds
+    (one fewer, pausing the run furthest from its end, while some run would miss the deadline; one
+    more while all finish with room to spare). A free place goes to the paused run closest to its
+    end, else to :func:`next_job`. Packs the results when a run ends and every ``pack_every`` s."""
+    pending, live, cap = list(jobs), [], max_jobs
+    last_pack = last_check = study.elapsed()
+    while pending or live:
+        fill(study, pending, live, cap)
+        if not live:  # only runs waiting for a stage 1 that nothing is training any more
+            study.note(f"nothing can start: {', '.join(j.label for j in pending)} wait for a missing stage 1")
+            break
+        time.sleep(poll_s)
+        now = study.elapsed()
+        for j in live:
+            j.observe(now)
+        ended = [j for j in live if j.proc.poll() is not None]
+        for j in ended:
+            live.remove(j)
+            finish(study, j, j.proc.returncode)
+        if now > deadline:
+            stop_all(study, live)
+            break
+        if now - last_check > window:
+            cap = adjust(study, live, cap, max_jobs, deadline - now, window)
+            last_check = now
+        if ended or now - last_pack > pack_every:
+            if gpu:
+                sample_gpu_load(study, sum(not j.paused for j in live))
+            study.pack()
+            last_pack = now
+
+
+def fill(study: Study, pending: list[Job], live: list[Job], cap: int) -> None:
+    """Resume paused runs (closest to their end first), then start new ones, up to ``cap`` running."""
+    while sum(not j.paused for j in live) < cap:
+        paused = [j for j in live if j.paused]
+        if paused:
+            pause(study, min(paused, key=Job.remaining), False)
+        elif job := next_job(pending):
+            pending.remove(job)
+            start(study, job)
+            live.append(job)
+        else:
+            return
+
+
+def adjust(study: Study, live: list[Job], cap: int, max_jobs: int, time_left: float, window: float) -> int:
+    """The new cap from :func:`rebalance`; pauses the runs furthest from their end above it."""
+    running = [j for j in live if not j.paused]
+    rates = [j.rate(window) for j in running]
+    new = rebalance(rates, [j.remaining() for j in running], time_left)
+    if new is None or new == cap:
+        return cap
+    study.note(f"epochs/s: {', '.join(f'{j.label} {r:.2f}' for j, r in zip(running, rates))}; "
+               f"{time_left:.0f} s left: {len(running)} -> {new} running")
+    for j in live:
+        j.samples.clear()  # the rates change with the load: measure afresh
+    for j in sorted(running, key=Job.remaining)[new:]:
+        pause(study, j, True)
+    return min(max_jobs, new)
+
+
+def stop_all(study: Study, live: list[Job]) -> None:
+    study.note(f"deadline: stopping {len(live)} runs (they resume from their last epoch)")
+    for j in live:
+        if j.paused:
+            j.proc.send_signal(signal.SIGCONT)
+    stop([j.proc for j in live])
+    for j in live:
+        finish(study, j, "stopped at the deadline")
+
+
+def prepare_data(study: Study, data_tar: str | None, data_root: str | None) -> None:
+    """Extract the tarball if the default data folder is missing; decode and cache once."""
+    import data_loader
+
+    root = Path(data_root) if data_root else HERE / "data" / "cifar10"
+    if data_tar and not (root / "train").is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["tar", "-xzf", data_tar, "-C", str(root)], check=True)
+        study.note(f"extracted {data_tar} into {root}")
+    data = data_loader.load_dataset(data_root)
+    study.note(f"data: train {tuple(data.train_x.shape)}, test {tuple(data.test_x.shape)}")
+
+
+def start_mps(study: Study) -> bool:
+    """Start NVIDIA's multi-process service, so that the runs' small kernels share the GPU's
+    multiprocessors at once instead of taking turns; keep it only if a CUDA client works under it."""
+    try:
+        r = subprocess.run(["nvidia-cuda-mps-control", "-d"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        study.note(f"MPS did not start ({e}): runs take turns")
+        return False
+    if r.returncode != 0:
+        study.note(f"MPS did not start (rc {r.returncode}: {(r.stderr or r.stdout).strip()[-200:]}): runs take turns")
+        return False
+    probe = [PY, "-c", "import torch; print(torch.ones(1, device='cuda').add(1).item())"]
+    try:
+        ok = subprocess.run(probe, capture_output=True, text=True, timeout=45).stdout.strip() == "2.0"
+    except subprocess.TimeoutExpired:
+        ok = False
+    study.note("MPS on: a CUDA client works under it" if ok else "MPS client failed: MPS stopped, runs take turns")
+    if not ok:
+        stop_mps()
+    return ok
+
+
+def stop_mps() -> None:
+    try:
+        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
+def environment(device: str) -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "host": platform.node(),
+            "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": sys.argv}
+    if device == "cuda":
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                           capture_output=True, text=True)
+        info["gpu"] = r.stdout.strip()
+    return info
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"), help="where results.tgz goes (default: $OUT)")
+    p.add_argument("--results", default="results_gpu", help="the runs' folder (default: %(default)s)")
+    p.add_argument("--budget", type=float, default=560.0, help="seconds for everything (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=12, help="runs at once (default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--data-tar", help="the CIFAR-10 JPEG tarball, extracted when data/cifar10 is missing")
+    p.add_argument("--data-root", help="dataset folder (default: data/cifar10)")
+    p.add_argument("--bench-steps", type=int, default=20, help="bench.py --max-steps; 0 skips the bench")
+    p.add_argument("--pack-every", type=float, default=30.0, help="seconds between packs (default: %(default)s)")
+    p.add_argument("--mps", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the runs under NVIDIA's multi-process service (default: on, if it works)")
+    p.add_argument("--dry-run", action="store_true", help="CPU, smoke profile, 2 jobs: checks the plumbing")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    device, profile, imb = ("cpu", "smoke", 0.1) if args.dry_run else ("cuda", "literature", 0.01)
+    jobs = min(args.jobs, 2) if args.dry_run else args.jobs
+    results = (HERE / args.results).resolve()
+    study = Study(Path(args.out).resolve(), results, args.budget)
+    study.info = environment(device)
+    study.note(f"environment: {study.info}")
+    prepare_data(study, args.data_tar, args.data_root)
+
+    bench_json = results / f"bench_{device}.json"
+    if args.bench_steps and not bench_json.exists():
+        bench = [PY, "bench.py", "--device", device, "--max-steps", str(args.bench_steps), "--workers", "4",
+                 "--model", "simplecnn" if args.dry_run else "resnet32", "--out", str(bench_json)]
+        study.run_alone("bench", bench + (["--data-root", args.data_root] if args.data_root else []), limit=60)
+    study.pack()
+
+    common = dict(log_dir=str(results / "literature"), device=device, threads=1,
+                  data_root=args.data_root and str(Path(args.data_root).resolve()))
+    todo = plan(literature_configs(profile, tuple(args.seeds), imb, **common))
+    study.jobs = todo
+    study.note(f"{len(todo)} runs to do, {jobs} at once: {', '.join(j.label for j in todo)}")
+    mps = device == "cuda" and args.mps and start_mps(study)
+    study.info["mps"] = mps
+    try:
+        run_jobs(study, todo, jobs, deadline=args.budget - 20, pack_every=args.pack_every, gpu=device == "cuda")
+    finally:
+        if mps:
+            stop_mps()
+    study.note("done")
+    study.pack()
     return 0
 
 

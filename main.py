@@ -91,6 +91,25 @@ def config_from_args(args: argparse.Namespace, config_cls=TwoStageConfig):
     return config_cls(**values)
 
 
+def config_argv(cfg, config_cls=TwoStageConfig) -> list[str]:
+    """The options of this script that rebuild ``cfg``: each field that differs from its default
+    (and every required one), so that ``config_from_args(build_parser().parse_args(config_argv(cfg)))
+    == cfg``. A grid's run becomes a command a shell can run on its own."""
+    argv = []
+    for f in dataclasses.fields(config_cls):
+        value = getattr(cfg, f.name)
+        if f.default is not dataclasses.MISSING and value == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (tuple, list)):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]  # every None-able field defaults to None
+    return argv
+
+
 def format_table(results: dict) -> str:
     """Stage 1 vs stage 2 on test (final and best-by-validation epochs), as aligned text."""
     metrics = ("acc", "macro_f1", "tail_macro_f1", "many_acc", "medium_acc", "few_acc")

@@ -67,3 +67,30 @@ def test_unwritable_folder(tmp_path, monkeypatch):
     assert not (tmp_path / "new").exists()  # the check creates nothing
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # tests run as root, who may write anywhere
     assert "cannot be written" in cli.unwritable_folder(tmp_path / "new")
+
+
+def _every_planned_config():
+    """Configs of every suite and profile the grid plans, plus settings no plan uses (a bool off,
+    a None-able field set, other milestones), so that each field kind is rebuilt from its options."""
+    import dataclasses
+
+    cfgs = run_all_models.plan_compare("literature", log_dir="/tmp/x")
+    cfgs += run_all_models.plan_ablation("reduced", log_dir="/tmp/x")
+    cfgs += run_all_models.plan_tuning("full", log_dir="/tmp/x")
+    extra = dataclasses.replace(cfgs[0], channels_last=not cfgs[0].channels_last, n_max=4850, threads=1,
+                                lr_milestones=(7, 9), normed_init="uniform", stage1_lr=0.05)
+    return cfgs + [extra]
+
+
+def test_config_argv_rebuilds_every_planned_config():
+    parser = main.build_parser()
+    for cfg in _every_planned_config():
+        argv = main.config_argv(cfg)
+        assert main.config_from_args(parser.parse_args(argv)) == cfg, argv
+
+
+def test_config_argv_names_only_what_differs_from_the_defaults():
+    cfg = main.TwoStageConfig(model_name="resnet32", imbalance_type="long_tail", imb_factor=0.02,
+                              channels_last=False)
+    assert main.config_argv(cfg) == ["--model-name", "resnet32", "--imbalance-type", "long_tail",
+                                     "--imb-factor", "0.02", "--no-channels-last"]

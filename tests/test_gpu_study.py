@@ -1,0 +1,97 @@
+"""gpu_study: the plan of a lease's runs, the progress it reads, and the finish-first scheduler."""
+from __future__ import annotations
+
+import sys
+import tarfile
+
+import pytest
+
+import gpu_study
+from gpu_study import Job, Study, epochs_done, rebalance
+
+
+def test_rebalance_keeps_the_runs_that_can_finish_when_some_cannot():
+    # 4 runs at 0.1 epoch/s each (0.4 in all); 100 s left: 40 epochs of work fit in all.
+    # The two closest to their end (10 and 15 left) fit together: 2 * 15 <= 40; three do not (3 * 30 > 40).
+    assert rebalance([0.1] * 4, [10, 15, 30, 200], 100) == 2
+
+
+def test_rebalance_grows_when_every_run_ends_with_room_to_spare():
+    assert rebalance([1.0, 1.0], [10, 20], 100) == 3
+
+
+def test_rebalance_leaves_a_load_that_just_fits():
+    assert rebalance([1.0, 1.0], [10, 90], 100) is None
+
+
+def test_rebalance_waits_for_every_rate():
+    assert rebalance([1.0, None], [10, 10], 100) is None
+    assert rebalance([], [], 100) is None
+
+
+def test_rebalance_keeps_one_run_even_when_none_can_finish():
+    assert rebalance([0.1, 0.1], [500, 500], 100) == 1
+
+
+def test_epochs_done_reads_the_last_progress_of_a_tqdm_bar(tmp_path):
+    log = tmp_path / "run.log"
+    assert epochs_done(log) is None
+    log.write_bytes(b"resnet32/long_tail/ce:  0%|   | 0/200 [00:00<?, ?it/s]\r"
+                    b"resnet32/long_tail/ce: 80%|## | 160/200 [01:23<00:20,  1.9it/s, stage=1]\r")
+    assert epochs_done(log) == (160, 200)
+
+
+def fake_run(epochs: int, seconds_per_epoch: float) -> list[str]:
+    """A process that prints a tqdm-like bar, one epoch per ``seconds_per_epoch``."""
+    code = (f"import sys, time\nfor e in range({epochs} + 1):\n"
+            f"    sys.stderr.write(f'x: |  | {{e}}/{epochs} [..]\\r'); sys.stderr.flush()\n"
+            f"    time.sleep({seconds_per_epoch})\n")
+    return [sys.executable, "-c", code]
+
+
+def test_run_jobs_runs_every_job_and_a_waiting_job_after_its_stage1(tmp_path):
+    study = Study(tmp_path / "out", tmp_path / "results", budget=60)
+    stage1 = tmp_path / "stage1.pt"
+    head = Job("head", fake_run(3, 0.05) + [str(stage1)])
+    head.command[2] += f"\nopen(sys.argv[1], 'w').write('x')\n"
+    waiting = Job("waiting", fake_run(2, 0.05), waits_for=stage1)
+    other = Job("other", fake_run(2, 0.05))
+    study.jobs = [head, waiting, other]
+    gpu_study.run_jobs(study, study.jobs, max_jobs=1, deadline=50, pack_every=30, poll_s=0.05, gpu=False)
+    started = [e.split("start ")[1] for e in study.events if "] start " in e]
+    assert started == ["head", "waiting", "other"]  # the ready waiting run goes before the new one
+    assert [j.record["rc"] for j in study.jobs] == [0, 0, 0]
+    assert head.done_total == (3, 3)
+    with tarfile.open(tmp_path / "out" / "results.tgz") as tar:
+        assert "results/gpu_study.json" in tar.getnames()
+
+
+def test_run_jobs_pauses_runs_that_cannot_finish_and_stops_the_rest_at_the_deadline(tmp_path):
+    study = Study(tmp_path / "out", tmp_path / "results", budget=60)
+    short = Job("short", fake_run(20, 0.1))     # 2 s of work
+    long = Job("long", fake_run(1000, 0.1))     # 100 s of work: cannot finish in 6 s
+    study.jobs = [short, long]
+    gpu_study.run_jobs(study, study.jobs, max_jobs=2, deadline=6, pack_every=30, poll_s=0.05, window=1.0,
+                       gpu=False)
+    assert short.record["rc"] == 0
+    assert long.record["rc"] == "stopped at the deadline"
+    assert long.record["paused_s"], study.events  # paused while the short one ran
+    assert long.record.get("resumed_s"), study.events  # and resumed once it ended
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1)])
+def test_plan_orders_runs_by_value_and_waits_for_shared_stage1s(tmp_path, seeds):
+    cfgs = gpu_study.literature_configs("literature", seeds, 0.01, log_dir=str(tmp_path), device="cuda")
+    jobs = gpu_study.plan(cfgs)
+    assert len(jobs) == 12 * len(seeds)  # 11 methods + LDAM-DRW with uniform init, per seed
+    heads = [j.label for j in jobs if j.waits_for is None]
+    assert heads[:len(seeds)] == [f"ce seed{s}" for s in seeds]
+    assert heads[-len(seeds):] == [f"ldam_drw uniform seed{s}" for s in seeds]
+    waiting = {j.label.split()[0] for j in jobs if j.waits_for is not None}
+    assert waiting == {"drw", "crt", "tau_norm", "two_stage_ictta"}
+    assert all(j.command[1] == "main.py" and "--device" in j.command for j in jobs)
+
+
+def test_the_runs_show_the_progress_bar_the_scheduler_reads(tmp_path):
+    cfgs = gpu_study.literature_configs("smoke", (0,), 0.1, log_dir=str(tmp_path))
+    assert cfgs and not any(c.quiet for c in cfgs)
