@@ -503,4 +503,4 @@ class DeviceBatches:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a CUDA run loads snapshots onto its GPU

@@ -182,8 +182,12 @@ class Study:
         (self.results / "gpu_study.json").write_text(json.dumps(summary, indent=1))
         tmp = self.out / "results.tgz.tmp"
         with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(self.results, arcname=self.results.name,
-                    filter=lambda ti: None if ti.name.endswith((".pt", ".lock")) or ".tmp" in ti.name else ti)
+            for f in sorted(self.results.rglob("*")):
+                if f.is_file() and not f.name.endswith((".pt", ".lock")) and ".tmp" not in f.name:
+                    try:  # a run may remove or replace a file meanwhile
+                        tar.add(f, arcname=str(Path(self.results.name) / f.relative_to(self.results)))
+                    except FileNotFoundError:
+                        pass
         os.replace(tmp, self.out / "results.tgz")
 
     def run_alone(self, name: str, cmd: list[str], limit: float) -> int | str:
@@ -391,6 +395,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--pack-every", type=float, default=30.0, help="seconds between packs (default: %(default)s)")
     p.add_argument("--mps", action=argparse.BooleanOptionalAction, default=True,
                    help="run the runs under NVIDIA's multi-process service (default: on, if it works)")
+    p.add_argument("--accept-code-change", action="store_true", help="the runs' --accept-code-change (README)")
     p.add_argument("--dry-run", action="store_true", help="CPU, smoke profile, 2 jobs: checks the plumbing")
     return p
 
@@ -412,7 +417,7 @@ def main(argv=None) -> int:
         study.run_alone("bench", bench + (["--data-root", args.data_root] if args.data_root else []), limit=60)
     study.pack()
 
-    common = dict(log_dir=str(results / "literature"), device=device, threads=1,
+    common = dict(log_dir=str(results / "literature"), device=device, threads=1, accept_code_change=args.accept_code_change,
                   data_root=args.data_root and str(Path(args.data_root).resolve()))
     todo = plan(literature_configs(profile, tuple(args.seeds), imb, **common))
     study.jobs = todo

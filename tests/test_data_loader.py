@@ -452,6 +452,25 @@ def test_state_dict_replays_the_stream():
     assert all(torch.equal(p, q) for p, q in zip(first, again))
 
 
+def test_state_dict_loads_from_a_snapshot_on_the_gpu():
+    """A CUDA run loads its snapshots onto the GPU (map_location), generator state included; the
+    CPU generator takes its state back from there (first seen on an H200: "RNG state must be a
+    torch.ByteTensor"). Here a stand-in tensor plays the GPU copy: only its .cpu() is a ByteTensor."""
+    class OnGpu:
+        def __init__(self, t):
+            self.t = t
+
+        def cpu(self):
+            return self.t
+
+    x = _images(20, 6, 6)
+    b = DeviceBatches(x, torch.arange(20), 8, _identity_norm(), torch.Generator().manual_seed(1))
+    state = b.state_dict()
+    first = [xb for xb, _ in b]
+    b.load_state_dict({"generator": OnGpu(state["generator"])})
+    assert all(torch.equal(p, q) for p, q in zip(first, [xb for xb, _ in b]))
+
+
 def test_class_balanced_sampler_draws_classes_evenly():
     y = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
     b = DeviceBatches(_images(100, 4, 4), y, 100, _identity_norm(), torch.Generator().manual_seed(0),

@@ -95,3 +95,21 @@ def test_plan_orders_runs_by_value_and_waits_for_shared_stage1s(tmp_path, seeds)
 def test_the_runs_show_the_progress_bar_the_scheduler_reads(tmp_path):
     cfgs = gpu_study.literature_configs("smoke", (0,), 0.1, log_dir=str(tmp_path))
     assert cfgs and not any(c.quiet for c in cfgs)
+
+
+def test_pack_skips_a_file_that_a_run_removes_meanwhile(tmp_path, monkeypatch):
+    """A run removes its checkpoint and temporary files as it ends, while the study packs."""
+    study = Study(tmp_path / "out", tmp_path / "results", budget=60)
+    (tmp_path / "results" / "kept.csv").write_text("a\n")
+    (tmp_path / "results" / "gone.json").write_text("{}")
+    add = tarfile.TarFile.add
+
+    def add_racing(self, name, *a, **k):
+        if str(name).endswith("gone.json"):
+            raise FileNotFoundError(name)
+        return add(self, name, *a, **k)
+
+    monkeypatch.setattr(tarfile.TarFile, "add", add_racing)
+    study.pack()
+    with tarfile.open(tmp_path / "out" / "results.tgz") as tar:
+        assert {"results/kept.csv", "results/gpu_study.json"} <= set(tar.getnames())
