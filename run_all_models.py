@@ -455,8 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                        allow_abbrev=False)
-    p.add_argument("--suite", choices=("grid", "compare", "ablation"), default="grid",
-                   help="grid: baseline + control + tuning (default); compare: the methods side by side; "
+    p.add_argument("--suite", choices=("grid", "baseline", "compare", "ablation"), default="grid",
+                   help="grid: baseline + control + tuning (default); baseline: the grid without its tuning "
+                        "(the two-stage method and its same-budget control); compare: the methods side by side; "
                         "ablation: the two-stage variants of ABLATIONS (why it trails DRW)")
     p.add_argument("--profile", choices=tuple(PROFILES), default="full",
                    help="; ".join(profile_help(name) for name in PROFILES))
@@ -558,7 +559,7 @@ def plan_parts(args, common: dict) -> list[tuple[str, list[TwoStageConfig]]]:
         extra = {} if imb is None else {"imb_factor": imb}
         parts += [("baseline", plan_baseline(args.profile, tuple(args.models or BASELINE_MODELS), scenarios, seeds,
                                              log_dir=out, **common, **extra)),
-                  (f"tuning ({args.tuning})",
+                  (f"tuning ({args.tuning})", [] if args.suite == "baseline" else
                    plan_tuning(args.profile, tuple(m for m in (args.models or TUNING_MODELS) if m.startswith("resnet")),
                                scenarios, seeds, args.tuning, log_dir=out, **common, **extra))]
     return parts

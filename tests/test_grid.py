@@ -63,6 +63,13 @@ def test_the_main_job_is_64_runs_and_the_product_says_its_size_first():
     assert text.startswith("plan: 496 runs (baseline 16, tuning (product) 480)")
 
 
+def test_the_baseline_suite_is_the_grid_without_its_tuning():
+    grid_parts = grid.plan_parts(grid.build_parser().parse_args(["--seeds", "0", "1"]), {})
+    parts = grid.plan_parts(grid.build_parser().parse_args(["--suite", "baseline", "--seeds", "0", "1"]), {})
+    assert [len(cfgs) for _, cfgs in parts] == [32, 0]
+    assert parts[0][1] == grid_parts[0][1]
+
+
 def test_profile_help_states_the_real_budgets(capsys):
     with pytest.raises(SystemExit):
         grid.main(["--help"])
