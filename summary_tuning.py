@@ -397,7 +397,8 @@ COMPARISONS = {"vs_control": "two-stage minus its same-budget control",
                "stage2_vs_stage1": "stage 2 minus stage 1 of the two-stage run",
                "tuning_vs_default": "tuning point minus the default two-stage run",
                "ablation_vs_default": "ablation variant minus the default two-stage run",
-               "ablation_vs_drw": "ablation variant minus drw"}
+               "ablation_vs_drw": "ablation variant minus drw",
+               "two_stage_vs_method": "two_stage_ictta minus a method of the compare suite that shares its stage 1"}
 
 
 def _run_name(r) -> str:
@@ -488,6 +489,20 @@ def _what(key: dict, comparison: str, treated: pd.DataFrame, reference_name: str
             "reference": reference_name}
 
 
+def compare_pair_rows(key: dict, g: pd.DataFrame) -> list[dict]:
+    """The compare suite's paired design: ``two_stage_ictta`` minus each method that trained from
+    the same stage-1 checkpoints (ce, drw, crt, tau_norm), and its stage 2 minus its stage 1."""
+    methods = g[(g["role"] == "method") & (g["suite"] == "compare")]
+    ours = methods[methods["method"] == "two_stage_ictta"]
+    if not len(ours):
+        return []
+    rows = stage_gain_rows(_what(key, "stage2_vs_stage1", ours, "stage 1"), ours)
+    for name, other in methods[methods["method"] != "two_stage_ictta"].groupby("method", sort=False):
+        if set(other["stage1_id"]) & set(ours["stage1_id"]):
+            rows += paired_rows(_what(key, "two_stage_vs_method", ours, name), ours, other)
+    return rows
+
+
 def paired_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Every paired comparison of :data:`COMPARISONS` among the finished runs, per
     (profile, model, scenario, imb_factor), at stage 2's last epoch, on test and validation
@@ -507,6 +522,7 @@ def paired_table(summary: pd.DataFrame) -> pd.DataFrame:
         for _, a in g[g["role"] == "ablation"].groupby("config_id", sort=False):
             rows += paired_rows(_what(key, "ablation_vs_default", a, "two_stage (default)"), a, default)
             rows += paired_rows(_what(key, "ablation_vs_drw", a, "drw"), a, drw)
+        rows += compare_pair_rows(key, g)
     cols = [*PAIR_GROUP, "comparison", "treated", "treated_config", "reference", "split", "metric", "n", "seeds",
             "mean", "std", "ci95_lo", "ci95_hi", "wins", "ties", "interval", "unpaired"]
     return pd.DataFrame(rows, columns=cols)
@@ -529,8 +545,8 @@ def paired_markdown(paired: pd.DataFrame) -> str:
         lines += [f"## {text}", "", "| profile | model | scenario | imb | treated | reference | "
                   + " | ".join(f"{label} (pp)" for _, label in PAIRED_METRICS) + " | unpaired |",
                   "|" + "---|" * (7 + len(PAIRED_METRICS))]
-        for _, r in g.groupby(["profile", "model", "scenario", "imb_factor", "treated_config"], sort=False,
-                              dropna=False):
+        for _, r in g.groupby(["profile", "model", "scenario", "imb_factor", "treated_config", "reference"],
+                              sort=False, dropna=False):
             first = r.iloc[0]
             cells = [first["profile"] or "-", first["model"], first["scenario"], f"{first['imb_factor']:g}",
                      str(first["treated"]), str(first["reference"])]

@@ -250,6 +250,27 @@ def test_pairs_need_the_same_seed_and_the_same_stage1(tmp_path):
     assert "another stage 1" in d["unpaired"] and "seed 3" in d["unpaired"]
 
 
+def test_compare_suite_pairs_two_stage_with_the_methods_of_its_stage1(tmp_path):
+    """In the compare suite, two_stage_ictta shares each seed's stage 1 with ce and drw (not with
+    ldam_drw, which trains its own): those are paired differences, by seed."""
+    res = tmp_path / "results"
+    compare = dict(tag="compare-literature", model="resnet32", n_max="")
+    final = {"two_stage_ictta": (0.50, 0.52), "drw": (0.53, 0.54), "ce": (0.45, 0.49), "ldam_drw": (0.60, 0.61)}
+    for method, values in final.items():
+        for seed, f1 in enumerate(values):
+            own = {"stage1_id": f"ldamseed{seed}xx"} if method == "ldam_drw" else {}
+            write_run(res, pinned({}, {3: f1}), exp_name=method, method=method, seed=seed, **compare, **own)
+    paired = st.paired_table(st.summarize_runs(st.load_rows(res)))
+    rows = paired[(paired["comparison"] == "two_stage_vs_method") & (paired["split"] == "test")
+                  & (paired["metric"] == "macro_f1")].set_index("reference")
+    assert sorted(rows.index) == ["ce", "drw"]
+    assert rows.loc["drw", "mean"] == pytest.approx(-2.5) and rows.loc["drw", "wins"] == 0
+    assert rows.loc["ce", "mean"] == pytest.approx(4.0) and rows.loc["ce", "wins"] == 2
+    gain = paired[(paired["comparison"] == "stage2_vs_stage1") & (paired["split"] == "test")
+                  & (paired["metric"] == "macro_f1")]
+    assert gain["mean"].tolist() == pytest.approx([100 * (0.51 - 0.10)])  # stage 1 pinned at 0.10
+
+
 def test_ablation_table_chooses_on_validation_and_checks_on_test(tmp_path):
     res = tmp_path / "results"
     compare, ablation = dict(tag="compare-reduced"), dict(tag="ablation-reduced")
