@@ -40,7 +40,8 @@ from pathlib import Path
 from cli import ArgumentParser
 from launch import plan_jobs
 from main import config_argv
-from run_all_models import plan_compare
+from model import MODELS
+from run_all_models import SCENARIOS, TUNING_MODELS, plan_baseline, plan_compare, plan_tuning
 from runfiles import read_run_json
 from two_stage_ictta import TwoStageConfig, is_finished, run_name, stage1_path
 
@@ -83,36 +84,80 @@ class Job:
             self.samples.append((now, seen[0]))
 
     def rate(self, window: float) -> float | None:
-        """Epochs per second over the last ``window`` seconds: None with less history than 80 % of that."""
+        """Epochs per second over the last ``window`` seconds: None with less history than 80 % of
+        that, or without an epoch ended in it (a first epoch, or an evaluation, may take that long)."""
         if not self.samples:
             return None
         t1, e1 = self.samples[-1]
         t0, e0 = next((t, e) for t, e in self.samples if t >= t1 - window)
-        return None if t1 - t0 < 0.8 * window else (e1 - e0) / (t1 - t0)
+        return None if t1 - t0 < 0.8 * window or e1 == e0 else (e1 - e0) / (t1 - t0)
 
 
 def literature_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoStageConfig]:
-    """Every method of the compare suite on long_tail ``imb``, plus LDAM-DRW with uniform init;
-    each with its progress bar, which tells the scheduler how far it is."""
-    cfgs = [replace(c, quiet=False) for c in plan_compare(profile, None, ("long_tail",), seeds, None, [imb], **common)]
-    uniform = [replace(c, normed_init="uniform", exp_name="ldam_drw_uniform_init")
-               for c in cfgs if c.method == "ldam_drw"]
-    return cfgs + uniform
+    """Every method of the compare suite on long_tail ``imb``, plus LDAM-DRW with uniform init."""
+    cfgs = plan_compare(profile, None, ("long_tail",), seeds, None, [imb], **common)
+    return cfgs + [replace(c, normed_init="uniform", exp_name="ldam_drw_uniform_init")
+                   for c in cfgs if c.method == "ldam_drw"]
+
+
+def fp32_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoStageConfig]:
+    """Cross-entropy and LDAM-DRW of the literature table in fp32: is bf16 the 5-point gap?"""
+    return [replace(c, precision="fp32", exp_name=f"{c.method}_fp32")
+            for c in plan_compare(profile, None, ("long_tail",), seeds, ("ce", "ldam_drw"), [imb], **common)]
+
+
+def baseline_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoStageConfig]:
+    """The seed's own grid (issue 13): the two-stage method and its same-budget control, every
+    model, both scenarios (``profile`` full: 20 + 20 epochs)."""
+    return plan_baseline(profile, tuple(MODELS), SCENARIOS, seeds, **common)
+
+
+def tuning_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoStageConfig]:
+    """The grid's one-knob-at-a-time tuning, seed 0 only."""
+    return plan_tuning(profile, TUNING_MODELS, SCENARIOS, seeds[:1], **common)
+
+
+# name: (configs, profile on GPU, profile of a dry run, results subfolder); --work runs them in order
+WORK = {"literature": (literature_configs, "literature", "literature"),
+        "fp32": (fp32_configs, "literature", "literature"),
+        "baseline": (baseline_configs, "full", "full"),
+        "tuning": (tuning_configs, "full", "full")}
+
+
+def work_configs(names: list[str], seeds: tuple, results: Path, dry_run: bool, **common) -> list[list]:
+    """Each work item's configs (a dry run: the smoke profile at imbalance 0.1), each run with its
+    progress bar, which tells the scheduler how far it is."""
+    out = []
+    for name in names:
+        make, profile, folder = WORK[name]
+        profile, imb = ("smoke", 0.1) if dry_run else (profile, 0.01)
+        cfgs = make(profile, seeds, imb, log_dir=str(results / folder), **common)
+        out.append([replace(c, quiet=False) for c in cfgs])
+    return out
+
+
+def priority_name(cfg: TwoStageConfig) -> str:
+    return "ldam_drw uniform" if cfg.normed_init == "uniform" else cfg.method
 
 
 def label(cfg: TwoStageConfig) -> str:
-    return f"{cfg.method}{' uniform' if cfg.normed_init == 'uniform' else ''} seed{cfg.seed}"
+    name = priority_name(cfg) if cfg.tag.startswith("compare") else cfg.exp_name or cfg.method
+    case = "" if cfg.tag.startswith("compare") else f" {cfg.model_name}/{cfg.imbalance_type}"
+    fp32 = " fp32" if cfg.precision == "fp32" else ""
+    return f"{name}{fp32}{case} seed{cfg.seed}"
 
 
-def plan(cfgs: list[TwoStageConfig]) -> list[Job]:
-    """The jobs in start order: each stage-1 group's first run from scratch, in PRIORITY order;
-    the rest of the group wait for its stage-1 checkpoint. Finished runs are left out."""
-    def rank(cfg):  # a run that reuses a stage 1 on disk ranks with the run that trained it
-        name = label(cfg).rsplit(" seed", 1)[0]
-        return PRIORITY.index(name) if name in PRIORITY else 0, cfg.seed
+def plan(items: list[list[TwoStageConfig]]) -> list[Job]:
+    """The jobs in start order: work item by item; within one, each stage-1 group's first run from
+    scratch in PRIORITY order, then by seed; the rest of a group wait for its stage-1 checkpoint.
+    Finished runs are left out."""
+    def rank(item: int, cfg):  # a run that reuses a stage 1 on disk ranks with the run that trained it
+        name = priority_name(cfg)
+        return item, PRIORITY.index(name) if name in PRIORITY else 0, cfg.seed
 
+    specs = [(rank(i, s.configs[0]), s) for i, cfgs in enumerate(items) for s in plan_jobs(cfgs)]
     jobs = []
-    for spec in sorted(plan_jobs(cfgs), key=lambda s: rank(s.configs[0])):
+    for _, spec in sorted(specs, key=lambda rs: rs[0]):
         jobs += [Job.of(c) for c in spec.configs]
         jobs += [Job.of(c, waits_for=stage1_path(c)) for c in spec.then]
     return [j for j in jobs if not is_finished(j.cfg, read_run_json(j.cfg.log_dir, run_name(j.cfg)))]
@@ -228,7 +273,7 @@ def sample_gpu_load(study: Study, running: int) -> None:
 
 
 def start(study: Study, job: Job) -> None:
-    job.log = study.logs / f"{job.label.replace(' ', '_')}.log"
+    job.log = study.logs / f"{re.sub('[^A-Za-z0-9_.-]', '_', job.label)}.log"
     with open(job.log, "a") as log:
         job.proc = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, cwd=HERE, env=child_env())
     job.record = {"run": job.label, "name": run_name(job.cfg) if job.cfg else job.label,
@@ -389,6 +434,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--budget", type=float, default=560.0, help="seconds for everything (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=12, help="runs at once (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--work", nargs="+", choices=tuple(WORK), default=list(WORK),
+                   help="what to run, in this order of value (default: %(default)s)")
     p.add_argument("--data-tar", help="the CIFAR-10 JPEG tarball, extracted when data/cifar10 is missing")
     p.add_argument("--data-root", help="dataset folder (default: data/cifar10)")
     p.add_argument("--bench-steps", type=int, default=20, help="bench.py --max-steps; 0 skips the bench")
@@ -402,7 +449,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    device, profile, imb = ("cpu", "smoke", 0.1) if args.dry_run else ("cuda", "literature", 0.01)
+    device = "cpu" if args.dry_run else "cuda"
     jobs = min(args.jobs, 2) if args.dry_run else args.jobs
     results = (HERE / args.results).resolve()
     study = Study(Path(args.out).resolve(), results, args.budget)
@@ -417,9 +464,9 @@ def main(argv=None) -> int:
         study.run_alone("bench", bench + (["--data-root", args.data_root] if args.data_root else []), limit=60)
     study.pack()
 
-    common = dict(log_dir=str(results / "literature"), device=device, threads=1, accept_code_change=args.accept_code_change,
+    common = dict(device=device, threads=1, accept_code_change=args.accept_code_change,
                   data_root=args.data_root and str(Path(args.data_root).resolve()))
-    todo = plan(literature_configs(profile, tuple(args.seeds), imb, **common))
+    todo = plan(work_configs(args.work, tuple(args.seeds), results, args.dry_run, **common))
     study.jobs = todo
     study.note(f"{len(todo)} runs to do, {jobs} at once: {', '.join(j.label for j in todo)}")
     mps = device == "cuda" and args.mps and start_mps(study)

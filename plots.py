@@ -941,8 +941,6 @@ def _best_config_figures(t: dict, study, cells, paired, prof: str, imb: float, o
         stem = f"{b['model']}_{b['scenario']}"
         plot_curves(runs, b, f"Learning curves of the best configuration\n{what}", bn,
                     out / "curves_best" / f"{stem}_acc_curves_best.png", paths)
-        C = st.num_classes(runs)
-        first = summary[summary["config_id"] == b["config_id"]].iloc[0]
         counts = st.class_counts_of(runs)
         if counts is None:
             notes.append(f"{stem}: training counts unknown (no run JSON beside the CSVs): per-class figures skipped")

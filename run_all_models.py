@@ -451,8 +451,6 @@ def run_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2),
 # Command line
 
 def build_parser() -> argparse.ArgumentParser:
-    import launch  # imports this module: not at the top
-
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                        allow_abbrev=False)
     p.add_argument("--suite", choices=("grid", "baseline", "compare", "ablation"), default="grid",
@@ -494,7 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "change numerically neutral (README, 'Code changes and old results')")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write each run's curves for TensorBoard to OUT/PROFILE/tensorboard/ (optional package)")
-    g = p.add_argument_group("launchers (submitit; jobs' files go to OUT/PROFILE/jobs/)")
+    _add_launcher_options(p.add_argument_group("launchers (submitit; jobs' files go to OUT/PROFILE/jobs/)"))
+    return p
+
+
+def _add_launcher_options(g) -> None:
+    import launch  # imports this module: not at the top
+
     g.add_argument("--launcher", choices=("inline", "local", "slurm"), default="inline",
                    help="inline: one run after another in this process (default); local: --jobs subprocesses "
                         "at once, one GPU each; slurm: one SLURM job per run (job arrays)")
@@ -513,7 +517,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slurm: more sbatch options, e.g. account=proj qos=high cpus-per-task=8 (a bare KEY "
                         "is a flag, e.g. exclusive)")
     g.add_argument("--wait", action="store_true", help="slurm: wait for the jobs, retry, and print the end report")
-    return p
 
 
 def _check_launcher_flags(parser: argparse.ArgumentParser, args) -> None:
@@ -576,6 +579,41 @@ def show_plan(parts: list[tuple[str, list]], args) -> list[dict]:
     return work
 
 
+def common_settings(args) -> dict:
+    """The config settings that the CLI's flags give every run of the plan."""
+    common = {"device": args.device, "data_root": args.data_root, "download": args.download, "dataset": args.dataset}
+    for key in ("precision", "threads"):
+        if getattr(args, key) is not None:
+            common[key] = getattr(args, key)
+    if args.compile:
+        common.update(compile=True, compile_mode=args.compile)
+    if args.accept_code_change:
+        common["accept_code_change"] = True
+    if args.tensorboard:
+        common["tensorboard"] = True
+    return common
+
+
+def run_parts(args, parts: list, work: list[dict], out: Path, jobs: int | None, gpus: tuple) -> list[dict]:
+    """Run the plan with the chosen launcher; the reports of its parts."""
+    import launch
+
+    if args.launcher == "inline":
+        progress = GridProgress(work, args.quiet)
+        reports = [run_grid(cfgs, args.quiet, out / f"report_{name.split()[0]}.json", progress)
+                   for name, cfgs in parts]
+        progress.close()
+        return reports
+    extra = dict(item.split("=", 1) if "=" in item else (item, True) for item in args.slurm_extra or ())
+    lc = launch.LaunchConfig(args.launcher, jobs=jobs, retries=1 if args.retries is None else args.retries, gpus=gpus,
+                             timeout_min=args.timeout_min, partition=args.partition,
+                             gpus_per_job=1 if args.gpus_per_job is None else args.gpus_per_job, mem_gb=args.mem_gb,
+                             slurm_extra=extra, wait=args.wait, job_name=f"ictta-{args.suite}-{args.profile}",
+                             quiet=args.quiet)
+    return [launch.launch([c for _, cfgs in parts for c in cfgs], lc, out / "jobs",
+                          out / f"report_{args.suite}_{args.launcher}.json")]
+
+
 def main(argv=None) -> int:
     import launch  # imports this module: not at the top
 
@@ -587,18 +625,9 @@ def main(argv=None) -> int:
         args.data_root = args.data_root and str(Path(args.data_root).resolve())
     gpus = launch.visible_gpus(args.device) if args.launcher == "local" else ()
     jobs = args.jobs or (max(1, len(gpus)) if args.launcher == "local" else None)
-    common = {"device": args.device, "data_root": args.data_root, "download": args.download, "dataset": args.dataset}
     if args.threads is None and args.launcher == "local":
         args.threads = max(1, launch.cpu_count() // jobs)  # the jobs share the cores fairly
-    for key in ("precision", "threads"):
-        if getattr(args, key) is not None:
-            common[key] = getattr(args, key)
-    if args.compile:
-        common.update(compile=True, compile_mode=args.compile)
-    if args.accept_code_change:
-        common["accept_code_change"] = True
-    if args.tensorboard:
-        common["tensorboard"] = True
+    common = common_settings(args)
     out = Path(_out_dir(args.out, args.profile, args.dataset))
     why_not = unwritable_folder(out)
     if why_not and not args.status:
@@ -611,20 +640,7 @@ def main(argv=None) -> int:
         work = show_plan(parts, args)
         if args.dry_run:
             return 0
-        if args.launcher == "inline":
-            progress = GridProgress(work, args.quiet)
-            reports = [run_grid(cfgs, args.quiet, out / f"report_{name.split()[0]}.json", progress)
-                       for name, cfgs in parts]
-            progress.close()
-        else:
-            extra = dict(item.split("=", 1) if "=" in item else (item, True) for item in args.slurm_extra or ())
-            lc = launch.LaunchConfig(args.launcher, jobs=jobs, retries=1 if args.retries is None else args.retries, gpus=gpus,
-                              timeout_min=args.timeout_min, partition=args.partition,
-                              gpus_per_job=1 if args.gpus_per_job is None else args.gpus_per_job, mem_gb=args.mem_gb,
-                              slurm_extra=extra, wait=args.wait, job_name=f"ictta-{args.suite}-{args.profile}",
-                              quiet=args.quiet)
-            reports = [launch.launch([c for _, cfgs in parts for c in cfgs], lc, out / "jobs",
-                              out / f"report_{args.suite}_{args.launcher}.json")]
+        reports = run_parts(args, parts, work, out, jobs, gpus)
     except ValueError as e:
         parser.error(str(e))
     merged = {k: [x for r in reports for x in r[k]] for k in reports[0]

@@ -35,6 +35,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -164,114 +165,6 @@ CONFIG_GROUPS = {"seed": "the seed project's settings", "method": "method", "sch
 REQUIRED = dataclasses.MISSING
 
 
-def opt(default, help: str, group: str, choices: tuple | None = None, *, identity: bool = True,
-        stage2_only: bool = False, label: bool = False):
-    """A config field with its ``--help`` text and group; ``choices``, for a name, are the keys of
-    the registry it is looked up in (``--help`` lists them, argparse enforces them).
-
-    What the field is part of, declared here so that a new field is safe by default:
-    ``identity=False``: changes neither the numbers nor the run's identity (``config_hash``);
-    ``stage2_only=True``: read only by stage 2, so not part of stage 1's identity (``stage1_hash``);
-    ``label=True``: a name that changes no number (not part of stage 1's identity either)."""
-    if group not in CONFIG_GROUPS:
-        raise ValueError(f"group={group!r}; valid: {', '.join(CONFIG_GROUPS)}")
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices,
-                                            "identity": identity, "stage2_only": stage2_only, "label": label})
-
-
-@dataclass
-class TwoStageConfig:
-    """Every setting of one run. The first 17 are the seed project's names and defaults, but for
-    ``log_dir``: "results", where the seed wrote into the current folder."""
-    model_name: str = opt(REQUIRED, "model", "seed", tuple(MODELS))
-    imbalance_type: str = opt(REQUIRED, "scenario", "seed", data_loader.IMBALANCE_TYPES)
-    stage1_epochs: int = opt(20, "epochs of stage 1 (cross-entropy from scratch for decoupled methods)", "seed")
-    stage2_epochs: int = opt(20, "epochs of stage 2 (fine-tuning from stage 1)", "seed", stage2_only=True)
-    imb_factor: float = opt(0.01, "smallest / largest class count, in (0, 1]", "seed")
-    batch_size: int = opt(128, "training images per step", "seed")
-    log_dir: str = opt("results", "folder for the CSV, JSON, model, checkpoints and the shared stage-1 cache",
-                       "runtime", identity=False)
-    stage1_lr: float = opt(0.1, "stage-1 learning rate (SGD, per batch of batch_size)", "seed")
-    stage2_lr: float = opt(0.01, "stage-2 learning rate", "seed", stage2_only=True)
-    min_weight: float = opt(1.0, "smallest dynamic class weight (> 0)", "seed", stage2_only=True)
-    max_weight: float = opt(8.0, "largest dynamic class weight (>= min_weight)", "seed", stage2_only=True)
-    ema_alpha: float = opt(0.8, "EMA of the per-class statistic: s = a*s_prev + (1-a)*x, a in [0, 1)", "seed",
-                           stage2_only=True)
-    stage2_loss_type: str = opt("focal", "stage-2 loss of two_stage_ictta", "seed", STAGE2_LOSS_TYPES,
-                                stage2_only=True)
-    stage2_focal_gamma: float = opt(1.5, "focal gamma of two_stage_ictta's stage 2, in [0, 5]", "seed",
-                                    stage2_only=True)
-    dynamic_mode: str = opt("loss", "per-class statistic of the dynamic weights (none: uniform weights)", "seed",
-                            losses.DYNAMIC_MODES, stage2_only=True)
-    exp_name: str | None = opt(None, "file-name prefix of the run (default: the method's name)", "seed",
-                               label=True)
-    # --- beyond the seed
-    method: str = opt("two_stage_ictta", "method", "method", tuple(METHODS))
-    seed: int = opt(0, "seed of the subset, validation split, init and batch order", "data")
-    device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N", "runtime")
-    dataset: str = opt(data_loader.DEFAULT_DATASET, "dataset: picks the default data_root and what is downloaded", "data",
-                       tuple(data_loader.DATASETS))
-    data_root: str | None = opt(None, "dataset folder (default: $CIFAR10_ROOT, else data/cifar10; for cifar100 "
-                                      "$CIFAR100_ROOT, else data/cifar100)", "data", identity=False)
-    download: bool = opt(False, "download the dataset into data_root when it is not there (data/<dataset> "
-                                "downloads without asking)", "data", identity=False)
-    val_per_class: int = opt(100, "balanced validation images per class, held out of train first", "data")
-    stat_per_class: int = opt(50, "balanced images per class held out (after validation) for the "
-                                  "val_loss / val_error statistic; disjoint from train, validation, test", "data")
-    n_max: int | None = opt(None, "images of the largest class (default: all left after validation)", "data")
-    momentum: float = opt(0.9, "SGD momentum", "schedule")
-    weight_decay: float = opt(2e-4, "SGD weight decay", "schedule")
-    warmup_epochs: float = opt(1.0, "linear learning-rate warm-up at the start of stage 1, in epochs", "schedule")
-    schedule: str = opt("cosine", "cosine (each stage decays to 0) or step (x0.01, x0.0001 at lr_milestones)",
-                        "schedule", SCHEDULES)
-    lr_milestones: tuple = opt((160, 180), "global epochs of the step schedule's two decays", "schedule")
-    focal_gamma: float = opt(1.0, "gamma of the focal and cb_focal methods, in [0, 5]", "method")
-    cb_beta: float = opt(0.9999, "effective-number beta (cb_focal, drw, ldam_drw), in [0, 1)", "method")
-    ldam_max_margin: float = opt(0.5, "largest LDAM margin", "method")
-    ldam_scale: float = opt(30.0, "LDAM logit scale s", "method")
-    prior_blend: float = opt(0.0, "dynamic weights: share of a count prior (inverse frequency) blended "
-                                  "into the statistic, in [0, 1] (losses.DynamicClassWeights)", "method",
-                               stage2_only=True)
-    stage2_schedule: str = opt("inherit", "stage-2 learning rate: inherit (the run's schedule goes on) or "
-                                          "cosine (restart at stage2_lr, cosine to 0 over stage 2)", "schedule",
-                               STAGE2_SCHEDULES, stage2_only=True)
-    normed_init: str = opt("unit", "init of LDAM's cosine classifier: unit (rows of norm 1, the "
-                                   "reference) or uniform (raw U(-1, 1) rows, this project's earlier init)",
-                           "method", NORMED_INITS)
-    la_tau: float = opt(1.0, "logit-adjustment tau", "method")
-    precision: str = opt("bf16", "bf16 (autocast) or fp32", "runtime", PRECISIONS)
-    channels_last: bool = opt(True, "channels-last memory format (faster convolutions)", "runtime")
-    compile: bool = opt(False, "torch.compile the training forward pass", "runtime")
-    compile_mode: str = opt("default", "torch.compile mode (reduce-overhead: CUDA graphs)", "runtime",
-                            COMPILE_MODES)
-    eval_every: int = opt(1, "epochs between evaluations (each stage's last epoch always is)", "runtime")
-    eval_batch_size: int = opt(512, "images per evaluation batch", "runtime", identity=False)
-    threads: int | None = opt(None, "CPU threads (default: torch's, one per core)", "runtime", identity=False)
-    quiet: bool = opt(False, "no progress bar", "runtime", identity=False)
-    tensorboard: bool = opt(False, "also write each evaluated epoch's losses, metrics and class weights for "
-                                   "TensorBoard, to <log_dir>/tensorboard/<run name>/ (optional package: "
-                                   "pip install tensorboard)", "runtime", identity=False)
-    resume: bool = opt(True, "resume from the last checkpoint; return a finished run's results", "runtime",
-                       identity=False)
-    reuse_stage1: bool = opt(True, "share stage 1 with other runs in log_dir", "runtime", identity=False)
-    accept_code_change: bool = opt(False, "keep (resume, skip, share) results made by other code; only "
-                                          "for a change shown numerically neutral (README)", "runtime",
-                                  identity=False)
-    tag: str = opt("", "free label copied into every row (the grid writes <suite>-<profile>)", "runtime",
-                   label=True)
-
-
-# settings that change neither the numbers nor the run's identity (``identity=False`` at the field)
-_NOT_IDENTITY = tuple(f.name for f in dataclasses.fields(TwoStageConfig) if not f.metadata["identity"])
-_NOT_IN_HASH = _NOT_IDENTITY + ("tag",)
-
-
-def check_setting(cond: bool, name: str, value, accepted: str) -> None:
-    """Raise ``ValueError("<name>=<value> is invalid; accepted: <accepted>")`` unless ``cond``."""
-    if not cond:
-        raise ValueError(f"{name}={value!r} is invalid; accepted: {accepted}")
-
-
 def is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
@@ -291,85 +184,196 @@ def is_choice(v, choices) -> bool:
     return isinstance(v, str) and v in choices
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What a setting accepts: ``test(value)``, and the words that say so in the error (a
+    function for a registry that may grow after import, e.g. a method registered at run time)."""
+    test: Callable[[Any], bool]
+    accepted: str | Callable[[], str]
+
+    def words(self) -> str:
+        return self.accepted() if callable(self.accepted) else self.accepted
+
+    def or_none(self) -> "Rule":
+        return Rule(lambda v: v is None or self.test(v), lambda: "None or " + self.words())
+
+
+def one_of(registry) -> Rule:
+    """A name of ``registry``, looked up when checked (a dict registry can grow after import)."""
+    return Rule(lambda v: is_choice(v, registry), lambda: ", ".join(registry))
+
+
+def number_in(lo: float, hi: float, hi_open: bool = False, lo_open: bool = False) -> Rule:
+    def test(v):
+        return is_number(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+    return Rule(test, f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+
+
+INT_AT_LEAST_0 = Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0")
+INT_AT_LEAST_1 = Rule(lambda v: is_int(v) and v > 0, "an integer > 0")
+POSITIVE = Rule(lambda v: is_number(v) and v > 0, "a finite number > 0")
+NON_NEGATIVE = Rule(lambda v: is_number(v) and v >= 0, "a finite number >= 0")
+FRACTION = number_in(0, 1, hi_open=True)  # [0, 1): momentum, EMA, beta
+GAMMA = number_in(0, 5)
+BOOL = Rule(lambda v: isinstance(v, bool), "True or False")
+PATH = Rule(lambda v: isinstance(v, (str, os.PathLike)) and str(v) != "", "a folder path")
+NAME = Rule(lambda v: isinstance(v, str) and v != "" and all(c.isalnum() or c in "-_.=" for c in v),
+            "a non-empty name of letters, digits and - _ . =")
+MODEL_NAME = Rule(lambda v: isinstance(v, str) and v.lower() in MODELS, ", ".join(MODELS))
+SEED = Rule(lambda v: is_int(v) and 0 <= v < 2 ** 31, "an integer in [0, 2**31)")
+DEVICE = Rule(lambda v: isinstance(v, str), "auto, cpu or cuda[:N]")  # resolve_device says more
+THREADS = Rule(lambda v: is_int(v) and 1 <= v <= 1024, "an integer in [1, 1024]")  # torch overflows past 2**31
+STRING = Rule(lambda v: isinstance(v, str), "a string")
+MILESTONES = Rule(lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(is_number(m) and m >= 0 for m in v)
+                  and v[0] <= v[1], "two increasing epochs >= 0")
+
+
+def opt(default, help: str, group: str, choices: tuple | None = None, *, identity: bool = True,
+        stage2_only: bool = False, label: bool = False, rule: Rule | None = None):
+    """A config field with its ``--help`` text and group; ``choices``, for a name, are the keys of
+    the registry it is looked up in (``--help`` lists them, argparse enforces them).
+
+    What the field is part of, declared here so that a new field is safe by default:
+    ``identity=False``: changes neither the numbers nor the run's identity (``config_hash``);
+    ``stage2_only=True``: read only by stage 2, so not part of stage 1's identity (``stage1_hash``);
+    ``label=True``: a name that changes no number (not part of stage 1's identity either).
+
+    What it accepts, :func:`validate_config` checks: ``rule``, else the ``choices``; a bool field
+    accepts True or False (from its annotation)."""
+    if group not in CONFIG_GROUPS:
+        raise ValueError(f"group={group!r}; valid: {', '.join(CONFIG_GROUPS)}")
+    if rule is None and choices is not None:
+        rule = one_of(choices)
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "rule": rule,
+                                            "identity": identity, "stage2_only": stage2_only, "label": label})
+
+
+@dataclass
+class TwoStageConfig:
+    """Every setting of one run. The first 17 are the seed project's names and defaults, but for
+    ``log_dir``: "results", where the seed wrote into the current folder."""
+    model_name: str = opt(REQUIRED, "model", "seed", tuple(MODELS), rule=MODEL_NAME)
+    imbalance_type: str = opt(REQUIRED, "scenario", "seed", data_loader.IMBALANCE_TYPES)
+    stage1_epochs: int = opt(20, "epochs of stage 1 (cross-entropy from scratch for decoupled methods)", "seed",
+                             rule=INT_AT_LEAST_0)
+    stage2_epochs: int = opt(20, "epochs of stage 2 (fine-tuning from stage 1)", "seed", stage2_only=True,
+                             rule=INT_AT_LEAST_0)
+    imb_factor: float = opt(0.01, "smallest / largest class count, in (0, 1]", "seed",
+                            rule=number_in(0, 1, lo_open=True))
+    batch_size: int = opt(128, "training images per step", "seed", rule=INT_AT_LEAST_1)
+    log_dir: str = opt("results", "folder for the CSV, JSON, model, checkpoints and the shared stage-1 cache",
+                       "runtime", identity=False, rule=PATH)
+    stage1_lr: float = opt(0.1, "stage-1 learning rate (SGD, per batch of batch_size)", "seed", rule=POSITIVE)
+    stage2_lr: float = opt(0.01, "stage-2 learning rate", "seed", stage2_only=True, rule=POSITIVE)
+    min_weight: float = opt(1.0, "smallest dynamic class weight (> 0)", "seed", stage2_only=True, rule=POSITIVE)
+    max_weight: float = opt(8.0, "largest dynamic class weight (>= min_weight)", "seed", stage2_only=True,
+                            rule=POSITIVE)
+    ema_alpha: float = opt(0.8, "EMA of the per-class statistic: s = a*s_prev + (1-a)*x, a in [0, 1)", "seed",
+                           stage2_only=True, rule=FRACTION)
+    stage2_loss_type: str = opt("focal", "stage-2 loss of two_stage_ictta", "seed", STAGE2_LOSS_TYPES,
+                                stage2_only=True)
+    stage2_focal_gamma: float = opt(1.5, "focal gamma of two_stage_ictta's stage 2, in [0, 5]", "seed",
+                                    stage2_only=True, rule=GAMMA)
+    dynamic_mode: str = opt("loss", "per-class statistic of the dynamic weights (none: uniform weights)", "seed",
+                            losses.DYNAMIC_MODES, stage2_only=True)
+    exp_name: str | None = opt(None, "file-name prefix of the run (default: the method's name)", "seed",
+                               label=True, rule=NAME.or_none())
+    # --- beyond the seed
+    method: str = opt("two_stage_ictta", "method", "method", tuple(METHODS), rule=one_of(METHODS))
+    seed: int = opt(0, "seed of the subset, validation split, init and batch order", "data", rule=SEED)
+    device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N", "runtime", rule=DEVICE)
+    dataset: str = opt(data_loader.DEFAULT_DATASET, "dataset: picks the default data_root and what is downloaded",
+                       "data", tuple(data_loader.DATASETS))
+    data_root: str | None = opt(None, "dataset folder (default: $CIFAR10_ROOT, else data/cifar10; for cifar100 "
+                                      "$CIFAR100_ROOT, else data/cifar100)", "data", identity=False,
+                                rule=Rule(lambda v: isinstance(v, (str, os.PathLike)), "a folder path").or_none())
+    download: bool = opt(False, "download the dataset into data_root when it is not there (data/<dataset> "
+                                "downloads without asking)", "data", identity=False)
+    val_per_class: int = opt(100, "balanced validation images per class, held out of train first", "data",
+                             rule=INT_AT_LEAST_0)
+    stat_per_class: int = opt(50, "balanced images per class held out (after validation) for the "
+                                  "val_loss / val_error statistic; disjoint from train, validation, test", "data",
+                                  rule=INT_AT_LEAST_0)
+    n_max: int | None = opt(None, "images of the largest class (default: all left after validation)", "data",
+                            rule=INT_AT_LEAST_1.or_none())
+    momentum: float = opt(0.9, "SGD momentum", "schedule", rule=FRACTION)
+    weight_decay: float = opt(2e-4, "SGD weight decay", "schedule", rule=NON_NEGATIVE)
+    warmup_epochs: float = opt(1.0, "linear learning-rate warm-up at the start of stage 1, in epochs", "schedule",
+                               rule=NON_NEGATIVE)
+    schedule: str = opt("cosine", "cosine (each stage decays to 0) or step (x0.01, x0.0001 at lr_milestones)",
+                        "schedule", SCHEDULES)
+    lr_milestones: tuple = opt((160, 180), "global epochs of the step schedule's two decays", "schedule",
+                               rule=MILESTONES)
+    focal_gamma: float = opt(1.0, "gamma of the focal and cb_focal methods, in [0, 5]", "method", rule=GAMMA)
+    cb_beta: float = opt(0.9999, "effective-number beta (cb_focal, drw, ldam_drw), in [0, 1)", "method",
+                         rule=FRACTION)
+    ldam_max_margin: float = opt(0.5, "largest LDAM margin", "method", rule=NON_NEGATIVE)
+    ldam_scale: float = opt(30.0, "LDAM logit scale s", "method", rule=POSITIVE)
+    prior_blend: float = opt(0.0, "dynamic weights: share of a count prior (inverse frequency) blended "
+                                  "into the statistic, in [0, 1] (losses.DynamicClassWeights)", "method",
+                               stage2_only=True, rule=number_in(0, 1))
+    stage2_schedule: str = opt("inherit", "stage-2 learning rate: inherit (the run's schedule goes on) or "
+                                          "cosine (restart at stage2_lr, cosine to 0 over stage 2)", "schedule",
+                               STAGE2_SCHEDULES, stage2_only=True)
+    normed_init: str = opt("unit", "init of LDAM's cosine classifier: unit (rows of norm 1, the "
+                                   "reference) or uniform (raw U(-1, 1) rows, this project's earlier init)",
+                           "method", NORMED_INITS)
+    la_tau: float = opt(1.0, "logit-adjustment tau", "method", rule=NON_NEGATIVE)
+    precision: str = opt("bf16", "bf16 (autocast) or fp32", "runtime", PRECISIONS)
+    channels_last: bool = opt(True, "channels-last memory format (faster convolutions)", "runtime")
+    compile: bool = opt(False, "torch.compile the training forward pass", "runtime")
+    compile_mode: str = opt("default", "torch.compile mode (reduce-overhead: CUDA graphs)", "runtime",
+                            COMPILE_MODES)
+    eval_every: int = opt(1, "epochs between evaluations (each stage's last epoch always is)", "runtime",
+                          rule=INT_AT_LEAST_1)
+    eval_batch_size: int = opt(512, "images per evaluation batch", "runtime", identity=False, rule=INT_AT_LEAST_1)
+    threads: int | None = opt(None, "CPU threads (default: torch's, one per core)", "runtime", identity=False,
+                              rule=THREADS.or_none())
+    quiet: bool = opt(False, "no progress bar", "runtime", identity=False)
+    tensorboard: bool = opt(False, "also write each evaluated epoch's losses, metrics and class weights for "
+                                   "TensorBoard, to <log_dir>/tensorboard/<run name>/ (optional package: "
+                                   "pip install tensorboard)", "runtime", identity=False)
+    resume: bool = opt(True, "resume from the last checkpoint; return a finished run's results", "runtime",
+                       identity=False)
+    reuse_stage1: bool = opt(True, "share stage 1 with other runs in log_dir", "runtime", identity=False)
+    accept_code_change: bool = opt(False, "keep (resume, skip, share) results made by other code; only "
+                                          "for a change shown numerically neutral (README)", "runtime",
+                                  identity=False)
+    tag: str = opt("", "free label copied into every row (the grid writes <suite>-<profile>)", "runtime",
+                   label=True, rule=STRING)
+
+
+# settings that change neither the numbers nor the run's identity (``identity=False`` at the field)
+_NOT_IDENTITY = tuple(f.name for f in dataclasses.fields(TwoStageConfig) if not f.metadata["identity"])
+_NOT_IN_HASH = _NOT_IDENTITY + ("tag",)
+
+
+def check_setting(cond: bool, name: str, value, accepted: str) -> None:
+    """Raise ``ValueError("<name>=<value> is invalid; accepted: <accepted>")`` unless ``cond``."""
+    if not cond:
+        raise ValueError(f"{name}={value!r} is invalid; accepted: {accepted}")
+
+
 def validate_config(cfg: TwoStageConfig) -> None:
-    """Raise ``ValueError`` naming the first invalid setting and what it accepts. Writes nothing."""
-    check_setting(isinstance(cfg.model_name, str) and cfg.model_name.lower() in MODELS, "model_name",
-           cfg.model_name, ", ".join(MODELS))
-    check_setting(is_choice(cfg.imbalance_type, data_loader.IMBALANCE_TYPES), "imbalance_type", cfg.imbalance_type,
-           ", ".join(data_loader.IMBALANCE_TYPES))
-    check_setting(is_choice(cfg.method, METHODS), "method", cfg.method, ", ".join(METHODS))
-    check_setting(is_choice(cfg.dataset, data_loader.DATASETS), "dataset", cfg.dataset, ", ".join(data_loader.DATASETS))
-    check_setting(is_choice(cfg.stage2_loss_type, STAGE2_LOSS_TYPES), "stage2_loss_type", cfg.stage2_loss_type,
-           ", ".join(STAGE2_LOSS_TYPES))
-    check_setting(is_choice(cfg.dynamic_mode, losses.DYNAMIC_MODES), "dynamic_mode", cfg.dynamic_mode,
-           ", ".join(losses.DYNAMIC_MODES))
-    check_setting(is_choice(cfg.schedule, SCHEDULES), "schedule", cfg.schedule, ", ".join(SCHEDULES))
-    check_setting(is_choice(cfg.stage2_schedule, STAGE2_SCHEDULES), "stage2_schedule", cfg.stage2_schedule,
-           ", ".join(STAGE2_SCHEDULES))
-    check_setting(is_number(cfg.prior_blend) and 0 <= cfg.prior_blend <= 1, "prior_blend", cfg.prior_blend,
-           "a number in [0, 1]")
-    check_setting(is_choice(cfg.precision, PRECISIONS), "precision", cfg.precision, ", ".join(PRECISIONS))
-    check_setting(is_choice(cfg.compile_mode, COMPILE_MODES), "compile_mode", cfg.compile_mode, ", ".join(COMPILE_MODES))
-    check_setting(is_choice(cfg.normed_init, NORMED_INITS), "normed_init", cfg.normed_init, ", ".join(NORMED_INITS))
-    check_setting(is_number(cfg.imb_factor) and 0 < cfg.imb_factor <= 1, "imb_factor", cfg.imb_factor, "a number in (0, 1]")
-    for name in ("stage1_epochs", "stage2_epochs"):
-        v = getattr(cfg, name)
-        check_setting(is_int(v) and v >= 0, name, v, "an integer >= 0")
+    """Raise ``ValueError`` naming the first invalid setting and what it accepts: each field by the
+    rule declared beside it (``opt``), then the rules that tie settings together. Writes nothing."""
+    for f in dataclasses.fields(TwoStageConfig):
+        rule = f.metadata["rule"] or (BOOL if f.type == "bool" else None)
+        if rule is not None:
+            value = getattr(cfg, f.name)
+            check_setting(rule.test(value), f.name, value, rule.words())
     check_setting(cfg.stage1_epochs + cfg.stage2_epochs > 0, "stage1_epochs", cfg.stage1_epochs,
-           "stage1_epochs + stage2_epochs >= 1")
-    for name in ("batch_size", "eval_every", "eval_batch_size"):
-        v = getattr(cfg, name)
-        check_setting(is_int(v) and v > 0, name, v, "an integer > 0")
-    for name in ("stage1_lr", "stage2_lr", "ldam_scale"):
-        v = getattr(cfg, name)
-        check_setting(is_number(v) and v > 0, name, v, "a finite number > 0")
-    for name in ("min_weight", "max_weight"):
-        v = getattr(cfg, name)
-        check_setting(is_number(v) and v > 0, name, v, "a finite number > 0")
+                  "stage1_epochs + stage2_epochs >= 1")
     check_setting(cfg.min_weight <= cfg.max_weight, "min_weight", cfg.min_weight,
-           f"a number <= max_weight ({cfg.max_weight!r})")
-    check_setting(is_number(cfg.ema_alpha) and 0 <= cfg.ema_alpha < 1, "ema_alpha", cfg.ema_alpha, "a number in [0, 1)")
-    for name in ("stage2_focal_gamma", "focal_gamma"):
-        v = getattr(cfg, name)
-        check_setting(is_number(v) and 0 <= v <= 5, name, v, "a number in [0, 5]")
-    check_setting(is_number(cfg.cb_beta) and 0 <= cfg.cb_beta < 1, "cb_beta", cfg.cb_beta, "a number in [0, 1)")
-    for name in ("weight_decay", "warmup_epochs", "ldam_max_margin", "la_tau"):
-        v = getattr(cfg, name)
-        check_setting(is_number(v) and v >= 0, name, v, "a finite number >= 0")
-    check_setting(is_number(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", cfg.momentum, "a number in [0, 1)")
-    check_setting(isinstance(cfg.lr_milestones, (tuple, list)) and len(cfg.lr_milestones) == 2
-           and all(is_number(m) and m >= 0 for m in cfg.lr_milestones)
-           and cfg.lr_milestones[0] <= cfg.lr_milestones[1], "lr_milestones", cfg.lr_milestones,
-           "two increasing epochs >= 0")
-    check_setting(is_int(cfg.seed) and 0 <= cfg.seed < 2 ** 31, "seed", cfg.seed, "an integer in [0, 2**31)")
-    for name in ("val_per_class", "stat_per_class"):
-        v = getattr(cfg, name)
-        check_setting(is_int(v) and v >= 0, name, v, "an integer >= 0")
-    check_setting(cfg.n_max is None or (is_int(cfg.n_max) and cfg.n_max >= 1), "n_max", cfg.n_max,
-           "None or an integer >= 1")
-    check_setting(cfg.threads is None or (is_int(cfg.threads) and 1 <= cfg.threads <= 1024), "threads", cfg.threads,
-           "None or an integer in [1, 1024]")  # torch overflows past 2**31 and spawns that many threads
-    check_setting(cfg.exp_name is None or (isinstance(cfg.exp_name, str) and cfg.exp_name != ""
-                                     and all(c.isalnum() or c in "-_.=" for c in cfg.exp_name)),
-           "exp_name", cfg.exp_name, "None or a non-empty name of letters, digits and - _ . =")
-    for name in ("channels_last", "compile", "quiet", "resume", "reuse_stage1", "accept_code_change", "download",
-                 "tensorboard"):
-        v = getattr(cfg, name)
-        check_setting(isinstance(v, bool), name, v, "True or False")
-    check_setting(isinstance(cfg.tag, str), "tag", cfg.tag, "a string")
+                  f"a number <= max_weight ({cfg.max_weight!r})")
     check_setting(not cfg.tensorboard or live_curves.available(), "tensorboard", cfg.tensorboard,
-           "False, or True once the optional tensorboard package is installed (pip install tensorboard)")
-    check_setting(isinstance(cfg.device, str), "device", cfg.device, "auto, cpu or cuda[:N]")
+                  "False, or True once the optional tensorboard package is installed (pip install tensorboard)")
     resolve_device(cfg.device)
-    check_setting(isinstance(cfg.log_dir, (str, os.PathLike)) and str(cfg.log_dir) != "", "log_dir",
-           cfg.log_dir, "a folder path")
-    check_setting(cfg.data_root is None or isinstance(cfg.data_root, (str, os.PathLike)), "data_root",
-           cfg.data_root, "None or a folder path")
     needs_stat = METHODS[cfg.method].weights2 == "dynamic" and cfg.dynamic_mode in ("val_loss", "val_error")
     check_setting(not needs_stat or cfg.stat_per_class > 0, "stat_per_class", cfg.stat_per_class,
-           f"> 0 for dynamic_mode={cfg.dynamic_mode!r} (its statistic comes from that split)")
+                  f"> 0 for dynamic_mode={cfg.dynamic_mode!r} (its statistic comes from that split)")
     check_setting(METHODS[cfg.method].evaluate is not evaluate_tau_norm or cfg.val_per_class > 0, "val_per_class",
-           cfg.val_per_class, f"> 0 for method={cfg.method!r} (tau is chosen on validation)")
+                  cfg.val_per_class, f"> 0 for method={cfg.method!r} (tau is chosen on validation)")
 
 
 def config_hash(cfg: TwoStageConfig) -> str:
@@ -688,71 +692,26 @@ def class_weights(run: Run, stage: int) -> torch.Tensor | None:
 
 def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
     """The run, its lock held: set up the data, model and :class:`Run`, resume what can be resumed,
-    then the epoch loop (train, evaluate, log, checkpoint), and the final files."""
+    then the epoch loop (:func:`_train_stages`), and the final files."""
     device = resolve_device(cfg.device)
-    meta = {"run_id": run_id, "stage1_id": stage1_hash(cfg), "config": asdict(cfg),
-            "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
-            # CPU results are bitwise reproducible for a given thread count, not across counts
-            "torch_threads": torch.get_num_threads(), "host": socket.gethostname(), "started": now(),
-            "status": "running", "paths": {k: str(v) for k, v in paths.items()},
-            "code_fingerprint": code_fingerprint(), "code_fingerprints": [code_fingerprint()]}
+    meta = _run_record(cfg, paths, run_id, device)
     rd = prepare_data(cfg, device)
-    counts, C = rd.counts, rd.num_classes
-    meta.update(class_counts=counts, classes=list(rd.data.classes), data_source=rd.data.source,
-                n_train=int(len(rd.split.train_idx)), n_val=int(len(rd.split.val_idx)),
-                n_stat=int(len(rd.split.stat_idx)),
-                normalization={"mean": rd.data.mean, "std": rd.data.std, "over": "the whole training split"})
+    meta.update(_data_facts(rd))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # CUDA runs are not bitwise reproducible anyway (README)
-    model = build_model(cfg, C, device)
+    model = build_model(cfg, rd.num_classes, device)
     forward = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
     curves = live_curves.TensorBoardCurves(Path(cfg.log_dir) / "tensorboard" / paths["csv"].stem) \
         if cfg.tensorboard else None
     logger = RunLogger(paths["csv"], _row_identity(cfg, run_id, meta["stage1_id"]), mirror=curves)
     run = start_run(cfg, rd, model, logger, meta["code_fingerprints"])
-    method, spe = run.method, len(run.batches)
     resumed_from, stage1_reused = _resume(run, cfg, paths, run_id, device)
-    st = run.state  # after _resume, which may replace it
     meta.update(resumed_from=resumed_from, stage1_reused=stage1_reused)
     write_json(paths["config"], meta)
 
-    bar = tqdm(total=cfg.stage1_epochs + cfg.stage2_epochs, disable=cfg.quiet, leave=False, dynamic_ncols=True,
-               desc=f"{cfg.model_name}/{cfg.imbalance_type}/{cfg.exp_name or cfg.method}")
-    bar.update(st.epoch + (cfg.stage1_epochs if st.stage == 2 else 0))
     t_run = time.perf_counter()
     try:
-        for stage, n_epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
-            if stage < st.stage or n_epochs == 0:
-                continue
-            if stage == 2 and st.stage == 1:  # entering stage 2 now
-                st.stage, st.epoch = 2, 0
-                method.enter_stage2(run, True)
-            loss_fn = build_loss(method.loss(stage), counts, cfg, device)
-            lr_fn = partial(lr_at_step, steps_per_epoch=spe, cfg=cfg, stage=stage)
-            for epoch in range(st.epoch + 1, n_epochs + 1):
-                t0 = time.perf_counter()
-                weights = class_weights(run, stage)
-                out = train_one_epoch(run.model, run.batches, run.optimizer, loss_fn, lr_fn, st.step, C,
-                                      class_weights=weights, precision=cfg.precision,
-                                      normalization=method.normalization, forward=forward)
-                st.step += out["steps"]
-                st.train_class_loss = out["class_loss"]
-                last = epoch == n_epochs
-                if last or epoch % cfg.eval_every == 0:
-                    res = method.evaluate(run, stage)
-                    row_w = (weights if weights is not None else torch.ones(C)).tolist()
-                    _log_epoch(logger, res, stage, epoch, epoch + (cfg.stage1_epochs if stage == 2 else 0),
-                               lr_fn(st.step - 1), out["loss"], time.perf_counter() - t0, row_w)
-                    if last:
-                        meta.setdefault("confusion_test", {})[f"stage{stage}"] = res["test"]["confusion"]
-                    bar.set_postfix(stage=stage, loss=f"{out['loss']:.3f}",
-                                    val_f1=f"{res.get('val', res['test'])['macro_f1']:.3f}")
-                st.epoch = epoch
-                logger.flush()
-                atomic_torch_save(run.snapshot(run_id), paths["checkpoint"])
-                bar.update(1)
-            if stage == 1 and cfg.reuse_stage1:
-                _share_stage1(run, cfg, run_id)
+        _train_stages(run, forward, meta, paths, run_id)
     except BaseException as e:
         meta.update(status="failed" if isinstance(e, Exception) else "interrupted",
                     error=f"{type(e).__name__}: {e}", failed=now())
@@ -760,7 +719,6 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
         write_json(paths["config"], meta)
         raise
     finally:
-        bar.close()
         if curves is not None:
             curves.close()
 
@@ -768,12 +726,82 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
                "paths": {k: str(v) for k, v in paths.items() if k != "checkpoint"},
                "resumed_from": resumed_from, "stage1_reused": stage1_reused,
                "seconds": time.perf_counter() - t_run}
-    saved_model.save(paths["model"], run.model, cfg, rd.data, counts, logger.rows, run_id, code_fingerprint())
+    saved_model.save(paths["model"], run.model, cfg, rd.data, rd.counts, logger.rows, run_id, code_fingerprint())
     meta.update(status="finished", finished=now(), results=results)
     logger.flush()
     write_json(paths["config"], meta)
     paths["checkpoint"].unlink(missing_ok=True)
     return results
+
+
+def _run_record(cfg: TwoStageConfig, paths: dict, run_id: str, device: torch.device) -> dict:
+    """The run's JSON as it starts: its identity, code, machine and files."""
+    return {"run_id": run_id, "stage1_id": stage1_hash(cfg), "config": asdict(cfg),
+            "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
+            # CPU results are bitwise reproducible for a given thread count, not across counts
+            "torch_threads": torch.get_num_threads(), "host": socket.gethostname(), "started": now(),
+            "status": "running", "paths": {k: str(v) for k, v in paths.items()},
+            "code_fingerprint": code_fingerprint(), "code_fingerprints": [code_fingerprint()]}
+
+
+def _data_facts(rd: RunData) -> dict:
+    """What the run's JSON records of its data."""
+    return dict(class_counts=rd.counts, classes=list(rd.data.classes), data_source=rd.data.source,
+                n_train=int(len(rd.split.train_idx)), n_val=int(len(rd.split.val_idx)),
+                n_stat=int(len(rd.split.stat_idx)),
+                normalization={"mean": rd.data.mean, "std": rd.data.std, "over": "the whole training split"})
+
+
+def _train_stages(run: Run, forward, meta: dict, paths: dict, run_id: str) -> None:
+    """Both stages' epochs from where ``run.state`` stands, with a progress bar; stage 1 is shared
+    (``reuse_stage1``) once it ends."""
+    cfg, st = run.cfg, run.state
+    bar = tqdm(total=cfg.stage1_epochs + cfg.stage2_epochs, disable=cfg.quiet, leave=False, dynamic_ncols=True,
+               desc=f"{cfg.model_name}/{cfg.imbalance_type}/{cfg.exp_name or cfg.method}")
+    bar.update(st.epoch + (cfg.stage1_epochs if st.stage == 2 else 0))
+    try:
+        for stage, n_epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
+            if stage < st.stage or n_epochs == 0:
+                continue
+            if stage == 2 and st.stage == 1:  # entering stage 2 now
+                st.stage, st.epoch = 2, 0
+                run.method.enter_stage2(run, True)
+            loss_fn = build_loss(run.method.loss(stage), run.data.counts, cfg, resolve_device(cfg.device))
+            lr_fn = partial(lr_at_step, steps_per_epoch=len(run.batches), cfg=cfg, stage=stage)
+            for epoch in range(st.epoch + 1, n_epochs + 1):
+                _train_epoch(run, forward, stage, epoch, n_epochs, loss_fn, lr_fn, meta, bar)
+                atomic_torch_save(run.snapshot(run_id), paths["checkpoint"])
+                bar.update(1)
+            if stage == 1 and cfg.reuse_stage1:
+                _share_stage1(run, cfg, run_id)
+    finally:
+        bar.close()
+
+
+def _train_epoch(run: Run, forward, stage: int, epoch: int, n_epochs: int, loss_fn, lr_fn, meta: dict,
+                 bar) -> None:
+    """One epoch of ``stage``: train, then on evaluation epochs evaluate and log (the last epoch of
+    a stage also keeps its test confusion matrix in ``meta``); flush the rows."""
+    cfg, st, C = run.cfg, run.state, run.data.num_classes
+    t0 = time.perf_counter()
+    weights = class_weights(run, stage)
+    out = train_one_epoch(run.model, run.batches, run.optimizer, loss_fn, lr_fn, st.step, C,
+                          class_weights=weights, precision=cfg.precision,
+                          normalization=run.method.normalization, forward=forward)
+    st.step += out["steps"]
+    st.train_class_loss = out["class_loss"]
+    last = epoch == n_epochs
+    if last or epoch % cfg.eval_every == 0:
+        res = run.method.evaluate(run, stage)
+        row_w = (weights if weights is not None else torch.ones(C)).tolist()
+        _log_epoch(run.logger, res, stage, epoch, epoch + (cfg.stage1_epochs if stage == 2 else 0),
+                   lr_fn(st.step - 1), out["loss"], time.perf_counter() - t0, row_w)
+        if last:
+            meta.setdefault("confusion_test", {})[f"stage{stage}"] = res["test"]["confusion"]
+        bar.set_postfix(stage=stage, loss=f"{out['loss']:.3f}",
+                        val_f1=f"{res.get('val', res['test'])['macro_f1']:.3f}")
+    st.epoch = epoch
+    run.logger.flush()
 
 
 def _row_identity(cfg: TwoStageConfig, run_id: str, stage1_id: str) -> dict:

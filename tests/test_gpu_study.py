@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,16 @@ def test_rebalance_keeps_one_run_even_when_none_can_finish():
     assert rebalance([0.1, 0.1], [500, 500], 100) == 1
 
 
+def test_a_run_without_an_epoch_in_the_window_has_no_rate_yet():
+    job = Job("x", [])
+    job.done_total = (5, 200)
+    for t in range(0, 50, 5):
+        job.samples.append((float(t), 5))
+    assert job.rate(40.0) is None  # not 0: a slow first epoch must not get a run paused
+    job.samples.append((50.0, 7))
+    assert job.rate(40.0) == pytest.approx(2 / 40)
+
+
 def test_epochs_done_reads_the_last_progress_of_a_tqdm_bar(tmp_path):
     log = tmp_path / "run.log"
     assert epochs_done(log) is None
@@ -53,7 +64,7 @@ def test_run_jobs_runs_every_job_and_a_waiting_job_after_its_stage1(tmp_path):
     study = Study(tmp_path / "out", tmp_path / "results", budget=60)
     stage1 = tmp_path / "stage1.pt"
     head = Job("head", fake_run(3, 0.05) + [str(stage1)])
-    head.command[2] += f"\nopen(sys.argv[1], 'w').write('x')\n"
+    head.command[2] += "\nopen(sys.argv[1], 'w').write('x')\n"
     waiting = Job("waiting", fake_run(2, 0.05), waits_for=stage1)
     other = Job("other", fake_run(2, 0.05))
     study.jobs = [head, waiting, other]
@@ -81,8 +92,8 @@ def test_run_jobs_pauses_runs_that_cannot_finish_and_stops_the_rest_at_the_deadl
 
 @pytest.mark.parametrize("seeds", [(0,), (0, 1)])
 def test_plan_orders_runs_by_value_and_waits_for_shared_stage1s(tmp_path, seeds):
-    cfgs = gpu_study.literature_configs("literature", seeds, 0.01, log_dir=str(tmp_path), device="cuda")
-    jobs = gpu_study.plan(cfgs)
+    items = gpu_study.work_configs(["literature"], seeds, tmp_path, dry_run=False, device="cuda")
+    jobs = gpu_study.plan(items)
     assert len(jobs) == 12 * len(seeds)  # 11 methods + LDAM-DRW with uniform init, per seed
     heads = [j.label for j in jobs if j.waits_for is None]
     assert heads[:len(seeds)] == [f"ce seed{s}" for s in seeds]
@@ -92,9 +103,33 @@ def test_plan_orders_runs_by_value_and_waits_for_shared_stage1s(tmp_path, seeds)
     assert all(j.command[1] == "main.py" and "--device" in j.command for j in jobs)
 
 
+def test_work_items_run_in_the_order_given_each_in_its_own_folder(tmp_path):
+    items = gpu_study.work_configs(["baseline", "fp32"], (0, 1), tmp_path, dry_run=False)
+    jobs = gpu_study.plan(items)
+    first_fp32 = next(i for i, j in enumerate(jobs) if "fp32" in j.label)
+    assert all(j.cfg.tag.startswith("baseline") for j in jobs[:first_fp32])
+    assert len(jobs) - first_fp32 == 4 and all(j.cfg.precision == "fp32" for j in jobs[first_fp32:])
+    assert {j.cfg.log_dir for j in jobs} == {str(tmp_path / "full"), str(tmp_path / "literature")}
+    assert {j.cfg.model_name for j in jobs[:first_fp32]} == set(gpu_study.MODELS)  # every model, ResNet-32 too
+
+
+def test_a_finished_run_is_not_planned_again(tmp_path):
+    items = gpu_study.work_configs(["fp32"], (0,), tmp_path, dry_run=True)
+    cfg = items[0][0]
+    from runfiles import run_paths
+    from results_logger import write_json
+    from two_stage_ictta import code_fingerprint, config_hash
+
+    paths = run_paths(cfg.log_dir, gpu_study.run_name(cfg))
+    Path(paths["csv"]).parent.mkdir(parents=True)
+    Path(paths["csv"]).write_text("x\n")
+    write_json(paths["config"], {"status": "finished", "run_id": config_hash(cfg), "code_fingerprint": code_fingerprint()})
+    assert [j.cfg for j in gpu_study.plan(items)] == items[0][1:]
+
+
 def test_the_runs_show_the_progress_bar_the_scheduler_reads(tmp_path):
-    cfgs = gpu_study.literature_configs("smoke", (0,), 0.1, log_dir=str(tmp_path))
-    assert cfgs and not any(c.quiet for c in cfgs)
+    items = gpu_study.work_configs(list(gpu_study.WORK), (0,), tmp_path, dry_run=True)
+    assert all(items) and not any(c.quiet for cfgs in items for c in cfgs)
 
 
 def test_pack_skips_a_file_that_a_run_removes_meanwhile(tmp_path, monkeypatch):

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import losses
 from losses import DynamicClassWeights, effective_number_weights, focal_loss, inverse_frequency_weights
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -253,7 +252,3 @@ def test_dynamic_weights_reject_non_finite_statistic():
 def test_dynamic_weights_bad_settings(kwargs, name):
     with pytest.raises(ValueError, match=name):
         DynamicClassWeights(3, **kwargs)
-
-
-def test_dynamic_modes_listed():
-    assert set(losses.DYNAMIC_MODES) == {"loss", "val_loss", "val_error", "none"}

@@ -223,6 +223,10 @@ def test_same_seed_same_csv_in_process_and_from_the_cli(shared_dir, data_root, t
                                               exp_name="ref", **RUN)
     reference = shared_dir["log_dir"] / f"{shared_dir['names']['ref']}.csv"
     assert_same_rows(csv_rows(reference), csv_rows(Path(res["paths"]["csv"])), "API vs CLI")
+    other = tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, data_root=str(data_root),
+                                                log_dir=str(tmp_path / "seed1"), exp_name="ref", **{**RUN, "seed": 1})
+    # the comparison has teeth: another seed gives other numbers
+    assert [r["loss"] for r in csv_rows(Path(other["paths"]["csv"]))] != [r["loss"] for r in csv_rows(reference)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,7 +382,7 @@ def test_non_finite_loss_or_weight_stops_the_run_and_is_recorded(data_root, tmp_
                                             log_dir=str(tmp_path), **settings_)
     meta = json.loads(only(tmp_path, "results_*.json").read_text())
     assert meta["status"] == "failed"
-    assert meta["error"].startswith("NonFiniteError")
+    assert meta["error"].startswith("NonFiniteError") and "loss" in meta["error"]
     assert {k: meta["config"][k] for k in how} == how
     csv_path = Path(meta["paths"]["csv"])
     for row in csv_rows(csv_path) if csv_path.exists() else []:  # only what came before the failure
