@@ -528,15 +528,27 @@ def paired_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+PAIRED_INTRO = ("Treated minus reference at stage 2's last epoch, in percentage points: mean ± std over "
+                "pairs [95% Student-t interval], and the number of seeds where the treated run is ahead. "
+                "Partners share the seed and the stage-1 checkpoint (`stage1_id`); runs without a partner "
+                "are listed, never dropped. Test split; validation rows are in `paired_differences.csv`.")
+ABLATION_INTRO = ("Stage 2's last epoch, in %: mean ± std over seeds [95% Student-t interval]. Differences are "
+                  "paired (same seed and stage-1 checkpoint), in percentage points, with the seeds won. "
+                  "**closes the gap**: the mean paired difference vs drw in macro-F1 is >= 0 on validation "
+                  "(the choice) and still >= 0 on test (the check); \"on validation only\" if the test does not "
+                  "confirm it; \"no\" if validation says no (test not consulted).")
+
+
+def markdown_head(title: str, intro: str) -> list[str]:
+    """The first lines of a markdown table file: its title and how to read it."""
+    return [f"# {title}", "", intro, ""]
+
+
 def paired_markdown(paired: pd.DataFrame) -> str:
     """The paired table's test rows as markdown, one table per comparison kind."""
     if not len(paired):
         return "No paired comparisons yet (no two-stage/control, tuning or ablation runs).\n"
-    lines = ["# Paired differences", "",
-             "Treated minus reference at stage 2's last epoch, in percentage points: mean ± std over "
-             "pairs [95% Student-t interval], and the number of seeds where the treated run is ahead. "
-             "Partners share the seed and the stage-1 checkpoint (`stage1_id`); runs without a partner "
-             "are listed, never dropped. Test split; validation rows are in `paired_differences.csv`.", ""]
+    lines = markdown_head("Paired differences", PAIRED_INTRO)
     test = paired[paired["split"] == "test"]
     for comp, text in COMPARISONS.items():
         g = test[test["comparison"] == comp]
@@ -625,12 +637,7 @@ def ablation_markdown(table: pd.DataFrame) -> str:
     """The ablation table as markdown: per group, the levels, then the paired differences and the verdict."""
     if not len(table):
         return "No ablation runs yet (exp_name abl-...).\n"
-    lines = ["# Ablation: variants of the two-stage method", "",
-             "Stage 2's last epoch, in %: mean ± std over seeds [95% Student-t interval]. Differences are "
-             "paired (same seed and stage-1 checkpoint), in percentage points, with the seeds won. "
-             "**closes the gap**: the mean paired difference vs drw in macro-F1 is >= 0 on validation "
-             "(the choice) and still >= 0 on test (the check); \"on validation only\" if the test does not "
-             "confirm it; \"no\" if validation says no (test not consulted).", ""]
+    lines = markdown_head("Ablation: variants of the two-stage method", ABLATION_INTRO)
     for key, g in table.groupby(list(PAIR_GROUP), sort=False, dropna=False):
         d = dict(zip(PAIR_GROUP, key))
         lines += [f"## {d['profile'] or '(untagged)'} · {d['model']} · {d['scenario']} · imb {d['imb_factor']:g}", "",
