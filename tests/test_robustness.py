@@ -1,4 +1,4 @@
-"""Nothing lost, nothing wrong (issue 6): resume after SIGKILL, determinism, concurrent runs and
+"""A run loses nothing and gets nothing wrong: resume after SIGKILL, determinism, concurrent runs and
 locks, bad data, an unwritable log_dir, and numerical safety. The settings fuzz is test_fuzz.py.
 
 The runs are tiny (the synthetic 4-class data, ResNet-10, batch 32, 1 + 4 epochs) so that the whole

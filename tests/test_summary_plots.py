@@ -156,7 +156,7 @@ def test_compare_table(tmp_path):
     out = st.write_summary(res, tmp_path / "out", verbose=False)
     table = out["compare"]
     final = table[table["selection"] == "final"].set_index("method")
-    assert list(final.index) == ["ce", "ldam_drw", "two_stage_ictta"]  # issue 4's order
+    assert list(final.index) == ["ce", "ldam_drw", "two_stage_ictta"]  # METHODS' order
     assert set(table["selection"]) == {"final", "best"} and set(table["tag"]) == {"compare-reduced"}
     ce = final.loc["ce"]
     assert ce["test_macro_f1_pct_mean"] == pytest.approx(42.0)

@@ -67,7 +67,7 @@ def test_tiny_end_to_end(tiny_run_kwargs):
     assert csv_path.name == "results_two_stage_ictta_simplecnn_long_tail_imb0.2_seed0.csv"
     assert not list(csv_path.parent.glob("*.ckpt.pt")) and not list(csv_path.parent.glob("*.lock"))
 
-    # CSV: one row per stage, epoch and split, with the columns issue 2 asks for
+    # CSV: one row per stage, epoch and split, with the identity and metric columns
     df = read_csv(res)
     for col in REQUIRED_COLUMNS + tuple(f"w_{c}" for c in range(C)):
         assert col in df.columns, col
