@@ -1,4 +1,4 @@
-"""One GPU lease's work in one command: the literature-budget comparison, many runs at once.
+"""One GPU lease's work in one command: the seed's grid and the literature-budget runs, many at once.
 
 A GPU is lent for minutes, once, so this script does the work in order of value, inside a wall-clock
 budget, and returns whatever finished even when the budget runs out:
@@ -6,12 +6,14 @@ budget, and returns whatever finished even when the budget runs out:
 1. the data: extracts the JPEG tarball (``--data-tar``) when ``data/cifar10`` is missing, then
    decodes and caches it once, before any run needs it;
 2. ``bench.py`` (a short one: ``--max-steps``) while the GPU is idle;
-3. the compare suite at ``--profile literature`` (ResNet-32, 160 + 40 epochs, long_tail 0.01):
-   every method, ``--seeds``, and LDAM-DRW with the uniform classifier init of its reference code.
-   Each run is its own process (``main.py`` with the run's settings, so each has a command that
-   reproduces it), ``--jobs`` of them at once: one eager ResNet-32 at batch 128 leaves the GPU
-   mostly idle. Runs start in order of value (``PRIORITY``); a run that reuses the cross-entropy
-   stage 1 of its seed starts as soon as that stage 1 is on disk, before any run still waiting.
+3. the runs of ``--work``, in that order (``WORK``: the seed's baseline grid with 3 seeds; the
+   literature-budget compare suite, every method and LDAM-DRW with its reference init; ``ce`` and
+   ``ldam_drw`` of it in fp32; the one-knob tuning). Each run is its own process (``main.py`` with
+   the run's settings, so each has a command that reproduces it), ``--jobs`` of them at once under
+   MPS: one eager ResNet-32 at batch 128 keeps an H200 under 20 % busy. Within an item, runs start
+   in order of value (``PRIORITY``); a run that reuses a stage 1 starts as soon as that stage 1 is
+   on disk, before any run still waiting; runs that would miss the deadline are paused so that
+   the others finish (:func:`rebalance`).
 
 Every run's CSV and JSON, the logs and ``gpu_study.json`` (the events, each run's command, wall
 time and return code, GPU load samples) are packed into ``OUT/results.tgz`` whenever a run ends and
@@ -117,10 +119,11 @@ def tuning_configs(profile: str, seeds: tuple, imb: float, **common) -> list[Two
     return plan_tuning(profile, TUNING_MODELS, SCENARIOS, seeds[:1], **common)
 
 
-# name: (configs, profile on GPU, profile of a dry run, results subfolder); --work runs them in order
-WORK = {"literature": (literature_configs, "literature", "literature"),
+# name: (configs, profile, results subfolder); --work runs them in the order given. The default
+# puts the seed's own question first: the literature table's main methods are in (2026-11-27).
+WORK = {"baseline": (baseline_configs, "full", "full"),
+        "literature": (literature_configs, "literature", "literature"),
         "fp32": (fp32_configs, "literature", "literature"),
-        "baseline": (baseline_configs, "full", "full"),
         "tuning": (tuning_configs, "full", "full")}
 
 
