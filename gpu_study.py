@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -419,10 +418,13 @@ def stop_mps() -> None:
 
 
 def environment(device: str) -> dict:
+    """bench.py's machine record (read without opening a CUDA context here: MPS starts later), the
+    GPU as nvidia-smi names it, the start time and the command."""
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "host": platform.node(),
-            "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": sys.argv}
+    from bench import machine_info
+
+    info = {**machine_info(torch.device("cpu")), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": sys.argv}
     if device == "cuda":
         r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
                            capture_output=True, text=True)
