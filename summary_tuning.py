@@ -214,8 +214,9 @@ def is_control(ident: dict) -> bool:
 def variant_and_role(ident: dict) -> tuple[str, str]:
     """``variant``: what a table row is called; ``role``: ``two_stage`` (the method at its default
     settings, or any untagged run of it), ``control``, ``tuning`` (a tuning point), ``ablation``
-    (exp_name ``abl-...``, its variant name) or ``method``."""
-    exp, method = str(ident.get("exp_name", "")), ident.get("method")
+    (exp_name ``abl-...``, its variant name) or ``method`` (named by its exp_name where it has one,
+    so that ``ldam_drw_uniform_init`` or ``ce_fp32`` is a row of its own beside ``ldam_drw``)."""
+    exp, method = str(ident.get("exp_name") or ""), ident.get("method")
     if is_control(ident):
         return "control", "control"
     if exp.startswith("tune-"):
@@ -226,7 +227,7 @@ def variant_and_role(ident: dict) -> tuple[str, str]:
         return "two_stage", "two_stage"
     if method == "two_stage_ictta" and split_tag(ident.get("tag", ""))[0] != "compare":
         return "two_stage", "two_stage"
-    return str(method), "method"
+    return exp or str(method), "method"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -305,6 +305,9 @@ def test_labels():
     assert st.variant_and_role(ident) == ("lr0.03-w1-16-g1.5-val_loss", "tuning")
     assert st.variant_and_role({**IDENTITY, "exp_name": "x", "dynamic_mode": "none", "stage2_loss_type": "ce"})[1] == "control"
     assert st.variant_and_role({**IDENTITY, "exp_name": "drw", "method": "drw", "tag": "compare-full"}) == ("drw", "method")
+    for exp, row in ((None, "ldam_drw"), ("", "ldam_drw"), ("ldam_drw_uniform_init", "ldam_drw_uniform_init")):
+        assert st.variant_and_role({**IDENTITY, "exp_name": exp, "method": "ldam_drw", "tag": "compare-literature"}) \
+            == (row, "method")
 
 
 def test_cli_without_results(tmp_path, capsys):
