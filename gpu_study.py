@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,7 +124,7 @@ def tuning_configs(profile: str, seeds: tuple, imb: float, **common) -> list[Two
 # puts the seed's own question first: the literature table's main methods are in (2026-11-27).
 WORK = {"baseline": (baseline_configs, "full", "full"),
         "literature": (literature_configs, "literature", "literature"),
-        "fp32": (fp32_configs, "literature", "literature"),
+        "fp32": (fp32_configs, "literature", "fp32"),
         "tuning": (tuning_configs, "full", "full")}
 
 
@@ -376,6 +377,21 @@ def stop_all(study: Study, live: list[Job]) -> None:
         finish(study, j, "stopped at the deadline")
 
 
+def start_from(study: Study, folders: list[str]) -> None:
+    """Copy committed runs' CSVs and JSONs (``results_*``) into ``results/<the folder's name>``, so
+    that the finished ones are skipped. A file already there is kept: on a warm machine it is the
+    run's own, maybe newer, copy. (Carrying the results folder instead replaces it, and with it the
+    machine's checkpoints.)"""
+    for folder in map(Path, folders):
+        dest = study.results / folder.name
+        dest.mkdir(parents=True, exist_ok=True)
+        new = [f for f in sorted(folder.glob("results_*")) if f.suffix in (".csv", ".json")
+               and not (dest / f.name).exists()]
+        for f in new:
+            shutil.copy2(f, dest)
+        study.note(f"start from {folder}: {len(new)} files copied into {dest}")
+
+
 def prepare_data(study: Study, data_tar: str | None, data_root: str | None) -> None:
     """Extract the tarball if the default data folder is missing; decode and cache once."""
     import data_loader
@@ -442,6 +458,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--work", nargs="+", choices=tuple(WORK), default=list(WORK),
                    help="what to run, in this order of value (default: %(default)s)")
+    p.add_argument("--start-from", nargs="+", default=[], metavar="FOLDER",
+                   help="committed run folders (e.g. benchmarks/.../literature) to copy into RESULTS/<name> first")
     p.add_argument("--data-tar", help="the CIFAR-10 JPEG tarball, extracted when data/cifar10 is missing")
     p.add_argument("--data-root", help="dataset folder (default: data/cifar10)")
     p.add_argument("--bench-steps", type=int, default=20, help="bench.py --max-steps; 0 skips the bench")
@@ -461,6 +479,7 @@ def main(argv=None) -> int:
     study = Study(Path(args.out).resolve(), results, args.budget)
     study.info = environment(device)
     study.note(f"environment: {study.info}")
+    start_from(study, args.start_from)
     prepare_data(study, args.data_tar, args.data_root)
 
     bench_json = results / f"bench_{device}.json"

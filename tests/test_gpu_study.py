@@ -110,7 +110,7 @@ def test_work_items_run_in_the_order_given_each_in_its_own_folder(tmp_path):
     assert all(j.cfg.tag.startswith("baseline") for j in jobs[:first_fp32])
     fp32 = jobs[first_fp32:]  # ce and ldam_drw, the first seed only
     assert [(j.cfg.method, j.cfg.seed, j.cfg.precision) for j in fp32] == [("ce", 0, "fp32"), ("ldam_drw", 0, "fp32")]
-    assert {j.cfg.log_dir for j in jobs} == {str(tmp_path / "full"), str(tmp_path / "literature")}
+    assert {j.cfg.log_dir for j in jobs} == {str(tmp_path / "full"), str(tmp_path / "fp32")}
     assert {j.cfg.model_name for j in jobs[:first_fp32]} == set(gpu_study.MODELS)  # every model, ResNet-32 too
 
 
@@ -149,3 +149,18 @@ def test_pack_skips_a_file_that_a_run_removes_meanwhile(tmp_path, monkeypatch):
     study.pack()
     with tarfile.open(tmp_path / "out" / "results.tgz") as tar:
         assert {"results/kept.csv", "results/gpu_study.json"} <= set(tar.getnames())
+
+
+def test_start_from_copies_committed_runs_and_keeps_the_machines_own(tmp_path):
+    committed = tmp_path / "benchmarks" / "literature"
+    committed.mkdir(parents=True)
+    for name in ("results_a.csv", "results_a.json", "results_b.json", "notes.md", "results_c.model.pt"):
+        (committed / name).write_text("committed")
+    study = Study(tmp_path / "out", tmp_path / "results", budget=60)
+    (tmp_path / "results" / "literature").mkdir()
+    (tmp_path / "results" / "literature" / "results_b.json").write_text("the machine's own")
+    gpu_study.start_from(study, [str(committed)])
+    dest = tmp_path / "results" / "literature"
+    assert sorted(f.name for f in dest.iterdir()) == ["results_a.csv", "results_a.json", "results_b.json"]
+    assert (dest / "results_b.json").read_text() == "the machine's own"
+    assert (dest / "results_a.csv").read_text() == "committed"
