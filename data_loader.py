@@ -29,6 +29,7 @@ Training batches (``DeviceBatches``) come from one uint8 tensor on the run's dev
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -180,6 +181,19 @@ def _decode(paths: list[Path], size: tuple[int, int] | None) -> np.ndarray:
             raise DataError(f"image {p} is {arr.shape[1]}x{arr.shape[0]}, expected "
                             f"{size[1]}x{size[0]} like the others; resize the dataset first")
         out[i] = arr
+    return out
+
+
+def recompress_jpeg(x: np.ndarray, quality: int) -> np.ndarray:
+    """Each image of ``x`` (N, H, W, 3 uint8) encoded as JPEG at ``quality`` and decoded again, with
+    Pillow's defaults otherwise (4:2:0 chroma subsampling): a stored copy as lossy as that quality."""
+    from PIL import Image
+
+    out = np.empty_like(x)
+    for i, img in enumerate(x):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=quality)
+        out[i] = np.asarray(Image.open(buf).convert("RGB"))
     return out
 
 

@@ -8,11 +8,12 @@ budget, and returns whatever finished even when the budget runs out:
 2. ``bench.py`` (a short one: ``--max-steps``) while the GPU is idle;
 3. the runs of ``--work``, in that order (``WORK``: the seed's baseline grid with 3 seeds; the
    literature-budget compare suite, every method and LDAM-DRW with its reference init; ``ce`` and
-   ``ldam_drw`` of it in fp32, first seed; the one-knob tuning). Each run is its own process
-   (``main.py`` with the run's settings, so each has a command that reproduces it), ``--jobs`` of
-   them at once under MPS: one eager ResNet-32 at batch 128 keeps an H200 under 20 % busy. Within an item, runs start
-   in order of value (``PRIORITY``); a run that reuses a stage 1 starts as soon as that stage 1 is
-   on disk, before any run still waiting; runs that would miss the deadline are paused so that
+   ``ldam_drw`` of it in fp32, first seed; ``ce`` on images re-encoded at JPEG quality 50 and 25,
+   first seed; the one-knob tuning). Each run is its own process (``main.py`` with the run's
+   settings, so each has a command that reproduces it), ``--jobs`` of them at once under MPS: one
+   eager ResNet-32 at batch 128 keeps an H200 under 20 % busy. Within an item, runs start in order
+   of value (``PRIORITY``); a run that reuses a stage 1 starts as soon as that stage 1 is on disk,
+   before any run still waiting; runs that would miss the deadline are paused so that
    the others finish (:func:`rebalance`).
 
 Every run's CSV and JSON, the logs and ``gpu_study.json`` (the events, each run's command, wall
@@ -109,6 +110,13 @@ def fp32_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoSt
             for c in plan_compare(profile, None, ("long_tail",), seeds[:1], ("ce", "ldam_drw"), [imb], **common)]
 
 
+def jpeg_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoStageConfig]:
+    """Cross-entropy of the literature table on images re-encoded at JPEG quality 50 and 25, the
+    first seed only: how much does lossy storage cost, below the stored copy's quality 75?"""
+    ce = plan_compare(profile, None, ("long_tail",), seeds[:1], ("ce",), [imb], **common)
+    return [replace(c, jpeg_quality=q, exp_name=f"ce_jpeg{q}") for q in (50, 25) for c in ce]
+
+
 def baseline_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoStageConfig]:
     """The seed's own grid (issue 13): the two-stage method and its same-budget control, every
     model, both scenarios (``profile`` full: 20 + 20 epochs)."""
@@ -125,6 +133,7 @@ def tuning_configs(profile: str, seeds: tuple, imb: float, **common) -> list[Two
 WORK = {"baseline": (baseline_configs, "full", "full"),
         "literature": (literature_configs, "literature", "literature"),
         "fp32": (fp32_configs, "literature", "fp32"),
+        "jpeg": (jpeg_configs, "literature", "jpeg"),
         "tuning": (tuning_configs, "full", "full")}
 
 

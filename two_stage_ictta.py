@@ -221,6 +221,7 @@ NAME = Rule(lambda v: isinstance(v, str) and v != "" and all(c.isalnum() or c in
             "a non-empty name of letters, digits and - _ . =")
 MODEL_NAME = Rule(lambda v: isinstance(v, str) and v.lower() in MODELS, ", ".join(MODELS))
 SEED = Rule(lambda v: is_int(v) and 0 <= v < 2 ** 31, "an integer in [0, 2**31)")
+JPEG_QUALITY = Rule(lambda v: is_int(v) and 1 <= v <= 95, "an integer in [1, 95]")  # Pillow: above 95 is not useful
 DEVICE = Rule(lambda v: isinstance(v, str), "auto, cpu or cuda[:N]")  # resolve_device says more
 THREADS = Rule(lambda v: is_int(v) and 1 <= v <= 1024, "an integer in [1, 1024]")  # torch overflows past 2**31
 STRING = Rule(lambda v: isinstance(v, str), "a string")
@@ -229,14 +230,16 @@ MILESTONES = Rule(lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all
 
 
 def opt(default, help: str, group: str, choices: tuple | None = None, *, identity: bool = True,
-        stage2_only: bool = False, label: bool = False, rule: Rule | None = None):
+        stage2_only: bool = False, label: bool = False, added: bool = False, rule: Rule | None = None):
     """A config field with its ``--help`` text and group; ``choices``, for a name, are the keys of
     the registry it is looked up in (``--help`` lists them, argparse enforces them).
 
     What the field is part of, declared here so that a new field is safe by default:
     ``identity=False``: changes neither the numbers nor the run's identity (``config_hash``);
     ``stage2_only=True``: read only by stage 2, so not part of stage 1's identity (``stage1_hash``);
-    ``label=True``: a name that changes no number (not part of stage 1's identity either).
+    ``label=True``: a name that changes no number (not part of stage 1's identity either);
+    ``added=True``: added after stage-1 checkpoints existed, and part of stage 1's identity only when
+    it differs from its default (which keeps the old behaviour), so that those stay shared.
 
     What it accepts, :func:`validate_config` checks: ``rule``, else the ``choices``; a bool field
     accepts True or False (from its annotation)."""
@@ -245,7 +248,8 @@ def opt(default, help: str, group: str, choices: tuple | None = None, *, identit
     if rule is None and choices is not None:
         rule = one_of(choices)
     return field(default=default, metadata={"help": help, "group": group, "choices": choices, "rule": rule,
-                                            "identity": identity, "stage2_only": stage2_only, "label": label})
+                                            "identity": identity, "stage2_only": stage2_only, "label": label,
+                                            "added": added})
 
 
 @dataclass
@@ -296,6 +300,10 @@ class TwoStageConfig:
                                   rule=INT_AT_LEAST_0)
     n_max: int | None = opt(None, "images of the largest class (default: all left after validation)", "data",
                             rule=INT_AT_LEAST_1.or_none())
+    jpeg_quality: int | None = opt(None, "re-encode every image the run uses (train, validation, test) as JPEG "
+                                         "at this quality, 1 to 95, before use: what lossy storage costs "
+                                         "(default: the images as stored)", "data", added=True,
+                                   rule=JPEG_QUALITY.or_none())
     momentum: float = opt(0.9, "SGD momentum", "schedule", rule=FRACTION)
     weight_decay: float = opt(2e-4, "SGD weight decay", "schedule", rule=NON_NEGATIVE)
     warmup_epochs: float = opt(1.0, "linear learning-rate warm-up at the start of stage 1, in epochs", "schedule",
@@ -394,11 +402,12 @@ def _normal(value):
 def stage1_hash(cfg: TwoStageConfig) -> str:
     """Identity of stage 1: every setting but those declared not to matter to it at their field
     (``identity=False``, ``stage2_only``, ``label``), the method replaced by its stage-1 loss, weights
-    and classifier, the data folder by its resolved path. A new setting is part of it by default."""
+    and classifier, the data folder by its resolved path. A new setting is part of it by default
+    (an ``added`` one only when set)."""
     m = METHODS[cfg.method]
     d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
          if f.metadata["identity"] and not f.metadata["stage2_only"] and not f.metadata["label"]
-         and f.name != "method"}
+         and f.name != "method" and not (f.metadata["added"] and getattr(cfg, f.name) == f.default)}
     d.update(loss1=m.loss1, weights1=m.weights1, normed=m.normed_classifier,
              data=str(Path(cfg.data_root or data_loader.default_data_root(cfg.dataset)).resolve()))
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -599,12 +608,16 @@ class RunData:
 
 
 def prepare_data(cfg: TwoStageConfig, device: torch.device) -> RunData:
-    """Load the dataset, draw the run's subset and splits (seeded by ``cfg.seed``), put them on ``device``."""
+    """Load the dataset, draw the run's subset and splits (seeded by ``cfg.seed``), re-encode them at
+    ``cfg.jpeg_quality`` if set (normalised with the stored images' constants), put them on ``device``."""
     data = data_loader.load_dataset(cfg.data_root, cfg.download, cfg.dataset)
     split = data_loader.make_split(data.train_y, cfg.imbalance_type, cfg.imb_factor, n_max=cfg.n_max,
                                    val_per_class=cfg.val_per_class, stat_per_class=cfg.stat_per_class,
                                    seed=cfg.seed)
-    to_dev = partial(data_loader.to_device_images, device=device)
+    def to_dev(x):
+        x = x if cfg.jpeg_quality is None else data_loader.recompress_jpeg(x, cfg.jpeg_quality)
+        return data_loader.to_device_images(x, device)
+
     on_device = lambda idx: (to_dev(data.train_x[idx]), torch.from_numpy(data.train_y[idx]).to(device))
     return RunData(data, split, data_loader.Normalizer(data.mean, data.std, device),
                    on_device(split.train_idx), on_device(split.val_idx), on_device(split.stat_idx),

@@ -485,3 +485,12 @@ def test_to_device_images_layout():
     t = data_loader.to_device_images(x, "cpu")
     assert t.shape == (2, 3, 4, 5) and t.dtype == torch.uint8
     assert np.array_equal(t.numpy(), x.transpose(0, 3, 1, 2))
+
+
+def test_recompress_jpeg_loses_more_the_lower_the_quality(synthetic_root):
+    x = load_dataset(synthetic_root).train_x[:32]
+    error = {q: np.abs(data_loader.recompress_jpeg(x, q).astype(int) - x).mean() for q in (95, 50, 10)}
+    assert 0 < error[95] < error[50] < error[10]
+    again = data_loader.recompress_jpeg(x, 50)
+    assert again.dtype == np.uint8 and again.shape == x.shape
+    assert np.array_equal(again, data_loader.recompress_jpeg(x, 50))  # deterministic

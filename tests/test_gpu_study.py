@@ -114,6 +114,14 @@ def test_work_items_run_in_the_order_given_each_in_its_own_folder(tmp_path):
     assert {j.cfg.model_name for j in jobs[:first_fp32]} == set(gpu_study.MODELS)  # every model, ResNet-32 too
 
 
+def test_the_jpeg_item_runs_ce_on_re_encoded_images_first_seed_only(tmp_path):
+    jobs = gpu_study.plan(gpu_study.work_configs(["jpeg"], (0, 1, 2), tmp_path, dry_run=False))
+    assert [(j.cfg.method, j.cfg.seed, j.cfg.jpeg_quality, j.cfg.exp_name) for j in jobs] == \
+        [("ce", 0, 50, "ce_jpeg50"), ("ce", 0, 25, "ce_jpeg25")]
+    assert {j.cfg.log_dir for j in jobs} == {str(tmp_path / "jpeg")}
+    assert all(j.command[j.command.index("--jpeg-quality") + 1] == str(j.cfg.jpeg_quality) for j in jobs)
+
+
 def test_a_finished_run_is_not_planned_again(tmp_path):
     items = gpu_study.work_configs(["fp32"], (0,), tmp_path, dry_run=True)
     cfg = items[0][0]

@@ -464,8 +464,29 @@ OTHER_VALUE = {
     "ldam_scale": 10.0, "prior_blend": 0.5, "stage2_schedule": "cosine", "normed_init": "uniform", "la_tau": 0.5,
     "precision": "fp32", "channels_last": False, "compile": True, "compile_mode": "reduce-overhead",
     "eval_every": 2, "eval_batch_size": 64, "threads": 2, "quiet": True, "tensorboard": True, "resume": False,
-    "reuse_stage1": False, "accept_code_change": True, "tag": "x",
+    "reuse_stage1": False, "accept_code_change": True, "tag": "x", "jpeg_quality": 50,
 }
+
+
+def test_a_setting_added_later_keeps_earlier_stage1_identities_at_its_default():
+    """``added`` fields count for stage 1 only when set: this identity was stage1_hash's before
+    jpeg_quality existed (commit b3bbf74), so the stage-1 checkpoints made then are still shared."""
+    base = TwoStageConfig("resnet10", "long_tail", method="ce", data_root="/data/cifar10")
+    assert [f.name for f in dataclasses.fields(TwoStageConfig) if f.metadata["added"]] == ["jpeg_quality"]
+    assert tsi.stage1_hash(base) == "72b2ea6b8bc5"
+    assert tsi.stage1_hash(dataclasses.replace(base, jpeg_quality=50)) != "72b2ea6b8bc5"
+
+
+def test_jpeg_quality_re_encodes_every_split_the_run_uses(tiny_run_kwargs):
+    import data_loader
+    plain = TwoStageConfig("simplecnn", "long_tail", **tiny_run_kwargs)
+    rd, lossy = (tsi.prepare_data(c, torch.device("cpu")) for c in (plain, dataclasses.replace(plain, jpeg_quality=20)))
+    for split in ("train", "val", "stat", "test"):
+        x, y = getattr(rd, split)
+        expected = data_loader.recompress_jpeg(x.permute(0, 2, 3, 1).numpy(), 20)
+        assert torch.equal(getattr(lossy, split)[1], y), split
+        assert np.array_equal(getattr(lossy, split)[0].permute(0, 2, 3, 1).numpy(), expected), split
+        assert not torch.equal(getattr(lossy, split)[0], x), split
 
 
 def test_stage1_identity_changes_exactly_as_each_field_declares():
