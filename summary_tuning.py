@@ -399,19 +399,21 @@ COMPARISONS = {"vs_control": "two-stage minus its same-budget control",
                "tuning_vs_default": "tuning point minus the default two-stage run",
                "ablation_vs_default": "ablation variant minus the default two-stage run",
                "ablation_vs_drw": "ablation variant minus drw",
-               "two_stage_vs_method": "two_stage_ictta minus a method of the compare suite that shares its stage 1"}
+               "two_stage_vs_method": "two_stage_ictta minus a method of the compare suite that shares its stage 1",
+               "variant_vs_method": "a named variant of a method (its exp_name: ce_fp32, ce_jpeg50, ...) minus the "
+                                    "method, paired by seed only"}
 
 
 def _run_name(r) -> str:
     return f"{r['variant']} seed {int(r['seed'])}"
 
 
-def pair_runs(treated: pd.DataFrame, reference: pd.DataFrame) -> tuple[list, list[str]]:
+def pair_runs(treated: pd.DataFrame, reference: pd.DataFrame, on: tuple = PAIR_ON) -> tuple[list, list[str]]:
     """Pairs ``(treated run, reference run)`` of summary rows with the same seed and the same
-    ``stage1_id``, one to one, and a line for each run left without a partner, with the reason
-    (no run of that seed, another stage 1, several candidates): a run is never dropped silently."""
+    ``stage1_id`` (``on``), one to one, and a line for each run left without a partner, with the
+    reason (no run of that seed, another stage 1, several candidates): a run is never dropped silently."""
     def key(r):
-        return tuple(_plain(r[k]) for k in PAIR_ON)
+        return tuple(_plain(r[k]) for k in on)
 
     t_keys = [key(r) for _, r in treated.iterrows()]
     by_key: dict[tuple, list] = {}
@@ -460,9 +462,9 @@ def difference_rows(what: dict, seeds: list, diffs: dict, unpaired: list[str]) -
     return rows
 
 
-def paired_rows(what: dict, treated: pd.DataFrame, reference: pd.DataFrame) -> list[dict]:
-    """``treated - reference`` at stage 2's last epoch, paired by :func:`pair_runs`."""
-    pairs, unpaired = pair_runs(treated, reference)
+def paired_rows(what: dict, treated: pd.DataFrame, reference: pd.DataFrame, on: tuple = PAIR_ON) -> list[dict]:
+    """``treated - reference`` at stage 2's last epoch, paired by :func:`pair_runs` ``on`` those columns."""
+    pairs, unpaired = pair_runs(treated, reference, on)
     diffs = {(split, m): [100 * (t.get(f"s2_final_{split}_{m}", np.nan) - r.get(f"s2_final_{split}_{m}", np.nan))
                           for t, r in pairs] for split in PAIRED_SPLITS for m, _ in PAIRED_METRICS}
     return difference_rows(what, [t["seed"] for t, _ in pairs], diffs, unpaired)
@@ -504,6 +506,20 @@ def compare_pair_rows(key: dict, g: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def variant_pair_rows(key: dict, g: pd.DataFrame) -> list[dict]:
+    """Each named variant of a method (a run whose exp_name is not the method's name: ``ce_fp32``,
+    ``ce_jpeg50``, ``ldam_drw_uniform_init``) minus the method's own runs, paired by seed: the same
+    subset, splits, init and batch order, but not the same stage 1, which the variant changes."""
+    methods = g[g["role"] == "method"]
+    plain = methods[methods["variant"] == methods["method"]]
+    rows = []
+    for _, variant in methods[methods["variant"] != methods["method"]].groupby("variant", sort=False):
+        method = variant["method"].iloc[0]
+        rows += paired_rows(_what(key, "variant_vs_method", variant, method), variant,
+                            plain[plain["method"] == method], on=("seed",))
+    return rows
+
+
 def paired_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Every paired comparison of :data:`COMPARISONS` among the finished runs, per
     (profile, model, scenario, imb_factor), at stage 2's last epoch, on test and validation
@@ -523,7 +539,7 @@ def paired_table(summary: pd.DataFrame) -> pd.DataFrame:
         for _, a in g[g["role"] == "ablation"].groupby("config_id", sort=False):
             rows += paired_rows(_what(key, "ablation_vs_default", a, "two_stage (default)"), a, default)
             rows += paired_rows(_what(key, "ablation_vs_drw", a, "drw"), a, drw)
-        rows += compare_pair_rows(key, g)
+        rows += compare_pair_rows(key, g) + variant_pair_rows(key, g)
     cols = [*PAIR_GROUP, "comparison", "treated", "treated_config", "reference", "split", "metric", "n", "seeds",
             "mean", "std", "ci95_lo", "ci95_hi", "wins", "ties", "interval", "unpaired"]
     return pd.DataFrame(rows, columns=cols)

@@ -271,6 +271,25 @@ def test_compare_suite_pairs_two_stage_with_the_methods_of_its_stage1(tmp_path):
     assert gain["mean"].tolist() == pytest.approx([100 * (0.51 - 0.10)])  # stage 1 pinned at 0.10
 
 
+def test_a_named_variant_is_paired_with_its_method_by_seed(tmp_path):
+    """ce_jpeg50 trains its own stage 1 (other images), so it pairs with ce by seed alone; a
+    variant without a plain run of its seed is listed as unpaired."""
+    res = tmp_path / "results"
+    runs = {("ce", "ce"): (0.50, 0.52), ("ce_jpeg50", "ce"): (0.47, 0.50, 0.40), ("ldam_drw", "ldam_drw"): (0.6,)}
+    for (exp, method), values in runs.items():
+        for seed, f1 in enumerate(values):
+            write_run(res, pinned({}, {3: f1}), exp_name=exp, method=method, seed=seed, stage1_id=f"{exp}seed{seed}",
+                      tag="compare-literature", model="resnet32", n_max="")
+    paired = st.paired_table(st.summarize_runs(st.load_rows(res)))
+    rows = paired[(paired["comparison"] == "variant_vs_method") & (paired["split"] == "test")
+                  & (paired["metric"] == "macro_f1")]
+    assert len(rows) == 1
+    r = rows.iloc[0]
+    assert (r["treated"], r["reference"], r["n"], r["seeds"]) == ("ce_jpeg50", "ce", 2, "0 1")
+    assert r["mean"] == pytest.approx(-2.5) and r["wins"] == 0
+    assert r["unpaired"] == "ce_jpeg50 seed 2: no ce run of this seed"
+
+
 def test_ablation_table_chooses_on_validation_and_checks_on_test(tmp_path):
     res = tmp_path / "results"
     compare, ablation = dict(tag="compare-reduced"), dict(tag="ablation-reduced")
