@@ -154,10 +154,9 @@ def priority_name(cfg: TwoStageConfig) -> str:
 
 
 def label(cfg: TwoStageConfig) -> str:
-    name = priority_name(cfg) if cfg.tag.startswith("compare") else cfg.exp_name or cfg.method
+    """A run's name in the events and its log's name: unique within a study."""
     case = "" if cfg.tag.startswith("compare") else f" {cfg.model_name}/{cfg.imbalance_type}"
-    fp32 = " fp32" if cfg.precision == "fp32" else ""
-    return f"{name}{fp32}{case} seed{cfg.seed}"
+    return f"{cfg.exp_name or cfg.method}{case} seed{cfg.seed}"
 
 
 def plan(items: list[list[TwoStageConfig]]) -> list[Job]:
@@ -392,6 +391,9 @@ def start_from(study: Study, folders: list[str]) -> None:
     run's own, maybe newer, copy. (Carrying the results folder instead replaces it, and with it the
     machine's checkpoints.)"""
     for folder in map(Path, folders):
+        if not any(folder.glob("results_*")):
+            raise SystemExit(f"gpu_study.py: error: --start-from {folder}: no results_* files there; "
+                             "see gpu_study.py --help")
         dest = study.results / folder.name
         dest.mkdir(parents=True, exist_ok=True)
         new = [f for f in sorted(folder.glob("results_*")) if f.suffix in (".csv", ".json")

@@ -60,7 +60,8 @@ def load(path, device="cpu") -> tuple[torch.nn.Module, dict]:
 def evaluate_file(path, data_root=None, device="auto", batch_size: int | None = None) -> dict:
     """Test metrics of a saved model (:func:`train_eval.evaluate`: accuracy, macro-F1, head/tail,
     many/medium/few, per class, the confusion matrix), on the test split of ``data_root`` (default:
-    the run's own data), in the run's precision and evaluation batch size."""
+    the run's own data), re-encoded at the run's ``jpeg_quality`` if it had one, in the run's
+    precision and evaluation batch size."""
     model, record = load(path, device)
     cfg = record["config"]
     data = data_loader.load_dataset(data_root if data_root is not None else cfg["data_root"],
@@ -70,7 +71,10 @@ def evaluate_file(path, data_root=None, device="auto", batch_size: int | None = 
                                     f"{data.source!r} holds {data.num_classes} classes")
     dev = next(model.parameters()).device
     norm = data_loader.Normalizer(record["mean"], record["std"], dev)
-    x, y = data_loader.to_device_images(data.test_x, dev), torch.from_numpy(data.test_y).to(dev)
+    test_x = data.test_x
+    if cfg.get("jpeg_quality") is not None:  # as prepare_data did for the run
+        test_x = data_loader.recompress_jpeg(test_x, cfg["jpeg_quality"])
+    x, y = data_loader.to_device_images(test_x, dev), torch.from_numpy(data.test_y).to(dev)
     settings = dict(batch_size=batch_size or cfg["eval_batch_size"], precision=cfg["precision"],
                     channels_last=cfg["channels_last"])
     logits = None

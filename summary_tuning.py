@@ -33,7 +33,8 @@ Writes, in ``--out`` (default: the results folder):
   (profile, model, scenario, imb_factor), in percentage points at stage 2's last epoch, on test and
   validation macro-F1 and tail macro-F1: n, mean, std, 95% interval, seeds won (and tied), and the
   runs left without a partner. Partners have the same seed **and** the same ``stage1_id`` (the
-  shared stage-1 checkpoint); stage 2 vs stage 1 compares the two stages of one run.
+  shared stage-1 checkpoint), but for a named variant against its method (the same seed only);
+  stage 2 vs stage 1 compares the two stages of one run.
 * ``ablation_table.csv`` / ``.md``: per ablation variant (exp_name ``abl-...``), its val and test
   macro-F1 and tail macro-F1 (mean ± std [interval]), its paired differences vs the default
   two-stage run and vs ``drw``, and whether it closes the gap to drw (``closes_gap``, computed by
@@ -214,8 +215,9 @@ def is_control(ident: dict) -> bool:
 def variant_and_role(ident: dict) -> tuple[str, str]:
     """``variant``: what a table row is called; ``role``: ``two_stage`` (the method at its default
     settings, or any untagged run of it), ``control``, ``tuning`` (a tuning point), ``ablation``
-    (exp_name ``abl-...``, its variant name) or ``method`` (named by its exp_name where it has one,
-    so that ``ldam_drw_uniform_init`` or ``ce_fp32`` is a row of its own beside ``ldam_drw``)."""
+    (exp_name ``abl-...``, its variant name), ``method`` or ``variant``: a run of a method under
+    an exp_name of its own (``ce_fp32``, ``ldam_drw_uniform_init``), a row of its own beside the
+    method, compared with it (:func:`variant_pair_rows`) and never in its place."""
     exp, method = str(ident.get("exp_name") or ""), ident.get("method")
     if is_control(ident):
         return "control", "control"
@@ -227,7 +229,9 @@ def variant_and_role(ident: dict) -> tuple[str, str]:
         return "two_stage", "two_stage"
     if method == "two_stage_ictta" and split_tag(ident.get("tag", ""))[0] != "compare":
         return "two_stage", "two_stage"
-    return exp or str(method), "method"
+    if exp and exp != method:
+        return exp, "variant"
+    return str(method), "method"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +261,9 @@ def _flatten(summary: dict) -> dict:
 
 
 def config_id(ident: dict) -> str:
-    d = {k: _plain(v) for k, v in ident.items() if k not in NOT_CONFIG}
+    """A configuration's id over its identity columns; an empty one (a setting that older CSVs lack,
+    or left unset) is left out, so that a new column leaves earlier runs' ids alone."""
+    d = {k: _plain(v) for k, v in ident.items() if k not in NOT_CONFIG and _plain(v) is not None}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -410,8 +416,12 @@ def _run_name(r) -> str:
 
 def pair_runs(treated: pd.DataFrame, reference: pd.DataFrame, on: tuple = PAIR_ON) -> tuple[list, list[str]]:
     """Pairs ``(treated run, reference run)`` of summary rows with the same seed and the same
-    ``stage1_id`` (``on``), one to one, and a line for each run left without a partner, with the
-    reason (no run of that seed, another stage 1, several candidates): a run is never dropped silently."""
+    ``stage1_id`` (``on``: the seed first, then what else partners share), one to one, and a line
+    for each run left without a partner, with the reason (no run of that seed, another stage 1,
+    several candidates): a run is never dropped silently."""
+    assert on[0] == "seed", on
+    shared = " and ".join({"stage1_id": "stage 1"}.get(k, k) for k in on)
+
     def key(r):
         return tuple(_plain(r[k]) for k in on)
 
@@ -429,7 +439,7 @@ def pair_runs(treated: pd.DataFrame, reference: pd.DataFrame, on: tuple = PAIR_O
             used.add(k)
         elif partners:
             unpaired.append(f"{_run_name(t)}: {len(partners)} {ref_name} run(s) and {t_keys.count(k)} of its own "
-                            "share this seed and stage 1 (ambiguous)")
+                            f"share this {shared} (ambiguous)")
         elif k[0] in ref_seeds:
             unpaired.append(f"{_run_name(t)}: the {ref_name} run of this seed has another stage 1 "
                             f"({ref_seeds[k[0]]['stage1_id']} vs {t['stage1_id']})")
@@ -480,7 +490,7 @@ def stage_gain_rows(what: dict, runs: pd.DataFrame) -> list[dict]:
 def default_two_stage(g: pd.DataFrame) -> pd.DataFrame:
     """The default two-stage runs of a group, that ablation variants are compared with: the compare
     suite's ``two_stage_ictta`` runs if there are any, else the baseline's (role two_stage)."""
-    compare = g[(g["suite"] == "compare") & (g["method"] == "two_stage_ictta")]
+    compare = g[(g["suite"] == "compare") & (g["role"] == "method") & (g["method"] == "two_stage_ictta")]
     return compare if len(compare) else g[g["role"] == "two_stage"]
 
 
@@ -507,16 +517,14 @@ def compare_pair_rows(key: dict, g: pd.DataFrame) -> list[dict]:
 
 
 def variant_pair_rows(key: dict, g: pd.DataFrame) -> list[dict]:
-    """Each named variant of a method (a run whose exp_name is not the method's name: ``ce_fp32``,
-    ``ce_jpeg50``, ``ldam_drw_uniform_init``) minus the method's own runs, paired by seed: the same
-    subset, splits, init and batch order, but not the same stage 1, which the variant changes."""
+    """Each named variant of a method (role ``variant``: ``ce_fp32``, ``ce_jpeg50``,
+    ``ldam_drw_uniform_init``) minus the method's own runs of any suite, paired by seed: the same
+    subset, splits and batch order (and init, unless the variant changes it), not the same stage 1."""
     methods = g[g["role"] == "method"]
-    plain = methods[methods["variant"] == methods["method"]]
     rows = []
-    for _, variant in methods[methods["variant"] != methods["method"]].groupby("variant", sort=False):
-        method = variant["method"].iloc[0]
+    for (method, _), variant in g[g["role"] == "variant"].groupby(["method", "variant"], sort=False):
         rows += paired_rows(_what(key, "variant_vs_method", variant, method), variant,
-                            plain[plain["method"] == method], on=("seed",))
+                            methods[methods["method"] == method], on=("seed",))
     return rows
 
 
@@ -547,8 +555,8 @@ def paired_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 PAIRED_INTRO = ("Treated minus reference at stage 2's last epoch, in percentage points: mean ± std over "
                 "pairs [95% Student-t interval], and the number of seeds where the treated run is ahead. "
-                "Partners share the seed and the stage-1 checkpoint (`stage1_id`); runs without a partner "
-                "are listed, never dropped. Test split; validation rows are in `paired_differences.csv`.")
+                "Partners share the seed and the stage-1 checkpoint (`stage1_id`), but a named variant and "
+                "its method share the seed only; runs without a partner are listed, never dropped. Test split; validation rows are in `paired_differences.csv`.")
 ABLATION_INTRO = ("Stage 2's last epoch, in %: mean ± std over seeds [95% Student-t interval]. Differences are "
                   "paired (same seed and stage-1 checkpoint), in percentage points, with the seeds won. "
                   "**closes the gap**: the mean paired difference vs drw in macro-F1 is >= 0 on validation "

@@ -230,7 +230,7 @@ MILESTONES = Rule(lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all
 
 
 def opt(default, help: str, group: str, choices: tuple | None = None, *, identity: bool = True,
-        stage2_only: bool = False, label: bool = False, added: bool = False, rule: Rule | None = None):
+        stage2_only: bool = False, label: bool = False, stage1_when_set: bool = False, rule: Rule | None = None):
     """A config field with its ``--help`` text and group; ``choices``, for a name, are the keys of
     the registry it is looked up in (``--help`` lists them, argparse enforces them).
 
@@ -238,8 +238,9 @@ def opt(default, help: str, group: str, choices: tuple | None = None, *, identit
     ``identity=False``: changes neither the numbers nor the run's identity (``config_hash``);
     ``stage2_only=True``: read only by stage 2, so not part of stage 1's identity (``stage1_hash``);
     ``label=True``: a name that changes no number (not part of stage 1's identity either);
-    ``added=True``: added after stage-1 checkpoints existed, and part of stage 1's identity only when
-    it differs from its default (which keeps the old behaviour), so that those stay shared.
+    ``stage1_when_set=True``: part of stage 1's identity only when it differs from its default (which
+    must keep the behaviour from before the field existed): for a field added later, so that new runs
+    at the default get the same ``stage1_id`` as earlier ones, and pair with them.
 
     What it accepts, :func:`validate_config` checks: ``rule``, else the ``choices``; a bool field
     accepts True or False (from its annotation)."""
@@ -249,7 +250,7 @@ def opt(default, help: str, group: str, choices: tuple | None = None, *, identit
         rule = one_of(choices)
     return field(default=default, metadata={"help": help, "group": group, "choices": choices, "rule": rule,
                                             "identity": identity, "stage2_only": stage2_only, "label": label,
-                                            "added": added})
+                                            "stage1_when_set": stage1_when_set})
 
 
 @dataclass
@@ -302,7 +303,7 @@ class TwoStageConfig:
                             rule=INT_AT_LEAST_1.or_none())
     jpeg_quality: int | None = opt(None, "re-encode every image the run uses (train, validation, test) as JPEG "
                                          "at this quality, 1 to 95, before use: what lossy storage costs "
-                                         "(default: the images as stored)", "data", added=True,
+                                         "(default: the images as stored)", "data", stage1_when_set=True,
                                    rule=JPEG_QUALITY.or_none())
     momentum: float = opt(0.9, "SGD momentum", "schedule", rule=FRACTION)
     weight_decay: float = opt(2e-4, "SGD weight decay", "schedule", rule=NON_NEGATIVE)
@@ -403,11 +404,11 @@ def stage1_hash(cfg: TwoStageConfig) -> str:
     """Identity of stage 1: every setting but those declared not to matter to it at their field
     (``identity=False``, ``stage2_only``, ``label``), the method replaced by its stage-1 loss, weights
     and classifier, the data folder by its resolved path. A new setting is part of it by default
-    (an ``added`` one only when set)."""
+    (a ``stage1_when_set`` one only when set)."""
     m = METHODS[cfg.method]
     d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
          if f.metadata["identity"] and not f.metadata["stage2_only"] and not f.metadata["label"]
-         and f.name != "method" and not (f.metadata["added"] and getattr(cfg, f.name) == f.default)}
+         and f.name != "method" and not (f.metadata["stage1_when_set"] and getattr(cfg, f.name) == f.default)}
     d.update(loss1=m.loss1, weights1=m.weights1, normed=m.normed_classifier,
              data=str(Path(cfg.data_root or data_loader.default_data_root(cfg.dataset)).resolve()))
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -97,7 +97,7 @@ def test_plan_orders_runs_by_value_and_waits_for_shared_stage1s(tmp_path, seeds)
     assert len(jobs) == 12 * len(seeds)  # 11 methods + LDAM-DRW with uniform init, per seed
     heads = [j.label for j in jobs if j.waits_for is None]
     assert heads[:len(seeds)] == [f"ce seed{s}" for s in seeds]
-    assert heads[-len(seeds):] == [f"ldam_drw uniform seed{s}" for s in seeds]
+    assert heads[-len(seeds):] == [f"ldam_drw_uniform_init seed{s}" for s in seeds]
     waiting = {j.label.split()[0] for j in jobs if j.waits_for is not None}
     assert waiting == {"drw", "crt", "tau_norm", "two_stage_ictta"}
     assert all(j.command[1] == "main.py" and "--device" in j.command for j in jobs)
@@ -120,6 +120,19 @@ def test_the_jpeg_item_runs_ce_on_re_encoded_images_first_seed_only(tmp_path):
         [("ce", 0, 50, "ce_jpeg50"), ("ce", 0, 25, "ce_jpeg25")]
     assert {j.cfg.log_dir for j in jobs} == {str(tmp_path / "jpeg")}
     assert all(j.command[j.command.index("--jpeg-quality") + 1] == str(j.cfg.jpeg_quality) for j in jobs)
+
+
+def test_every_run_of_every_work_item_has_its_own_label_and_log(tmp_path):
+    jobs = gpu_study.plan(gpu_study.work_configs(list(gpu_study.WORK), (0, 1), tmp_path, dry_run=False))
+    labels = [j.label for j in jobs]
+    assert len(set(labels)) == len(labels) > 100
+    assert {"ce seed0", "ce_fp32 seed0", "ce_jpeg50 seed0", "ce_jpeg25 seed0"} <= set(labels)
+
+
+def test_start_from_a_folder_without_runs_stops_before_anything_runs(tmp_path):
+    study = Study(tmp_path / "out", tmp_path / "results", budget=60)
+    with pytest.raises(SystemExit, match="no results_\\* files there"):
+        gpu_study.start_from(study, [str(tmp_path / "benchmarks" / "typo")])
 
 
 def test_a_finished_run_is_not_planned_again(tmp_path):

@@ -17,9 +17,11 @@ KEYS = {"state_dict", "model_name", "num_classes", "normed_classifier", "normed_
         "class_counts", "classes", "tau", "config", "run_id", "code_fingerprint", "git_commit"}
 
 
-@pytest.mark.parametrize("method", ["two_stage_ictta", "ldam_drw", "tau_norm"])
-def test_the_saved_model_reproduces_the_runs_final_test_numbers(tiny_run_kwargs, method):
-    res = run_two_stage_ictta_on_scenario("simplecnn", "long_tail", method=method, **tiny_run_kwargs)
+@pytest.mark.parametrize("method, jpeg_quality", [("two_stage_ictta", None), ("ldam_drw", None), ("tau_norm", None),
+                                                  ("ce", 10)])
+def test_the_saved_model_reproduces_the_runs_final_test_numbers(tiny_run_kwargs, method, jpeg_quality):
+    res = run_two_stage_ictta_on_scenario("simplecnn", "long_tail", method=method, jpeg_quality=jpeg_quality,
+                                          **tiny_run_kwargs)
     path = Path(res["paths"]["model"])
     assert path.name == Path(res["paths"]["csv"]).name.replace(".csv", ".model.pt")
     record = torch.load(path, map_location="cpu", weights_only=True)  # plain data, no pickled code

@@ -275,12 +275,18 @@ def test_a_named_variant_is_paired_with_its_method_by_seed(tmp_path):
     """ce_jpeg50 trains its own stage 1 (other images), so it pairs with ce by seed alone; a
     variant without a plain run of its seed is listed as unpaired."""
     res = tmp_path / "results"
-    runs = {("ce", "ce"): (0.50, 0.52), ("ce_jpeg50", "ce"): (0.47, 0.50, 0.40), ("ldam_drw", "ldam_drw"): (0.6,)}
+    runs = {("ce", "ce"): (0.50, 0.52), ("ce_jpeg50", "ce"): (0.47, 0.50, 0.40), ("ldam_drw", "ldam_drw"): (0.6,),
+            ("two_stage_ictta", "two_stage_ictta"): (0.55, 0.56)}
     for (exp, method), values in runs.items():
         for seed, f1 in enumerate(values):
-            write_run(res, pinned({}, {3: f1}), exp_name=exp, method=method, seed=seed, stage1_id=f"{exp}seed{seed}",
+            stage1 = f"{'ce' if method == 'two_stage_ictta' else exp}seed{seed}"  # two_stage_ictta shares ce's
+            write_run(res, pinned({}, {3: f1}), exp_name=exp, method=method, seed=seed, stage1_id=stage1,
                       tag="compare-literature", model="resnet32", n_max="")
     paired = st.paired_table(st.summarize_runs(st.load_rows(res)))
+    ours = paired[(paired["comparison"] == "two_stage_vs_method") & (paired["split"] == "test")
+                  & (paired["metric"] == "macro_f1")]
+    assert ours["reference"].tolist() == ["ce"] and ours["n"].tolist() == [2]
+    assert ours["unpaired"].tolist() == [""]  # the variant is not one of ce's runs
     rows = paired[(paired["comparison"] == "variant_vs_method") & (paired["split"] == "test")
                   & (paired["metric"] == "macro_f1")]
     assert len(rows) == 1
@@ -324,9 +330,10 @@ def test_labels():
     assert st.variant_and_role(ident) == ("lr0.03-w1-16-g1.5-val_loss", "tuning")
     assert st.variant_and_role({**IDENTITY, "exp_name": "x", "dynamic_mode": "none", "stage2_loss_type": "ce"})[1] == "control"
     assert st.variant_and_role({**IDENTITY, "exp_name": "drw", "method": "drw", "tag": "compare-full"}) == ("drw", "method")
-    for exp, row in ((None, "ldam_drw"), ("", "ldam_drw"), ("ldam_drw_uniform_init", "ldam_drw_uniform_init")):
+    for exp, named in ((None, ("ldam_drw", "method")), ("", ("ldam_drw", "method")), ("ldam_drw", ("ldam_drw", "method")),
+                       ("ldam_drw_uniform_init", ("ldam_drw_uniform_init", "variant"))):
         assert st.variant_and_role({**IDENTITY, "exp_name": exp, "method": "ldam_drw", "tag": "compare-literature"}) \
-            == (row, "method")
+            == named
 
 
 def test_cli_without_results(tmp_path, capsys):

@@ -469,10 +469,10 @@ OTHER_VALUE = {
 
 
 def test_a_setting_added_later_keeps_earlier_stage1_identities_at_its_default():
-    """``added`` fields count for stage 1 only when set: this identity was stage1_hash's before
-    jpeg_quality existed (commit b3bbf74), so the stage-1 checkpoints made then are still shared."""
+    """``stage1_when_set`` fields count for stage 1 only when set: this identity was stage1_hash's
+    before jpeg_quality existed (commit b3bbf74), so new runs pair with the runs made then."""
     base = TwoStageConfig("resnet10", "long_tail", method="ce", data_root="/data/cifar10")
-    assert [f.name for f in dataclasses.fields(TwoStageConfig) if f.metadata["added"]] == ["jpeg_quality"]
+    assert [f.name for f in dataclasses.fields(TwoStageConfig) if f.metadata["stage1_when_set"]] == ["jpeg_quality"]
     assert tsi.stage1_hash(base) == "72b2ea6b8bc5"
     assert tsi.stage1_hash(dataclasses.replace(base, jpeg_quality=50)) != "72b2ea6b8bc5"
 
