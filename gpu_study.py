@@ -43,8 +43,7 @@ from pathlib import Path
 from cli import ArgumentParser
 from launch import plan_jobs
 from main import config_argv
-from model import MODELS
-from run_all_models import SCENARIOS, TUNING_MODELS, plan_baseline, plan_compare, plan_tuning
+from run_all_models import BASELINE_MODELS, SCENARIOS, TUNING_MODELS, plan_baseline, plan_compare, plan_tuning
 from runfiles import read_run_json
 from two_stage_ictta import TwoStageConfig, is_finished, run_name, stage1_path
 
@@ -120,7 +119,7 @@ def jpeg_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoSt
 def baseline_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoStageConfig]:
     """The seed's own grid (issue 13): the two-stage method and its same-budget control, every
     model, both scenarios (``profile`` full: 20 + 20 epochs)."""
-    return plan_baseline(profile, tuple(MODELS), SCENARIOS, seeds, **common)
+    return plan_baseline(profile, BASELINE_MODELS, SCENARIOS, seeds, **common)
 
 
 def tuning_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoStageConfig]:

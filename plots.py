@@ -63,10 +63,9 @@ from matplotlib.figure import Figure  # the object API: Agg canvas, no pyplot gl
 import cli
 import summary_tuning as st
 from results_logger import atomic_write_text
+from run_all_models import BASELINE_MODELS, SCENARIOS  # what the grid runs: figures name what it lacks
 from two_stage_ictta import METHODS
 
-BASELINE_MODELS = ("simplecnn", "resnet10", "resnet15", "resnet20")  # what run_all_models' grid runs
-SCENARIOS = ("long_tail", "head_tail")
 ROLE_STYLE = {"two_stage": dict(color="tab:blue", label="two-stage (dynamic reweighting)"),
               "control": dict(color="tab:gray", label="same-budget control (stage 2: CE, uniform weights)")}
 STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9.5,

@@ -51,7 +51,7 @@ from runfiles import read_run_json
 from two_stage_ictta import (METHODS, TwoStageConfig, is_finished, run_name, run_two_stage, stage1_hash,
                              stage1_path, validate_config)
 
-BASELINE_MODELS = ("simplecnn", "resnet10", "resnet15", "resnet20")
+BASELINE_MODELS = tuple(MODELS)  # every model: the seed's four and ResNet-32, which the literature uses
 TUNING_MODELS = ("resnet10", "resnet15", "resnet20")
 SCENARIOS = ("long_tail", "head_tail")
 

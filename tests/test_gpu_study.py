@@ -9,6 +9,7 @@ import pytest
 
 import gpu_study
 from gpu_study import Job, Study, epochs_done, rebalance
+from model import MODELS
 
 
 def test_rebalance_keeps_the_runs_that_can_finish_when_some_cannot():
@@ -111,7 +112,7 @@ def test_work_items_run_in_the_order_given_each_in_its_own_folder(tmp_path):
     fp32 = jobs[first_fp32:]  # ce and ldam_drw, the first seed only
     assert [(j.cfg.method, j.cfg.seed, j.cfg.precision) for j in fp32] == [("ce", 0, "fp32"), ("ldam_drw", 0, "fp32")]
     assert {j.cfg.log_dir for j in jobs} == {str(tmp_path / "full"), str(tmp_path / "fp32")}
-    assert {j.cfg.model_name for j in jobs[:first_fp32]} == set(gpu_study.MODELS)  # every model, ResNet-32 too
+    assert {j.cfg.model_name for j in jobs[:first_fp32]} == set(MODELS)  # every model, ResNet-32 too
 
 
 def test_the_jpeg_item_runs_ce_on_re_encoded_images_first_seed_only(tmp_path):

@@ -50,21 +50,21 @@ def test_tuning_is_one_knob_at_a_time_unless_the_product_is_asked_for(profile):
         grid.tuning_points(profile, "grid")
 
 
-def test_the_main_job_is_64_runs_and_the_product_says_its_size_first():
+def test_the_main_job_is_68_runs_and_the_product_says_its_size_first():
     args = grid.build_parser().parse_args([])
     assert (args.profile, args.tuning) == ("full", "one_at_a_time")
     parts = grid.plan_parts(args, {})
     text = grid.format_plan(grid.plan_work([c for _, cfgs in parts for c in cfgs], {}), parts)
-    assert text.startswith("plan: 64 runs (baseline 16, tuning (one_at_a_time) 48), 20 + 20 epochs each")
+    assert text.startswith("plan: 68 runs (baseline 20, tuning (one_at_a_time) 48), 20 + 20 epochs each")
     parts = grid.plan_parts(grid.build_parser().parse_args(["--tuning", "product"]), {})
     text = grid.format_plan(grid.plan_work([c for _, cfgs in parts for c in cfgs], {}), parts)
-    assert text.startswith("plan: 496 runs (baseline 16, tuning (product) 480)")
+    assert text.startswith("plan: 500 runs (baseline 20, tuning (product) 480)")
 
 
 def test_the_baseline_suite_is_the_grid_without_its_tuning():
     grid_parts = grid.plan_parts(grid.build_parser().parse_args(["--seeds", "0", "1"]), {})
     parts = grid.plan_parts(grid.build_parser().parse_args(["--suite", "baseline", "--seeds", "0", "1"]), {})
-    assert [len(cfgs) for _, cfgs in parts] == [32, 0]
+    assert [len(cfgs) for _, cfgs in parts] == [40, 0]  # 5 models x 2 scenarios x (two-stage, control) x 2 seeds
     assert parts[0][1] == grid_parts[0][1]
 
 
