@@ -157,6 +157,7 @@ PARAMS = {
     "val_per_class": (int_in(0), _ints),
     "stat_per_class": (int_in(0), _ints),
     "n_max": (int_in(1, optional=True), _ints),
+    "jpeg_quality": (int_in(1, 95, optional=True), _ints),
     "momentum": (num_in(0, 1, hi_open=True), _nums),
     "weight_decay": (num_in(0), _nums),
     "warmup_epochs": (num_in(0), _nums),
