@@ -50,8 +50,8 @@ from two_stage_ictta import TwoStageConfig, is_finished, run_name, stage1_path
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 # Runs that train from scratch start in this order (method, then seed); runs that reuse a stage 1
-# go first once it exists. "ldam_drw uniform" is LDAM-DRW with its reference code's classifier init.
-PRIORITY = ("ce", "ldam_drw", "logit_adjust", "cb_focal", "balanced_softmax", "focal", "rw", "ldam_drw uniform")
+# go first once it exists. "ldam_drw_uniform_init" is LDAM-DRW with its reference code's classifier init.
+PRIORITY = ("ce", "ldam_drw", "logit_adjust", "cb_focal", "balanced_softmax", "focal", "rw", "ldam_drw_uniform_init")
 
 
 @dataclass
@@ -95,9 +95,14 @@ class Job:
         return None if t1 - t0 < 0.8 * window or e1 == e0 else (e1 - e0) / (t1 - t0)
 
 
+def long_tail_compare(profile: str, seeds: tuple, imb: float, methods=None, **common) -> list[TwoStageConfig]:
+    """The compare suite's runs of ``methods`` (default: all) on long_tail ``imb``."""
+    return plan_compare(profile, None, ("long_tail",), seeds, methods, [imb], **common)
+
+
 def literature_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoStageConfig]:
     """Every method of the compare suite on long_tail ``imb``, plus LDAM-DRW with uniform init."""
-    cfgs = plan_compare(profile, None, ("long_tail",), seeds, None, [imb], **common)
+    cfgs = long_tail_compare(profile, seeds, imb, **common)
     return cfgs + [replace(c, normed_init="uniform", exp_name="ldam_drw_uniform_init")
                    for c in cfgs if c.method == "ldam_drw"]
 
@@ -106,14 +111,14 @@ def fp32_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoSt
     """Cross-entropy and LDAM-DRW of the literature table in fp32, the first seed only: is bf16 the
     5-point gap? (One fp32 seed against the three bf16 seeds' interval answers that first.)"""
     return [replace(c, precision="fp32", exp_name=f"{c.method}_fp32")
-            for c in plan_compare(profile, None, ("long_tail",), seeds[:1], ("ce", "ldam_drw"), [imb], **common)]
+            for c in long_tail_compare(profile, seeds[:1], imb, ("ce", "ldam_drw"), **common)]
 
 
 def jpeg_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoStageConfig]:
     """Cross-entropy of the literature table on images re-encoded at JPEG quality 50 and 25, the
     first seed only: how much does lossy storage cost, below the stored copy's quality 75?"""
-    ce = plan_compare(profile, None, ("long_tail",), seeds[:1], ("ce",), [imb], **common)
-    return [replace(c, jpeg_quality=q, exp_name=f"ce_jpeg{q}") for q in (50, 25) for c in ce]
+    return [replace(c, jpeg_quality=q, exp_name=f"ce_jpeg{q}") for q in (50, 25)
+            for c in long_tail_compare(profile, seeds[:1], imb, ("ce",), **common)]
 
 
 def baseline_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoStageConfig]:
@@ -148,14 +153,15 @@ def work_configs(names: list[str], seeds: tuple, results: Path, dry_run: bool, *
     return out
 
 
-def priority_name(cfg: TwoStageConfig) -> str:
-    return "ldam_drw uniform" if cfg.normed_init == "uniform" else cfg.method
+def run_kind(cfg: TwoStageConfig) -> str:
+    """What a run is called in PRIORITY and its label: its exp_name, else its method."""
+    return cfg.exp_name or cfg.method
 
 
 def label(cfg: TwoStageConfig) -> str:
     """A run's name in the events and its log's name: unique within a study."""
     case = "" if cfg.tag.startswith("compare") else f" {cfg.model_name}/{cfg.imbalance_type}"
-    return f"{cfg.exp_name or cfg.method}{case} seed{cfg.seed}"
+    return f"{run_kind(cfg)}{case} seed{cfg.seed}"
 
 
 def plan(items: list[list[TwoStageConfig]]) -> list[Job]:
@@ -163,7 +169,7 @@ def plan(items: list[list[TwoStageConfig]]) -> list[Job]:
     scratch in PRIORITY order, then by seed; the rest of a group wait for its stage-1 checkpoint.
     Finished runs are left out."""
     def rank(item: int, cfg):  # a run that reuses a stage 1 on disk ranks with the run that trained it
-        name = priority_name(cfg)
+        name = run_kind(cfg)
         return item, PRIORITY.index(name) if name in PRIORITY else 0, cfg.seed
 
     specs = [(rank(i, s.configs[0]), s) for i, cfgs in enumerate(items) for s in plan_jobs(cfgs)]
