@@ -327,11 +327,10 @@ def trend_verdict(points: dict[str, dict]) -> str:
         return "fewer than 2 depths with results: no trend"
     if any(s["n"] < 2 for s in have.values()):
         return "one seed at some depth: no interval, no trend can be claimed"
-    apart = [(a, b) for i, a in enumerate(have) for b in list(have)[i + 1:]
-             if have[a]["ci95_hi"] < have[b]["ci95_lo"] or have[b]["ci95_hi"] < have[a]["ci95_lo"]]
-    if not apart:
-        return "all 95% intervals overlap: the data do not support a depth trend"
-    return "intervals apart: " + ", ".join(f"{a} vs {b}" for a, b in apart)
+    below = [(a, b) for a in have for b in have if have[a]["ci95_hi"] < have[b]["ci95_lo"]]
+    if not below:
+        return "all 95% intervals overlap: these data show no depth trend"
+    return "intervals apart (no correction for several pairs): " + ", ".join(f"{a} < {b}" for a, b in below)
 
 
 def plot_depth(cells: pd.DataFrame, scenarios, title: str, notes: list, path: Path, paths: list) -> Path:
@@ -346,7 +345,7 @@ def plot_depth(cells: pd.DataFrame, scenarios, title: str, notes: list, path: Pa
              ("tail_macro_f1", "control"): dict(color="tab:orange", ls="--", marker="s", mfc="white")}
     names = dict(st.PAIRED_METRICS)
     for ax, sc in zip(axes, scenarios):
-        verdict = "no finished ResNet runs"
+        verdict, seeds = "no finished ResNet runs", {}
         for (metric, role), style in lines.items():
             d = cells[(cells["scenario"] == sc) & (cells["role"] == role)].set_index("model")
             pts = {m: st.level(d.loc[m], f"s2_final_test_{metric}") for m in depth if m in d.index}
@@ -354,13 +353,15 @@ def plot_depth(cells: pd.DataFrame, scenarios, title: str, notes: list, path: Pa
                 continue
             if (metric, role) == ("macro_f1", "two_stage"):
                 verdict = trend_verdict(pts)
-            xs = np.array([depth[m] for m in pts])
-            ys = np.array([s["mean"] for s in pts.values()])
-            es = np.array([s["ci95_hi"] - s["mean"] for s in pts.values()])
+                seeds = {m: s["n"] for m, s in pts.items()}
+            nan = {"mean": np.nan, "ci95_hi": np.nan}  # a depth without runs breaks the line
+            xs = np.array(list(depth.values()))
+            ys = np.array([pts.get(m, nan)["mean"] for m in depth])
+            es = np.array([pts.get(m, nan)["ci95_hi"] - pts.get(m, nan)["mean"] for m in depth])
             ax.plot(xs, ys, lw=1.8, ms=7, **style, label=f"{names[metric]}, {'two-stage' if role == 'two_stage' else 'control'}")
             has = np.isfinite(es)
             ax.errorbar(xs[has], ys[has], yerr=es[has], fmt="none", ecolor=style["color"], capsize=3, lw=1.2)
-        ax.set_xticks(list(depth.values()), [f"{m}\n{d}" for m, d in depth.items()])
+        ax.set_xticks(list(depth.values()), [f"{m}\n{d}\nn={seeds.get(m, 0)}" for m, d in depth.items()])
         ax.set_xlim(min(depth.values()) - 3, max(depth.values()) + 3)
         if not ax.has_data():
             ax.text(0.5, 0.5, "no finished ResNet runs", transform=ax.transAxes, ha="center", color="dimgray")
@@ -377,7 +378,8 @@ def plot_depth(cells: pd.DataFrame, scenarios, title: str, notes: list, path: Pa
     if handles:
         body.legend(handles, labels, loc="outside upper center", ncol=4, frameon=False)
     _title(fig, title)
-    _note(fig, notes + [f"error bars: {CI_TEXT}; points of different depths are separate runs (unpaired)"])
+    _note(fig, notes + [f"error bars: {CI_TEXT}; n = seeds of the two-stage runs (no bar for n = 1); points of "
+                        "different depths are separate runs (unpaired)"])
     return _save(fig, path, paths)
 
 
@@ -395,7 +397,7 @@ def plot_heatmap(cells: pd.DataFrame, paired: pd.DataFrame, models, scenarios, t
     axes = body.subplots(1, 2, squeeze=False)[0]
     grid = lambda stats: np.array([[s["mean"] if s["n"] else np.nan for s in row] for row in stats])
     gain = grid(diff)
-    lim = float(np.ceil(np.nanmax(np.abs(gain)))) if np.isfinite(gain).any() else 1.0
+    lim = max(1.0, float(np.ceil(np.nanmax(np.abs(gain))))) if np.isfinite(gain).any() else 1.0  # a colour range, never empty
     panels = ((axes[0], levels, "viridis", 0, 100, "two-stage test macro-F1 (%)",
                "macro-F1 (%), fixed scale 0 to 100"),
               (axes[1], diff, "RdBu", -lim, lim, "two-stage minus control, paired (pp)",
@@ -876,6 +878,19 @@ def _confusion_figure(best: pd.Series, summary: pd.DataFrame, root: Path, what: 
                    f"{what}", [], path, paths)
 
 
+def pairs_of_cells(paired: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """The paired rows of the configurations drawn: each two-stage cell against its control cell
+    and its own stage 1, and the tuning points against it (not another configuration of the cell,
+    e.g. GPU runs beside the CPU grid, nor the compare suite's ``two_stage_ictta``)."""
+    ours = set(cells.loc[cells["role"] == "two_stage", "config_id"])
+    controls = set(cells.loc[cells["role"] == "control", "config_id"])
+    comp, treated, reference = paired["comparison"], paired["treated_config"], paired["reference_config"]
+    keep = (((comp == "vs_control") & treated.isin(ours) & reference.isin(controls))
+            | ((comp == "stage2_vs_stage1") & treated.isin(ours))
+            | ((comp == "tuning_vs_default") & reference.isin(ours)))
+    return paired[keep]
+
+
 def _grid_figures(t: dict, prof: str, root: Path, out: Path, paths: list, notes: list) -> dict:
     summary, agg = t["summary"], t["agg"]
     study = agg[agg["suite"].isin(("baseline", "tuning", "")) & (agg["profile"] == prof)] if len(agg) else agg
@@ -893,6 +908,7 @@ def _grid_figures(t: dict, prof: str, root: Path, out: Path, paths: list, notes:
         gnotes.append(f"{len(inc)} run(s) still running, not shown: " + ", ".join(
             f"{r.exp_name}/{r.model}/{r.scenario}/seed{r.seed}" for r in inc.itertuples()))
     cells = _one_per_cell(study[study["role"].isin(("two_stage", "control"))], ["model", "scenario", "role"], gnotes)
+    paired = pairs_of_cells(paired, cells)
     models = _order(list(BASELINE_MODELS) + list(cells["model"]), BASELINE_MODELS)
     scenarios = list(SCENARIOS) + _order([s for s in cells["scenario"] if s not in SCENARIOS], ())
     fig_notes = gnotes + missing_notes(cells, models, scenarios)
@@ -902,7 +918,8 @@ def _grid_figures(t: dict, prof: str, root: Path, out: Path, paths: list, notes:
                 out / "forest_paired_macro_f1.png", paths)
     plot_bars(cells, models, scenarios, f"Test macro-F1 per model and scenario: two-stage vs same-budget control\n({sub})",
               fig_notes, out / "bar_models_vs_scenario_macro_f1.png", paths)
-    depth_notes = gnotes + missing_notes(cells, list(resnet_depths()), scenarios)
+    resnets = list(resnet_depths())
+    depth_notes = gnotes + missing_notes(cells[cells["model"].isin(resnets)], resnets, scenarios)
     plot_depth(cells, scenarios, f"Macro-F1 and tail macro-F1 against ResNet depth ({sub})", depth_notes,
                out / "line_depth_trend_macro_f1.png", paths)
     plot_heatmap(cells, paired, models, scenarios, f"Test macro-F1, stage 2's last epoch ({sub})", fig_notes,

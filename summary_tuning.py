@@ -93,8 +93,9 @@ def find_run_files(results_dir) -> list[Path]:
 
 
 def read_run_csv(path) -> pd.DataFrame:
-    """One run's CSV; an empty ``tag`` reads as "" (not NaN)."""
-    df = pd.read_csv(path)
+    """One run's CSV; ids read as text (a hex id like ``2175e3579465`` is not the float inf), and an
+    empty ``tag`` reads as "" (not NaN)."""
+    df = pd.read_csv(path, dtype={"run_id": str, "stage1_id": str, "tag": str})
     if "tag" in df:
         df["tag"] = ["" if pd.isna(v) else str(v) for v in df["tag"]]
     return df
@@ -362,15 +363,21 @@ def fmt_stat(s: dict, digits: int = 2, signed: bool = False) -> str:
 # ----------------------------------------------------------------------------------------------
 # Over seeds
 
+def setting_columns(summary: pd.DataFrame) -> list[str]:
+    """The columns of a summary that describe a configuration (all but metrics, ids, seed and
+    progress): what the runs of one ``config_id`` share."""
+    metrics = set(metric_columns(summary))
+    return [c for c in summary.columns if c not in metrics and c not in
+            (*NOT_CONFIG, "source", "complete", "stage1_epochs_done", "stage2_epochs_done",
+             "s1_best_selected_on", "s2_best_selected_on")]
+
+
 def aggregate_seeds(summary: pd.DataFrame, complete_only: bool = True) -> pd.DataFrame:
     """One row per configuration: its settings, ``n_seeds``, ``seeds`` and every metric's
     ``_mean``, ``_std`` (sample std, ddof=1) and ``_ci95`` (half-width of the 95% Student-t
     interval: ``mean ± ci95``) over seeds; std and ci95 are NaN for a single seed."""
     df = summary[summary["complete"]] if complete_only else summary
-    metrics = metric_columns(df)
-    settings = [c for c in df.columns if c not in metrics and c not in
-                (*NOT_CONFIG, "source", "complete", "stage1_epochs_done", "stage2_epochs_done",
-                 "s1_best_selected_on", "s2_best_selected_on")]
+    metrics, settings = metric_columns(df), setting_columns(df)
     out = []
     for cid, g in df.groupby("config_id", sort=False):
         row = {c: g[c].iloc[0] for c in settings}
@@ -472,19 +479,53 @@ def difference_rows(what: dict, seeds: list, diffs: dict, unpaired: list[str]) -
     return rows
 
 
-def paired_rows(what: dict, treated: pd.DataFrame, reference: pd.DataFrame, on: tuple = PAIR_ON) -> list[dict]:
-    """``treated - reference`` at stage 2's last epoch, paired by :func:`pair_runs` ``on`` those columns."""
-    pairs, unpaired = pair_runs(treated, reference, on)
+def _configs(runs: pd.DataFrame) -> list[pd.DataFrame]:
+    return [g for _, g in runs.groupby("config_id", sort=False)]
+
+
+def differing_settings(treated: pd.DataFrame, reference: pd.DataFrame) -> str:
+    """The settings in which two configurations differ (space-separated column names)."""
+    t, r = treated.iloc[0], reference.iloc[0]
+    return " ".join(c for c in setting_columns(treated) if c not in ("config_id", "variant", "role")
+                    and c in r and _plain(t[c]) != _plain(r[c]))
+
+
+def _pair_diffs(what: dict, pairs: list, unpaired: list[str]) -> list[dict]:
     diffs = {(split, m): [100 * (t.get(f"s2_final_{split}_{m}", np.nan) - r.get(f"s2_final_{split}_{m}", np.nan))
                           for t, r in pairs] for split in PAIRED_SPLITS for m, _ in PAIRED_METRICS}
     return difference_rows(what, [t["seed"] for t, _ in pairs], diffs, unpaired)
 
 
+def paired_rows(what: dict, treated: pd.DataFrame, reference: pd.DataFrame, on: tuple = PAIR_ON) -> list[dict]:
+    """``treated - reference`` at stage 2's last epoch, paired by :func:`pair_runs` ``on`` those
+    columns, one set of rows per pair of configurations (treated ``config_id``, reference
+    ``config_id``) with partners: no interval mixes two configurations or counts a seed twice
+    (e.g. CPU and GPU runs of one grid in one results folder). A treated configuration without
+    any partner gets rows with n = 0 that say why; so does a reference without any treated run."""
+    rows = []
+    for t in _configs(treated):
+        matched = False
+        for r in _configs(reference):
+            pairs, unpaired = pair_runs(t, r, on)
+            if pairs:
+                rows += _pair_diffs({**_what_config(what, t), "reference_config": r["config_id"].iloc[0],
+                                     "differs": differing_settings(t, r)}, pairs, unpaired)
+                matched = True
+        if not matched:
+            rows += _pair_diffs(_what_config(what, t), [], pair_runs(t, reference, on)[1])
+    if not len(treated) and len(reference):
+        rows += _pair_diffs(what, [], pair_runs(treated, reference, on)[1])
+    return rows
+
+
 def stage_gain_rows(what: dict, runs: pd.DataFrame) -> list[dict]:
-    """Stage 2's last epoch minus stage 1's last epoch, within each run (its own pair)."""
-    diffs = {(split, m): 100 * runs.get(f"delta_final_{split}_{m}", pd.Series(np.nan, runs.index)).to_numpy(float)
-             for split in PAIRED_SPLITS for m, _ in PAIRED_METRICS}
-    return difference_rows(what, list(runs["seed"]), diffs, [])
+    """Stage 2's last epoch minus stage 1's last epoch, within each run (its own pair), per configuration."""
+    rows = []
+    for g in _configs(runs):
+        diffs = {(split, m): 100 * g.get(f"delta_final_{split}_{m}", pd.Series(np.nan, g.index)).to_numpy(float)
+                 for split in PAIRED_SPLITS for m, _ in PAIRED_METRICS}
+        rows += difference_rows(_what_config(what, g), list(g["seed"]), diffs, [])
+    return rows
 
 
 def default_two_stage(g: pd.DataFrame) -> pd.DataFrame:
@@ -495,11 +536,15 @@ def default_two_stage(g: pd.DataFrame) -> pd.DataFrame:
 
 
 def _what(key: dict, comparison: str, treated: pd.DataFrame, reference_name: str) -> dict:
-    """The identifying columns of a comparison's rows; ``treated_config`` is empty when the treated
-    side has no run (its partners are then all listed as unpaired)."""
-    first = treated.iloc[0] if len(treated) else {"variant": "two_stage", "config_id": ""}
-    return {**key, "comparison": comparison, "treated": first["variant"], "treated_config": first["config_id"],
-            "reference": reference_name}
+    """The identifying columns of a comparison's rows; ``treated`` is the two-stage run when the
+    treated side has no run (its partners are then all listed as unpaired)."""
+    name = treated["variant"].iloc[0] if len(treated) else "two_stage"
+    return {**key, "comparison": comparison, "treated": name, "reference": reference_name}
+
+
+def _what_config(what: dict, treated: pd.DataFrame) -> dict:
+    """``what`` of one treated configuration: its name and ``treated_config``."""
+    return {**what, "treated": treated["variant"].iloc[0], "treated_config": treated["config_id"].iloc[0]}
 
 
 def compare_pair_rows(key: dict, g: pd.DataFrame) -> list[dict]:
@@ -548,20 +593,24 @@ def paired_table(summary: pd.DataFrame) -> pd.DataFrame:
             rows += paired_rows(_what(key, "ablation_vs_default", a, "two_stage (default)"), a, default)
             rows += paired_rows(_what(key, "ablation_vs_drw", a, "drw"), a, drw)
         rows += compare_pair_rows(key, g) + variant_pair_rows(key, g)
-    cols = [*PAIR_GROUP, "comparison", "treated", "treated_config", "reference", "split", "metric", "n", "seeds",
-            "mean", "std", "ci95_lo", "ci95_hi", "wins", "ties", "interval", "unpaired"]
+    cols = [*PAIR_GROUP, "comparison", "treated", "treated_config", "reference", "reference_config", "differs",
+            "split", "metric", "n", "seeds", "mean", "std", "ci95_lo", "ci95_hi", "wins", "ties", "interval",
+            "unpaired"]
     return pd.DataFrame(rows, columns=cols)
 
 
 PAIRED_INTRO = ("Treated minus reference at stage 2's last epoch, in percentage points: mean ± std over "
                 "pairs [95% Student-t interval], and the number of seeds where the treated run is ahead. "
                 "Partners share the seed and the stage-1 checkpoint (`stage1_id`), but a named variant and "
-                "its method share the seed only; runs without a partner are listed, never dropped. Test split; validation rows are in `paired_differences.csv`.")
+                "its method share the seed only; runs without a partner are listed, never dropped. Each row "
+                "pairs one configuration with one (`configs`: their `config_id`s, treated / reference; the "
+                "settings in which they differ are in the CSV's `differs`). Test split; validation rows are in "
+                "`paired_differences.csv`.")
 ABLATION_INTRO = ("Stage 2's last epoch, in %: mean ± std over seeds [95% Student-t interval]. Differences are "
                   "paired (same seed and stage-1 checkpoint), in percentage points, with the seeds won. "
                   "**closes the gap**: the mean paired difference vs drw in macro-F1 is >= 0 on validation "
                   "(the choice) and still >= 0 on test (the check); \"on validation only\" if the test does not "
-                  "confirm it; \"no\" if validation says no (test not consulted).")
+                  "confirm it; \"no\" if validation says no (test not consulted); no verdict from one seed.")
 
 
 def markdown_head(title: str, intro: str) -> list[str]:
@@ -579,14 +628,16 @@ def paired_markdown(paired: pd.DataFrame) -> str:
         g = test[test["comparison"] == comp]
         if not len(g):
             continue
-        lines += [f"## {text}", "", "| profile | model | scenario | imb | treated | reference | "
+        lines += [f"## {text}", "", "| profile | model | scenario | imb | treated | reference | configs | "
                   + " | ".join(f"{label} (pp)" for _, label in PAIRED_METRICS) + " | unpaired |",
-                  "|" + "---|" * (7 + len(PAIRED_METRICS))]
-        for _, r in g.groupby(["profile", "model", "scenario", "imb_factor", "treated_config", "reference"],
-                              sort=False, dropna=False):
+                  "|" + "---|" * (8 + len(PAIRED_METRICS))]
+        for _, r in g.groupby(["profile", "model", "scenario", "imb_factor", "treated_config", "reference",
+                               "reference_config"], sort=False, dropna=False):
             first = r.iloc[0]
+            configs = " / ".join(str(c)[:8] if isinstance(c, str) and c else "–"
+                                 for c in (first["treated_config"], first["reference_config"]))
             cells = [first["profile"] or "-", first["model"], first["scenario"], f"{first['imb_factor']:g}",
-                     str(first["treated"]), str(first["reference"])]
+                     str(first["treated"]), str(first["reference"]), configs]
             by_metric = r.set_index("metric")
             cells += [by_metric.loc[m, "interval"] if m in by_metric.index else "–" for m, _ in PAIRED_METRICS]
             cells.append(first["unpaired"] or "none")
@@ -605,9 +656,12 @@ def gap_verdict(val: dict | None, test: dict | None) -> str:
     """Does a variant close the gap to drw? Decided on **validation** macro-F1 and only then
     checked on test: ``"closes the gap"`` if the mean paired difference vs drw is >= 0 on
     validation and on test; ``"on validation only"`` if it is >= 0 on validation but < 0 on test;
-    ``"no"`` if it is < 0 on validation (test is not consulted); ``"no drw pairs"`` without pairs."""
+    ``"no"`` if it is < 0 on validation (test is not consulted); ``"no drw pairs"`` without pairs;
+    ``"one seed: no verdict"`` with a single pair (no interval to read the mean against)."""
     if val is None or not val["n"]:
         return "no drw pairs"
+    if val["n"] < 2:
+        return "one seed: no verdict"
     if val["mean"] < 0:
         return "no"
     return "closes the gap" if test is not None and test["n"] and test["mean"] >= 0 else "on validation only"

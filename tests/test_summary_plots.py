@@ -250,6 +250,44 @@ def test_pairs_need_the_same_seed_and_the_same_stage1(tmp_path):
     assert "another stage 1" in d["unpaired"] and "seed 3" in d["unpaired"]
 
 
+def test_two_configurations_of_one_cell_are_never_merged(tmp_path):
+    """The CPU grid (seeds 0-2) and a GPU run of seed 0 in one results folder: each configuration
+    pairs with its own control, in its own row, and seed 0 is not counted twice."""
+    res = tmp_path / "results"
+    ctl = dict(exp_name="control", dynamic_mode="none", stage2_loss_type="ce")
+    for seed, gain in enumerate((0.05, 0.03, 0.12)):
+        write_run(res / "cpu", pinned({}, {3: 0.40 + gain}), seed=seed)
+        write_run(res / "cpu", pinned({}, {3: 0.40}), seed=seed, **ctl)
+    gpu = dict(device="cuda", stage1_id="gpuseed0xxxx")
+    write_run(res / "gpu", pinned({}, {3: 0.30}), seed=0, **gpu)
+    write_run(res / "gpu", pinned({}, {3: 0.50}), seed=0, **gpu, **ctl)
+    paired = st.paired_table(st.summarize_runs(st.load_rows(res)))
+    rows = paired[(paired["comparison"] == "vs_control") & (paired["split"] == "test")
+                  & (paired["metric"] == "macro_f1")].sort_values("n")
+    assert rows["n"].tolist() == [1, 3] and rows["seeds"].tolist() == ["0", "0 1 2"]
+    assert rows["mean"].tolist() == pytest.approx([-20.0, 20 / 3])
+    assert rows["differs"].tolist() == ["exp_name stage2_loss_type dynamic_mode"] * 2
+    assert rows["unpaired"].tolist() == ["", ""]
+    gains = paired[(paired["comparison"] == "stage2_vs_stage1") & (paired["split"] == "test")
+                   & (paired["metric"] == "macro_f1")]
+    assert sorted(gains["n"]) == [1, 3]
+    md = st.paired_markdown(paired)
+    assert md.count("| full |") == 0 and md.count("| quick | resnet10 | long_tail | 0.01 | two_stage | control |") == 2
+
+
+def test_ids_that_look_like_numbers_stay_text(tmp_path):
+    """A hex id such as 2175e3579465 would read as a float (inf), and every such id as the same."""
+    res = tmp_path / "results"
+    for seed, stage1 in enumerate(("2175e3579465", "0012345678", "3e99999")):
+        write_run(res, pinned({}, {3: 0.50}), seed=seed, stage1_id=stage1)
+        write_run(res, pinned({}, {3: 0.45}), seed=seed, stage1_id=stage1, exp_name="control",
+                  dynamic_mode="none", stage2_loss_type="ce")
+    summary = st.summarize_runs(st.load_rows(res))
+    assert sorted(summary["stage1_id"].unique()) == ["0012345678", "2175e3579465", "3e99999"]
+    d = st.paired_table(summary).set_index(["comparison", "split", "metric"]).loc[("vs_control", "test", "macro_f1")]
+    assert d["n"] == 3 and d["unpaired"] == ""
+
+
 def test_compare_suite_pairs_two_stage_with_the_methods_of_its_stage1(tmp_path):
     """In the compare suite, two_stage_ictta shares each seed's stage 1 with ce and drw (not with
     ldam_drw, which trains its own): those are paired differences, by seed."""
@@ -322,6 +360,14 @@ def test_ablation_table_chooses_on_validation_and_checks_on_test(tmp_path):
     verdicts = {line.split(" | ")[0][2:]: line.split(" | ")[-1] for line in md.splitlines() if line.startswith("| abl-") and " | drw | " in line}
     assert verdicts == {"abl-good": "closes the gap |", "abl-val-only": "on validation only |", "abl-test-only": "no |"}
     assert len(pd.read_csv(tmp_path / "out" / "ablation_table.csv")) == 5
+
+
+def test_gap_verdict_needs_more_than_one_seed():
+    one, three = st.interval95([2.0]), st.interval95([2.0, 1.0, 3.0])
+    assert st.gap_verdict(one, one) == "one seed: no verdict"
+    assert st.gap_verdict(three, three) == "closes the gap"
+    assert st.gap_verdict(three, st.interval95([-1.0, -2.0, -3.0])) == "on validation only"
+    assert st.gap_verdict(None, None) == "no drw pairs"
 
 
 def test_labels():
@@ -420,8 +466,8 @@ def test_depth_trend_verdict_says_when_the_data_cannot_support_one():
     one = {"n": 1, "mean": 20.0, "std": np.nan, "ci95_lo": np.nan, "ci95_hi": np.nan}
     s = lambda lo, hi: {"n": 3, "mean": (lo + hi) / 2, "std": 1.0, "ci95_lo": lo, "ci95_hi": hi}
     assert "no trend can be claimed" in plots.trend_verdict({"resnet10": one, "resnet32": s(10, 12)})
-    assert "do not support" in plots.trend_verdict({"resnet10": s(10, 14), "resnet32": s(13, 20)})
-    assert plots.trend_verdict({"resnet10": s(10, 12), "resnet32": s(13, 20)}) == "intervals apart: resnet10 vs resnet32"
+    assert "show no depth trend" in plots.trend_verdict({"resnet10": s(10, 14), "resnet32": s(13, 20)})
+    assert plots.trend_verdict({"resnet10": s(13, 20), "resnet32": s(10, 12)}).endswith(": resnet32 < resnet10")
 
 
 def test_class_ticks_name_few_classes_and_no_class_of_many():
