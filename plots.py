@@ -283,7 +283,8 @@ def plot_bars(cells: pd.DataFrame, models, scenarios, title: str, notes: list, p
                         ha="center", va="bottom", fontsize=8, rotation=90 if not np.isfinite(v) else 0,
                         color="black" if np.isfinite(v) else "dimgray")
         # stage 1 is shared by the two: its end, the starting point of both stage 2s
-        d1 = cells[(cells["scenario"] == sc)].groupby("model")["s1_final_test_macro_f1_mean"].mean()
+        ours = cells[(cells["scenario"] == sc) & (cells["role"] == "two_stage")]
+        d1 = ours.set_index("model")["s1_final_test_macro_f1_mean"]  # the two-stage runs' own stage 1
         s1 = np.array([_pct(d1.get(m)) for m in models])
         ax.scatter(x[np.isfinite(s1)], s1[np.isfinite(s1)], marker="_", s=900, color="black", linewidths=2,
                    zorder=3, label="end of stage 1 (shared)" if sc == scenarios[0] else None)
@@ -538,7 +539,7 @@ def plot_curves(runs: pd.DataFrame, best: pd.Series, title: str, notes: list, pa
     handles, labels = axes[0].get_legend_handles_labels()
     body.legend(handles, labels, loc="outside upper center", ncol=4, frameon=False)
     _title(fig, title)
-    _note(fig, notes)
+    _note(fig, notes + (["bands: ±1 std over seeds"] if runs["seed"].nunique() > 1 else []))
     return _save(fig, path, paths)
 
 

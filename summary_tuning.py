@@ -773,6 +773,9 @@ def best_configs(agg: pd.DataFrame, by=BEST_KEY, notes: list | None = None,
                          "(val_per_class=0?); the test set is not used to choose")
             continue
         best = g.loc[g[SELECT_ON].idxmax()]
+        if g["n_seeds"].nunique() > 1:
+            notes.append(f"{dict(zip(by, key))}: the candidates have {g['n_seeds'].min()} to {g['n_seeds'].max()} "
+                         "seeds, so the choice compares means over different seeds (a one-seed point is noisier)")
         row = {**dict(zip(by, key)), "n_candidates": len(g), "tag": best["tag"], "variant": best["variant"],
                "exp_name": best["exp_name"], "config_id": best["config_id"],
                **{k: best.get(k) for k in TUNED + ("ema_alpha", "stage1_epochs", "stage2_epochs")},

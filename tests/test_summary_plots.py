@@ -370,6 +370,19 @@ def test_gap_verdict_needs_more_than_one_seed():
     assert st.gap_verdict(None, None) == "no drw pairs"
 
 
+def test_best_config_says_when_candidates_have_different_seed_counts(tmp_path):
+    """The tuning grid runs seed 0 only and the baseline three seeds: the choice says so."""
+    res = tmp_path / "results"
+    for seed in (0, 1, 2):
+        write_run(res, pinned({3: 0.50}, {3: 0.50}), seed=seed)
+    write_run(res, pinned({3: 0.55}, {3: 0.40}), seed=0, exp_name="tune-lr0.03", stage2_lr=0.03, tag="tuning-quick")
+    notes: list = []
+    agg = st.aggregate_seeds(st.summarize_runs(st.load_rows(res)))
+    best = st.best_configs(agg, notes=notes)
+    assert best["n_candidates"].tolist() == [2] and best["n_seeds"].tolist() == [1]  # chosen on validation
+    assert any("1 to 3 seeds" in n for n in notes)
+
+
 def test_labels():
     assert st.split_tag("tuning-quick") == ("tuning", "quick") and st.split_tag("mine") == ("", "mine")
     ident = {**IDENTITY, "exp_name": "tune-x", "stage2_lr": 0.03, "max_weight": 16.0, "dynamic_mode": "val_loss"}
