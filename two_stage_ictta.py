@@ -660,6 +660,7 @@ class Run:
     logger: RunLogger
     fingerprints: list  # the code fingerprints that made this run, oldest first
     state: RunState = field(default_factory=RunState)
+    confusion_test: dict = field(default_factory=dict)  # "stage1"/"stage2": the test matrix at the stage's end
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         c = self.cfg
@@ -669,7 +670,7 @@ class Run:
         return {"run_id": run_id, "code_fingerprint": code_fingerprint(), "code_fingerprints": self.fingerprints,
                 "st": dict(vars(self.state)), "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
-                "dyn": self.dyn.state_dict(), "rows": self.logger.rows}
+                "dyn": self.dyn.state_dict(), "rows": self.logger.rows, "confusion_test": self.confusion_test}
 
     def restore(self, snap: dict) -> None:
         self.state = RunState(**snap["st"])
@@ -680,6 +681,7 @@ class Run:
         self.batches.load_state_dict(snap["data"])
         self.dyn.load_state_dict(snap["dyn"])
         self.logger.rows = list(snap["rows"])
+        self.confusion_test = dict(snap.get("confusion_test", {}))  # older checkpoints have none
         self.fingerprints[:] = list(dict.fromkeys(snap.get("code_fingerprints", []) + self.fingerprints))
 
 
@@ -725,8 +727,9 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
 
     t_run = time.perf_counter()
     try:
-        _train_stages(run, forward, meta, paths, run_id)
+        _train_stages(run, forward, paths, run_id)
     except BaseException as e:
+        meta.update(_confusion_of(run))
         meta.update(status="failed" if isinstance(e, Exception) else "interrupted",
                     error=f"{type(e).__name__}: {e}", failed=now())
         logger.flush()
@@ -741,11 +744,16 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
                "resumed_from": resumed_from, "stage1_reused": stage1_reused,
                "seconds": time.perf_counter() - t_run}
     saved_model.save(paths["model"], run.model, cfg, rd.data, rd.counts, logger.rows, run_id, code_fingerprint())
-    meta.update(status="finished", finished=now(), results=results)
+    meta.update(**_confusion_of(run), status="finished", finished=now(), results=results)
     logger.flush()
     write_json(paths["config"], meta)
     paths["checkpoint"].unlink(missing_ok=True)
     return results
+
+
+def _confusion_of(run: Run) -> dict:
+    """The run JSON's ``confusion_test`` (the stages that ended), or nothing before any did."""
+    return {"confusion_test": run.confusion_test} if run.confusion_test else {}
 
 
 def _run_record(cfg: TwoStageConfig, paths: dict, run_id: str, device: torch.device) -> dict:
@@ -766,7 +774,7 @@ def _data_facts(rd: RunData) -> dict:
                 normalization={"mean": rd.data.mean, "std": rd.data.std, "over": "the whole training split"})
 
 
-def _train_stages(run: Run, forward, meta: dict, paths: dict, run_id: str) -> None:
+def _train_stages(run: Run, forward, paths: dict, run_id: str) -> None:
     """Both stages' epochs from where ``run.state`` stands, with a progress bar; stage 1 is shared
     (``reuse_stage1``) once it ends."""
     cfg, st = run.cfg, run.state
@@ -783,7 +791,7 @@ def _train_stages(run: Run, forward, meta: dict, paths: dict, run_id: str) -> No
             loss_fn = build_loss(run.method.loss(stage), run.data.counts, cfg, resolve_device(cfg.device))
             lr_fn = partial(lr_at_step, steps_per_epoch=len(run.batches), cfg=cfg, stage=stage)
             for epoch in range(st.epoch + 1, n_epochs + 1):
-                _train_epoch(run, forward, stage, epoch, n_epochs, loss_fn, lr_fn, meta, bar)
+                _train_epoch(run, forward, stage, epoch, n_epochs, loss_fn, lr_fn, bar)
                 atomic_torch_save(run.snapshot(run_id), paths["checkpoint"])
                 bar.update(1)
             if stage == 1 and cfg.reuse_stage1:
@@ -792,10 +800,9 @@ def _train_stages(run: Run, forward, meta: dict, paths: dict, run_id: str) -> No
         bar.close()
 
 
-def _train_epoch(run: Run, forward, stage: int, epoch: int, n_epochs: int, loss_fn, lr_fn, meta: dict,
-                 bar) -> None:
+def _train_epoch(run: Run, forward, stage: int, epoch: int, n_epochs: int, loss_fn, lr_fn, bar) -> None:
     """One epoch of ``stage``: train, then on evaluation epochs evaluate and log (the last epoch of
-    a stage also keeps its test confusion matrix in ``meta``); flush the rows."""
+    a stage also keeps its test confusion matrix in ``run``, so in its checkpoints); flush the rows."""
     cfg, st, C = run.cfg, run.state, run.data.num_classes
     t0 = time.perf_counter()
     weights = class_weights(run, stage)
@@ -811,7 +818,7 @@ def _train_epoch(run: Run, forward, stage: int, epoch: int, n_epochs: int, loss_
         _log_epoch(run.logger, res, stage, epoch, epoch + (cfg.stage1_epochs if stage == 2 else 0),
                    lr_fn(st.step - 1), out["loss"], time.perf_counter() - t0, row_w)
         if last:
-            meta.setdefault("confusion_test", {})[f"stage{stage}"] = res["test"]["confusion"]
+            run.confusion_test[f"stage{stage}"] = res["test"]["confusion"]
         bar.set_postfix(stage=stage, loss=f"{out['loss']:.3f}",
                         val_f1=f"{res.get('val', res['test'])['macro_f1']:.3f}")
     st.epoch = epoch

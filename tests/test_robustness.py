@@ -183,6 +183,10 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_csv(shared_dir, data
     drop = ("seconds", "run_id", "exp_name")
     assert_same_rows(csv_rows(log_dir / f"{names['ref']}.csv", drop), csv_rows(log_dir / f"{names['killed']}.csv", drop),
                      "resumed vs uninterrupted")
+    # killed in stage 2: stage 1's test confusion matrix came back from the checkpoint
+    ref_meta = json.loads((log_dir / f"{names['ref']}.json").read_text())
+    assert set(meta["confusion_test"]) == {"stage1", "stage2"}
+    assert meta["confusion_test"] == ref_meta["confusion_test"]
 
     # once more: a finished run is returned from its JSON, not retrained, and nothing is rewritten
     written = _files(log_dir, names["killed"])
