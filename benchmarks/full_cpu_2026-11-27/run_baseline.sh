@@ -10,3 +10,5 @@ grid() {
 for m in simplecnn resnet10 resnet15; do grid $m 0 1 2; done
 for m in resnet20 resnet32; do grid $m 0; done
 for m in resnet20 resnet32; do grid $m 1 2; done
+# then the tuning grid of issue 13 (one knob at a time, seed 0; the baseline above is skipped as finished)
+python run_all_models.py --suite grid --profile full --seeds 0 --launcher local --jobs 2 --threads 1 --no-estimate --quiet --out ~/results
