@@ -972,9 +972,10 @@ def _best_config_figures(t: dict, study, cells, paired, prof: str, imb: float, o
              **{f"val_macro_f1_{k}": b[f"s2_best_val_macro_f1_{k}"] for k in ("mean", "std", "ci95")}}
         for m, _ in st.COMPARE_METRICS:
             r.update({f"test_{m}_{k}": b[f"s2_best_test_{m}_{k}"] for k in ("mean", "std", "ci95")})
-        r["test_final_macro_f1_mean"] = b["s2_final_test_macro_f1_mean"]
-        r["stage1_test_macro_f1_mean"] = b["s1_final_test_macro_f1_mean"]
-        r["control_test_final_macro_f1_mean"] = ctl["s2_final_test_macro_f1_mean"] if ctl is not None else np.nan
+        for k in ("mean", "std", "ci95"):  # every level with its spread, never a bare mean
+            r[f"test_final_macro_f1_{k}"] = b.get(f"s2_final_test_macro_f1_{k}", np.nan)
+            r[f"stage1_test_macro_f1_{k}"] = b.get(f"s1_final_test_macro_f1_{k}", np.nan)
+            r[f"control_test_final_macro_f1_{k}"] = ctl[f"s2_final_test_macro_f1_{k}"] if ctl is not None else np.nan
         # the default two-stage run minus its control, paired (pp); not the chosen configuration's
         d = vs_control.loc[(b["model"], b["scenario"])] if (b["model"], b["scenario"]) in vs_control.index else None
         r.update({f"default_minus_control_pp_{k}": d[k] if d is not None else np.nan

@@ -783,8 +783,9 @@ def best_configs(agg: pd.DataFrame, by=BEST_KEY, notes: list | None = None,
         select = SELECT_ON.removesuffix("_mean")
         for c in [f"{select}_{s}" for s in ("mean", "std", "ci95")] + [
                 f"s2_{kind}_test_{m}_{s}" for kind in ("best", "final") for m, _ in COMPARE_METRICS
-                for s in ("mean", "std", "ci95")] + ["s1_final_test_macro_f1_mean", "delta_final_test_macro_f1_mean",
-                                                     "s2_best_epoch_mean"]:
+                for s in ("mean", "std", "ci95")] + [f"{c}_{s}" for c in ("s1_final_test_macro_f1",
+                                                                         "delta_final_test_macro_f1", "s2_best_epoch")
+                                                      for s in ("mean", "std", "ci95")]:
             row[c] = best.get(c, float("nan"))
         rows.append(row)
     return pd.DataFrame(rows)
