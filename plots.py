@@ -335,8 +335,9 @@ def trend_verdict(points: dict[str, dict]) -> str:
 
 
 def plot_depth(cells: pd.DataFrame, scenarios, title: str, notes: list, path: Path, paths: list) -> Path:
-    """Macro-F1 and tail macro-F1 against ResNet depth (counted from the model), 95% intervals;
-    each panel's title says whether the two-stage macro-F1's intervals support a trend."""
+    """Macro-F1 and tail macro-F1 against ResNet depth (counted from the model), 95% intervals, the
+    seeds per depth under each tick; each panel's title says whether the two-stage macro-F1's
+    intervals show a trend."""
     depth = resnet_depths()
     fig, body = _new_figure(12, 5.6)
     axes = body.subplots(1, len(scenarios), sharey=True, squeeze=False)[0]
@@ -454,10 +455,12 @@ def plot_sensitivity(paired: pd.DataFrame, agg: pd.DataFrame, models, scenarios,
     by_config = agg.set_index("config_id")
     rows_of, skipped = {}, 0
     for m, s in panels:
-        default = agg[(agg["model"] == m) & (agg["scenario"] == s) & (agg["role"] == "two_stage")]
         points = []
         for cid, g in tune[(tune["model"] == m) & (tune["scenario"] == s)].groupby("treated_config", sort=False):
-            change = _knob_change(by_config.loc[cid], default.iloc[0]) if len(default) else str(g["treated"].iloc[0])
+            g = st.main_reference(g)
+            default = g["reference_config"].iloc[0]  # the default run this point was paired with
+            change = _knob_change(by_config.loc[cid], by_config.loc[default]) if default in by_config.index \
+                else str(g["treated"].iloc[0])
             if ";" in change:
                 skipped += 1
                 continue
@@ -659,9 +662,9 @@ def plot_per_class_f1(runs: pd.DataFrame, control_runs: pd.DataFrame | None, cou
 
 def load_confusions(config_id: str, summary: pd.DataFrame, results_dir: Path, notes: list) -> dict[str, np.ndarray]:
     """Test confusion matrices at the last epoch of each stage (``confusion_test`` in the run's
-    JSON beside its CSV), summed over the configuration's finished runs. A run that reused a
-    stage 1 does not store its matrix: it is read from the run of the same ``stage1_id`` that
-    trained it. A stage is returned only when every run's matrix was found."""
+    JSON beside its CSV), summed over the configuration's finished runs. Where a run's JSON has no
+    stage-1 matrix (one that reused a stage 1 before fe22112), it is read from the run of the same
+    ``stage1_id`` that trained it. A stage is returned only when every run's matrix was found."""
     cache: dict[str, dict] = {}
 
     def matrices(source: str) -> dict:
@@ -780,7 +783,7 @@ def plot_ablation(paired: pd.DataFrame, table: pd.DataFrame, title: str, notes: 
     for ax, ref, ref_text in ((axes[0], "default", "the default two-stage run"), (axes[1], "drw", "drw")):
         mine = f1[f1["comparison"] == f"ablation_vs_{ref}"]
         for i, (_, v) in enumerate(variants.iterrows()):
-            rows = mine[mine["treated_config"] == v["config_id"]].set_index("split")
+            rows = st.main_reference(mine[mine["treated_config"] == v["config_id"]]).set_index("split")
             for j, (split, (text, style)) in enumerate(SPLIT_STYLE.items()):
                 if split in rows.index:
                     _dot(ax, i + 0.16 * (j - 0.5), _stat(rows.loc[split]), **style, label=text if i == 0 else None)
@@ -794,7 +797,7 @@ def plot_ablation(paired: pd.DataFrame, table: pd.DataFrame, title: str, notes: 
     body.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=2, frameon=False)
     _title(fig, title)
     _note(fig, notes + [f"lines: {CI_TEXT}; right: closes the gap to drw? (mean paired difference >= 0 on "
-                        "validation, then confirmed on test)"])
+                        "validation, then confirmed on test; no verdict from one seed)"])
     return _save(fig, path, paths)
 
 

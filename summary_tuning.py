@@ -34,7 +34,9 @@ Writes, in ``--out`` (default: the results folder):
   validation macro-F1 and tail macro-F1: n, mean, std, 95% interval, seeds won (and tied), and the
   runs left without a partner. Partners have the same seed **and** the same ``stage1_id`` (the
   shared stage-1 checkpoint), but for a named variant against its method (the same seed only);
-  stage 2 vs stage 1 compares the two stages of one run.
+  stage 2 vs stage 1 compares the two stages of one run. One row per pair of configurations
+  (``treated_config``, ``reference_config``, and ``differs``: the settings in which they differ),
+  so that runs of one cell on two machines are never pooled.
 * ``ablation_table.csv`` / ``.md``: per ablation variant (exp_name ``abl-...``), its val and test
   macro-F1 and tail macro-F1 (mean ± std [interval]), its paired differences vs the default
   two-stage run and vs ``drw``, and whether it closes the gap to drw (``closes_gap``, computed by
@@ -453,9 +455,14 @@ def pair_runs(treated: pd.DataFrame, reference: pd.DataFrame, on: tuple = PAIR_O
         else:
             unpaired.append(f"{_run_name(t)}: no {ref_name} run of this seed")
     t_name = treated["variant"].iloc[0] if len(treated) else "treated"
-    unpaired += [f"{_run_name(r)}: no {t_name} partner" for k, rs in by_key.items() if k not in used
-                 and k not in t_keys for r in rs]
+    unpaired += no_partner_lines([r for k, rs in by_key.items() if k not in used and k not in t_keys for r in rs],
+                                 t_name)
     return pairs, unpaired
+
+
+def no_partner_lines(runs, partner_name: str) -> list[str]:
+    """The ``unpaired`` line of each run (summary rows) that has no ``partner_name`` partner."""
+    return [f"{_run_name(r)}: no {partner_name} partner" for r in runs]
 
 
 def difference_rows(what: dict, seeds: list, diffs: dict, unpaired: list[str]) -> list[dict]:
@@ -484,10 +491,11 @@ def _configs(runs: pd.DataFrame) -> list[pd.DataFrame]:
 
 
 def differing_settings(treated: pd.DataFrame, reference: pd.DataFrame) -> str:
-    """The settings in which two configurations differ (space-separated column names)."""
+    """The settings in which two configurations differ (space-separated column names); a setting
+    that one side did not record (an older CSV) is not counted."""
     t, r = treated.iloc[0], reference.iloc[0]
-    return " ".join(c for c in setting_columns(treated) if c not in ("config_id", "variant", "role")
-                    and c in r and _plain(t[c]) != _plain(r[c]))
+    return " ".join(c for c in setting_columns(treated) if c not in ("config_id", "variant", "role") and c in r
+                    and None not in (_plain(t[c]), _plain(r[c])) and _plain(t[c]) != _plain(r[c]))
 
 
 def _pair_diffs(what: dict, pairs: list, unpaired: list[str]) -> list[dict]:
@@ -501,20 +509,28 @@ def paired_rows(what: dict, treated: pd.DataFrame, reference: pd.DataFrame, on: 
     columns, one set of rows per pair of configurations (treated ``config_id``, reference
     ``config_id``) with partners: no interval mixes two configurations or counts a seed twice
     (e.g. CPU and GPU runs of one grid in one results folder). A treated configuration without
-    any partner gets rows with n = 0 that say why; so does a reference without any treated run."""
+    any partner gets rows with n = 0 that say why, and every row lists the runs of reference
+    configurations that pair with none: no run is dropped silently."""
+    treated_configs, reference_configs = _configs(treated), _configs(reference)
+    matched = [(t, r, *pair_runs(t, r, on)) for t in treated_configs for r in reference_configs]
+    matched = [m for m in matched if m[2]]
+    used = {r["config_id"].iloc[0] for _, r, _, _ in matched}
+    orphans = no_partner_lines([run for r in reference_configs if r["config_id"].iloc[0] not in used
+                                for _, run in r.iterrows()], what["treated"])
     rows = []
-    for t in _configs(treated):
-        matched = False
-        for r in _configs(reference):
-            pairs, unpaired = pair_runs(t, r, on)
-            if pairs:
-                rows += _pair_diffs({**_what_config(what, t), "reference_config": r["config_id"].iloc[0],
-                                     "differs": differing_settings(t, r)}, pairs, unpaired)
-                matched = True
-        if not matched:
-            rows += _pair_diffs(_what_config(what, t), [], pair_runs(t, reference, on)[1])
+    for t in treated_configs:
+        mine = [(r, pairs, unpaired) for t2, r, pairs, unpaired in matched if t2 is t]
+        for r, pairs, unpaired in mine:
+            elsewhere = {_run_name(x) for r2, ps, _ in mine if r2 is not r for x, _ in ps}
+            lines = [line for line in unpaired if line.split(": ")[0] not in elsewhere]
+            rows += _pair_diffs({**_what_config(what, t), "reference_config": r["config_id"].iloc[0],
+                                 "differs": differing_settings(t, r)}, pairs, lines + orphans)
+        if not mine:
+            own = {_run_name(x) for _, x in t.iterrows()}
+            reasons = [line for line in pair_runs(t, reference, on)[1] if line.split(": ")[0] in own]
+            rows += _pair_diffs(_what_config(what, t), [], reasons + orphans)
     if not len(treated) and len(reference):
-        rows += _pair_diffs(what, [], pair_runs(treated, reference, on)[1])
+        rows += _pair_diffs(what, [], orphans)
     return rows
 
 
@@ -695,19 +711,29 @@ def ablation_table(agg: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def main_reference(rows: pd.DataFrame) -> pd.DataFrame:
+    """Paired rows of one treated configuration in one comparison, kept to the reference
+    configuration with the most pairs (the others, e.g. the same method run on another device,
+    stay in the paired table)."""
+    ref = rows["reference_config"].fillna("")
+    if ref.nunique() <= 1:
+        return rows
+    return rows[ref == rows.assign(ref=ref).groupby("ref")["n"].max().idxmax()]
+
+
 def _ablation_differences(paired: pd.DataFrame, config_id: str) -> dict:
     out, found = {}, {}
     mine = paired[paired["treated_config"] == config_id]
     for ref in ("default", "drw"):
+        vs = main_reference(mine[mine["comparison"] == f"ablation_vs_{ref}"])
         for split, m in ABLATION_LEVELS:
-            p = mine[(mine["comparison"] == f"ablation_vs_{ref}") & (mine["split"] == split) & (mine["metric"] == m)]
+            p = vs[(vs["split"] == split) & (vs["metric"] == m)]
             s = p.iloc[0].to_dict() if len(p) else None
             found[(ref, split, m)] = s
             prefix = f"vs_{ref}_{split}_{m}"
             out.update({f"{prefix}_{k}": (s[k] if s else np.nan) for k in ("n", "mean", "ci95_lo", "ci95_hi", "wins")})
             out[prefix] = s["interval"] if s else "no pairs"
-        out[f"vs_{ref}_unpaired"] = (mine.loc[mine["comparison"] == f"ablation_vs_{ref}", "unpaired"].iloc[0]
-                                     if (mine["comparison"] == f"ablation_vs_{ref}").any() else "")
+        out[f"vs_{ref}_unpaired"] = vs["unpaired"].iloc[0] if len(vs) else ""
     out["closes_gap"] = gap_verdict(found[("drw", "val", "macro_f1")], found[("drw", "test", "macro_f1")])
     return out
 
@@ -774,8 +800,9 @@ def best_configs(agg: pd.DataFrame, by=BEST_KEY, notes: list | None = None,
             continue
         best = g.loc[g[SELECT_ON].idxmax()]
         if g["n_seeds"].nunique() > 1:
-            notes.append(f"{dict(zip(by, key))}: the candidates have {g['n_seeds'].min()} to {g['n_seeds'].max()} "
-                         "seeds, so the choice compares means over different seeds (a one-seed point is noisier)")
+            note = (f"{dict(zip(by, key))}: the candidates have {g['n_seeds'].min()} to {g['n_seeds'].max()} "
+                    "seeds, so the choice compares means over different seeds (fewer seeds, more noise)")
+            notes += [note] if note not in notes else []
         row = {**dict(zip(by, key)), "n_candidates": len(g), "tag": best["tag"], "variant": best["variant"],
                "exp_name": best["exp_name"], "config_id": best["config_id"],
                **{k: best.get(k) for k in TUNED + ("ema_alpha", "stage1_epochs", "stage2_epochs")},
@@ -783,9 +810,9 @@ def best_configs(agg: pd.DataFrame, by=BEST_KEY, notes: list | None = None,
         select = SELECT_ON.removesuffix("_mean")
         for c in [f"{select}_{s}" for s in ("mean", "std", "ci95")] + [
                 f"s2_{kind}_test_{m}_{s}" for kind in ("best", "final") for m, _ in COMPARE_METRICS
-                for s in ("mean", "std", "ci95")] + [f"{c}_{s}" for c in ("s1_final_test_macro_f1",
-                                                                         "delta_final_test_macro_f1", "s2_best_epoch")
-                                                      for s in ("mean", "std", "ci95")]:
+                for s in ("mean", "std", "ci95")] + [
+                f"{c}_{s}" for c in ("s1_final_test_macro_f1", "delta_final_test_macro_f1", "s2_best_epoch")
+                for s in ("mean", "std", "ci95")]:
             row[c] = best.get(c, float("nan"))
         rows.append(row)
     return pd.DataFrame(rows)

@@ -272,7 +272,43 @@ def test_two_configurations_of_one_cell_are_never_merged(tmp_path):
                    & (paired["metric"] == "macro_f1")]
     assert sorted(gains["n"]) == [1, 3]
     md = st.paired_markdown(paired)
-    assert md.count("| full |") == 0 and md.count("| quick | resnet10 | long_tail | 0.01 | two_stage | control |") == 2
+    assert md.count("| quick | resnet10 | long_tail | 0.01 | two_stage | control |") == 2
+
+
+def test_a_reference_configuration_without_partners_is_listed(tmp_path):
+    """A GPU control whose two-stage run is missing pairs with nothing: it is named in the
+    unpaired column, not dropped; a setting one side did not record is not a difference."""
+    res = tmp_path / "results"
+    ctl = dict(exp_name="control", dynamic_mode="none", stage2_loss_type="ce")
+    for seed in (0, 1):
+        write_run(res / "cpu", pinned({}, {3: 0.50}), seed=seed, prior_blend=0.0)
+        write_run(res / "cpu", pinned({}, {3: 0.45}), seed=seed, **ctl)
+    write_run(res / "gpu", pinned({}, {3: 0.40}), seed=0, device="cuda", stage1_id="gpuseed0xxxx", **ctl)
+    paired = st.paired_table(st.summarize_runs(st.load_rows(res)))
+    r = paired.set_index(["comparison", "split", "metric"]).loc[("vs_control", "test", "macro_f1")]
+    assert (r["n"], r["seeds"]) == (2, "0 1")
+    assert r["unpaired"] == "control seed 0: no two_stage partner"
+    assert r["differs"] == "exp_name stage2_loss_type dynamic_mode"  # not prior_blend, unset in the controls
+
+
+def test_ablation_against_two_drw_configurations_uses_the_one_with_most_pairs(tmp_path):
+    res = tmp_path / "results"
+    compare, ablation = dict(tag="compare-reduced"), dict(tag="ablation-reduced")
+    for seed in (0, 1, 2):
+        write_run(res, pinned({3: 0.60}, {3: 0.60}), seed=seed, exp_name="drw", method="drw", **compare)
+        write_run(res, pinned({3: 0.50}, {3: 0.50}), seed=seed, exp_name="two_stage_ictta", **compare)
+        write_run(res, pinned({3: 0.62}, {3: 0.61}), seed=seed, exp_name="abl-good", **ablation)
+    write_run(res / "other", pinned({3: 0.90}, {3: 0.90}), seed=0, exp_name="drw", method="drw", eval_every=2,
+              **compare)  # another drw configuration, one seed, sharing seed 0's stage 1
+    out = st.write_summary(res, tmp_path / "out", verbose=False)
+    good = out["ablation"].set_index("variant").loc["abl-good"]
+    assert good["vs_drw_test_macro_f1_n"] == 3 and good["vs_drw_test_macro_f1_mean"] == pytest.approx(1.0)
+    assert good["closes_gap"] == "closes the gap"
+    drw_rows = out["paired"][(out["paired"]["comparison"] == "ablation_vs_drw") & (out["paired"]["split"] == "test")
+                             & (out["paired"]["metric"] == "macro_f1")]
+    assert sorted(drw_rows["n"]) == [1, 3]  # both stay in the paired table
+    plots.make_plots(res, tmp_path / "figures", verbose=False)  # the ablation figure draws one of them
+    assert (tmp_path / "figures" / "ablation" / "reduced_resnet10_long_tail_imb0.01.png").stat().st_size > 0
 
 
 def test_ids_that_look_like_numbers_stay_text(tmp_path):

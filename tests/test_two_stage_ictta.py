@@ -392,6 +392,7 @@ def test_code_change_reruns_unless_accepted(synthetic_root, tmp_path):
     (log_dir / next(log_dir.glob("results_*.json")).name).unlink()  # force a run that reuses stage 1
     resumed, _ = _cli_run(project, log_dir, synthetic_root, "--accept-code-change")
     assert resumed["stage1_reused"]
+    assert set(resumed["confusion_test"]) == {"stage1", "stage2"}  # stage 1's matrix came with its checkpoint
     assert resumed["code_fingerprints"] == [second["code_fingerprint"], resumed["code_fingerprint"]]
 
 
