@@ -962,9 +962,11 @@ def format_report(t: dict, notes: list[str]) -> str:
     p = p[(p["split"] == "test") & p["comparison"].isin(("vs_control", "stage2_vs_stage1"))] if len(p) else p
     if len(p):
         lines += ["", "Paired differences, test at stage 2's last epoch (pp; mean ± std [95% interval], wins):"]
-        for r in p.itertuples():
+        several = p.duplicated([*PAIR_GROUP, "comparison", "metric"], keep=False)  # configurations of one cell
+        for r, name_configs in zip(p.itertuples(), several):
+            configs = f"  (configs {str(r.treated_config)[:8]} / {str(r.reference_config)[:8]})" if name_configs else ""
             lines.append(f"  {r.profile or '-':<10}{r.model:<11}{r.scenario:<11}{r.imb_factor:>6g}  "
-                         f"{COMPARISONS[r.comparison]:<44}{r.metric:<14}{r.interval}")
+                         f"{COMPARISONS[r.comparison]:<44}{r.metric:<14}{r.interval}{configs}")
     a = t["ablation"]
     if len(a):
         lines += ["", "Ablation variants (does the variant close the gap to drw? chosen on validation, "

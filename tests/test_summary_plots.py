@@ -273,6 +273,8 @@ def test_two_configurations_of_one_cell_are_never_merged(tmp_path):
     assert sorted(gains["n"]) == [1, 3]
     md = st.paired_markdown(paired)
     assert md.count("| quick | resnet10 | long_tail | 0.01 | two_stage | control |") == 2
+    report = st.format_report(st.build_tables(res), [])
+    assert report.count("(configs ") == 8  # vs control and stage 2 vs stage 1, 2 metrics, 2 configurations
 
 
 def test_a_reference_configuration_without_partners_is_listed(tmp_path):
