@@ -688,7 +688,8 @@ def load_confusions(config_id: str, summary: pd.DataFrame, results_dir: Path, no
         if mats and all(m is not None for m in mats):
             out[stage] = np.sum([np.asarray(m, dtype=float) for m in mats], axis=0)
         elif any(m is not None for m in mats):
-            notes.append(f"config {config_id}: {stage} confusion matrix missing for some runs: {stage} not shown")
+            notes.append(f"config {config_id}: {stage} confusion matrix missing for some runs: {stage} not shown"
+                         + (" (a run resumed in stage 2 before fe22112 did not keep it)" if stage == "stage1" else ""))
     return out
 
 
@@ -874,12 +875,14 @@ def _compare_figures(t: dict, root: Path, out: Path, paths: list, notes: list) -
 
 def _confusion_figure(best: pd.Series, summary: pd.DataFrame, root: Path, what: str, path: Path, paths: list,
                       notes: list) -> None:
-    mats = load_confusions(best["config_id"], summary, root, notes)
+    mine: list[str] = []
+    mats = load_confusions(best["config_id"], summary, root, mine)
+    notes.extend(mine)
     if "stage2" not in mats:  # the final model's matrix is the point of the figure
         notes.append(f"{path.name}: no stage-2 confusion matrix in the runs' JSONs: figure skipped")
         return
     plot_confusion(mats, f"Test confusion matrices, row-normalised, summed over {_seed_text(int(best['n_seeds']))}\n"
-                   f"{what}", [], path, paths)
+                   f"{what}", mine, path, paths)
 
 
 def pairs_of_cells(paired: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
