@@ -399,7 +399,7 @@ def plot_heatmap(cells: pd.DataFrame, paired: pd.DataFrame, models, scenarios, t
     axes = body.subplots(1, 2, squeeze=False)[0]
     grid = lambda stats: np.array([[s["mean"] if s["n"] else np.nan for s in row] for row in stats])
     gain = grid(diff)
-    lim = max(1.0, float(np.ceil(np.nanmax(np.abs(gain))))) if np.isfinite(gain).any() else 1.0  # a colour range, never empty
+    lim = float(max([1.0, *np.ceil(np.abs(gain[np.isfinite(gain)]))]))  # a colour range, never empty
     panels = ((axes[0], levels, "viridis", 0, 100, "two-stage test macro-F1 (%)",
                "macro-F1 (%), fixed scale 0 to 100"),
               (axes[1], diff, "RdBu", -lim, lim, "two-stage minus control, paired (pp)",

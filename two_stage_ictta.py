@@ -729,8 +729,7 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
     try:
         _train_stages(run, forward, paths, run_id)
     except BaseException as e:
-        meta.update(_confusion_of(run))
-        meta.update(status="failed" if isinstance(e, Exception) else "interrupted",
+        meta.update(**_confusion_of(run), status="failed" if isinstance(e, Exception) else "interrupted",
                     error=f"{type(e).__name__}: {e}", failed=now())
         logger.flush()
         write_json(paths["config"], meta)
