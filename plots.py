@@ -271,7 +271,7 @@ def plot_bars(cells: pd.DataFrame, models, scenarios, title: str, notes: list, p
             d = cells[(cells["scenario"] == sc) & (cells["role"] == role)].set_index("model")
             mean = np.array([_pct(d["s2_final_test_macro_f1_mean"].get(m)) for m in models])
             half = np.array([_pct(d["s2_final_test_macro_f1_ci95"].get(m)) for m in models])
-            n = [int(d["n_seeds"].get(m)) if m in d.index else 0 for m in models]
+            n = [st.metric_n(d.loc[m], "s2_final_test_macro_f1") if m in d.index else 0 for m in models]
             pos = x + (j - 0.5) * width
             bars = ax.bar(pos, np.nan_to_num(mean), width, color=ROLE_STYLE[role]["color"], edgecolor="black",
                           linewidth=0.5, label=ROLE_STYLE[role]["label"] if sc == scenarios[0] else None)

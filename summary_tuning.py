@@ -377,7 +377,8 @@ def setting_columns(summary: pd.DataFrame) -> list[str]:
 def aggregate_seeds(summary: pd.DataFrame, complete_only: bool = True) -> pd.DataFrame:
     """One row per configuration: its settings, ``n_seeds``, ``seeds`` and every metric's
     ``_mean``, ``_std`` (sample std, ddof=1) and ``_ci95`` (half-width of the 95% Student-t
-    interval: ``mean ± ci95``) over seeds; std and ci95 are NaN for a single seed."""
+    interval: ``mean ± ci95``) over seeds; std and ci95 are NaN for a single seed. A metric that
+    some seeds lack also gets ``_n``, the seeds it rests on (:func:`metric_n`)."""
     df = summary[summary["complete"]] if complete_only else summary
     metrics, settings = metric_columns(df), setting_columns(df)
     out = []
@@ -388,15 +389,26 @@ def aggregate_seeds(summary: pd.DataFrame, complete_only: bool = True) -> pd.Dat
         for c in metrics:
             s = interval95(g[c].astype(float))
             row[f"{c}_mean"], row[f"{c}_std"], row[f"{c}_ci95"] = s["mean"], s["std"], s["ci95_hi"] - s["mean"]
+            if s["n"] != len(g):
+                row[f"{c}_n"] = s["n"]
         out.append(row)
     return pd.DataFrame(out, columns=None if out else [*settings, "n_seeds", "seeds"])
+
+
+def metric_n(row, column: str) -> int:
+    """How many seeds an aggregated metric (``column`` without ``_mean``) of a configuration rests
+    on: its ``_n`` where some seeds lack it, else ``n_seeds``; 0 where no seed has it."""
+    if pd.isna(row.get(f"{column}_mean", float("nan"))):
+        return 0
+    n = row.get(f"{column}_n", float("nan"))
+    return int(n if pd.notna(n) else row.get("n_seeds", 0))
 
 
 def level(row, column: str, scale: float = 100.0) -> dict:
     """One aggregated metric of a configuration (``column`` without ``_mean``) back as
     ``interval95``'s dict, times ``scale`` (per cent by default)."""
     mean, std, half = (row.get(f"{column}_{k}", float("nan")) for k in ("mean", "std", "ci95"))
-    n = int(row.get("n_seeds", 0)) if pd.notna(mean) else 0
+    n = metric_n(row, column)
     return {"n": n, "mean": scale * mean, "std": scale * std,
             "ci95_lo": scale * (mean - half), "ci95_hi": scale * (mean + half)}
 

@@ -190,6 +190,19 @@ def test_interval_on_known_numbers():
     assert st.interval95([1.0, float("nan"), 3.0])["n"] == 2  # a missing value is not a zero
 
 
+def test_a_metric_some_seeds_lack_counts_its_own_seeds(tmp_path):
+    res = tmp_path / "results"
+    for seed, tail in ((0, 0.2), (1, 0.4), (2, float("nan"))):  # seed 2 has no tail macro-F1
+        write_run(res, lambda stage, epoch, split, tail=tail: {"tail_macro_f1": tail}, seed=seed)
+    row = st.aggregate_seeds(st.summarize_runs(st.load_rows(res))).iloc[0]
+    tail = st.level(row, "s2_final_test_tail_macro_f1")
+    assert row["n_seeds"] == 3 and row["s2_final_test_tail_macro_f1_n"] == 2
+    assert tail["n"] == 2 and tail["mean"] == pytest.approx(30.0)
+    assert tail["ci95_hi"] - tail["mean"] == pytest.approx(12.706 * 10, rel=1e-4)  # t_{0.975,1} * sd / sqrt(2), sd = 10 sqrt(2)
+    assert st.metric_n(row, "s2_final_test_macro_f1") == 3 and "s2_final_test_macro_f1_n" not in row.index
+    assert st.metric_n(row, "no_such_metric") == 0
+
+
 def test_one_seed_has_no_interval(tmp_path):
     res = tmp_path / "results"
     write_run(res, pinned({}, {3: 0.50}))
