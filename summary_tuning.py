@@ -389,7 +389,7 @@ def aggregate_seeds(summary: pd.DataFrame, complete_only: bool = True) -> pd.Dat
         for c in metrics:
             s = interval95(g[c].astype(float))
             row[f"{c}_mean"], row[f"{c}_std"], row[f"{c}_ci95"] = s["mean"], s["std"], s["ci95_hi"] - s["mean"]
-            if s["n"] != len(g):
+            if 0 < s["n"] < len(g):  # a metric no seed has is NaN, and metric_n says 0
                 row[f"{c}_n"] = s["n"]
         out.append(row)
     return pd.DataFrame(out, columns=None if out else [*settings, "n_seeds", "seeds"])
