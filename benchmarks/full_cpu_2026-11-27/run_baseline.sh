@@ -1,14 +1,13 @@
 #!/bin/bash
-# Issue 13: the full-profile baseline (two-stage + same-budget control), 3 seeds.
-# Order: finish ResNet-15, then seed 0 of ResNet-20 and ResNet-32 (a depth trend on one seed early), then their seeds 1-2.
-# Resumable: the same script again skips finished runs and resumes the others from their last checkpoints.
+# Issue 13: the full-profile baseline (two-stage + same-budget control), 3 seeds, then the tuning grid.
+# Resumable: the same script again skips finished runs and resumes the others from their last checkpoints;
+# a run still running in another call is left to it.
 cd "${REPO:-$HOME/wt-run}" && source .venv/bin/activate   # REPO: a checkout of this project with its .venv
-grid() {
-  python run_all_models.py --suite baseline --profile full --models "$1" --seeds "${@:2}" \
-    --launcher local --jobs 2 --threads 1 --no-estimate --quiet --out ~/results
-}
-for m in simplecnn resnet10 resnet15; do grid $m 0 1 2; done
-for m in resnet20 resnet32; do grid $m 0; done
-for m in resnet20 resnet32; do grid $m 1 2; done
+common=(--profile full --launcher local --jobs 2 --threads 1 --no-estimate --quiet --out ~/results)
+# What ran, in this order: one call per model (SimpleCNN, ResNet-10, ResNet-15 with 3 seeds, then ResNet-32 seed 0)
+for m in simplecnn resnet10 resnet15; do python run_all_models.py --suite baseline "${common[@]}" --models $m --seeds 0 1 2; done
+python run_all_models.py --suite baseline "${common[@]}" --models resnet32 --seeds 0
+# then, from 20:36, the rest in one call, so that no core waits for the last run of a model
+python run_all_models.py --suite baseline "${common[@]}" --models resnet32 resnet20 --seeds 0 1 2
 # then the tuning grid of issue 13 (one knob at a time, seed 0; the baseline above is skipped as finished)
-python run_all_models.py --suite grid --profile full --seeds 0 --launcher local --jobs 2 --threads 1 --no-estimate --quiet --out ~/results
+python run_all_models.py --suite grid "${common[@]}" --seeds 0
