@@ -178,7 +178,11 @@ class DynamicClassWeights:
         return {"smoothed": self.smoothed, "weights": self.weights}
 
     def load_state_dict(self, state: dict) -> None:
-        self.smoothed, self.weights = state["smoothed"], state["weights"]
+        """From :meth:`state_dict`, on the CPU whatever ``map_location`` loaded it to (a CUDA run's
+        checkpoint is loaded onto its GPU, but :meth:`update` folds in CPU statistics)."""
+        smoothed = state["smoothed"]
+        self.smoothed = None if smoothed is None else smoothed.cpu()
+        self.weights = state["weights"].cpu()
 
 
 def validate_weight_range(min_weight: float, max_weight: float) -> None:

@@ -252,3 +252,28 @@ def test_dynamic_weights_reject_non_finite_statistic():
 def test_dynamic_weights_bad_settings(kwargs, name):
     with pytest.raises(ValueError, match=name):
         DynamicClassWeights(3, **kwargs)
+
+
+class _OnGpu:
+    """Stands in for a tensor that torch.load put on a GPU: only .cpu() gives the tensor back."""
+    def __init__(self, t: torch.Tensor):
+        self.t = t
+
+    def cpu(self) -> torch.Tensor:
+        return self.t
+
+
+def test_dynamic_weights_resume_onto_the_cpu_from_a_checkpoint_loaded_elsewhere():
+    """A CUDA run loads its checkpoint onto its GPU (map_location); load_state_dict must bring the
+    state back to the CPU, where update() folds in the statistic."""
+    dyn = DynamicClassWeights(3, min_weight=1.0, max_weight=8.0, ema_alpha=0.5)
+    dyn.update(torch.tensor([1.0, 2.0, 3.0]))
+    resumed = DynamicClassWeights(3, min_weight=1.0, max_weight=8.0, ema_alpha=0.5)
+    resumed.load_state_dict({k: _OnGpu(v) for k, v in dyn.state_dict().items()})
+    assert resumed.smoothed.device.type == "cpu" and resumed.weights.device.type == "cpu"
+    # s = 0.5 * (1, 2, 3) + 0.5 * (5, 2, 1) = (3, 2, 2): w = 1 + 7 * (s - 2) / 1
+    assert resumed.update(torch.tensor([5.0, 2.0, 1.0])).tolist() == [8.0, 1.0, 1.0]
+    assert resumed.smoothed.tolist() == [3.0, 2.0, 2.0]
+    fresh = DynamicClassWeights(3)
+    fresh.load_state_dict(DynamicClassWeights(3).state_dict())  # saved before any statistic
+    assert fresh.smoothed is None
