@@ -234,11 +234,16 @@ def test_train_one_epoch_stops_on_non_finite_loss():
                         lambda s: 0.1, 0, 3)
 
 
-def test_resolve_device():
+def test_resolve_device(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="device"):
         resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device(None) == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available here; use auto or cpu"):
+        resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda:1")
 
 
 # ----------------------------------------------------------------------------------------------
