@@ -175,7 +175,8 @@ def classification_metrics(y_true, y_pred, train_counts) -> dict:
 
 def evaluate(model, x_uint8, y, normalizer, train_counts, batch_size: int = 1024,
              precision: str = "fp32", channels_last: bool = False, logits: torch.Tensor | None = None) -> dict:
-    """Loss (mean cross-entropy) and :func:`classification_metrics` on one split.
+    """Loss (mean cross-entropy), :func:`classification_metrics` and ``class_loss`` (each class's
+    mean cross-entropy; NaN for a class the split lacks, as :func:`train_one_epoch` gives) on one split.
 
     ``logits`` may be passed in when they were computed already (e.g. by a post-hoc adjustment).
     """
@@ -188,6 +189,6 @@ def evaluate(model, x_uint8, y, normalizer, train_counts, batch_size: int = 1024
     out["loss"] = loss
     per_class_ce = torch.zeros(len(train_counts), device=logits.device).index_add_(
         0, y_dev, F.cross_entropy(logits, y_dev, reduction="none"))
-    n = torch.bincount(y_dev, minlength=len(train_counts)).clamp_min(1)
-    out["class_loss"] = (per_class_ce / n).cpu()
+    n = torch.bincount(y_dev, minlength=len(train_counts))
+    out["class_loss"] = torch.where(n > 0, per_class_ce / n.clamp_min(1), torch.nan).cpu()  # as in training
     return out

@@ -888,12 +888,14 @@ def _dynamic_stat(mode: str, st: RunState, held_out_stat):
 
 def _held_out_stat(model, norm, counts, cfg, stat_split, mode: str) -> torch.Tensor:
     """``val_loss`` (per-class mean cross-entropy) or ``val_error`` (1 - per-class recall) of the
-    model on the statistic split (never the validation split, which selects)."""
+    model on the statistic split (never the validation split, which selects); NaN for a class the
+    split lacks, which the weights refuse rather than read as an easy or a hard class."""
     m = evaluate(model, *stat_split, norm, counts, batch_size=cfg.eval_batch_size,
                  precision=cfg.precision, channels_last=cfg.channels_last)
     if mode == "val_loss":
         return m["class_loss"]
-    return 1.0 - torch.as_tensor(m["recall"], dtype=torch.float64)
+    error = 1.0 - torch.as_tensor(m["recall"], dtype=torch.float64)
+    return torch.where(torch.as_tensor(m["support"]) > 0, error, torch.nan)
 
 
 def _load_meta_only(path: Path) -> dict:

@@ -147,6 +147,15 @@ def test_evaluate_loss_is_cross_entropy():
     assert out["class_loss"].tolist() == pytest.approx(per_class, rel=1e-5)
 
 
+def test_evaluate_gives_no_class_loss_for_a_class_the_split_lacks():
+    x, y = _toy(30, 3)  # classes 0, 1, 2 only; the model has a fourth output
+    model = _linear_model(4)
+    norm = Normalizer([0.5] * 3, [0.25] * 3, "cpu")
+    out = evaluate(model, x, y, norm, [40, 20, 10, 5], batch_size=8, precision="fp32")
+    assert out["class_loss"][:3].isfinite().all() and math.isnan(out["class_loss"][3])  # not 0 (an easy class)
+    assert out["support"].tolist() == [10, 10, 10, 0]
+
+
 def test_train_one_epoch_reports_weighted_mean_and_per_class_loss():
     C = 3
     x, y = _toy(30, C)

@@ -507,3 +507,17 @@ def test_stage1_identity_changes_exactly_as_each_field_declares():
     assert {"ce", "drw", "crt", "tau_norm", "two_stage_ictta"} <= same_stage1
     assert {tsi.stage1_hash(dataclasses.replace(base, method=n)) for n in same_stage1} == {tsi.stage1_hash(base)}
     assert tsi.stage1_hash(dataclasses.replace(base, method="focal")) != tsi.stage1_hash(base)
+
+
+def test_held_out_statistic_from_the_statistic_split(monkeypatch):
+    """val_error is 1 - recall per class, val_loss the per-class loss as evaluate gives it; a class
+    the split lacks is NaN (the weights refuse it) rather than an error of 1 or a loss of 0."""
+    class_loss = torch.tensor([0.1, 0.7, 1.3, float("nan")])
+    monkeypatch.setattr(tsi, "evaluate", lambda *a, **k: {"class_loss": class_loss, "recall": np.array([1.0, 0.5, 0.25, 0.0]),
+                                                          "support": np.array([5, 5, 5, 0])})
+    cfg = TwoStageConfig("simplecnn", "long_tail")
+    error = tsi._held_out_stat(None, None, [4, 3, 2, 1], cfg, (None, None), "val_error")
+    assert error[:3].tolist() == [0.0, 0.5, 0.75] and math.isnan(error[3])
+    assert tsi._held_out_stat(None, None, [4, 3, 2, 1], cfg, (None, None), "val_loss") is class_loss
+    with pytest.raises(FloatingPointError, match="not a finite vector"):
+        tsi.losses.DynamicClassWeights(4, mode="val_error").update(error)
