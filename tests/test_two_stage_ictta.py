@@ -355,6 +355,47 @@ def test_tau_norm_drops_the_classifier_bias(tiny_run_kwargs):
     assert biased["test"]["confusion"][:, 0].sum() < len(y)  # not everything predicted as class 0
 
 
+def test_each_stage2_epoch_is_weighted_by_the_statistic_of_the_epochs_before_it(tiny_run_kwargs, monkeypatch):
+    """Scripted per-class training losses, one vector per epoch (stage 1: 2 epochs, stage 2: 2).
+    Stage-2 epoch 1 is weighted by stage 1's last statistic s = (1, 2, 3, 4): w = 1 + 7 (s - 1) / 3.
+    Epoch 2 by the EMA (alpha 0.5) with epoch 1's (4, 3, 2, 1): s = (2.5, 2.5, 2.5, 2.5), uniform,
+    so every class gets min_weight. Stage 1 (cross-entropy) is unweighted."""
+    scripted = iter([[9.0, 9.0, 9.0, 9.0], [1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0], [7.0, 0.0, 7.0, 0.0]])
+    seen = []
+
+    def fake_epoch(model, batches, optimizer, loss_fn, lr_fn, step, C, class_weights=None, **kw):
+        seen.append(None if class_weights is None else class_weights.tolist())
+        return {"loss": 1.0, "class_loss": torch.tensor(next(scripted), dtype=torch.float64), "steps": 1}
+
+    monkeypatch.setattr(tsi, "train_one_epoch", fake_epoch)
+    res = run(**{**tiny_run_kwargs, "ema_alpha": 0.5, "min_weight": 1.0, "max_weight": 8.0, "dynamic_mode": "loss"})
+    assert seen[:2] == [None, None]
+    assert seen[2] == pytest.approx([1.0, 1.0 + 7 / 3, 1.0 + 14 / 3, 8.0])
+    assert seen[3] == pytest.approx([1.0, 1.0, 1.0, 1.0])
+    df = read_csv(res)
+    logged = df[(df.stage == 2) & (df.split == "test")].sort_values("epoch")[[f"w_{c}" for c in range(4)]]
+    np.testing.assert_allclose(logged.to_numpy(), np.array(seen[2:]), rtol=1e-6)  # the CSV logs the weights used
+
+
+def test_tau_norm_chooses_tau_on_validation_and_reports_test_at_it(monkeypatch):
+    """Classifier rows w_0 = (4, 0), w_1 = (0, 1): tau-normalised logits (4^(1-tau) f_0, f_1).
+    Validation: f = (1, 0) is class 0 for every tau; f = (1, 1.9) is class 1 only when
+    4^(1-tau) < 1.9, i.e. tau > 0.537: the smallest tau of the grid with both right is 0.6. Test:
+    f = (1, 2.5) of class 0 is right only for tau < 0.339, so test would pick a smaller tau, and
+    must not."""
+    monkeypatch.setattr(tsi, "predict", lambda model, x, *a, **k: x)  # the "images" are the features
+    model = torch.nn.Module()
+    model.fc = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.tensor([[4.0, 0.0], [0.0, 1.0]]))
+    val = (torch.tensor([[1.0, 0.0], [1.0, 1.9]]), torch.tensor([0, 1]))
+    test = (torch.tensor([[1.0, 2.5], [0.0, 1.0]]), torch.tensor([0, 1]))
+    out = tsi._evaluate_tau_norm(model, None, [2, 2], TwoStageConfig("simplecnn", "long_tail"), val, test)
+    assert out["val"]["tau"] == out["test"]["tau"] == 0.6
+    assert out["val"]["macro_f1"] == 1.0
+    assert out["test"]["confusion"].tolist() == [[0, 1], [0, 1]]  # at tau 0.6 the class-0 test image is lost
+
+
 def _copy_project(dst: Path) -> Path:
     root = Path(__file__).resolve().parents[1]
     dst.mkdir()
