@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     except RunLockedError as e:  # another process is writing this run: say so, no traceback
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
+    if results.get("skipped"):
+        print("finished before with these settings: its results, not retrained (--no-resume trains it again)")
     print(format_table(results))
     print(f"results: {results['paths']['csv']}")
     return 0

@@ -530,6 +530,17 @@ def static_weights(kind: str, counts, cfg: TwoStageConfig) -> torch.Tensor | Non
     raise ValueError(f"unknown weights {kind!r}")
 
 
+def data_read_elsewhere(cfg: TwoStageConfig, meta: dict) -> str | None:
+    """The folder a finished run read its data from (``meta["data_source"]``), when it is not
+    ``cfg``'s data root nor inside it; None when it is, or when the run recorded none."""
+    source = meta.get("data_source")
+    if not source:
+        return None
+    root = Path(cfg.data_root if cfg.data_root is not None else data_loader.default_data_root(cfg.dataset)).resolve()
+    read = Path(source).resolve()
+    return None if read == root or root in read.parents else source
+
+
 def is_finished(cfg: TwoStageConfig, meta: dict | None) -> bool:
     """Whether ``meta`` (the run's JSON) records a finished run of exactly these settings, made by
     this code (or kept by ``accept_code_change``), whose CSV exists: what a rerun skips, and what
@@ -575,6 +586,11 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
                          f"settings (run_id {previous.get('run_id')} != {run_id}); choose another "
                          f"exp_name or log_dir")
     if cfg.resume and is_finished(cfg, previous):
+        elsewhere = data_read_elsewhere(cfg, previous)
+        if elsewhere:
+            print(f"{name}: reusing its finished result, read from {elsewhere}; data_root is not part of a "
+                  f"run's identity (a moved copy reuses its runs): to train on this data_root, pass "
+                  f"--no-resume (resume=False) or another exp_name", file=sys.stderr)
         return {**previous["results"], "skipped": True}
     stale = previous is not None and previous.get("status") == "finished" and made_by_other_code(previous, cfg)
     if cfg.resume and stale:

@@ -287,8 +287,18 @@ def test_main_runs_and_prints_table(tiny_run_kwargs, capsys):
     argv = _argv({**tiny_run_kwargs, "stage1_epochs": 1, "stage2_epochs": 1})
     assert main.main(argv) == 0
     out = capsys.readouterr().out
-    assert "macro_f1" in out and "tail_macro_f1" in out and "stage 2" in out
+    assert "macro_f1" in out and "tail_macro_f1" in out and "stage 2" in out and "finished before" not in out
     assert len(list(Path(tiny_run_kwargs["log_dir"]).glob("results_*.csv"))) == 1
+    # the same settings again: the finished result, said to be one
+    assert main.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("finished before with these settings") and "stage 2" in out and err == ""
+    # ... and on another data root: reused (data_root is not identity), but never silently
+    elsewhere = Path(tiny_run_kwargs["log_dir"]).parent / "moved_data"
+    elsewhere.mkdir()
+    assert main.main(_argv({**tiny_run_kwargs, "stage1_epochs": 1, "stage2_epochs": 1, "data_root": str(elsewhere)})) == 0
+    err = capsys.readouterr().err
+    assert f"read from {tiny_run_kwargs['data_root']}" in err and "--no-resume" in err
 
 
 # ----------------------------------------------------------------------------------------------
