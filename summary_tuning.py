@@ -103,6 +103,17 @@ def read_run_csv(path) -> pd.DataFrame:
     return df
 
 
+def malformed_lines(df: pd.DataFrame) -> list[int]:
+    """The file's line numbers (the header is line 1) of the rows that no run writes: stage, epoch,
+    loss or macro_f1 missing, or a scalar metric that is text (a file cut short, or edited)."""
+    metrics = df[[c for c in SCALAR_METRICS if c in df]]
+    as_numbers = metrics.apply(pd.to_numeric, errors="coerce")
+    text = as_numbers.isna() & metrics.notna()
+    required = df[["stage", "epoch"] + [c for c in ("loss", "macro_f1") if c in df]].apply(pd.to_numeric, errors="coerce")
+    bad = text.any(axis=1) | required.isna().any(axis=1)
+    return [i + 2 for i in np.flatnonzero(bad.to_numpy())]
+
+
 def load_rows(results_dir, notes: list | None = None) -> pd.DataFrame:
     """Every row of every ``results_*.csv`` under ``results_dir``, with a ``source`` column (the
     file, relative to ``results_dir``). A run found twice (same run_id and tag, e.g. a copied
@@ -122,6 +133,11 @@ def load_rows(results_dir, notes: list | None = None) -> pd.DataFrame:
         if missing or not len(df):
             notes.append(f"skipped {path}: " + (f"no columns {sorted(missing)}" if missing else "no rows"))
             continue
+        bad = malformed_lines(df)
+        if bad:
+            notes.append(f"skipped {path}: line(s) {', '.join(map(str, bad[:5]))} hold no number where stage, epoch, "
+                         f"loss or macro_f1 must be one, or text in a metric (a truncated or edited file)")
+            continue
         key = (str(df["run_id"].iloc[0]), df["tag"].iloc[0] if "tag" in df else "")
         if key in frames:
             other, other_path = frames[key]
@@ -130,7 +146,7 @@ def load_rows(results_dir, notes: list | None = None) -> pd.DataFrame:
                 continue
         frames[key] = (df, path)
     if not frames:
-        raise FileNotFoundError(f"no readable {RUN_GLOB} under {str(results_dir)!r}")
+        raise FileNotFoundError(f"no readable {RUN_GLOB} under {str(results_dir)!r} ({'; '.join(notes[:3])})")
     root = Path(results_dir)
     out = []
     for df, path in frames.values():

@@ -203,6 +203,24 @@ def test_a_metric_some_seeds_lack_counts_its_own_seeds(tmp_path):
     assert st.metric_n(row, "no_such_metric") == 0
 
 
+def test_a_truncated_or_edited_run_file_is_skipped_with_its_line(tmp_path):
+    res = tmp_path / "results"
+    good = write_run(res, seed=0)
+    cut = write_run(res, seed=1)
+    lines = cut.read_text().splitlines()
+    cut.write_text("\n".join(lines[:-1] + [",".join(lines[-1].split(",")[:10])]) + "\n")  # the last line cut short
+    edited = write_run(res, seed=2)
+    df = pd.read_csv(edited)
+    df["macro_f1"] = df["macro_f1"].astype(object)
+    df.loc[3, "macro_f1"] = "abc"
+    df.to_csv(edited, index=False)
+    notes: list = []
+    rows = st.load_rows(res, notes)
+    assert set(rows["source"]) == {good.name}
+    assert any(f"skipped {cut}: line(s) {len(lines)} " in n for n in notes)
+    assert any(f"skipped {edited}: line(s) 5 " in n for n in notes)  # row 3 is line 5 (after the header)
+
+
 def test_one_seed_has_no_interval(tmp_path):
     res = tmp_path / "results"
     write_run(res, pinned({}, {3: 0.50}))
