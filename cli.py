@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -17,7 +18,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def unwritable_folder(path: str | os.PathLike) -> str | None:
     """Why ``path`` cannot serve as an output folder (it, or the nearest part of it that exists,
-    is a file or cannot be written), or None when it can. Creates nothing."""
+    is a file or cannot be written), or None when it can. Leaves nothing behind (a probe file in
+    the nearest existing folder is deleted at once)."""
     probe = Path(path).absolute()
     while not probe.exists() and probe != probe.parent:  # the nearest existing part decides
         probe = probe.parent
@@ -25,4 +27,9 @@ def unwritable_folder(path: str | os.PathLike) -> str | None:
         return f"{probe} is a file, not a folder"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{probe} cannot be written (permission denied)"
+    try:  # root passes os.access everywhere, even where nothing can be created (/proc, a read-only mount)
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        return f"{probe} cannot be written ({e.strerror or e})"
     return None

@@ -1036,9 +1036,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    why_not = cli.unwritable_folder(args.out)
     try:
+        if why_not:
+            raise NotADirectoryError(f"--out {args.out}: {why_not}; give a folder you can write to")
         make_plots(args.results, args.out, args.profile, verbose=not args.quiet)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # no results, a folder that cannot be written, no such profile
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

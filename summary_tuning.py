@@ -90,7 +90,7 @@ def method_order() -> tuple:
 def find_run_files(results_dir) -> list[Path]:
     root = Path(results_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"results folder {str(root)!r} does not exist")
+        raise FileNotFoundError(f"results folder {str(root)!r} " + ("is a file" if root.exists() else "does not exist"))
     return sorted(p for p in root.rglob(RUN_GLOB) if p.is_file())
 
 
@@ -1027,9 +1027,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    why_not = args.out and cli.unwritable_folder(args.out)  # without --out, the results folder, checked when read
     try:
+        if why_not:
+            raise NotADirectoryError(f"--out {args.out}: {why_not}; give a folder you can write to")
         write_summary(args.results, args.out, verbose=not args.quiet)
-    except FileNotFoundError as e:
+    except OSError as e:  # no results, or a folder that cannot be written
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -69,6 +69,8 @@ def test_unwritable_folder(tmp_path, monkeypatch):
     assert "is a file" in cli.unwritable_folder(blocker / "sub" / "dir")
     assert cli.unwritable_folder(tmp_path / "new" / "folder") is None
     assert not (tmp_path / "new").exists()  # the check creates nothing
+    assert "cannot be written" in cli.unwritable_folder("/proc/no_such_folder")  # os.access says yes to root
+    assert set(tmp_path.iterdir()) == {blocker}  # no probe file left behind
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # tests run as root, who may write anywhere
     assert "cannot be written" in cli.unwritable_folder(tmp_path / "new")
 

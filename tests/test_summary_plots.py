@@ -468,6 +468,15 @@ def test_cli_without_results(tmp_path, capsys):
     assert st.main(["--results", str(tmp_path), "--quiet"]) == 1
     assert plots.main(["--results", str(tmp_path / "nowhere"), "--quiet"]) == 1
     assert "results_*.csv" in capsys.readouterr().err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert st.main(["--results", str(a_file), "--quiet"]) == 1
+    assert capsys.readouterr().err == f"error: results folder {str(a_file)!r} is a file\n"
+    write_run(tmp_path / "res")
+    for cli_main in (st.main, plots.main):
+        assert cli_main(["--results", str(tmp_path / "res"), "--out", str(a_file), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out {a_file}: {a_file} is a file, not a folder") and err.count("\n") == 1
 
 
 # ----------------------------------------------------------------------------------------------
