@@ -614,11 +614,17 @@ def run_parts(args, parts: list, work: list[dict], out: Path, jobs: int | None, 
                           out / f"report_{args.suite}_{args.launcher}.json")]
 
 
+LIST_OPTIONS = ("models", "scenarios", "methods", "seeds", "imb_factors")  # the plan's axes
+
+
 def main(argv=None) -> int:
     import launch  # imports this module: not at the top
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    for name in LIST_OPTIONS:  # --seeds 0 0 means seed 0 once, not two copies of every run
+        if getattr(args, name):
+            setattr(args, name, list(dict.fromkeys(getattr(args, name))))
     _check_launcher_flags(parser, args)
     if args.launcher != "inline" or args.status:  # jobs may run elsewhere: absolute paths
         args.out = str(Path(args.out).resolve())

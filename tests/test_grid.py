@@ -156,6 +156,8 @@ def test_plan_progress_dry_run_and_estimate(synthetic_root, tmp_path, capsys, mo
     assert "3 finished before (skipped), 0 to run" in out and "estimated" not in out
     assert grid.main(argv + ["--dry-run", "--seeds", "1", "--no-estimate"]) == 0
     assert "3 to run" in capsys.readouterr().out
+    assert grid.main(argv + ["--dry-run", "--seeds", "1", "0", "1", "--no-estimate"]) == 0  # a repeated value counts once
+    assert "plan: 6 runs" in capsys.readouterr().out
 
 
 
