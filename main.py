@@ -13,9 +13,10 @@ import argparse
 import dataclasses
 import pickle
 import sys
+from pathlib import Path
 
 import saved_model
-from cli import ArgumentParser
+from cli import ArgumentParser, unwritable_folder
 from results_logger import write_json
 from runfiles import RunLockedError
 from two_stage_ictta import CONFIG_GROUPS, TwoStageConfig, run_two_stage
@@ -129,10 +130,14 @@ def format_table(results: dict) -> str:
 
 def evaluate_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """--evaluate: a saved model's test metrics, printed and, with --json, written."""
+    json_folder = args.json and unwritable_folder(Path(args.json).absolute().parent)
+    if json_folder or (args.json and Path(args.json).is_dir()):
+        parser.error(f"--json {args.json}: " + (json_folder or "is a folder") + "; give a file path you can write")
     try:
         result = saved_model.evaluate_file(args.evaluate, data_root=args.data_root, device=args.device)
-    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as e:  # no such file, not a model file
-        parser.error(f"--evaluate {args.evaluate}: not a model file of this project ({type(e).__name__}: {e})")
+    except (OSError, EOFError, RuntimeError, KeyError, pickle.UnpicklingError) as e:  # no such file, not a model file
+        why = f"{type(e).__name__}: {e}" if str(e) else "the file is empty or cut short"
+        parser.error(f"--evaluate {args.evaluate}: not a model file of this project ({why})")
     except ValueError as e:
         parser.error(str(e))
     print(saved_model.format_evaluation(result))

@@ -65,3 +65,12 @@ def test_evaluate_from_the_command_line(tiny_run_kwargs, tmp_path, capsys):
         main.main(["--evaluate", str(junk)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "not a model file" in err
+    empty = tmp_path / "empty.model.pt"
+    empty.write_bytes(b"")
+    for argv, says in ((["--evaluate", str(empty)], "not a model file of this project (the file is empty or cut short)"),
+                       (["--evaluate", res["paths"]["model"], "--json", str(tmp_path)], "is a folder"),
+                       (["--evaluate", res["paths"]["model"], "--json", "/proc/nowhere/m.json"], "cannot be written")):
+        with pytest.raises(SystemExit) as e:
+            main.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and says in err, argv
