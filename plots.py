@@ -839,11 +839,31 @@ def make_plots(results_dir="results", out_dir="figures", profile: str | None = N
             result.update(_grid_figures(t, prof, Path(results_dir), out, paths, notes))
         _compare_figures(t, Path(results_dir), out, paths, notes)
         _ablation_figures(t, out, paths, notes)
+    remove_stale_files(out, paths, notes)
     if verbose:
         print(f"{len(paths)} file(s) written under {out}")
         for n in notes:
             print(f"note: {n}")
     return result
+
+
+WRITTEN_LIST = ".plots_written"  # in the output folder: what the last call wrote there, one path a line
+
+
+def remove_stale_files(out: Path, paths: list, notes: list) -> None:
+    """Delete what the previous call wrote to ``out`` (its :data:`WRITTEN_LIST`) and this call did
+    not (figures of runs no longer there, of another profile, ...), so that no stale figure sits
+    beside fresh ones; then list this call's files. Files this script never wrote are left alone."""
+    listing = out / WRITTEN_LIST
+    before = set(listing.read_text().splitlines()) if listing.exists() else set()
+    now = {Path(p).relative_to(out).as_posix() for p in paths if Path(p).is_relative_to(out)}
+    stale = sorted(before - now - {""})
+    for rel in stale:
+        (out / rel).unlink(missing_ok=True)
+    if stale:
+        notes.append(f"removed {len(stale)} file(s) an earlier call wrote here and this one did not: "
+                     + ", ".join(stale[:6]) + (", ..." if len(stale) > 6 else ""))
+    atomic_write_text(listing, "".join(f"{rel}\n" for rel in sorted(now)))
 
 
 def _compare_figures(t: dict, root: Path, out: Path, paths: list, notes: list) -> None:

@@ -514,6 +514,13 @@ def test_plots_on_partial_results(tmp_path):
     assert counts["long_tail"].iloc[[0, -1]].tolist() == [1500, 15] and counts["head_tail"].tolist() == [1500] * 5 + [15] * 5
     assert counts["name"].iloc[0] == "airplane"
 
+    # the same folder for the compare run alone: the grid's figures go, a file plots.py never wrote stays
+    (fig_dir / "my_notes.txt").write_text("mine")
+    again = plots.make_plots(res / "reduced", fig_dir, verbose=False)
+    left = sorted(p.relative_to(fig_dir).as_posix() for p in fig_dir.rglob("*") if p.is_file())
+    assert left == sorted([".plots_written", "my_notes.txt", "compare/compare-reduced_resnet10_long_tail_imb0.01.png"])
+    assert any(n.startswith("removed 10 file(s) an earlier call wrote here") for n in again["notes"])
+
 
 def write_confusion(csv_path: Path, **stages) -> None:
     """The run's JSON beside its CSV, holding ``confusion_test`` {stage: matrix}."""
