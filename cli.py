@@ -16,13 +16,19 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line}; see {self.prog} --help\n")
 
 
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` made absolute, or its nearest ancestor that exists."""
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
 def unwritable_folder(path: str | os.PathLike) -> str | None:
     """Why ``path`` cannot serve as an output folder (it, or the nearest part of it that exists,
     is a file or cannot be written), or None when it can. Leaves nothing behind (a probe file in
     the nearest existing folder is deleted at once)."""
-    probe = Path(path).absolute()
-    while not probe.exists() and probe != probe.parent:  # the nearest existing part decides
-        probe = probe.parent
+    probe = nearest_existing(path)
     if not probe.is_dir():
         return f"{probe} is a file, not a folder"
     if not os.access(probe, os.W_OK | os.X_OK):

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cli import ArgumentParser, unwritable_folder
+from cli import ArgumentParser, nearest_existing, unwritable_folder
 from data_loader import DATASETS, DEFAULT_DATASET, find_dataset, load_dataset, make_split
 from estimate import format_duration, run_seconds, time_model
 from model import MODELS
@@ -636,7 +636,7 @@ def main(argv=None) -> int:
     common = common_settings(args)
     out = Path(_out_dir(args.out, args.profile, args.dataset))
     why_not = unwritable_folder(out)
-    if why_not and not args.status:
+    if why_not and (not args.status or nearest_existing(out).is_file()):  # --status only reads
         parser.error(f"--out {args.out}: {why_not}; give a folder you can write to")
     try:
         parts = plan_parts(args, common)

@@ -203,6 +203,9 @@ def test_out_that_is_a_file_is_one_line_before_any_run(tmp_path, capsys, monkeyp
     assert e.value.code == 2 and err.count("\n") == 1
     assert f"--out {blocker}: {blocker} is a file, not a folder" in err
     assert blocker.read_text() == "notes"
+    with pytest.raises(SystemExit) as e:  # --status too: not "running ... pid -1 on ?" for every run
+        grid.main(["--profile", "smoke", "--status", "--out", str(blocker)])
+    assert e.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("profile", sorted(grid.PROFILES))
