@@ -108,8 +108,11 @@ def test_real_subset_is_a_runs_subset(real_root, tmp_path):
     assert s.x.dtype == torch.uint8 and s.class_weights.min() == 1.0 and s.class_weights.max() == 8.0
 
 
-@pytest.mark.parametrize("kw", [dict(precision="fp16"), dict(model="vgg"), dict(workers="0,x"),
-                                dict(max_steps=0), dict(threads=0), dict(device="tpu")])
-def test_bad_settings_raise(kw, synthetic_root, tmp_path):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kw, names", [(dict(precision="fp16"), "precision"), (dict(model="vgg"), "model"),
+                                      (dict(workers="0,x"), "workers"), (dict(max_steps=0), "max_steps"),
+                                      (dict(threads=0), "threads"), (dict(device="tpu"), "device"),
+                                      (dict(seed=-1), "seed"), (dict(out="/proc/nowhere/b.json"), "out"),
+                                      (dict(out="."), "out")])
+def test_bad_settings_raise(kw, names, synthetic_root, tmp_path):
+    with pytest.raises(ValueError, match=names):
         bench.validate(tiny_config(synthetic_root, tmp_path, **kw))
