@@ -487,8 +487,28 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line, found before the lease's seconds go into it; or None."""
+    if args.jobs < 1 or args.budget <= 0 or min(args.seeds) < 0 or args.bench_steps < 0 or args.pack_every <= 0:
+        return "--jobs must be >= 1, --budget and --pack-every > 0, --seeds and --bench-steps >= 0"
+    if args.data_tar and not Path(args.data_tar).is_file():
+        return f"--data-tar {args.data_tar}: no such file"
+    if not args.dry_run and shutil.which("nvidia-smi") is None:
+        return "no NVIDIA GPU here (no nvidia-smi): run it on the GPU machine, or add --dry-run to check the plumbing on CPU"
+    return None
+
+
+def failed_runs(jobs: list[Job]) -> list[str]:
+    """The runs that ended with an error (not those stopped at the deadline: they resume)."""
+    return [j.label for j in jobs if isinstance(j.record.get("rc"), int) and j.record["rc"] != 0]
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = argument_problem(args)
+    if problem:
+        parser.error(problem)
     device = "cpu" if args.dry_run else "cuda"
     jobs = min(args.jobs, 2) if args.dry_run else args.jobs
     results = (HERE / args.results).resolve()
@@ -496,7 +516,11 @@ def main(argv=None) -> int:
     study.info = environment(device)
     study.note(f"environment: {study.info}")
     start_from(study, args.start_from)
-    prepare_data(study, args.data_tar, args.data_root)
+    try:
+        prepare_data(study, args.data_tar, args.data_root)
+    except (ValueError, subprocess.CalledProcessError) as e:  # no dataset there, a tarball tar cannot read
+        study.pack()
+        parser.error(f"data: {e}")
 
     bench_json = results / f"bench_{device}.json"
     if args.bench_steps and not bench_json.exists():
@@ -517,9 +541,10 @@ def main(argv=None) -> int:
     finally:
         if mps:
             stop_mps()
-    study.note("done")
+    failed = failed_runs(todo)
+    study.note("done" + (f"; {len(failed)} run(s) failed: {', '.join(failed)} (their logs in {study.logs})" if failed else ""))
     study.pack()
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

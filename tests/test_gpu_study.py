@@ -186,3 +186,34 @@ def test_start_from_copies_committed_runs_and_keeps_the_machines_own(tmp_path):
     assert sorted(f.name for f in dest.iterdir()) == ["results_a.csv", "results_a.json", "results_b.json"]
     assert (dest / "results_b.json").read_text() == "the machine's own"
     assert (dest / "results_a.csv").read_text() == "committed"
+
+
+@pytest.mark.parametrize("argv, says", [(["--jobs", "0"], "--jobs must be >= 1"), (["--seeds", "-1"], "--seeds"),
+                                        (["--budget", "0"], "--budget"), (["--data-tar", "nowhere.tgz"], "no such file")])
+def test_bad_arguments_are_one_line_before_anything_runs(argv, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        gpu_study.main(argv + ["--dry-run", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "res")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and says in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "res").exists()
+
+
+def test_without_a_gpu_only_the_dry_run_goes(monkeypatch):
+    monkeypatch.setattr(gpu_study.shutil, "which", lambda name: None)
+    args = gpu_study.build_parser().parse_args([])
+    assert "no NVIDIA GPU here" in gpu_study.argument_problem(args) and "--dry-run" in gpu_study.argument_problem(args)
+    assert gpu_study.argument_problem(gpu_study.build_parser().parse_args(["--dry-run"])) is None
+
+
+def test_a_missing_dataset_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        gpu_study.main(["--dry-run", "--data-root", str(tmp_path / "nodata"), "--out", str(tmp_path / "out"),
+                        "--results", str(tmp_path / "res"), "--bench-steps", "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "data: no dataset at data_root=" in err
+
+
+def test_runs_that_failed_are_told_apart_from_runs_stopped_at_the_deadline():
+    jobs = [Job(name, []) for name in ("ok", "bad", "stopped", "never started")]
+    jobs[0].record, jobs[1].record, jobs[2].record = {"rc": 0}, {"rc": 2}, {"rc": "stopped at the deadline"}
+    assert gpu_study.failed_runs(jobs) == ["bad"]
