@@ -25,7 +25,7 @@ import torch
 from cli import ArgumentParser
 from results_logger import git_commit, write_json
 from run_all_models import PROFILES
-from two_stage_ictta import METHODS as METHODS_REGISTRY, TwoStageConfig, run_two_stage
+from two_stage_ictta import METHODS as METHODS_REGISTRY, TwoStageConfig, run_two_stage, validate_config
 
 METRICS = ("acc", "macro_f1", "tail_macro_f1")
 METHODS = ("two_stage_ictta", "ldam_drw", "logit_adjust")
@@ -66,14 +66,22 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="results/precision/precision_check.json",
                    help="where the summary goes (the committed benchmarks/ files change only when named here)")
     args = p.parse_args(argv)
+    args.seeds = list(dict.fromkeys(args.seeds))  # a repeated seed is one seed, not a pair with itself
     if len(args.seeds) < 2:
-        p.error("--seeds: give at least 2 seeds, or seed noise cannot be measured")
+        p.error("--seeds: give at least 2 different seeds, or seed noise cannot be measured")
 
     base = dict(PROFILES[args.profile]["config"], device=args.device, data_root=args.data_root,
                 threads=args.threads, log_dir=args.out, quiet=True)
     paths = {"fp32": dict(precision="fp32", compile=False),
              "fast": dict(precision=args.fast_precision, compile=args.fast_compile)}
-    runs = {method: _run_pairs(args, base, paths, method) for method in args.methods}
+    try:
+        plans = {method: _pair_configs(args, base, paths, method) for method in args.methods}
+        for configs in plans.values():
+            for cfg in configs.values():
+                validate_config(cfg)  # every setting, before the first run
+        runs = {method: _run_pairs(configs) for method, configs in plans.items()}
+    except ValueError as e:  # a bad setting, or no dataset at --data-root
+        p.error(str(e))
     comparison = {method: compare(r) for method, r in runs.items()}
     report = {
         "command": "python " + " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
@@ -94,18 +102,28 @@ def main(argv=None) -> int:
     return 0
 
 
-def _run_pairs(args, base: dict, paths: dict, method: str) -> dict[str, list[dict]]:
-    """Each seed's run of ``method`` on every path: final stage-2 test metrics per path."""
-    runs: dict[str, list[dict]] = {k: [] for k in paths}
+def _tag(precision: str, compile: bool) -> str:
+    return f"{precision}{'-compile' if compile else ''}"
+
+
+def _pair_configs(args, base: dict, paths: dict, method: str) -> dict[tuple, TwoStageConfig]:
+    """``(seed, path name) -> config`` of ``method``: each seed on every path."""
+    configs = {}
     for seed in args.seeds:
         for name, settings in paths.items():
-            tag = f"{settings['precision']}{'-compile' if settings['compile'] else ''}"
-            cfg = TwoStageConfig(args.model, "long_tail", seed=seed, method=method,
-                                 exp_name=f"precision-{method}-{tag}", **base, **settings)
-            test = run_two_stage(cfg)["stage2"]["final"]["test"]
-            runs[name].append({"seed": seed, **{m: test[m] for m in METRICS}})
-            print(f"{method} seed {seed} {tag:>14}: " + "  ".join(f"{m} {100 * test[m]:.2f}" for m in METRICS),
-                  flush=True)
+            configs[seed, name] = TwoStageConfig(args.model, "long_tail", seed=seed, method=method,
+                                                 exp_name=f"precision-{method}-{_tag(**settings)}", **base, **settings)
+    return configs
+
+
+def _run_pairs(configs: dict[tuple, TwoStageConfig]) -> dict[str, list[dict]]:
+    """Run each config: final stage-2 test metrics per path, in seed order."""
+    runs: dict[str, list[dict]] = {}
+    for (seed, name), cfg in configs.items():
+        test = run_two_stage(cfg)["stage2"]["final"]["test"]
+        runs.setdefault(name, []).append({"seed": seed, **{m: test[m] for m in METRICS}})
+        print(f"{cfg.method} seed {seed} {_tag(cfg.precision, cfg.compile):>14}: " + "  ".join(f"{m} {100 * test[m]:.2f}" for m in METRICS),
+              flush=True)
     return runs
 
 

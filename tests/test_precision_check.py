@@ -25,10 +25,25 @@ def test_verdict_flags_a_systematic_drop():
     assert not compare(_runs([0.65, 0.67, 0.69], [0.70, 0.72, 0.74]))["acc_within_seed_noise"]
 
 
-def test_one_seed_is_a_usage_error():
+@pytest.mark.parametrize("argv, says", [(["--seeds", "0"], "at least 2 different seeds"),
+                                        (["--seeds", "0", "0"], "at least 2 different seeds"),
+                                        (["--model", "vgg"], "model_name='vgg'"), (["--threads", "0"], "threads=0"),
+                                        (["--device", "tpu"], "device")])
+def test_bad_settings_are_one_line_before_any_run(argv, says, tmp_path, capsys, monkeypatch):
+    import precision_check
+    monkeypatch.setattr(precision_check, "run_two_stage", lambda cfg: pytest.fail("a run started"))
     with pytest.raises(SystemExit) as e:
-        main(["--seeds", "0"])
-    assert e.value.code == 2
+        main(argv + ["--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and says in err
+
+
+def test_a_missing_dataset_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--data-root", str(tmp_path / "nodata"), "--device", "cpu", "--out", str(tmp_path / "runs"),
+              "--json", str(tmp_path / "c.json"), "--profile", "smoke"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "no dataset at data_root=" in err
 
 
 def test_each_method_gets_its_own_paired_comparison(synthetic_root, tmp_path):
