@@ -68,10 +68,16 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", help="dataset folder (default: each checkout's default)")
     p.add_argument("--keep", help="folder to keep both result sets in (default: a temporary one)")
     args = p.parse_args(argv)
+    for side in ("old", "new"):
+        if not (Path(getattr(args, side)) / "run_all_models.py").is_file():
+            p.error(f"--{side} {getattr(args, side)}: no run_all_models.py there; give a checkout of this project")
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(args.keep or tmp)
         for side in ("old", "new"):
-            run_smoke(Path(getattr(args, side)).resolve(), base / side, args.data_root)
+            try:
+                run_smoke(Path(getattr(args, side)).resolve(), base / side, args.data_root)
+            except subprocess.CalledProcessError as e:  # its own one-line error went to stderr above
+                p.error(f"the smoke grid of --{side} failed (exit {e.returncode}): see its error above")
         diff = differences(numbers(base / "old"), numbers(base / "new"))
         n_runs = len(numbers(base / "new"))
     print("\n".join(diff) if diff else f"neutral: {n_runs} smoke runs, every number bit-identical")

@@ -1,5 +1,10 @@
 """neutrality_check: which CSV columns are numbers, and what counts as a difference."""
+from pathlib import Path
+
 import pandas as pd
+import pytest
+
+import neutrality_check
 
 from neutrality_check import differences, numbers
 
@@ -26,3 +31,17 @@ def test_a_changed_number_or_a_missing_run_is_reported(tmp_path):
     _write(tmp_path / "old", "results_b.csv", acc=[0.1])
     diff = differences(numbers(tmp_path / "old"), numbers(tmp_path / "new"))
     assert diff == ["only in the old results: results_b.csv", "results_a.csv: numbers differ in acc"]
+
+
+def test_a_folder_that_is_not_a_checkout_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        neutrality_check.main(["--old", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "--old" in err and "no run_all_models.py there" in err
+
+
+def test_a_failing_smoke_grid_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:  # the new side is this checkout; its grid fails on a data root with no data
+        neutrality_check.main(["--old", str(Path(neutrality_check.__file__).parent), "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and "the smoke grid of --old failed (exit 2)" in err[-1]
