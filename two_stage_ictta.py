@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import cli
 import data_loader
 import live_curves
 import losses
@@ -570,6 +571,8 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
     """Run one configuration end to end (see the module docstring); returns the results dict."""
     validate_config(cfg)
     log_dir = Path(cfg.log_dir)
+    if cli.nearest_existing(log_dir).is_file():
+        raise ValueError(f"log_dir={str(log_dir)!r}: {cli.nearest_existing(log_dir)} is a file, not a folder")
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
         probe = log_dir / f".write_probe_{os.getpid()}"
@@ -960,3 +963,7 @@ def run_two_stage_ictta_on_scenario(model_name: str, imbalance_type: str, **sett
 
 run_two_stage_ictta_on_scenario.__signature__ = inspect.signature(TwoStageConfig).replace(
     return_annotation=dict)
+
+
+if __name__ == "__main__":
+    sys.exit("two_stage_ictta.py is the library; from a shell run: python main.py --help")
