@@ -48,8 +48,8 @@ from estimate import format_duration, run_seconds, time_model
 from model import MODELS
 from results_logger import now, write_json
 from runfiles import read_run_json
-from two_stage_ictta import (METHODS, TwoStageConfig, is_finished, run_name, run_two_stage, stage1_hash,
-                             stage1_path, validate_config)
+from two_stage_ictta import (METHODS, TwoStageConfig, data_read_elsewhere, is_finished, run_name, run_two_stage,
+                             stage1_hash, stage1_path, validate_config)
 
 BASELINE_MODELS = tuple(MODELS)  # every model: the seed's four and ResNet-32, which the literature uses
 TUNING_MODELS = ("resnet10", "resnet15", "resnet20")
@@ -261,14 +261,16 @@ def plan_work(configs: list[TwoStageConfig], datasets: dict) -> list[dict]:
     and ``steps``, its training steps."""
     provided, work = set(), []
     for cfg in configs:
-        finished = is_finished(cfg, read_run_json(cfg.log_dir, run_name(cfg)))
+        meta = read_run_json(cfg.log_dir, run_name(cfg))
+        finished = is_finished(cfg, meta)
         shared = shares_stage1(cfg) and (stage1_path(cfg) in provided or stage1_path(cfg).exists())
         if not finished and shares_stage1(cfg):
             provided.add(stage1_path(cfg))
         data = datasets.get((cfg.data_root, cfg.dataset))
         sizes = _split_sizes(cfg, data) if data is not None else None
         trains_stage1 = not finished and cfg.stage1_epochs > 0 and not shared
-        work.append({"cfg": cfg, "finished": finished, "trains_stage1": trains_stage1, "sizes": sizes,
+        work.append({"cfg": cfg, "finished": finished, "read_elsewhere": finished and data_read_elsewhere(cfg, meta),
+                     "trains_stage1": trains_stage1, "sizes": sizes,
                      "steps": sizes and run_seconds(cfg, sizes, STEP_UNITS, trains_stage1)})
     return work
 
@@ -306,6 +308,11 @@ def format_plan(work: list[dict], parts: list[tuple[str, list]], timings: dict |
              f"{' or '.join(epochs)} epochs each",
              f"  {len(work) - len(todo)} finished before (skipped), {len(todo)} to run, training "
              f"{sum(w['trains_stage1'] for w in todo)} stage 1s (the others share one)"]
+    elsewhere = sorted({w["read_elsewhere"] for w in work if w["read_elsewhere"]})
+    if elsewhere:
+        lines.append(f"  {sum(bool(w['read_elsewhere']) for w in work)} of the finished runs read their data from "
+                     f"{', '.join(elsewhere)}, not this data root: reused all the same (data_root is not part of a "
+                     f"run's identity); another --out trains them on this data")
     missing = sorted({str(w["cfg"].data_root or "the default data folder") for w in todo if w["sizes"] is None})
     if missing:
         lines.append(f"  no data yet in {', '.join(missing)}: no time estimate")

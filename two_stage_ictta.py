@@ -411,7 +411,7 @@ def stage1_hash(cfg: TwoStageConfig) -> str:
          if f.metadata["identity"] and not f.metadata["stage2_only"] and not f.metadata["label"]
          and f.name != "method" and not (f.metadata["stage1_when_set"] and getattr(cfg, f.name) == f.default)}
     d.update(loss1=m.loss1, weights1=m.weights1, normed=m.normed_classifier,
-             data=str(Path(cfg.data_root or data_loader.default_data_root(cfg.dataset)).resolve()))
+             data=str(data_folder(cfg)))
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -531,14 +531,19 @@ def static_weights(kind: str, counts, cfg: TwoStageConfig) -> torch.Tensor | Non
     raise ValueError(f"unknown weights {kind!r}")
 
 
+def data_folder(cfg: TwoStageConfig) -> Path:
+    """The data root ``cfg`` names (its default when unset), resolved."""
+    return Path(cfg.data_root or data_loader.default_data_root(cfg.dataset)).resolve()
+
+
 def data_read_elsewhere(cfg: TwoStageConfig, meta: dict) -> str | None:
-    """The folder a finished run read its data from (``meta["data_source"]``), when it is not
-    ``cfg``'s data root nor inside it; None when it is, or when the run recorded none."""
+    """The folder a finished run read its data from (``meta["data_source"]``, resolved), when it
+    is not ``cfg``'s data root nor inside it; None when it is, or when the run recorded no
+    absolute path (runs before 2026-11-27 evening kept the path as typed: no telling from where)."""
     source = meta.get("data_source")
-    if not source:
+    if not source or not Path(source).is_absolute():
         return None
-    root = Path(cfg.data_root if cfg.data_root is not None else data_loader.default_data_root(cfg.dataset)).resolve()
-    read = Path(source).resolve()
+    root, read = data_folder(cfg), Path(source).resolve()
     return None if read == root or root in read.parents else source
 
 
@@ -786,7 +791,7 @@ def _run_record(cfg: TwoStageConfig, paths: dict, run_id: str, device: torch.dev
 
 def _data_facts(rd: RunData) -> dict:
     """What the run's JSON records of its data."""
-    return dict(class_counts=rd.counts, classes=list(rd.data.classes), data_source=rd.data.source,
+    return dict(class_counts=rd.counts, classes=list(rd.data.classes), data_source=str(Path(rd.data.source).resolve()),
                 n_train=int(len(rd.split.train_idx)), n_val=int(len(rd.split.val_idx)),
                 n_stat=int(len(rd.split.stat_idx)),
                 normalization={"mean": rd.data.mean, "std": rd.data.std, "over": "the whole training split"})

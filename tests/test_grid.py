@@ -158,6 +158,11 @@ def test_plan_progress_dry_run_and_estimate(synthetic_root, tmp_path, capsys, mo
     assert "3 to run" in capsys.readouterr().out
     assert grid.main(argv + ["--dry-run", "--seeds", "1", "0", "1", "--no-estimate"]) == 0  # a repeated value counts once
     assert "plan: 6 runs" in capsys.readouterr().out
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    assert grid.main(argv + ["--dry-run", "--no-estimate", "--data-root", str(moved)]) == 0  # the last --data-root wins
+    out = capsys.readouterr().out
+    assert "3 finished before (skipped)" in out and f"3 of the finished runs read their data from {data}, not" in out
 
 
 

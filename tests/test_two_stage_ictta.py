@@ -572,3 +572,12 @@ def test_held_out_statistic_from_the_statistic_split(monkeypatch):
     assert tsi._held_out_stat(None, None, [4, 3, 2, 1], cfg, (None, None), "val_loss") is class_loss
     with pytest.raises(FloatingPointError, match="not a finite vector"):
         tsi.losses.DynamicClassWeights(4, mode="val_error").update(error)
+
+
+def test_data_read_elsewhere_compares_resolved_folders(tmp_path):
+    cfg = TwoStageConfig("simplecnn", "long_tail", data_root=str(tmp_path / "data"))
+    assert tsi.data_read_elsewhere(cfg, {"data_source": str(tmp_path / "data")}) is None
+    assert tsi.data_read_elsewhere(cfg, {"data_source": str(tmp_path / "data" / "cifar-10-batches-py")}) is None
+    assert tsi.data_read_elsewhere(cfg, {"data_source": str(tmp_path / "other")}) == str(tmp_path / "other")
+    assert tsi.data_read_elsewhere(cfg, {"data_source": "data/cifar10"}) is None  # as typed by an older run: no telling
+    assert tsi.data_read_elsewhere(cfg, {}) is None
