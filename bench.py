@@ -45,7 +45,7 @@ import torch
 
 import data_loader
 import losses
-from cli import unwritable_folder
+from cli import unwritable_file
 from model import MODELS
 from results_logger import git_commit, write_json
 from train_eval import PRECISIONS, autocast, evaluate, resolve_device, train_one_epoch
@@ -101,10 +101,8 @@ def validate(cfg: BenchConfig) -> None:
     check(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps", "None or an integer >= 1")
     check(cfg.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
     check(cfg.seed >= 0, "seed", "an integer >= 0")
-    if cfg.out is not None:  # checked now, not after the minutes of timing
-        where = Path(cfg.out).absolute()
-        why_not = "is a folder" if where.is_dir() else unwritable_folder(where.parent)
-        check(why_not is None, "out", f"a JSON file path that can be written ({why_not})")
+    why_not = cfg.out is not None and unwritable_file(cfg.out)  # checked now, not after the minutes of timing
+    check(not why_not, "out", f"a JSON file path that can be written ({why_not})")
     for name in ("batch_size", "eval_batch_size", "probe_steps"):
         check(getattr(cfg, name) >= 1, name, "an integer >= 1")
     try:

@@ -39,3 +39,15 @@ def unwritable_folder(path: str | os.PathLike) -> str | None:
     except OSError as e:
         return f"{probe} cannot be written ({e.strerror or e})"
     return None
+
+
+def unwritable_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be written as a file (it is a folder, or its folder cannot be made or
+    written), or None when it can; its missing folders are made when it is written."""
+    target = Path(path).absolute()
+    return f"{target} is a folder" if target.is_dir() else unwritable_folder(target.parent)
+
+
+def unique(values) -> list:
+    """``values`` in their order, each once: a repeated seed or model is one, not two copies of its runs."""
+    return list(dict.fromkeys(values))

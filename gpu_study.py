@@ -40,7 +40,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from cli import ArgumentParser
+from cli import ArgumentParser, unique
 from launch import plan_jobs
 from main import config_argv
 from run_all_models import BASELINE_MODELS, SCENARIOS, TUNING_MODELS, plan_baseline, plan_compare, plan_tuning
@@ -489,13 +489,23 @@ def build_parser() -> ArgumentParser:
 
 def argument_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the command line, found before the lease's seconds go into it; or None."""
-    if args.jobs < 1 or args.budget <= 0 or min(args.seeds) < 0 or args.bench_steps < 0 or args.pack_every <= 0:
+    if not (args.jobs >= 1 and args.budget > 0 and args.pack_every > 0 and min(args.seeds) >= 0
+            and args.bench_steps >= 0):  # "not >": NaN fails too
         return "--jobs must be >= 1, --budget and --pack-every > 0, --seeds and --bench-steps >= 0"
     if args.data_tar and not Path(args.data_tar).is_file():
         return f"--data-tar {args.data_tar}: no such file"
-    if not args.dry_run and shutil.which("nvidia-smi") is None:
-        return "no NVIDIA GPU here (no nvidia-smi): run it on the GPU machine, or add --dry-run to check the plumbing on CPU"
+    if not args.dry_run and not gpu_visible():
+        return "no NVIDIA GPU here (nvidia-smi -L lists none): run it on the GPU machine, or add --dry-run on a CPU"
     return None
+
+
+def gpu_visible() -> bool:
+    """Whether ``nvidia-smi -L`` runs and lists a GPU."""
+    try:
+        r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and "GPU" in r.stdout
 
 
 def failed_runs(jobs: list[Job]) -> list[str]:
@@ -506,6 +516,7 @@ def failed_runs(jobs: list[Job]) -> list[str]:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.seeds = unique(args.seeds)
     problem = argument_problem(args)
     if problem:
         parser.error(problem)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import saved_model
-from cli import ArgumentParser, unwritable_folder
+from cli import ArgumentParser, unwritable_file
 from results_logger import write_json
 from runfiles import RunLockedError
 from two_stage_ictta import CONFIG_GROUPS, TwoStageConfig, run_two_stage
@@ -130,9 +130,9 @@ def format_table(results: dict) -> str:
 
 def evaluate_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """--evaluate: a saved model's test metrics, printed and, with --json, written."""
-    json_folder = args.json and unwritable_folder(Path(args.json).absolute().parent)
-    if json_folder or (args.json and Path(args.json).is_dir()):
-        parser.error(f"--json {args.json}: " + (json_folder or "is a folder") + "; give a file path you can write")
+    why_not = args.json and unwritable_file(args.json)
+    if why_not:  # before the evaluation, not after it
+        parser.error(f"--json {args.json}: {why_not}; give a file path you can write")
     try:
         result = saved_model.evaluate_file(args.evaluate, data_root=args.data_root, device=args.device)
     except (OSError, EOFError, RuntimeError, KeyError, pickle.UnpicklingError) as e:  # no such file, not a model file
@@ -142,6 +142,7 @@ def evaluate_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(str(e))
     print(saved_model.format_evaluation(result))
     if args.json:
+        Path(args.json).absolute().parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, result)
         print(f"metrics: {args.json}")
     return 0

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from cli import ArgumentParser
+import data_loader
+from cli import ArgumentParser, unique, unwritable_file
 from results_logger import git_commit, write_json
 from run_all_models import PROFILES
 from two_stage_ictta import METHODS as METHODS_REGISTRY, TwoStageConfig, run_two_stage, validate_config
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="results/precision/precision_check.json",
                    help="where the summary goes (the committed benchmarks/ files change only when named here)")
     args = p.parse_args(argv)
-    args.seeds = list(dict.fromkeys(args.seeds))  # a repeated seed is one seed, not a pair with itself
+    args.seeds = unique(args.seeds)
     if len(args.seeds) < 2:
         p.error("--seeds: give at least 2 different seeds, or seed noise cannot be measured")
 
@@ -74,14 +75,18 @@ def main(argv=None) -> int:
                 threads=args.threads, log_dir=args.out, quiet=True)
     paths = {"fp32": dict(precision="fp32", compile=False),
              "fast": dict(precision=args.fast_precision, compile=args.fast_compile)}
-    try:
+    why_not = unwritable_file(args.json)
+    if why_not:
+        p.error(f"--json {args.json}: {why_not}; give a file path you can write")
+    try:  # every setting and the data, before the first run; a run's own errors keep their traceback
         plans = {method: _pair_configs(args, base, paths, method) for method in args.methods}
         for configs in plans.values():
             for cfg in configs.values():
-                validate_config(cfg)  # every setting, before the first run
-        runs = {method: _run_pairs(configs) for method, configs in plans.items()}
+                validate_config(cfg)
+        data_loader.load_dataset(args.data_root)
     except ValueError as e:  # a bad setting, or no dataset at --data-root
         p.error(str(e))
+    runs = {method: _run_pairs(configs) for method, configs in plans.items()}
     comparison = {method: compare(r) for method, r in runs.items()}
     report = {
         "command": "python " + " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
@@ -92,6 +97,7 @@ def main(argv=None) -> int:
         "setup": {"model": args.model, "profile": args.profile, "config": {k: v for k, v in base.items()},
                   "fast": paths["fast"], "reference": paths["fp32"], "metric": "final stage-2 test metrics"},
         "runs": runs, "comparison": comparison}
+    Path(args.json).absolute().parent.mkdir(parents=True, exist_ok=True)
     write_json(args.json, report)
     for method, result in comparison.items():
         a = result["acc"]

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cli import ArgumentParser, nearest_existing, unwritable_folder
+from cli import ArgumentParser, nearest_existing, unique, unwritable_folder
 from data_loader import DATASETS, DEFAULT_DATASET, find_dataset, load_dataset, make_split
 from estimate import format_duration, run_seconds, time_model
 from model import MODELS
@@ -629,9 +629,9 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in LIST_OPTIONS:  # --seeds 0 0 means seed 0 once, not two copies of every run
+    for name in LIST_OPTIONS:
         if getattr(args, name):
-            setattr(args, name, list(dict.fromkeys(getattr(args, name))))
+            setattr(args, name, unique(getattr(args, name)))
     _check_launcher_flags(parser, args)
     if args.launcher != "inline" or args.status:  # jobs may run elsewhere: absolute paths
         args.out = str(Path(args.out).resolve())

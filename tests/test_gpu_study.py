@@ -189,7 +189,8 @@ def test_start_from_copies_committed_runs_and_keeps_the_machines_own(tmp_path):
 
 
 @pytest.mark.parametrize("argv, says", [(["--jobs", "0"], "--jobs must be >= 1"), (["--seeds", "-1"], "--seeds"),
-                                        (["--budget", "0"], "--budget"), (["--data-tar", "nowhere.tgz"], "no such file")])
+                                        (["--budget", "0"], "--budget"), (["--budget", "nan"], "--budget"),
+                                        (["--data-tar", "nowhere.tgz"], "no such file")])
 def test_bad_arguments_are_one_line_before_anything_runs(argv, says, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         gpu_study.main(argv + ["--dry-run", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "res")])
@@ -199,7 +200,7 @@ def test_bad_arguments_are_one_line_before_anything_runs(argv, says, tmp_path, c
 
 
 def test_without_a_gpu_only_the_dry_run_goes(monkeypatch):
-    monkeypatch.setattr(gpu_study.shutil, "which", lambda name: None)
+    monkeypatch.setattr(gpu_study, "gpu_visible", lambda: False)
     args = gpu_study.build_parser().parse_args([])
     assert "no NVIDIA GPU here" in gpu_study.argument_problem(args) and "--dry-run" in gpu_study.argument_problem(args)
     assert gpu_study.argument_problem(gpu_study.build_parser().parse_args(["--dry-run"])) is None
@@ -217,3 +218,11 @@ def test_runs_that_failed_are_told_apart_from_runs_stopped_at_the_deadline():
     jobs = [Job(name, []) for name in ("ok", "bad", "stopped", "never started")]
     jobs[0].record, jobs[1].record, jobs[2].record = {"rc": 0}, {"rc": 2}, {"rc": "stopped at the deadline"}
     assert gpu_study.failed_runs(jobs) == ["bad"]
+
+
+def test_a_repeated_seed_is_one_seed(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(gpu_study, "argument_problem", lambda args: seen.append(args.seeds) or "stop here")
+    with pytest.raises(SystemExit):
+        gpu_study.main(["--dry-run", "--seeds", "1", "0", "1"])
+    assert seen == [[1, 0]]

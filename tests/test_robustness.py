@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -369,7 +370,7 @@ def test_unwritable_log_dir_fails_before_any_data_or_training(tmp_path, monkeypa
         raise AssertionError("data was loaded before log_dir was checked")
 
     monkeypatch.setattr(data_loader, "load_dataset", no_data)
-    with pytest.raises(ValueError, match=f"log_dir=.*: {blocker} is a file, not a folder"):
+    with pytest.raises(ValueError, match=f"log_dir=.*: {re.escape(str(blocker))} is a file, not a folder"):
         tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, log_dir=str(log_dir), **RUN)
     assert blocker.read_text() == ""
 

@@ -52,7 +52,7 @@ def test_a_resnet32_file_is_about_2_mb(tmp_path):
 
 def test_evaluate_from_the_command_line(tiny_run_kwargs, tmp_path, capsys):
     res = run_two_stage_ictta_on_scenario("simplecnn", "long_tail", **tiny_run_kwargs)
-    out = tmp_path / "metrics.json"
+    out = tmp_path / "new_folder" / "metrics.json"  # its folder is made
     assert main.main(["--evaluate", res["paths"]["model"], "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     acc = res["stage2"]["final"]["test"]["acc"]
