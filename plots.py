@@ -857,9 +857,14 @@ def remove_stale_files(out: Path, paths: list, notes: list) -> None:
     listing = out / WRITTEN_LIST
     before = set(listing.read_text().splitlines()) if listing.exists() else set()
     now = {Path(p).relative_to(out).as_posix() for p in paths if Path(p).is_relative_to(out)}
-    stale = sorted(before - now - {""})
+    inside = lambda rel: (out / rel).resolve().is_relative_to(out.resolve())  # an edited list reaches no further
+    stale = sorted(rel for rel in before - now - {""} if inside(rel))
     for rel in stale:
         (out / rel).unlink(missing_ok=True)
+        folder = (out / rel).parent
+        while folder != out and folder.is_dir() and not any(folder.iterdir()):  # emptied sub-folders go too
+            folder.rmdir()
+            folder = folder.parent
     if stale:
         notes.append(f"removed {len(stale)} file(s) an earlier call wrote here and this one did not: "
                      + ", ".join(stale[:6]) + (", ..." if len(stale) > 6 else ""))

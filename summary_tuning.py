@@ -49,6 +49,7 @@ Writes, in ``--out`` (default: the results folder):
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import math
@@ -103,15 +104,19 @@ def read_run_csv(path) -> pd.DataFrame:
     return df
 
 
-def malformed_lines(df: pd.DataFrame) -> list[int]:
-    """The file's line numbers (the header is line 1) of the rows that no run writes: stage, epoch,
-    loss or macro_f1 missing, or a scalar metric that is text (a file cut short, or edited)."""
+def malformed_lines(path: Path, df: pd.DataFrame) -> list[int]:
+    """The line numbers (the header is line 1) of ``path``'s rows (``df``) that no run writes: fewer
+    or more fields than the header (a file cut short), stage, epoch, loss or macro_f1 missing, or a
+    scalar metric that is text (an edited file)."""
+    with open(path, newline="") as f:
+        widths = [len(fields) for fields in csv.reader(f) if fields]
+    ragged = [i + 1 for i, n in enumerate(widths) if n != widths[0]]
     metrics = df[[c for c in SCALAR_METRICS if c in df]]
     as_numbers = metrics.apply(pd.to_numeric, errors="coerce")
     text = as_numbers.isna() & metrics.notna()
     required = df[["stage", "epoch"] + [c for c in ("loss", "macro_f1") if c in df]].apply(pd.to_numeric, errors="coerce")
     bad = text.any(axis=1) | required.isna().any(axis=1)
-    return [i + 2 for i in np.flatnonzero(bad.to_numpy())]
+    return sorted(set(ragged) | {int(i) + 2 for i in np.flatnonzero(bad.to_numpy())})
 
 
 def load_rows(results_dir, notes: list | None = None) -> pd.DataFrame:
@@ -133,10 +138,11 @@ def load_rows(results_dir, notes: list | None = None) -> pd.DataFrame:
         if missing or not len(df):
             notes.append(f"skipped {path}: " + (f"no columns {sorted(missing)}" if missing else "no rows"))
             continue
-        bad = malformed_lines(df)
+        bad = malformed_lines(path, df)
         if bad:
-            notes.append(f"skipped {path}: line(s) {', '.join(map(str, bad[:5]))} hold no number where stage, epoch, "
-                         f"loss or macro_f1 must be one, or text in a metric (a truncated or edited file)")
+            notes.append(f"skipped {path}: line(s) {', '.join(map(str, bad[:5]))} have another number of fields than "
+                         f"the header, no number where stage, epoch, loss or macro_f1 must be one, or text in a "
+                         f"metric (a file cut short or edited)")
             continue
         key = (str(df["run_id"].iloc[0]), df["tag"].iloc[0] if "tag" in df else "")
         if key in frames:

@@ -208,7 +208,7 @@ def test_a_truncated_or_edited_run_file_is_skipped_with_its_line(tmp_path):
     good = write_run(res, seed=0)
     cut = write_run(res, seed=1)
     lines = cut.read_text().splitlines()
-    cut.write_text("\n".join(lines[:-1] + [",".join(lines[-1].split(",")[:10])]) + "\n")  # the last line cut short
+    cut.write_text("\n".join(lines[:-1] + [",".join(lines[-1].split(",")[:-3])]) + "\n")  # cut short in the w_ columns
     edited = write_run(res, seed=2)
     df = pd.read_csv(edited)
     df["macro_f1"] = df["macro_f1"].astype(object)
@@ -520,6 +520,12 @@ def test_plots_on_partial_results(tmp_path):
     left = sorted(p.relative_to(fig_dir).as_posix() for p in fig_dir.rglob("*") if p.is_file())
     assert left == sorted([".plots_written", "my_notes.txt", "compare/compare-reduced_resnet10_long_tail_imb0.01.png"])
     assert any(n.startswith("removed 10 file(s) an earlier call wrote here") for n in again["notes"])
+    assert sorted(p.name for p in fig_dir.iterdir() if p.is_dir()) == ["compare"]  # emptied folders went too
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    (fig_dir / ".plots_written").write_text(f"../outside.txt\n{outside}\n")  # an edited list
+    plots.make_plots(res / "reduced", fig_dir, verbose=False)
+    assert outside.read_text() == "keep"
 
 
 def write_confusion(csv_path: Path, **stages) -> None:
