@@ -266,13 +266,14 @@ def _load_cached(root: Path, kind: str, reader, write: bool = True) -> ImageData
     return data
 
 
-def load_dataset(data_root: str | os.PathLike | None = None, download: bool = False,
+def load_dataset(data_root: str | os.PathLike | None = None, download: bool | None = None,
                  dataset: str = DEFAULT_DATASET) -> ImageData:
     """Load a whole dataset as uint8 arrays, decoding it only the first time.
 
     ``data_root`` defaults to :func:`default_data_root` of ``dataset``. When it holds nothing, the
-    dataset is downloaded there (170 MB) only if ``download`` is True or it is this project's own
-    data folder (``data/<dataset>``): a mistyped path is an error, never a download or a new folder.
+    dataset is downloaded there (170 MB) if ``download`` is True, or, when it is None, only into this
+    project's own data folder (``data/<dataset>``): a mistyped path is an error, never a download or
+    a new folder; ``download=False`` never downloads.
     Raises :class:`DataError` (a ``ValueError``) when the folder holds no recognisable dataset, or
     holds nothing and may not or cannot be downloaded into.
     """
@@ -281,7 +282,8 @@ def load_dataset(data_root: str | os.PathLike | None = None, download: bool = Fa
     data = find_dataset(root, dataset)
     if data is not None:
         return data
-    if not (download or root.resolve() == (DATA_DIR / dataset).resolve()):
+    own_folder = root.resolve() == (DATA_DIR / dataset).resolve()
+    if not (download if download is not None else own_folder):
         raise DataError(f"no dataset at data_root={str(root)!r}: {_hint(source)}; or add --download "
                         f"(download=True) to fetch {source.title} ({source.size}) there")
     return _download(root, dataset)

@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset; runs of another than cifar10 go to OUT/PROFILE-DATASET/ (default: %(default)s)")
     p.add_argument("--data-root", help="dataset folder (default: $CIFAR10_ROOT, else data/cifar10; for cifar100 "
                                        "$CIFAR100_ROOT, else data/cifar100)")
-    p.add_argument("--download", action="store_true",
+    p.add_argument("--download", action="store_true", default=None,  # unset: data/<dataset> downloads, nothing else
                    help="download the dataset into --data-root if it is not there (data/cifar10 needs no flag)")
     p.add_argument("--out", default="results", help="results folder; runs go to OUT/PROFILE/")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -293,8 +293,9 @@ class TwoStageConfig:
     data_root: str | None = opt(None, "dataset folder (default: $CIFAR10_ROOT, else data/cifar10; for cifar100 "
                                       "$CIFAR100_ROOT, else data/cifar100)", "data", identity=False,
                                 rule=Rule(lambda v: isinstance(v, (str, os.PathLike)), "a folder path").or_none())
-    download: bool = opt(False, "download the dataset into data_root when it is not there (data/<dataset> "
-                                "downloads without asking)", "data", identity=False)
+    download: bool | None = opt(None, "download the dataset into data_root when it is not there (unset: only "
+                                      "this project's data/<dataset> downloads without asking; --no-download: "
+                                      "never)", "data", identity=False, rule=BOOL.or_none())
     val_per_class: int = opt(100, "balanced validation images per class, held out of train first", "data",
                              rule=INT_AT_LEAST_0)
     stat_per_class: int = opt(50, "balanced images per class held out (after validation) for the "

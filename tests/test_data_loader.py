@@ -298,6 +298,9 @@ def test_download_only_when_asked_or_into_the_default_folder(tmp_path, downloads
     with pytest.raises(DataError, match="downloading CIFAR-10 failed"):
         load_dataset()  # the project's own data folder: no flag needed
     assert downloads == [str(target), str(default)]
+    with pytest.raises(DataError, match="no dataset at"):
+        load_dataset(download=False)  # ... unless told never to
+    assert downloads == [str(target), str(default)]
 
 
 def test_image_folder_without_images(tmp_path):
