@@ -153,7 +153,7 @@ PARAMS = {
     "device": (device_ok, _devices),
     "dataset": (one_of(data_loader.DATASETS), _words(list(data_loader.DATASETS))),
     "data_root": (path(optional=True), st.integers()),
-    "download": (is_bool, _ints),
+    "download": (lambda v: v is None or is_bool(v), _ints),  # None: only data/<dataset> downloads
     "val_per_class": (int_in(0), _ints),
     "stat_per_class": (int_in(0), _ints),
     "n_max": (int_in(1, optional=True), _ints),
