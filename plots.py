@@ -687,8 +687,10 @@ def load_confusions(config_id: str, summary: pd.DataFrame, results_dir: Path, no
     for stage, mats in found.items():
         if mats and all(m is not None for m in mats):
             out[stage] = np.sum([np.asarray(m, dtype=float) for m in mats], axis=0)
-        elif any(m is not None for m in mats):
-            notes.append(f"config {config_id}: {stage} confusion matrix missing for some runs: {stage} not shown"
+        elif mats:
+            lost = sum(m is None for m in mats)
+            notes.append(f"config {config_id}: {stage} confusion matrix missing for {lost} of {len(mats)} run(s): "
+                         f"{stage} not shown"
                          + (" (a run resumed in stage 2 before fe22112 did not keep it)" if stage == "stage1" else ""))
     return out
 

@@ -560,6 +560,13 @@ def test_figures_of_tuning_ablation_and_confusion(tmp_path):
         assert (tmp_path / "figures" / name).stat().st_size > 0, name
     assert any("confusion" in n for n in result["notes"])  # the compare runs have no JSON: said, not drawn
 
+    alone = tmp_path / "alone"  # one run, resumed in stage 2 by code that did not keep its stage-1 matrix
+    write_confusion(write_run(alone), stage2=eye)
+    one = st.summarize_runs(st.load_rows(alone))
+    notes: list = []
+    assert set(plots.load_confusions(one["config_id"].iloc[0], one, alone, notes)) == {"stage2"}
+    assert any("stage1 confusion matrix missing for 1 of 1 run(s): stage1 not shown" in n for n in notes)
+
 
 def test_depth_is_counted_from_the_model():
     assert plots.resnet_depths() == {"resnet10": 10, "resnet15": 16, "resnet20": 20, "resnet32": 32}
