@@ -344,6 +344,14 @@ def _finish(job, spec: JobSpec, retries: int, report: dict, quiet: bool) -> list
     return plan_jobs(spec.then)
 
 
+def put_first(queue: deque, specs: list[JobSpec]) -> None:
+    """Queue the jobs an ended job hands on (its retries, or the runs that waited for its stage 1)
+    ahead of the jobs not started yet, in their order: a two-stage run's same-budget control runs
+    next, so that finished pairs accumulate while a long grid runs, instead of every control
+    waiting for the last stage-1 trainer."""
+    queue.extendleft(reversed(specs))
+
+
 def _launch_local(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: dict) -> None:
     """Run the jobs as local subprocesses, ``lc.jobs`` at a time; slot ``k`` is pinned to GPU
     ``lc.gpus[k % len(lc.gpus)]``, or to no GPU when there are none."""
@@ -368,7 +376,7 @@ def _launch_local(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: 
             for slot, (job, spec) in list(live.items()):
                 if job.done():
                     del live[slot]
-                    queue.extend(_finish(job, spec, lc.retries, report, lc.quiet))
+                    put_first(queue, _finish(job, spec, lc.retries, report, lc.quiet))
     except KeyboardInterrupt:  # stop the jobs too (their runs are marked interrupted and resume later)
         for job, _ in live.values():
             job.cancel(check=False)

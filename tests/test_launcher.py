@@ -289,3 +289,10 @@ def test_local_jobs_are_pinned_to_the_visible_gpus(monkeypatch):
     assert launch.visible_gpus("auto") == ()
     words = launch._job_python("GPU-1a2b").split()
     assert words[:2] == ["env", "CUDA_VISIBLE_DEVICES=GPU-1a2b"] and words[-1] == sys.executable
+
+
+def test_the_runs_an_ended_job_hands_on_go_before_the_jobs_not_started():
+    from collections import deque
+    queue = deque(["trainer C", "trainer D"])
+    launch.put_first(queue, ["control A", "tuning A"])
+    assert list(queue) == ["control A", "tuning A", "trainer C", "trainer D"]
