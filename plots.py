@@ -691,7 +691,8 @@ def load_confusions(config_id: str, summary: pd.DataFrame, results_dir: Path, no
             lost = sum(m is None for m in mats)
             notes.append(f"config {config_id}: {stage} confusion matrix missing for {lost} of {len(mats)} run(s): "
                          f"{stage} not shown"
-                         + (" (a run resumed in stage 2 before fe22112 did not keep it)" if stage == "stage1" else ""))
+                         + (" (a run resumed from a stage-2 checkpoint written by code before fe22112 lost it)"
+                            if stage == "stage1" else ""))
     return out
 
 
