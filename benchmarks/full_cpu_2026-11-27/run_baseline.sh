@@ -9,7 +9,7 @@ for m in simplecnn resnet10 resnet15; do python run_all_models.py --suite baseli
 python run_all_models.py --suite baseline "${common[@]}" --models resnet32 --seeds 0
 # then, from 20:36, the rest in one call, so that no core waits for the last run of a model
 python run_all_models.py --suite baseline "${common[@]}" --models resnet32 resnet20 --seeds 0 1 2
-# from 22:00 the same call at 4d75768 (until then 0f48822), whose launcher runs each control right after its
+# from 21:58 the same call at 4d75768 (until then 0f48822), whose launcher runs each control right after its
 # trainer; --accept-code-change keeps what 0f48822 made, the commits between shown neutral (README)
 python run_all_models.py --suite baseline "${common[@]}" --accept-code-change --models resnet32 resnet20 --seeds 0 1 2
 # then the tuning grid of issue 13 (one knob at a time, seed 0; the baseline above is skipped as finished)
