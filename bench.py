@@ -535,7 +535,6 @@ def _run_bench(cfg: BenchConfig, command: str | None) -> dict:
     res["targets"] = check_targets(res)
     res["seconds_total"] = (datetime.datetime.now().astimezone() - started).total_seconds()
     out = Path(cfg.out) if cfg.out else HERE / "results" / "bench" / f"bench_{device.type}_{cfg.model.lower()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, res)
     res["path"] = str(out)
     say(format_table(res))

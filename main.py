@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import pickle
 import sys
-from pathlib import Path
 
 import saved_model
 from cli import ArgumentParser, unwritable_file
@@ -142,7 +141,6 @@ def evaluate_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(str(e))
     print(saved_model.format_evaluation(result))
     if args.json:
-        Path(args.json).absolute().parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, result)
         print(f"metrics: {args.json}")
     return 0

@@ -97,7 +97,6 @@ def main(argv=None) -> int:
         "setup": {"model": args.model, "profile": args.profile, "config": {k: v for k, v in base.items()},
                   "fast": paths["fast"], "reference": paths["fp32"], "metric": "final stage-2 test metrics"},
         "runs": runs, "comparison": comparison}
-    Path(args.json).absolute().parent.mkdir(parents=True, exist_ok=True)
     write_json(args.json, report)
     for method, result in comparison.items():
         a = result["acc"]
@@ -128,8 +127,8 @@ def _run_pairs(configs: dict[tuple, TwoStageConfig]) -> dict[str, list[dict]]:
     for (seed, name), cfg in configs.items():
         test = run_two_stage(cfg)["stage2"]["final"]["test"]
         runs.setdefault(name, []).append({"seed": seed, **{m: test[m] for m in METRICS}})
-        print(f"{cfg.method} seed {seed} {_tag(cfg.precision, cfg.compile):>14}: " + "  ".join(f"{m} {100 * test[m]:.2f}" for m in METRICS),
-              flush=True)
+        metrics = "  ".join(f"{m} {100 * test[m]:.2f}" for m in METRICS)
+        print(f"{cfg.method} seed {seed} {_tag(cfg.precision, cfg.compile):>14}: {metrics}", flush=True)
     return runs
 
 

@@ -108,6 +108,8 @@ def _jsonable(x):
 
 
 def write_json(path, obj) -> None:
+    """``obj`` as indented JSON at ``path``, atomically; the missing folders of ``path`` are made."""
+    Path(path).absolute().parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, allow_nan=True) + "\n")
 
 

@@ -792,9 +792,9 @@ def _run_record(cfg: TwoStageConfig, paths: dict, run_id: str, device: torch.dev
 
 def _data_facts(rd: RunData) -> dict:
     """What the run's JSON records of its data."""
-    return dict(class_counts=rd.counts, classes=list(rd.data.classes), data_source=str(Path(rd.data.source).resolve()),
-                n_train=int(len(rd.split.train_idx)), n_val=int(len(rd.split.val_idx)),
-                n_stat=int(len(rd.split.stat_idx)),
+    return dict(class_counts=rd.counts, classes=list(rd.data.classes),
+                data_source=str(Path(rd.data.source).resolve()), n_train=int(len(rd.split.train_idx)),
+                n_val=int(len(rd.split.val_idx)), n_stat=int(len(rd.split.stat_idx)),
                 normalization={"mean": rd.data.mean, "std": rd.data.std, "over": "the whole training split"})
 
 
