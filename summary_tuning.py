@@ -114,7 +114,8 @@ def malformed_lines(path: Path, df: pd.DataFrame) -> list[int]:
     metrics = df[[c for c in SCALAR_METRICS if c in df]]
     as_numbers = metrics.apply(pd.to_numeric, errors="coerce")
     text = as_numbers.isna() & metrics.notna()
-    required = df[["stage", "epoch"] + [c for c in ("loss", "macro_f1") if c in df]].apply(pd.to_numeric, errors="coerce")
+    required = df[["stage", "epoch"] + [c for c in ("loss", "macro_f1") if c in df]]
+    required = required.apply(pd.to_numeric, errors="coerce")
     bad = text.any(axis=1) | required.isna().any(axis=1)
     return sorted(set(ragged) | {int(i) + 2 for i in np.flatnonzero(bad.to_numpy())})
 
