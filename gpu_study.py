@@ -245,7 +245,7 @@ class Study:
         tmp = self.out / "results.tgz.tmp"
         with tarfile.open(tmp, "w:gz") as tar:
             for f in sorted(self.results.rglob("*")):
-                if f.is_file() and not f.name.endswith((".pt", ".lock")) and ".tmp" not in f.name:
+                if f.is_file() and not f.name.endswith((".pt", ".lock", ".mutex")) and ".tmp" not in f.name:
                     try:  # a run may remove or replace a file meanwhile
                         tar.add(f, arcname=str(Path(self.results.name) / f.relative_to(self.results)))
                     except FileNotFoundError:

@@ -269,8 +269,8 @@ def grid_status(configs: list[TwoStageConfig], jobs_dir: str | Path) -> dict:
         state, detail = "missing", "never started"
         if is_finished(cfg, meta):
             state, detail = "done", ""
-        elif owner and (pid_alive(owner[1]) if owner[0] == me else job != "ended"):
-            state, detail = "running", f"in progress: pid {owner[1]} on {owner[0]}" + (f" ({where})" if rec else "")
+        elif owner and (owner.alive_here() if owner.host == me else job != "ended"):
+            state, detail = "running", f"in progress: pid {owner.pid} on {owner.host}" + (f" ({where})" if rec else "")
         elif job in ("live", "unknown"):
             state, detail = "running", f"queued in {where}" + (" (job state unknown)" if job == "unknown" else "")
         elif meta is not None and meta.get("run_id") != config_hash(cfg) and (log_dir / f"{name}.csv").exists():
@@ -341,6 +341,10 @@ def _finish(job, spec: JobSpec, retries: int, report: dict, quiet: bool) -> list
               + (" (resubmitting)" if retry else ""), flush=True)
     if retry:
         return [JobSpec(retry, spec.stage1_required, spec.then, spec.attempt + 1)]
+    if any(o["status"] == "locked" for o in outcomes):  # another process may be training their stage 1
+        waiting = [cfg for cfg in spec.then if not stage1_path(cfg).exists()]
+        report["deferred"] += [describe(cfg) for cfg in waiting]
+        return plan_jobs([cfg for cfg in spec.then if cfg not in waiting])
     return plan_jobs(spec.then)
 
 
@@ -467,8 +471,8 @@ def launch(configs: list[TwoStageConfig], lc: LaunchConfig, jobs_dir: str | Path
         elif stage1_path(cfg) in busy and shares_stage1(cfg) and not stage1_path(cfg).exists():
             report["deferred"].append(r["run"])
         else:
-            if r["lock"] and r["lock"][0] != socket.gethostname():  # left by a job that ended (rule 2)
-                RunLock(lock_path(cfg.log_dir, r["name"])).remove_if_unchanged(f"{r['lock'][0]} {r['lock'][1]}")
+            if r["lock"] and r["lock"].host != socket.gethostname():  # left by a job that ended (rule 2)
+                RunLock(lock_path(cfg.log_dir, r["name"])).remove_if_unchanged(r["lock"].text)
             todo.append(cfg)
     specs = plan_jobs(order_for_sharing(todo))
     if specs:

@@ -47,7 +47,7 @@ from data_loader import DATASETS, DEFAULT_DATASET, find_dataset, load_dataset, m
 from estimate import format_duration, run_seconds, time_model
 from model import MODELS
 from results_logger import now, write_json
-from runfiles import read_run_json
+from runfiles import RunLockedError, read_run_json
 from two_stage_ictta import (METHODS, TwoStageConfig, data_read_elsewhere, is_finished, run_name, run_two_stage,
                              stage1_hash, stage1_path, validate_config)
 
@@ -352,16 +352,19 @@ class GridProgress:
 
 
 def run_one(cfg: TwoStageConfig, quiet: bool = False, passthrough=()) -> dict:
-    """Run one config; its outcome: ``status`` done, skipped (finished before) or failed (with the
-    error). A failing run never stops the caller; exceptions of type ``passthrough`` do."""
+    """Run one config; its outcome: ``status`` done, skipped (finished before), locked (another
+    process holds its lock) or failed (with the error). A failing run never stops the caller;
+    exceptions of type ``passthrough`` do."""
     out = {"run": describe(cfg), "name": run_name(cfg)}
     try:
         res = run_two_stage(dataclasses.replace(cfg, quiet=quiet or cfg.quiet))
     except passthrough:
         raise
+    except RunLockedError as e:  # another process is on it: not a failure of this call
+        return {**out, "status": "locked", "error": str(e)}
     except Exception as e:
-        if not isinstance(e, (ValueError, FloatingPointError, RuntimeError)):
-            traceback.print_exc()
+        if not isinstance(e, (ValueError, FloatingPointError, RuntimeError, OSError)):
+            traceback.print_exc()  # a bug: its traceback is what a report needs
         return {**out, "status": "failed", "error": f"{type(e).__name__}: {e}"}
     if res.get("skipped"):
         return {**out, "status": "skipped"}
@@ -369,13 +372,15 @@ def run_one(cfg: TwoStageConfig, quiet: bool = False, passthrough=()) -> dict:
 
 
 def new_report(**extra) -> dict:
-    return {"done": [], "skipped": [], "resumed": [], "failed": [], **extra,
+    return {"done": [], "skipped": [], "resumed": [], "failed": [], "locked": [], **extra,
             "started": now()}
 
 
 def add_outcome(report: dict, o: dict) -> None:
     if o["status"] == "failed":
         report["failed"].append({"run": o["run"], "error": o["error"]})
+    elif o["status"] == "locked":
+        report["locked"].append(f"{o['run']} ({o['error']})")
     elif o["status"] == "skipped":
         report["skipped"].append(o["run"])
     else:
@@ -422,6 +427,7 @@ def format_report(report: dict) -> str:
                 lines.append(f"  {len(report[key])} {what}")
                 lines += [f"    {r}" for r in report[key][:20]] + (["    ..."] if len(report[key]) > 20 else [])
     lines += [f"  resumed: {r}" for r in report["resumed"]]
+    lines += [f"  left to the process that holds its lock: {r}" for r in report.get("locked", [])]
     lines += [f"  FAILED {f['run']}: {f['error']}" for f in report["failed"]]
     return "\n".join(lines)
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
-from results_logger import read_json
+from results_logger import read_json, writer_tag
 
+MUTEX_NAME = ".locks.mutex"  # the file an flock serialises lock takeovers on
 SUFFIXES = {"csv": ".csv", "config": ".json", "model": ".model.pt", "checkpoint": ".ckpt.pt"}
 
 
@@ -59,15 +61,62 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def lock_owner(path: Path) -> tuple[str, int] | None:
-    """(host, pid) written in a run's lock file; None without one; ("?", -1) if unreadable."""
+def process_identity(pid: int) -> str:
+    """``<boot id>:<start time>`` of process ``pid``: a pid reused after a reboot, or by a later
+    process, has another one. "-" where ``/proc`` cannot tell (no such process, not Linux)."""
     try:
-        host, pid = path.read_text().split()
-        return host, int(pid)
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        after_name = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return f"{boot}:{after_name[19]}"  # field 22 of stat, starttime; after the name come fields 3 on
+    except (OSError, IndexError):
+        return "-"
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    """Who wrote a run's lock: ``<host> <pid> <identity>`` (locks of older code: ``<host> <pid>``)."""
+    host: str
+    pid: int
+    identity: str
+    text: str  # the lock file's content, as read
+
+    @classmethod
+    def parse(cls, text: str) -> "LockOwner | None":
+        """None for a lock that is not in this form (garbage, or half written by older code)."""
+        fields = text.split()
+        if len(fields) not in (2, 3) or not fields[1].isdigit():
+            return None
+        return cls(fields[0], int(fields[1]), fields[2] if len(fields) == 3 else "-", text)
+
+    def alive_here(self) -> bool:
+        """Whether its process still runs, for a lock of this host: the pid exists, and, where both
+        identities are known, it is the same process, not a later one that reuses the pid."""
+        if not pid_alive(self.pid):
+            return False
+        now = process_identity(self.pid)
+        return "-" in (self.identity, now) or now == self.identity
+
+
+def lock_text(pid: int | None = None, host: str | None = None) -> str:
+    """The content of a lock taken by process ``pid`` (default: this one)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{host or socket.gethostname()} {pid} {process_identity(pid)}"
+
+
+def lock_owner(path: Path) -> LockOwner | None:
+    """Who holds a run's lock; None without one; host "?" and pid -1 if it cannot be read."""
+    try:
+        text = path.read_text()
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):  # being written, or garbage
-        return "?", -1
+    except OSError:
+        return LockOwner("?", -1, "-", "")
+    return LockOwner.parse(text) or LockOwner("?", -1, "-", text)
+
+
+def lock_is_stale(owner: LockOwner) -> bool:
+    """A lock of this host whose process has ended. Another host's cannot be checked from here."""
+    return owner.host == socket.gethostname() and not owner.alive_here()
 
 
 class RunLockedError(RuntimeError):
@@ -78,42 +127,55 @@ class RunLock:
     """An exclusive lock file for one run: a second process on the same run gets a clear error.
     A lock left by a dead process on this host is taken over.
 
-    A plain ``O_CREAT | O_EXCL`` file holding ``<host> <pid>`` rather than an ``flock``: it also
+    A file holding ``<host> <pid> <identity>`` (:func:`lock_text`) rather than an ``flock``: it also
     works on the NFS folders a cluster's jobs share, and its content says who holds it (``--status``
-    reads it), which lets a lock left by a dead process be taken over."""
+    reads it), which lets a lock left by a dead process be taken over. It is written whole to a
+    temporary file and then hard-linked to its name, which fails if the lock exists: a lock is never
+    seen empty or half written."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def __enter__(self):
-        me = f"{socket.gethostname()} {os.getpid()}"
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, me.encode())
-                os.close(fd)
+                self._create()
                 return self
             except FileExistsError:
-                try:
-                    text = self.path.read_text()
-                    host, pid = text.split()
-                    int(pid)
-                except (OSError, ValueError):
-                    text, host, pid = None, "", "0"
-                if host == socket.gethostname() and not pid_alive(int(pid)):
-                    self.remove_if_unchanged(text)
+                owner = lock_owner(self.path)
+                if owner is None:  # released meanwhile
                     continue
-                raise RunLockedError(f"run {self.path.stem!r} is being written by process {pid} on "
-                                     f"{host}; wait for it, or delete {self.path} if that process is gone")
+                if lock_is_stale(owner):
+                    self.remove_if_unchanged(owner.text)
+                    continue
+                raise RunLockedError(f"run {self.path.stem!r} is being written by process {owner.pid} on "
+                                     f"{owner.host}; wait for it, or delete {self.path} if that process is gone")
         raise RunLockedError(f"could not take the lock {self.path}")
 
+    def _create(self) -> None:
+        """Create the lock with its content in one step; FileExistsError if it exists."""
+        remove_dead_writers_tmp(self.path)
+        tmp = self.path.with_name(f".{self.path.name}.{writer_tag()}.tmp")
+        tmp.write_text(lock_text())
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            raise
+        except OSError:  # a filesystem without hard links: create, then write (a moment half written)
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.write(fd, lock_text().encode())
+            os.close(fd)
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def remove_if_unchanged(self, stale: str) -> None:
-        """Delete the stale lock file if it still reads ``stale``. A flock on the folder makes the
-        check and the delete one step between processes: otherwise two processes that both found
-        the same stale lock could each delete the other's fresh one, and both run."""
+        """Delete the stale lock file if it still reads ``stale``. An flock makes the check and the
+        delete one step between processes: otherwise two processes that both found the same stale
+        lock could each delete the other's fresh one, and both run. The flock is on a file of the
+        folder (an flock on NFS needs a file open for writing, not a folder)."""
         import fcntl
 
-        fd = os.open(self.path.parent, os.O_RDONLY)
+        fd = os.open(self.path.parent / MUTEX_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close
             if self.path.read_text() == stale:

@@ -594,19 +594,15 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
         raise ValueError(f"exp_name={cfg.exp_name!r}: {paths['csv']} already holds a run with other "
                          f"settings (run_id {previous.get('run_id')} != {run_id}); choose another "
                          f"exp_name or log_dir")
-    if cfg.resume and is_finished(cfg, previous):
-        elsewhere = data_read_elsewhere(cfg, previous)
-        if elsewhere:
-            print(f"{name}: reusing its finished result, read from {elsewhere}; data_root is not part of a "
-                  f"run's identity (a moved copy reuses its runs): to train on this data_root, pass "
-                  f"--no-resume (resume=False) or another exp_name", file=sys.stderr)
-        return {**previous["results"], "skipped": True}
-    stale = previous is not None and previous.get("status") == "finished" and made_by_other_code(previous, cfg)
-    if cfg.resume and stale:
-        print(f"rerunning {name}: its finished result was {stale}", file=sys.stderr)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with RunLock(runfiles.lock_path(log_dir, name)):
+        previous = read_json(paths["config"])  # again, under the lock: another process may have finished it
+        if cfg.resume and is_finished(cfg, previous):
+            return _reuse_finished(cfg, name, previous)
+        stale = previous is not None and previous.get("status") == "finished" and made_by_other_code(previous, cfg)
+        if cfg.resume and stale:
+            print(f"rerunning {name}: its finished result was {stale}", file=sys.stderr)
         runfiles.remove_attempt_tmp(log_dir, name)  # of an attempt that was killed
         runfiles.remove_dead_writers_tmp(stage1_path(cfg))  # the shared stage 1 is not ours alone
         return _run_locked(cfg, paths, run_id)
@@ -662,6 +658,16 @@ def build_model(cfg: TwoStageConfig, num_classes: int, device: torch.device) -> 
     return model
 
 
+def _reuse_finished(cfg: TwoStageConfig, name: str, previous: dict) -> dict:
+    """The results of a run finished before, and a notice if they were read from other data."""
+    elsewhere = data_read_elsewhere(cfg, previous)
+    if elsewhere:
+        print(f"{name}: reusing its finished result, read from {elsewhere}; data_root is not part of a "
+              f"run's identity (a moved copy reuses its runs): to train on this data_root, pass "
+              f"--no-resume (resume=False) or another exp_name", file=sys.stderr)
+    return {**previous["results"], "skipped": True}
+
+
 @dataclass
 class RunState:
     """The counters one epoch hands the next (and a checkpoint keeps)."""
@@ -693,6 +699,7 @@ class Run:
 
     def snapshot(self, run_id: str) -> dict:
         return {"run_id": run_id, "code_fingerprint": code_fingerprint(), "code_fingerprints": self.fingerprints,
+                "torch_threads": torch.get_num_threads() if _on_cpu(self.model) else None,
                 "st": dict(vars(self.state)), "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
                 "dyn": self.dyn.state_dict(), "rows": self.logger.rows, "confusion_test": self.confusion_test}
@@ -708,6 +715,10 @@ class Run:
         self.logger.rows = list(snap["rows"])
         self.confusion_test = dict(snap.get("confusion_test", {}))  # older checkpoints have none
         self.fingerprints[:] = list(dict.fromkeys(snap.get("code_fingerprints", []) + self.fingerprints))
+
+
+def _on_cpu(model: torch.nn.Module) -> bool:
+    return next(model.parameters()).device.type == "cpu"
 
 
 def start_run(cfg: TwoStageConfig, rd: RunData, model, logger: RunLogger, fingerprints: list) -> Run:
@@ -746,8 +757,9 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
         if cfg.tensorboard else None
     logger = RunLogger(paths["csv"], _row_identity(cfg, run_id, meta["stage1_id"]), mirror=curves)
     run = start_run(cfg, rd, model, logger, meta["code_fingerprints"])
-    resumed_from, stage1_reused = _resume(run, cfg, paths, run_id, device)
-    meta.update(resumed_from=resumed_from, stage1_reused=stage1_reused)
+    resumed = _resume(run, cfg, paths, run_id, device)
+    meta.update(resumed)
+    resumed_from, stage1_reused = resumed["resumed_from"], resumed["stage1_reused"]
     write_json(paths["config"], meta)
 
     t_run = time.perf_counter()
@@ -857,9 +869,12 @@ def _row_identity(cfg: TwoStageConfig, run_id: str, stage1_id: str) -> dict:
                for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY + ("exp_name",)}}
 
 
-def _resume(run: Run, cfg: TwoStageConfig, paths: dict, run_id: str, device) -> tuple:
+def _resume(run: Run, cfg: TwoStageConfig, paths: dict, run_id: str, device) -> dict:
     """Restore ``run`` from its own checkpoint, else from a shared stage 1 made by this code.
-    Returns ``(resumed_from, stage1_reused)``: the (stage, epoch) resumed from, or None; a bool."""
+    Returns what the run's JSON records of it: ``resumed_from``, the (stage, epoch) resumed from, or
+    None; ``stage1_reused``, a bool; and, when the checkpoint was made on the CPU with another thread
+    count than this run's, ``checkpoint_threads``, that count (the numbers then differ in the last
+    bits from an uninterrupted run's)."""
     name = paths["csv"].stem
 
     def usable(path: Path, what: str) -> dict | None:
@@ -873,15 +888,26 @@ def _resume(run: Run, cfg: TwoStageConfig, paths: dict, run_id: str, device) -> 
             return None
         return snap
 
+    def other_threads(snap: dict, path: Path) -> dict:
+        """``checkpoint_threads``, with a notice, if ``snap`` was made on the CPU with another thread count."""
+        threads = snap.get("torch_threads")  # None in checkpoints of older code, and on a GPU
+        if threads in (None, torch.get_num_threads()) or device.type != "cpu":
+            return {}
+        print(f"{name}: {path.name} was made on {threads} CPU thread{'s' * (threads != 1)}, this run uses "
+              f"{torch.get_num_threads()}: its numbers will differ in the last bits from an uninterrupted "
+              f"run's (--threads {threads} gives the same ones)", file=sys.stderr)
+        return {"checkpoint_threads": threads}
+
     snap = usable(paths["checkpoint"], "checkpoint") if cfg.resume else None
     if snap is not None and snap.get("run_id") == run_id:
         run.restore(snap)
-        return (run.state.stage, run.state.epoch), False
+        return {"resumed_from": (run.state.stage, run.state.epoch), "stage1_reused": False,
+                **other_threads(snap, paths["checkpoint"])}
     snap = usable(stage1_path(cfg), "stage 1") if cfg.reuse_stage1 and cfg.stage1_epochs > 0 else None
     if snap is not None:
         run.restore(snap)
-        return None, True
-    return None, False
+        return {"resumed_from": None, "stage1_reused": True, **other_threads(snap, stage1_path(cfg))}
+    return {"resumed_from": None, "stage1_reused": False}
 
 
 def _share_stage1(run: Run, cfg: TwoStageConfig, run_id: str) -> None:

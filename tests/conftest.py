@@ -96,8 +96,9 @@ def tiny_run_kwargs(synthetic_root, tmp_path) -> dict:
 
 
 def lock_text(pid: int, host: str | None = None) -> str:
-    """A run lock's content: ``<host> <pid>``."""
-    return f"{host or socket.gethostname()} {pid}"
+    """A run lock's content, as process ``pid`` writes it: ``<host> <pid> <identity>``."""
+    import runfiles
+    return runfiles.lock_text(pid, host)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pytest
 from submitit.core.utils import DelayedSubmission
 
 import launch
+from conftest import lock_text
 import run_all_models as grid
 from two_stage_ictta import run_name, stage1_path
 
@@ -130,6 +131,25 @@ def test_a_job_that_died_is_resubmitted_then_reported_failed(synthetic_root, tmp
     assert [f["run"] for f in report["failed"]] == [grid.describe(first)]
     assert "77 ended without a result" in report["failed"][0]["error"]
     assert after == [launch.JobSpec([waiting])]  # now on its own: it trains the stage 1 itself
+
+
+def test_a_run_another_process_holds_is_left_to_it_and_its_waiting_runs_deferred(synthetic_root, tmp_path,
+                                                                                   live_pid):
+    """Two launches on one folder: the run the other one is training is locked, not failed, and the
+    runs waiting for its stage 1 do not train that stage 1 a second time."""
+    first, waiting = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
+                                        data_root=str(synthetic_root), device="cpu")
+    (tmp_path / f"{run_name(first)}.lock").write_text(lock_text(live_pid))
+    outcome = grid.run_one(first, quiet=True)
+    assert outcome["status"] == "locked" and f"process {live_pid}" in outcome["error"]
+    result = tmp_path / "78_0_result.pkl"
+    result.write_bytes(b"")
+    job = SimpleNamespace(job_id="78", paths=SimpleNamespace(result_pickle=result), result=lambda: [outcome])
+    report = grid.new_report(retried=[], deferred=[])
+    assert launch._finish(job, launch.JobSpec([first], then=[waiting]), retries=1, report=report, quiet=True) == []
+    assert report["deferred"] == [grid.describe(waiting)] and not report["failed"] and not report["retried"]
+    assert report["locked"] == [f"{grid.describe(first)} ({outcome['error']})"]
+    assert "left to the process that holds its lock" in grid.format_report(report)
 
 
 def test_grid_job_pickles_and_never_trains_a_stage1_it_must_wait_for(synthetic_root, tmp_path):

@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -197,13 +198,33 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_csv(shared_dir, data
     assert _files(log_dir, names["killed"]) == written
 
 
+def test_a_run_another_process_finished_meanwhile_is_not_trained_again(shared_dir, data_root, monkeypatch):
+    """Process B reads the JSON while A still runs; A finishes and releases the lock; B takes it.
+    B must look again under the lock, and reuse A's result rather than retrain over it."""
+    log_dir, name = shared_dir["log_dir"], shared_dir["names"]["killed"]
+    written = _files(log_dir, name)
+    real_read, reads = tsi.read_json, []
+
+    def read_before_a_finished(path):
+        meta = real_read(path)
+        reads.append(path)
+        return {**meta, "status": "running"} if len(reads) == 1 and meta else meta
+
+    monkeypatch.setattr(tsi, "read_json", read_before_a_finished)
+    again = tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, data_root=str(data_root), log_dir=str(log_dir),
+                                                exp_name="killed", **RUN)
+    assert again["skipped"] is True and len(reads) >= 2
+    assert _files(log_dir, name) == written
+
+
 def test_second_process_on_a_running_run_is_refused_and_writes_nothing(shared_dir):
     assert f"process {shared_dir['victim_pid']}" in shared_dir.get("refused", ""), "the second run was not refused"
     assert shared_dir["unchanged_while_refused"]
 
 
 def test_lock_left_by_the_killed_process_was_taken_over(shared_dir):
-    assert shared_dir["lock_after_kill"] == lock_text(shared_dir["victim_pid"])
+    owner = runfiles.LockOwner.parse(shared_dir["lock_after_kill"])
+    assert (owner.host, owner.pid) == (socket.gethostname(), shared_dir["victim_pid"]) and ":" in owner.identity
     assert not (shared_dir["log_dir"] / f"{shared_dir['names']['killed']}.lock").exists()
 
 
@@ -217,6 +238,21 @@ def test_concurrent_runs_in_one_log_dir_do_not_corrupt_each_other(shared_dir):
         assert meta["status"] == "finished" and meta["config"]["exp_name"] == exp
     assert len(list((log_dir / "stage1").iterdir())) == 1  # one shared stage 1, whoever wrote it
     assert leftovers(log_dir) == []
+
+
+def test_a_stage1_made_with_other_cpu_threads_is_reused_with_a_notice(data_root, tmp_path, capsys):
+    """CPU numbers are bitwise reproducible for one thread count only: reusing a checkpoint made with
+    another one says so, and the run's JSON records it."""
+    kw = dict(data_root=str(data_root), log_dir=str(tmp_path), **{**RUN, "stage2_epochs": 1})
+    tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, exp_name="one_thread", **kw)
+    other = tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, exp_name="two_threads", **{**kw, "threads": 2})
+    assert other["stage1_reused"]
+    assert "was made on 1 CPU thread, this run uses 2" in capsys.readouterr().err
+    meta = json.loads(Path(other["paths"]["config"]).read_text())
+    assert meta["checkpoint_threads"] == 1 and meta["torch_threads"] == 2
+    same = tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, exp_name="one_again", **kw)
+    assert same["stage1_reused"] and "CPU threads" not in capsys.readouterr().err
+    assert "checkpoint_threads" not in json.loads(Path(same["paths"]["config"]).read_text())
 
 
 # ----------------------------------------------------------------------------------------------

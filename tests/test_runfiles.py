@@ -1,9 +1,11 @@
-"""runfiles.py: a run's file names, its lock (taken over from a dead process of this host, never
-from a live one or another host's), and the leftovers of writers that died."""
+"""runfiles.py: a run's file names, its lock (taken over from a dead process of this host, or from
+one whose pid a later process reuses, never from a live one or another host's), and the leftovers
+of writers that died."""
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +39,7 @@ def test_lock_from_another_host_is_respected(tmp_path, dead_pid):
         runfiles.RunLock(lock).__enter__()
 
 
-@pytest.mark.parametrize("content", ["", "garbage", "{host} notapid", "{host} 1 2", "other-host -1"])
+@pytest.mark.parametrize("content", ["", "garbage", "{host} notapid", "{host} 1 a:1 extra", "other-host -1"])
 def test_unreadable_lock_is_an_error_not_a_crash(tmp_path, content):
     """A lock it cannot read is respected (the user is told to delete it), never a crash."""
     lock = tmp_path / "run.lock"
@@ -82,3 +84,54 @@ def test_temp_files_name_their_writer_and_dead_writers_leftovers_are_removed(tmp
     atomic_write_text(target, "whole")  # and our own write leaves no temporary file
     assert target.read_text() == "whole"
     assert sorted(p.name for p in target.parent.iterdir()) == sorted([target.name, alive.name, remote.name])
+
+
+def test_lock_of_a_pid_that_a_later_process_reuses_is_taken_over(tmp_path, live_pid):
+    """After a kill -9 or a reboot the lock's pid may belong to another process: the lock records
+    its process's identity (boot id and start time), so a reused pid does not hold it forever."""
+    lock = tmp_path / "run.lock"
+    true = runfiles.process_identity(live_pid)
+    assert true.count(":") == 1 and true != runfiles.process_identity(os.getpid())
+    boot = true.split(":")[0]
+    lock.write_text(f"{socket.gethostname()} {live_pid} {boot}:1")  # the pid's earlier owner
+    with runfiles.RunLock(lock):
+        assert lock.read_text() == lock_text(os.getpid())
+    lock.write_text(f"{socket.gethostname()} {live_pid} {true}")  # the pid's own process: respected
+    with pytest.raises(runfiles.RunLockedError, match=f"process {live_pid}"):
+        runfiles.RunLock(lock).__enter__()
+    lock.write_text(f"{socket.gethostname()} {live_pid}")  # older code's lock, no identity: trust the pid
+    with pytest.raises(runfiles.RunLockedError, match=f"process {live_pid}"):
+        runfiles.RunLock(lock).__enter__()
+
+
+def test_lock_is_created_whole_and_a_dead_writers_half_lock_is_cleaned(tmp_path, dead_pid, monkeypatch):
+    """The lock appears with its content in one step (a hard link of a finished temporary file), so
+    a kill can leave at most a temporary file, which the next taker removes."""
+    lock = tmp_path / "run.lock"
+    host = socket.gethostname().replace(".", "_")
+    half = tmp_path / f".run.lock.{host}-{dead_pid}.tmp"
+    half.write_text("")
+    seen = []
+    real_link = os.link
+
+    def link(src, dst):
+        seen.append(Path(src).read_text())  # what the lock will hold, at the moment it appears
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link)
+    with runfiles.RunLock(lock):
+        assert seen == [lock_text(os.getpid())] and lock.read_text() == seen[0]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]
+
+
+def test_lock_without_hard_links_still_works(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    lock = tmp_path / "run.lock"
+    with runfiles.RunLock(lock):
+        assert lock.read_text() == lock_text(os.getpid())
+        with pytest.raises(runfiles.RunLockedError):
+            runfiles.RunLock(lock).__enter__()
+    assert not lock.exists()
