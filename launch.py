@@ -424,6 +424,15 @@ def _submit_slurm(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: 
     return submitted
 
 
+def drop_other_hosts_lock(cfg: TwoStageConfig) -> None:
+    """Delete the lock that a job on another host left on ``cfg``'s run, that job having ended (its
+    liveness cannot be checked from here; a lock of this host is judged by its process instead)."""
+    path = lock_path(cfg.log_dir, run_name(cfg))
+    owner = lock_owner(path)
+    if owner and owner.host != socket.gethostname():
+        RunLock(path).remove_if_unchanged(owner.text)
+
+
 def _launch_slurm(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: dict) -> None:
     """Submit; with ``lc.wait``, wait for the jobs, resubmit the retryable runs (``lc.retries``
     rounds) and fill the report as the local launcher does."""
@@ -445,6 +454,8 @@ def _launch_slurm(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: 
         report["submitted"] = []
         if not retry:
             return
+        for cfg in retry:  # the node that died left its lock: the retry may land elsewhere
+            drop_other_hosts_lock(cfg)
         specs = plan_jobs(retry)
 
 
@@ -471,8 +482,7 @@ def launch(configs: list[TwoStageConfig], lc: LaunchConfig, jobs_dir: str | Path
         elif stage1_path(cfg) in busy and shares_stage1(cfg) and not stage1_path(cfg).exists():
             report["deferred"].append(r["run"])
         else:
-            if r["lock"] and r["lock"].host != socket.gethostname():  # left by a job that ended (rule 2)
-                RunLock(lock_path(cfg.log_dir, r["name"])).remove_if_unchanged(r["lock"].text)
+            drop_other_hosts_lock(cfg)  # left by a job that ended (rule 2)
             todo.append(cfg)
     specs = plan_jobs(order_for_sharing(todo))
     if specs:

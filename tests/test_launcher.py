@@ -152,6 +152,27 @@ def test_a_run_another_process_holds_is_left_to_it_and_its_waiting_runs_deferred
     assert "left to the process that holds its lock" in grid.format_report(report)
 
 
+def test_slurm_wait_retry_clears_the_lock_the_dead_node_left(synthetic_root, tmp_path, monkeypatch):
+    """With --wait, a job that died on node2 is resubmitted; the retry may land on another node, so
+    node2's lock on the run must be gone first (it cannot be taken over from elsewhere)."""
+    run, _ = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
+                                data_root=str(synthetic_root), device="cpu")
+    lock = tmp_path / f"{run_name(run)}.lock"
+    lock.write_text("node2 1234")
+    lock_at_submission = []
+
+    def submit(specs, lc, folder, report):
+        lock_at_submission.append(lock.exists())
+        dead = SimpleNamespace(job_id="90", done=lambda: True,
+                               paths=SimpleNamespace(result_pickle=tmp_path / "none.pkl", stderr=tmp_path / "e"))
+        return [(dead, spec) for spec in specs]
+
+    monkeypatch.setattr(launch, "_submit_slurm", submit)
+    report = grid.new_report(retried=[], submitted=[])
+    launch._launch_slurm([launch.JobSpec([run])], launch.LaunchConfig("slurm", wait=True, retries=1), tmp_path, report)
+    assert lock_at_submission == [True, False] and len(report["retried"]) == 1 and len(report["failed"]) == 1
+
+
 def test_grid_job_pickles_and_never_trains_a_stage1_it_must_wait_for(synthetic_root, tmp_path):
     cfg = grid.plan_tuning("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path / "runs"),
                            data_root=str(synthetic_root), device="cpu")[0]
