@@ -881,7 +881,7 @@ def _resume(run: Run, cfg: TwoStageConfig, paths: dict, run_id: str, device) -> 
         """The checkpoint at ``path`` if it exists and was made by this code (or is accepted)."""
         if not path.exists():
             return None
-        snap = torch.load(path, map_location=device, weights_only=False)
+        snap = load_checkpoint(path, device)
         why_not = made_by_other_code(snap, cfg)
         if why_not:
             print(f"{name}: not reusing {what} {path.name}: {why_not}", file=sys.stderr)
@@ -949,8 +949,18 @@ def _held_out_stat(model, norm, counts, cfg, stat_split, mode: str) -> torch.Ten
     return torch.where(torch.as_tensor(m["support"]) > 0, error, torch.nan)
 
 
+def load_checkpoint(path: Path, device="cpu") -> dict:
+    """A run's checkpoint or a shared stage 1; one error line naming the file if it cannot be read."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # truncated, corrupted, or not a checkpoint: torch raises many kinds
+        why = (str(e).splitlines() or [""])[0][:200]
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {why}); delete it, and the run "
+                         f"trains what it held again") from e
+
+
 def _load_meta_only(path: Path) -> dict:
-    return {"code_fingerprint": torch.load(path, map_location="cpu", weights_only=False).get("code_fingerprint")}
+    return {"code_fingerprint": load_checkpoint(path).get("code_fingerprint")}
 
 
 def _freeze_for_crt(model, reinit_seed: int | None = None) -> None:

@@ -255,6 +255,16 @@ def test_a_stage1_made_with_other_cpu_threads_is_reused_with_a_notice(data_root,
     assert "checkpoint_threads" not in json.loads(Path(same["paths"]["config"]).read_text())
 
 
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04 truncated zip"])
+def test_an_unreadable_checkpoint_is_one_error_line_naming_it(data_root, tmp_path, content):
+    cfg = tsi.TwoStageConfig(MODEL, SCENARIO, data_root=str(data_root), log_dir=str(tmp_path), **RUN)
+    ckpt = runfiles.run_paths(tmp_path, tsi.run_name(cfg))["checkpoint"]
+    ckpt.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{re.escape(str(ckpt))} cannot be read .*; delete it") as e:
+        tsi.run_two_stage(cfg)
+    assert "\n" not in str(e.value)
+
+
 # ----------------------------------------------------------------------------------------------
 # Determinism
 
