@@ -25,7 +25,7 @@ from pathlib import Path
 from results_logger import now, read_json, write_json
 from run_all_models import (add_outcome, check_plan, describe, new_report, order_for_sharing, run_key,
                             run_one, shares_stage1)
-from runfiles import RunLock, lock_owner, lock_path, pid_alive, read_run_json
+from runfiles import LockOwner, RunLock, lock_owner, lock_path, pid_alive, read_run_json
 from two_stage_ictta import TwoStageConfig, config_hash, is_finished, run_name, stage1_path
 
 ROOT = Path(__file__).resolve().parent
@@ -424,13 +424,12 @@ def _submit_slurm(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: 
     return submitted
 
 
-def drop_other_hosts_lock(cfg: TwoStageConfig) -> None:
-    """Delete the lock that a job on another host left on ``cfg``'s run, that job having ended (its
-    liveness cannot be checked from here; a lock of this host is judged by its process instead)."""
-    path = lock_path(cfg.log_dir, run_name(cfg))
-    owner = lock_owner(path)
-    if owner and owner.host != socket.gethostname():
-        RunLock(path).remove_if_unchanged(owner.text)
+def drop_other_hosts_lock(cfg: TwoStageConfig, seen: LockOwner | None) -> None:
+    """Delete the lock ``seen`` that a job on another host left on ``cfg``'s run, that job having
+    ended, if the lock still reads so (another launcher's job may have taken it since). Another
+    host's process cannot be checked from here; a lock of this host is judged by its process."""
+    if seen and seen.host != socket.gethostname():
+        RunLock(lock_path(cfg.log_dir, run_name(cfg))).remove_if_unchanged(seen.text)
 
 
 def _launch_slurm(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: dict) -> None:
@@ -455,7 +454,7 @@ def _launch_slurm(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: 
         if not retry:
             return
         for cfg in retry:  # the node that died left its lock: the retry may land elsewhere
-            drop_other_hosts_lock(cfg)
+            drop_other_hosts_lock(cfg, lock_owner(lock_path(cfg.log_dir, run_name(cfg))))
         specs = plan_jobs(retry)
 
 
@@ -482,7 +481,7 @@ def launch(configs: list[TwoStageConfig], lc: LaunchConfig, jobs_dir: str | Path
         elif stage1_path(cfg) in busy and shares_stage1(cfg) and not stage1_path(cfg).exists():
             report["deferred"].append(r["run"])
         else:
-            drop_other_hosts_lock(cfg)  # left by a job that ended (rule 2)
+            drop_other_hosts_lock(cfg, r["lock"])  # left by a job that ended (rule 2)
             todo.append(cfg)
     specs = plan_jobs(order_for_sharing(todo))
     if specs:

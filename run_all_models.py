@@ -416,7 +416,8 @@ def run_grid(configs: list[TwoStageConfig], quiet: bool = False, report_path: st
 
 def format_report(report: dict) -> str:
     lines = [f"grid: {len(report['done'])} done ({len(report['resumed'])} resumed), "
-             f"{len(report['skipped'])} skipped (finished before), {len(report['failed'])} failed"]
+             f"{len(report['skipped'])} skipped (finished before), {len(report['failed'])} failed"
+             + (f", {len(report['locked'])} left to other processes" if report.get("locked") else "")]
     if "jobs" in report:  # a launcher's report
         lines[0] += f"; {len(report['jobs'])} {report['launcher']} jobs"
         for key, what in (("submitted", "submitted, not finished yet (see --status)"),

@@ -66,9 +66,9 @@ def process_identity(pid: int) -> str:
     process, has another one. "-" where ``/proc`` cannot tell (no such process, not Linux)."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        after_name = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return f"{boot}:{after_name[19]}"  # field 22 of stat, starttime; after the name come fields 3 on
-    except (OSError, IndexError):
+        after_name = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()  # a name may hold any bytes
+        return f"{boot}:{after_name[19].decode()}"  # field 22 of stat, starttime; after the name come fields 3 on
+    except (OSError, IndexError, ValueError):
         return "-"
 
 
@@ -156,17 +156,30 @@ class RunLock:
         """Create the lock with its content in one step; FileExistsError if it exists."""
         remove_dead_writers_tmp(self.path)
         tmp = self.path.with_name(f".{self.path.name}.{writer_tag()}.tmp")
-        tmp.write_text(lock_text())
+        try:
+            tmp.write_text(lock_text())
+            self._link(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _link(self, tmp: Path) -> None:
         try:
             os.link(tmp, self.path)
         except FileExistsError:
-            raise
+            if os.stat(tmp).st_nlink < 2:  # 2: NFS resent a link it had made, and the lock is ours
+                raise
         except OSError:  # a filesystem without hard links: create, then write (a moment half written)
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            self._create_then_write()
+
+    def _create_then_write(self) -> None:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
             os.write(fd, lock_text().encode())
-            os.close(fd)
+        except OSError:
+            self.path.unlink(missing_ok=True)  # never leave an empty lock behind
+            raise
         finally:
-            tmp.unlink(missing_ok=True)
+            os.close(fd)
 
     def remove_if_unchanged(self, stale: str) -> None:
         """Delete the stale lock file if it still reads ``stale``. An flock makes the check and the
@@ -175,7 +188,7 @@ class RunLock:
         folder (an flock on NFS needs a file open for writing, not a folder)."""
         import fcntl
 
-        fd = os.open(self.path.parent / MUTEX_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path.parent / MUTEX_NAME, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close
             if self.path.read_text() == stale:

@@ -594,6 +594,8 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
         raise ValueError(f"exp_name={cfg.exp_name!r}: {paths['csv']} already holds a run with other "
                          f"settings (run_id {previous.get('run_id')} != {run_id}); choose another "
                          f"exp_name or log_dir")
+    if cfg.resume and is_finished(cfg, previous):  # whoever holds its lock now
+        return _reuse_finished(cfg, name, previous)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with RunLock(runfiles.lock_path(log_dir, name)):
@@ -689,7 +691,7 @@ class Run:
     batches: data_loader.DeviceBatches
     dyn: losses.DynamicClassWeights
     logger: RunLogger
-    fingerprints: list  # the code fingerprints that made this run, oldest first
+    made_by: dict  # what made this run, oldest first: "code_fingerprints", "cpu_threads" (lists, in its JSON)
     state: RunState = field(default_factory=RunState)
     confusion_test: dict = field(default_factory=dict)  # "stage1"/"stage2": the test matrix at the stage's end
 
@@ -698,8 +700,7 @@ class Run:
         return torch.optim.SGD(params, lr=c.stage1_lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
     def snapshot(self, run_id: str) -> dict:
-        return {"run_id": run_id, "code_fingerprint": code_fingerprint(), "code_fingerprints": self.fingerprints,
-                "torch_threads": torch.get_num_threads() if _on_cpu(self.model) else None,
+        return {"run_id": run_id, "code_fingerprint": code_fingerprint(), **self.made_by,
                 "st": dict(vars(self.state)), "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
                 "dyn": self.dyn.state_dict(), "rows": self.logger.rows, "confusion_test": self.confusion_test}
@@ -714,20 +715,17 @@ class Run:
         self.dyn.load_state_dict(snap["dyn"])
         self.logger.rows = list(snap["rows"])
         self.confusion_test = dict(snap.get("confusion_test", {}))  # older checkpoints have none
-        self.fingerprints[:] = list(dict.fromkeys(snap.get("code_fingerprints", []) + self.fingerprints))
+        for key, seen in self.made_by.items():  # older checkpoints lack some: nothing known
+            seen[:] = list(dict.fromkeys(snap.get(key, []) + seen))
 
 
-def _on_cpu(model: torch.nn.Module) -> bool:
-    return next(model.parameters()).device.type == "cpu"
-
-
-def start_run(cfg: TwoStageConfig, rd: RunData, model, logger: RunLogger, fingerprints: list) -> Run:
+def start_run(cfg: TwoStageConfig, rd: RunData, model, logger: RunLogger, made_by: dict) -> Run:
     """A run at its first step: SGD on every parameter, uniform batches from the seeded generator."""
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = data_loader.DeviceBatches(*rd.train, cfg.batch_size, rd.norm, gen, channels_last=cfg.channels_last)
     dyn = losses.DynamicClassWeights(rd.num_classes, cfg.min_weight, cfg.max_weight, cfg.ema_alpha,
                                      cfg.dynamic_mode, cfg.prior_blend, rd.counts)
-    run = Run(cfg, METHODS[cfg.method], rd, model, None, gen, batches, dyn, logger, fingerprints)
+    run = Run(cfg, METHODS[cfg.method], rd, model, None, gen, batches, dyn, logger, made_by)
     run.optimizer = run.make_optimizer(model.parameters())
     return run
 
@@ -756,7 +754,7 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
     curves = live_curves.TensorBoardCurves(Path(cfg.log_dir) / "tensorboard" / paths["csv"].stem) \
         if cfg.tensorboard else None
     logger = RunLogger(paths["csv"], _row_identity(cfg, run_id, meta["stage1_id"]), mirror=curves)
-    run = start_run(cfg, rd, model, logger, meta["code_fingerprints"])
+    run = start_run(cfg, rd, model, logger, {k: meta[k] for k in ("code_fingerprints", "cpu_threads")})
     resumed = _resume(run, cfg, paths, run_id, device)
     meta.update(resumed)
     resumed_from, stage1_reused = resumed["resumed_from"], resumed["stage1_reused"]
@@ -799,7 +797,8 @@ def _run_record(cfg: TwoStageConfig, paths: dict, run_id: str, device: torch.dev
             # CPU results are bitwise reproducible for a given thread count, not across counts
             "torch_threads": torch.get_num_threads(), "host": socket.gethostname(), "started": now(),
             "status": "running", "paths": {k: str(v) for k, v in paths.items()},
-            "code_fingerprint": code_fingerprint(), "code_fingerprints": [code_fingerprint()]}
+            "code_fingerprint": code_fingerprint(), "code_fingerprints": [code_fingerprint()],
+            "cpu_threads": [torch.get_num_threads()] if device.type == "cpu" else []}
 
 
 def _data_facts(rd: RunData) -> dict:
@@ -872,9 +871,9 @@ def _row_identity(cfg: TwoStageConfig, run_id: str, stage1_id: str) -> dict:
 def _resume(run: Run, cfg: TwoStageConfig, paths: dict, run_id: str, device) -> dict:
     """Restore ``run`` from its own checkpoint, else from a shared stage 1 made by this code.
     Returns what the run's JSON records of it: ``resumed_from``, the (stage, epoch) resumed from, or
-    None; ``stage1_reused``, a bool; and, when the checkpoint was made on the CPU with another thread
-    count than this run's, ``checkpoint_threads``, that count (the numbers then differ in the last
-    bits from an uninterrupted run's)."""
+    None; and ``stage1_reused``, a bool. A checkpoint made with other CPU thread counts gets a notice
+    (the numbers then differ in the last bits from an uninterrupted run's; ``cpu_threads`` in the
+    run's JSON lists every count that made it)."""
     name = paths["csv"].stem
 
     def usable(path: Path, what: str) -> dict | None:
@@ -888,25 +887,23 @@ def _resume(run: Run, cfg: TwoStageConfig, paths: dict, run_id: str, device) -> 
             return None
         return snap
 
-    def other_threads(snap: dict, path: Path) -> dict:
-        """``checkpoint_threads``, with a notice, if ``snap`` was made on the CPU with another thread count."""
-        threads = snap.get("torch_threads")  # None in checkpoints of older code, and on a GPU
-        if threads in (None, torch.get_num_threads()) or device.type != "cpu":
-            return {}
-        print(f"{name}: {path.name} was made on {threads} CPU thread{'s' * (threads != 1)}, this run uses "
-              f"{torch.get_num_threads()}: its numbers will differ in the last bits from an uninterrupted "
-              f"run's (--threads {threads} gives the same ones)", file=sys.stderr)
-        return {"checkpoint_threads": threads}
+    def note_other_threads(snap: dict, path: Path) -> None:
+        other = [n for n in snap.get("cpu_threads", []) if n != torch.get_num_threads()]
+        if other and device.type == "cpu":
+            print(f"{name}: {path.name} was made on {' and '.join(map(str, other))} CPU thread(s), this run "
+                  f"uses {torch.get_num_threads()}: its numbers will differ in the last bits from an "
+                  f"uninterrupted run's (--threads {other[-1]} gives the same ones)", file=sys.stderr)
 
     snap = usable(paths["checkpoint"], "checkpoint") if cfg.resume else None
     if snap is not None and snap.get("run_id") == run_id:
+        note_other_threads(snap, paths["checkpoint"])
         run.restore(snap)
-        return {"resumed_from": (run.state.stage, run.state.epoch), "stage1_reused": False,
-                **other_threads(snap, paths["checkpoint"])}
+        return {"resumed_from": (run.state.stage, run.state.epoch), "stage1_reused": False}
     snap = usable(stage1_path(cfg), "stage 1") if cfg.reuse_stage1 and cfg.stage1_epochs > 0 else None
     if snap is not None:
+        note_other_threads(snap, stage1_path(cfg))
         run.restore(snap)
-        return {"resumed_from": None, "stage1_reused": True, **other_threads(snap, stage1_path(cfg))}
+        return {"resumed_from": None, "stage1_reused": True}
     return {"resumed_from": None, "stage1_reused": False}
 
 

@@ -149,7 +149,23 @@ def test_a_run_another_process_holds_is_left_to_it_and_its_waiting_runs_deferred
     assert launch._finish(job, launch.JobSpec([first], then=[waiting]), retries=1, report=report, quiet=True) == []
     assert report["deferred"] == [grid.describe(waiting)] and not report["failed"] and not report["retried"]
     assert report["locked"] == [f"{grid.describe(first)} ({outcome['error']})"]
+    assert "1 left to other processes" in grid.format_report(report)
     assert "left to the process that holds its lock" in grid.format_report(report)
+
+
+def test_a_lock_another_launcher_took_meanwhile_is_not_deleted(synthetic_root, tmp_path):
+    """The launcher read node2's lock (its job ended); if the lock reads otherwise by the time it
+    deletes it, another launcher's job holds it now, and it stays."""
+    run, _ = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
+                                data_root=str(synthetic_root), device="cpu")
+    lock = tmp_path / f"{run_name(run)}.lock"
+    lock.write_text("node2 1234")
+    seen = launch.lock_owner(lock)
+    lock.write_text("node5 99 x:1")  # taken over meanwhile
+    launch.drop_other_hosts_lock(run, seen)
+    assert lock.read_text() == "node5 99 x:1"
+    launch.drop_other_hosts_lock(run, launch.lock_owner(lock))
+    assert not lock.exists()
 
 
 def test_slurm_wait_retry_clears_the_lock_the_dead_node_left(synthetic_root, tmp_path, monkeypatch):

@@ -242,17 +242,18 @@ def test_concurrent_runs_in_one_log_dir_do_not_corrupt_each_other(shared_dir):
 
 def test_a_stage1_made_with_other_cpu_threads_is_reused_with_a_notice(data_root, tmp_path, capsys):
     """CPU numbers are bitwise reproducible for one thread count only: reusing a checkpoint made with
-    another one says so, and the run's JSON records it."""
+    another one says so, and the run's JSON lists every count that made it."""
     kw = dict(data_root=str(data_root), log_dir=str(tmp_path), **{**RUN, "stage2_epochs": 1})
-    tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, exp_name="one_thread", **kw)
+    first = tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, exp_name="one_thread", **kw)
+    assert json.loads(Path(first["paths"]["config"]).read_text())["cpu_threads"] == [1]
     other = tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, exp_name="two_threads", **{**kw, "threads": 2})
     assert other["stage1_reused"]
-    assert "was made on 1 CPU thread, this run uses 2" in capsys.readouterr().err
+    assert "was made on 1 CPU thread(s), this run uses 2" in capsys.readouterr().err
     meta = json.loads(Path(other["paths"]["config"]).read_text())
-    assert meta["checkpoint_threads"] == 1 and meta["torch_threads"] == 2
+    assert meta["cpu_threads"] == [1, 2] and meta["torch_threads"] == 2
     same = tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, exp_name="one_again", **kw)
-    assert same["stage1_reused"] and "CPU threads" not in capsys.readouterr().err
-    assert "checkpoint_threads" not in json.loads(Path(same["paths"]["config"]).read_text())
+    assert same["stage1_reused"] and "CPU thread" not in capsys.readouterr().err
+    assert json.loads(Path(same["paths"]["config"]).read_text())["cpu_threads"] == [1]
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04 truncated zip"])
@@ -291,6 +292,21 @@ def test_lock_held_by_a_live_process_refuses_the_run(tmp_path, live_pid, synthet
         tsi.run_two_stage(cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == [lock.name]  # nothing written
     assert lock.read_text() == lock_text(live_pid)
+
+
+def test_a_finished_run_is_reused_whoever_holds_its_lock(shared_dir, data_root, live_pid):
+    """Two grids over the same finished runs, or a lock a dead node left on another host: a
+    finished run is returned from its JSON, not refused as locked."""
+    log_dir, name = shared_dir["log_dir"], shared_dir["names"]["ref"]
+    lock = log_dir / f"{name}.lock"
+    for holder in (lock_text(live_pid), "node2 1234"):
+        lock.write_text(holder)
+        try:
+            again = tsi.run_two_stage_ictta_on_scenario(MODEL, SCENARIO, data_root=str(data_root),
+                                                        log_dir=str(log_dir), exp_name="ref", **RUN)
+        finally:
+            lock.unlink()
+        assert again["skipped"] is True
 
 
 # ----------------------------------------------------------------------------------------------

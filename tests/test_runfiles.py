@@ -135,3 +135,41 @@ def test_lock_without_hard_links_still_works(tmp_path, monkeypatch):
         with pytest.raises(runfiles.RunLockedError):
             runfiles.RunLock(lock).__enter__()
     assert not lock.exists()
+
+
+def test_process_identity_of_a_process_whose_name_is_not_utf8(tmp_path):
+    """The kernel cuts a process name at 15 bytes, which may split a UTF-8 character."""
+    import subprocess
+    import sys
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc")
+    code = "import ctypes, time; ctypes.CDLL(None).prctl(15, b'\\xc3\\xa9' * 9, 0, 0, 0); print(1, flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        proc.stdout.readline()  # renamed
+        assert b"\xc3" in Path(f"/proc/{proc.pid}/stat").read_bytes()
+        assert runfiles.process_identity(proc.pid).count(":") == 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_lock_whose_write_fails_is_not_left_empty(tmp_path, monkeypatch):
+    """Without hard links the lock is created, then written: a full disk must not leave it empty
+    (an empty lock can never be taken over)."""
+    def no_links(src, dst):
+        raise PermissionError("hard links not supported")
+
+    real_write = os.write
+
+    def disk_full(fd, data):
+        if data == lock_text(os.getpid()).encode():
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(os, "write", disk_full)
+    lock = tmp_path / "run.lock"
+    with pytest.raises(OSError, match="No space"):
+        runfiles.RunLock(lock).__enter__()
+    assert list(tmp_path.iterdir()) == []
