@@ -4,7 +4,6 @@ the lock tests."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
