@@ -299,6 +299,10 @@ def estimate_work(work: list[dict], datasets: dict, steps: int = ESTIMATE_STEPS)
     return timings
 
 
+def stage1_count(n: int) -> str:
+    return f"{n} stage 1" + ("" if n == 1 else "s")
+
+
 def format_plan(work: list[dict], parts: list[tuple[str, list]], timings: dict | None = None) -> str:
     """The plan in a few lines: runs per part, epochs, finished and to run, stage-1 trainings, and
     the estimated time of what is left when it was timed."""
@@ -307,7 +311,7 @@ def format_plan(work: list[dict], parts: list[tuple[str, list]], timings: dict |
     lines = [f"plan: {len(work)} runs ({', '.join(f'{name} {len(cfgs)}' for name, cfgs in parts)}), "
              f"{' or '.join(epochs)} epochs each",
              f"  {len(work) - len(todo)} finished before (skipped), {len(todo)} to run, training "
-             f"{sum(w['trains_stage1'] for w in todo)} stage 1s (the others share one)"]
+             f"{stage1_count(sum(w['trains_stage1'] for w in todo))} (the others share one)"]
     elsewhere = sorted({w["read_elsewhere"] for w in work if w["read_elsewhere"]})
     if elsewhere:
         lines.append(f"  {sum(bool(w['read_elsewhere']) for w in work)} of the finished runs read their data from "

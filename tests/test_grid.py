@@ -139,7 +139,7 @@ def test_plan_progress_dry_run_and_estimate(synthetic_root, tmp_path, capsys, mo
     assert grid.main(argv + ["--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("plan: 3 runs (baseline 2, tuning (one_at_a_time) 1), 1 + 1 epochs each\n"
-                          "  0 finished before (skipped), 3 to run, training 1 stage 1s")
+                          "  0 finished before (skipped), 3 to run, training 1 stage 1 (the others share one)")
     assert "estimated time here, one run after another: " in out and "resnet10" in out
     assert not (tmp_path / "out").exists() and sorted(p.name for p in data.rglob("*")) == before
 
