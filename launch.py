@@ -26,7 +26,7 @@ from results_logger import now, read_json, write_json
 from run_all_models import (add_outcome, check_plan, describe, new_report, order_for_sharing, run_key,
                             run_one, shares_stage1)
 from runfiles import LockOwner, RunLock, lock_owner, lock_path, pid_alive, read_run_json
-from two_stage_ictta import TwoStageConfig, config_hash, is_finished, run_name, stage1_path
+from two_stage_ictta import TwoStageConfig, config_hash, is_finished, made_by_other_code, run_name, stage1_path
 
 ROOT = Path(__file__).resolve().parent
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # minutes; submitit's local default (2) would kill real runs
@@ -249,7 +249,8 @@ def grid_status(configs: list[TwoStageConfig], jobs_dir: str | Path) -> dict:
     2. running, in progress: its lock file is held: by a live process if the lock was taken on this
        host; taken on another host, unless the last job the run was submitted in has ended;
     3. running, queued: the last job it was submitted in is live, or its state is unknown;
-    4. failed: its files hold a run with other settings; or its JSON says failed or interrupted;
+    4. failed: its files hold a run with other settings; or it finished, but by other code (a
+       launch reruns it; ``accept_code_change`` keeps it); or its JSON says failed or interrupted;
        or it started (JSON "running", or a lock left behind) and nobody holds its lock (killed); or
        its last job ended without finishing it;
     5. missing: none of these (never started, never submitted).
@@ -275,6 +276,8 @@ def grid_status(configs: list[TwoStageConfig], jobs_dir: str | Path) -> dict:
             state, detail = "running", f"queued in {where}" + (" (job state unknown)" if job == "unknown" else "")
         elif meta is not None and meta.get("run_id") != config_hash(cfg) and (log_dir / f"{name}.csv").exists():
             state, detail = "failed", f"its files hold a run with other settings (run_id {meta.get('run_id')})"
+        elif meta is not None and meta.get("status") == "finished" and made_by_other_code(meta, cfg):
+            state, detail = "failed", f"finished, but {made_by_other_code(meta, cfg)}; a launch reruns it"
         elif meta is not None and meta.get("status") in ("failed", "interrupted"):
             state, detail = "failed", meta.get("error") or meta["status"]
         elif owner or (meta is not None and meta.get("status") == "running"):

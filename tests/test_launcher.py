@@ -3,6 +3,7 @@ with SIGKILL is picked up on rerun, --status, and the SLURM path as far as it go
 (a fake sbatch on PATH: the sbatch text submitit writes, and the job it pickles, run as SLURM would)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from submitit.core.utils import DelayedSubmission
 import launch
 from conftest import lock_text
 import run_all_models as grid
-from two_stage_ictta import run_name, stage1_path
+from two_stage_ictta import config_hash, run_name, stage1_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNE = grid._tuning_settings(grid.tuning_points("smoke")[0])["exp_name"]
@@ -187,6 +188,19 @@ def test_slurm_wait_retry_clears_the_lock_the_dead_node_left(synthetic_root, tmp
     report = grid.new_report(retried=[], submitted=[])
     launch._launch_slurm([launch.JobSpec([run])], launch.LaunchConfig("slurm", wait=True, retries=1), tmp_path, report)
     assert lock_at_submission == [True, False] and len(report["retried"]) == 1 and len(report["failed"]) == 1
+
+
+def test_status_of_a_run_finished_by_other_code_says_so(synthetic_root, tmp_path):
+    """Not "its job ended before running it": it finished, by other code, and a launch reruns it."""
+    run, _ = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
+                                data_root=str(synthetic_root), device="cpu")
+    (tmp_path / f"{run_name(run)}.csv").write_text("stage\n1\n")
+    (tmp_path / f"{run_name(run)}.json").write_text(json.dumps(
+        {"status": "finished", "run_id": config_hash(run), "code_fingerprint": "older"}))
+    [state] = launch.grid_status([run], tmp_path / "jobs")["runs"]
+    assert state["state"] == "failed" and state["detail"].startswith("finished, but made by other code")
+    [kept] = launch.grid_status([dataclasses.replace(run, accept_code_change=True)], tmp_path / "jobs")["runs"]
+    assert kept["state"] == "done"
 
 
 def test_grid_job_pickles_and_never_trains_a_stage1_it_must_wait_for(synthetic_root, tmp_path):
