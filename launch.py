@@ -276,8 +276,8 @@ def grid_status(configs: list[TwoStageConfig], jobs_dir: str | Path) -> dict:
             state, detail = "running", f"queued in {where}" + (" (job state unknown)" if job == "unknown" else "")
         elif meta is not None and meta.get("run_id") != config_hash(cfg) and (log_dir / f"{name}.csv").exists():
             state, detail = "failed", f"its files hold a run with other settings (run_id {meta.get('run_id')})"
-        elif meta is not None and meta.get("status") == "finished" and made_by_other_code(meta, cfg):
-            state, detail = "failed", f"finished, but {made_by_other_code(meta, cfg)}; a launch reruns it"
+        elif meta is not None and meta.get("status") == "finished" and (stale := made_by_other_code(meta, cfg)):
+            state, detail = "failed", f"finished, but {stale}; a launch reruns it"
         elif meta is not None and meta.get("status") in ("failed", "interrupted"):
             state, detail = "failed", meta.get("error") or meta["status"]
         elif owner or (meta is not None and meta.get("status") == "running"):
