@@ -757,7 +757,6 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
     run = start_run(cfg, rd, model, logger, {k: meta[k] for k in ("code_fingerprints", "cpu_threads")})
     resumed = _resume(run, cfg, paths, run_id, device)
     meta.update(resumed)
-    resumed_from, stage1_reused = resumed["resumed_from"], resumed["stage1_reused"]
     write_json(paths["config"], meta)
 
     t_run = time.perf_counter()
@@ -775,7 +774,7 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
 
     results = {"run_id": run_id, "stage1_id": meta["stage1_id"], **summarize_rows(logger.full_rows()),
                "paths": {k: str(v) for k, v in paths.items() if k != "checkpoint"},
-               "resumed_from": resumed_from, "stage1_reused": stage1_reused,
+               **resumed,
                "seconds": time.perf_counter() - t_run}
     saved_model.save(paths["model"], run.model, cfg, rd.data, rd.counts, logger.rows, run_id, code_fingerprint())
     meta.update(**_confusion_of(run), status="finished", finished=now(), results=results)
