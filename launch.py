@@ -247,7 +247,7 @@ def grid_status(configs: list[TwoStageConfig], jobs_dir: str | Path) -> dict:
 
     1. done: its JSON says finished, for these settings, and its CSV exists (what a rerun skips);
     2. running, in progress: its lock file is held: by a live process if the lock was taken on this
-       host; taken on another host, unless the last job the run was submitted in has ended;
+       host; taken on another host, unless the run's last launcher job took it and has ended;
     3. running, queued: the last job it was submitted in is live, or its state is unknown;
     4. failed: its files hold a run with other settings; or it finished, but by other code (a
        launch reruns it; ``accept_code_change`` keeps it); or its JSON says failed or interrupted;
@@ -270,8 +270,8 @@ def grid_status(configs: list[TwoStageConfig], jobs_dir: str | Path) -> dict:
         state, detail = "missing", "never started"
         if is_finished(cfg, meta):
             state, detail = "done", ""
-        elif owner and (owner.alive_here() if owner.host == me else job != "ended"):
-            state, detail = "running", f"in progress: pid {owner.pid} on {owner.host}" + (f" ({where})" if rec else "")
+        elif owner and (owner.alive_here() if owner.host == me else not _left_by_ended_job(owner, rec, job)):
+            state, detail = "running", _holder(owner, rec, where, lock_path(log_dir, name))
         elif job in ("live", "unknown"):
             state, detail = "running", f"queued in {where}" + (" (job state unknown)" if job == "unknown" else "")
         elif meta is not None and meta.get("run_id") != config_hash(cfg) and (log_dir / f"{name}.csv").exists():
@@ -291,6 +291,22 @@ def grid_status(configs: list[TwoStageConfig], jobs_dir: str | Path) -> dict:
     return {"total": len(runs), "counts": counts, "runs": runs, "jobs_dir": str(jobs_dir),
             "queued": sum(r["detail"].startswith("queued") for r in runs),
             "unknown_jobs": sorted(k[1] for k, v in states.items() if v == "unknown")}
+
+
+def _left_by_ended_job(owner: LockOwner, rec: dict | None, job: str | None) -> bool:
+    """Whether another host's lock was taken by the run's last launcher job, which has ended. A
+    lock of any other process there (a later launcher's job, a run started by hand) may be live."""
+    return rec is not None and owner.job == rec["job_id"] and job == "ended"
+
+
+def _holder(owner: LockOwner, rec: dict | None, where: str, lock: Path) -> str:
+    """The ``--status`` detail of a run whose lock is held: by whom, and how to free a lock that
+    this launcher cannot judge."""
+    detail = f"in progress: pid {owner.pid} on {owner.host}"
+    if owner.host == socket.gethostname() or (rec and owner.job == rec["job_id"]):
+        return detail + (f" ({where})" if rec else "")
+    holder = f"job {owner.job}" if owner.job != "-" else "not in a launcher job"
+    return f"{detail} ({holder}; if that process has ended, delete {lock})"
 
 
 def format_status(status: dict) -> str:
@@ -427,11 +443,12 @@ def _submit_slurm(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: 
     return submitted
 
 
-def drop_other_hosts_lock(cfg: TwoStageConfig, seen: LockOwner | None) -> None:
-    """Delete the lock ``seen`` that a job on another host left on ``cfg``'s run, that job having
-    ended, if the lock still reads so (another launcher's job may have taken it since). Another
-    host's process cannot be checked from here; a lock of this host is judged by its process."""
-    if seen and seen.host != socket.gethostname():
+def drop_other_hosts_lock(cfg: TwoStageConfig, seen: LockOwner | None, ended_job: str | None) -> None:
+    """Delete the lock ``seen`` on ``cfg``'s run if launcher job ``ended_job``, which has ended,
+    took it on another host, and the lock still reads so (another launcher's job may have taken it
+    since). Another host's process cannot be checked from here, so a lock that some other process
+    took there stays; a lock of this host is judged by its process."""
+    if seen and seen.host != socket.gethostname() and seen.job == ended_job:
         RunLock(lock_path(cfg.log_dir, run_name(cfg))).remove_if_unchanged(seen.text)
 
 
@@ -450,15 +467,15 @@ def _launch_slurm(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: 
             for cfg, o in zip(spec.configs, outcomes):
                 if o.get("retryable") and round_ < lc.retries:
                     report["retried"].append(f"{o['run']} ({o['error']})")
-                    retry.append(cfg)
+                    retry.append((cfg, job.job_id))
                 else:
                     add_outcome(report, o)
         report["submitted"] = []
         if not retry:
             return
-        for cfg in retry:  # the node that died left its lock: the retry may land elsewhere
-            drop_other_hosts_lock(cfg, lock_owner(lock_path(cfg.log_dir, run_name(cfg))))
-        specs = plan_jobs(retry)
+        for cfg, dead_job in retry:  # the node that died left its lock: the retry may land elsewhere
+            drop_other_hosts_lock(cfg, lock_owner(lock_path(cfg.log_dir, run_name(cfg))), dead_job)
+        specs = plan_jobs([cfg for cfg, _ in retry])
 
 
 def launch(configs: list[TwoStageConfig], lc: LaunchConfig, jobs_dir: str | Path,
@@ -467,8 +484,8 @@ def launch(configs: list[TwoStageConfig], lc: LaunchConfig, jobs_dir: str | Path
 
     From :func:`grid_status`: a done run is skipped and never submitted; a running one (lock held,
     or in a live job) is left to its job; a failed or missing run is submitted, unless it needs a
-    stage 1 that a live job is training now (deferred). A lock left on another host by a job that
-    has ended is deleted first. Returns, and writes to ``report_path``, the end report.
+    stage 1 that a live job is training now (deferred). A lock that the run's last job took on
+    another host, that job having ended, is deleted first. Returns, and writes to ``report_path``, the end report.
     """
     check_plan(configs)
     jobs_dir = Path(jobs_dir)
@@ -484,7 +501,7 @@ def launch(configs: list[TwoStageConfig], lc: LaunchConfig, jobs_dir: str | Path
         elif stage1_path(cfg) in busy and shares_stage1(cfg) and not stage1_path(cfg).exists():
             report["deferred"].append(r["run"])
         else:
-            drop_other_hosts_lock(cfg, r["lock"])  # left by a job that ended (rule 2)
+            drop_other_hosts_lock(cfg, r["lock"], r["job"])  # left by the run's last job, ended (rule 2)
             todo.append(cfg)
     specs = plan_jobs(order_for_sharing(todo))
     if specs:

@@ -72,21 +72,40 @@ def process_identity(pid: int) -> str:
         return "-"
 
 
+def launcher_job_id() -> str:
+    """The id of the submitit job (local or SLURM) this process runs in, as the launcher records
+    it; "-" outside one."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return "-"
+    import submitit
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except Exception:  # an environment submitit does not know
+        return "-"
+
+
 @dataclass(frozen=True)
 class LockOwner:
-    """Who wrote a run's lock: ``<host> <pid> <identity>`` (locks of older code: ``<host> <pid>``)."""
+    """Who wrote a run's lock: ``<host> <pid> <identity> <job>``; ``job`` is "-" outside a launcher
+    job (locks of older code: ``<host> <pid>`` or ``<host> <pid> <identity>``)."""
     host: str
     pid: int
     identity: str
     text: str  # the lock file's content, as read
+    job: str = "-"
 
     @classmethod
     def parse(cls, text: str) -> "LockOwner | None":
         """None for a lock that is not in this form (garbage, or half written by older code)."""
         fields = text.split()
-        if len(fields) not in (2, 3) or not fields[1].isdigit():
+        if not 2 <= len(fields) <= 4 or not fields[1].isdigit():
             return None
-        return cls(fields[0], int(fields[1]), fields[2] if len(fields) == 3 else "-", text)
+        identity, job = (fields[2:] + ["-", "-"])[:2]
+        return cls(fields[0], int(fields[1]), identity, text, job)
+
+    def describe(self) -> str:
+        """"process <pid> on <host>", and its launcher job where it has one."""
+        return f"process {self.pid} on {self.host}" + (f" (job {self.job})" if self.job != "-" else "")
 
     def alive_here(self) -> bool:
         """Whether its process still runs, for a lock of this host: the pid exists, and, where both
@@ -97,10 +116,12 @@ class LockOwner:
         return "-" in (self.identity, now) or now == self.identity
 
 
-def lock_text(pid: int | None = None, host: str | None = None) -> str:
-    """The content of a lock taken by process ``pid`` (default: this one)."""
+def lock_text(pid: int | None = None, host: str | None = None, job: str | None = None) -> str:
+    """The content of a lock taken by process ``pid`` in launcher job ``job`` (default: this
+    process, in the job it runs in)."""
     pid = os.getpid() if pid is None else pid
-    return f"{host or socket.gethostname()} {pid} {process_identity(pid)}"
+    job = launcher_job_id() if job is None else job
+    return f"{host or socket.gethostname()} {pid} {process_identity(pid)} {job}"
 
 
 def lock_owner(path: Path) -> LockOwner | None:
@@ -127,7 +148,7 @@ class RunLock:
     """An exclusive lock file for one run: a second process on the same run gets a clear error.
     A lock left by a dead process on this host is taken over.
 
-    A file holding ``<host> <pid> <identity>`` (:func:`lock_text`) rather than an ``flock``: it also
+    A file holding ``<host> <pid> <identity> <job>`` (:func:`lock_text`) rather than an ``flock``: it also
     works on the NFS folders a cluster's jobs share, and its content says who holds it (``--status``
     reads it), which lets a lock left by a dead process be taken over. It is written whole to a
     temporary file and then hard-linked to its name, which fails if the lock exists: a lock is never
@@ -148,8 +169,8 @@ class RunLock:
                 if lock_is_stale(owner):
                     self.remove_if_unchanged(owner.text)
                     continue
-                raise RunLockedError(f"run {self.path.stem!r} is being written by process {owner.pid} on "
-                                     f"{owner.host}; wait for it, or delete {self.path} if that process is gone")
+                raise RunLockedError(f"run {self.path.stem!r} is being written by {owner.describe()}; "
+                                     f"wait for it, or delete {self.path} if that process is gone")
         raise RunLockedError(f"could not take the lock {self.path}")
 
     def _create(self) -> None:

@@ -94,10 +94,11 @@ def tiny_run_kwargs(synthetic_root, tmp_path) -> dict:
                 quiet=True, eval_batch_size=64)
 
 
-def lock_text(pid: int, host: str | None = None) -> str:
-    """A run lock's content, as process ``pid`` writes it: ``<host> <pid> <identity>``."""
+def lock_text(pid: int, host: str | None = None, job: str = "-") -> str:
+    """A run lock's content, as process ``pid`` writes it in launcher job ``job``:
+    ``<host> <pid> <identity> <job>``."""
     import runfiles
-    return runfiles.lock_text(pid, host)
+    return runfiles.lock_text(pid, host, job)
 
 
 @pytest.fixture

@@ -155,18 +155,41 @@ def test_a_run_another_process_holds_is_left_to_it_and_its_waiting_runs_deferred
 
 
 def test_a_lock_another_launcher_took_meanwhile_is_not_deleted(synthetic_root, tmp_path):
-    """The launcher read node2's lock (its job ended); if the lock reads otherwise by the time it
-    deletes it, another launcher's job holds it now, and it stays."""
+    """The launcher read the lock that job 77 (ended) left on node2; if the lock reads otherwise by
+    the time it deletes it, another launcher's job holds it now, and it stays."""
     run, _ = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
                                 data_root=str(synthetic_root), device="cpu")
     lock = tmp_path / f"{run_name(run)}.lock"
-    lock.write_text("node2 1234")
+    lock.write_text(lock_text(1234, host="node2", job="77"))
     seen = launch.lock_owner(lock)
-    lock.write_text("node5 99 x:1")  # taken over meanwhile
-    launch.drop_other_hosts_lock(run, seen)
-    assert lock.read_text() == "node5 99 x:1"
-    launch.drop_other_hosts_lock(run, launch.lock_owner(lock))
+    lock.write_text("node5 99 x:1 80")  # taken over meanwhile by job 80
+    launch.drop_other_hosts_lock(run, seen, "77")
+    assert lock.read_text() == "node5 99 x:1 80"
+    launch.drop_other_hosts_lock(run, launch.lock_owner(lock), "77")  # job 80 took it, not 77
+    assert lock.read_text() == "node5 99 x:1 80"
+    launch.drop_other_hosts_lock(run, launch.lock_owner(lock), "80")
     assert not lock.exists()
+
+
+@pytest.mark.parametrize("holder, named", [("node2 1234 - -", "not in a launcher job"),
+                                           ("node2 1234", "not in a launcher job"),  # older code's lock
+                                           ("node2 1234 b:5 4300_0", "job 4300_0")])
+def test_a_lock_on_another_host_that_the_runs_last_job_did_not_take_stays(synthetic_root, tmp_path, holder, named):
+    """The run's last job (4242_0) has ended, but the lock on node2 is some other process's: a run
+    started there by hand, or a job of another launcher. The launcher cannot check it, so the run
+    counts as running, its lock stays, and ``--status`` names the file to delete."""
+    run, _ = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
+                                data_root=str(synthetic_root), device="cpu")
+    lock = tmp_path / f"{run_name(run)}.lock"
+    lock.write_text(holder)
+    spec = launch.JobSpec([run])
+    launch._write_record(tmp_path / "jobs" / "a", "4242_0", "slurm", spec)
+    (tmp_path / "jobs" / "a" / "4242_0_0_result.pkl").write_bytes(b"")  # a result file: the job has ended
+    [state] = launch.grid_status([run], tmp_path / "jobs")["runs"]
+    assert state["state"] == "running"
+    assert state["detail"] == f"in progress: pid 1234 on node2 ({named}; if that process has ended, delete {lock})"
+    report = launch.launch([run], launch.LaunchConfig("slurm"), tmp_path / "jobs")
+    assert lock.read_text() == holder and report["running"] == [f"{grid.describe(run)} ({state['detail']})"]
 
 
 def test_slurm_wait_retry_clears_the_lock_the_dead_node_left(synthetic_root, tmp_path, monkeypatch):
@@ -175,7 +198,7 @@ def test_slurm_wait_retry_clears_the_lock_the_dead_node_left(synthetic_root, tmp
     run, _ = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
                                 data_root=str(synthetic_root), device="cpu")
     lock = tmp_path / f"{run_name(run)}.lock"
-    lock.write_text("node2 1234")
+    lock.write_text(lock_text(1234, host="node2", job="90"))
     lock_at_submission = []
 
     def submit(specs, lc, folder, report):
@@ -302,7 +325,7 @@ def test_slurm_submission_status_and_resubmission_after_an_outage(synthetic_root
     (fake_slurm / "sacct.txt").write_text("JobID|State|NodeList\n4242_0|COMPLETED|n1\n4242_1|RUNNING|n2\n"
                                           "4243_[0-1]|PENDING|\n4244_[0-1]|PENDING|\n")
     lock = log_dir / f"{name['baseline', 'head_tail']}.lock"
-    lock.write_text("node2 1234")  # 4242_1 is training on node2
+    lock.write_text(lock_text(1234, host="node2", job="4242_1"))  # 4242_1 is training on node2
     text = status_line(synthetic_root, out, capsys, scenarios=("long_tail", "head_tail"))
     assert "6 runs: 1 done, 5 running (1 in progress, 4 queued in live jobs), 0 failed, 0 missing" in text
     assert "in progress: pid 1234 on node2 (slurm job 4242_1)" in text

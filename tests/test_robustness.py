@@ -224,7 +224,8 @@ def test_second_process_on_a_running_run_is_refused_and_writes_nothing(shared_di
 
 def test_lock_left_by_the_killed_process_was_taken_over(shared_dir):
     owner = runfiles.LockOwner.parse(shared_dir["lock_after_kill"])
-    assert (owner.host, owner.pid) == (socket.gethostname(), shared_dir["victim_pid"]) and ":" in owner.identity
+    assert (owner.host, owner.pid, owner.job) == (socket.gethostname(), shared_dir["victim_pid"], "-")
+    assert ":" in owner.identity
     assert not (shared_dir["log_dir"] / f"{shared_dir['names']['killed']}.lock").exists()
 
 

@@ -22,6 +22,31 @@ def test_run_paths_name_every_file_of_a_run(tmp_path):
     assert runfiles.read_run_json(tmp_path, "results_x") is None
 
 
+@pytest.mark.parametrize("env, job", [
+    ({}, "-"),  # a run started by hand
+    ({"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "321"}, "321"),
+    ({"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "5000", "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "1"},
+     "4242_1"),  # an array task: the id the launcher records, not SLURM_JOB_ID
+    ({"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "5000"}, "5000"),
+])
+def test_a_lock_names_the_launcher_job_that_took_it(tmp_path, monkeypatch, env, job):
+    for var in ("SUBMITIT_EXECUTOR", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    lock = tmp_path / "run.lock"
+    with runfiles.RunLock(lock):
+        owner = runfiles.lock_owner(lock)
+    assert (owner.pid, owner.job) == (os.getpid(), job)
+    assert owner.describe() == f"process {os.getpid()} on {socket.gethostname()}" + (f" (job {job})" if env else "")
+
+
+def test_locks_of_older_code_still_parse():
+    assert runfiles.LockOwner.parse("node2 12") == runfiles.LockOwner("node2", 12, "-", "node2 12", "-")
+    assert runfiles.LockOwner.parse("node2 12 b:9") == runfiles.LockOwner("node2", 12, "b:9", "node2 12 b:9", "-")
+    assert runfiles.LockOwner.parse("node2 x") is None and runfiles.LockOwner.parse("a 1 b c d") is None
+
+
 def test_lock_of_a_dead_process_is_taken_over(tmp_path, dead_pid):
     lock = tmp_path / "run.lock"
     lock.write_text(lock_text(dead_pid))
@@ -39,7 +64,7 @@ def test_lock_from_another_host_is_respected(tmp_path, dead_pid):
         runfiles.RunLock(lock).__enter__()
 
 
-@pytest.mark.parametrize("content", ["", "garbage", "{host} notapid", "{host} 1 a:1 extra", "other-host -1"])
+@pytest.mark.parametrize("content", ["", "garbage", "{host} notapid", "{host} 1 a:1 7 extra", "other-host -1"])
 def test_unreadable_lock_is_an_error_not_a_crash(tmp_path, content):
     """A lock it cannot read is respected (the user is told to delete it), never a crash."""
     lock = tmp_path / "run.lock"
