@@ -485,7 +485,8 @@ def launch(configs: list[TwoStageConfig], lc: LaunchConfig, jobs_dir: str | Path
     From :func:`grid_status`: a done run is skipped and never submitted; a running one (lock held,
     or in a live job) is left to its job; a failed or missing run is submitted, unless it needs a
     stage 1 that a live job is training now (deferred). A lock that the run's last job took on
-    another host, that job having ended, is deleted first. Returns, and writes to ``report_path``, the end report.
+    another host, that job having ended, is deleted first. Returns, and writes to
+    ``report_path``, the end report.
     """
     check_plan(configs)
     jobs_dir = Path(jobs_dir)
