@@ -302,10 +302,12 @@ def _left_by_ended_job(owner: LockOwner, rec: dict | None, job: str | None) -> b
 def _holder(owner: LockOwner, rec: dict | None, where: str, lock: Path) -> str:
     """The ``--status`` detail of a run whose lock is held: by whom, and how to free a lock that
     this launcher cannot judge."""
+    if owner.pid < 0:
+        return f"its lock cannot be read; if no process writes this run, delete {lock}"
     detail = f"in progress: pid {owner.pid} on {owner.host}"
     if owner.host == socket.gethostname() or (rec and owner.job == rec["job_id"]):
         return detail + (f" ({where})" if rec else "")
-    holder = f"job {owner.job}" if owner.job != "-" else "not in a launcher job"
+    holder = f"job {owner.job}" if owner.job != "-" else "the lock names no launcher job"
     return f"{detail} ({holder}; if that process has ended, delete {lock})"
 
 

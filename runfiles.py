@@ -136,8 +136,12 @@ def lock_owner(path: Path) -> LockOwner | None:
 
 
 def lock_is_stale(owner: LockOwner) -> bool:
-    """A lock of this host whose process has ended. Another host's cannot be checked from here."""
-    return owner.host == socket.gethostname() and not owner.alive_here()
+    """A lock of this host whose process has ended, or one that an earlier attempt of this very
+    launcher job took (a requeued SLURM job, on any node: the scheduler runs one attempt of a job
+    at a time). Another host's process cannot be checked from here."""
+    if owner.host == socket.gethostname():
+        return not owner.alive_here()
+    return owner.job != "-" and owner.job == launcher_job_id()
 
 
 class RunLockedError(RuntimeError):

@@ -171,8 +171,8 @@ def test_a_lock_another_launcher_took_meanwhile_is_not_deleted(synthetic_root, t
     assert not lock.exists()
 
 
-@pytest.mark.parametrize("holder, named", [("node2 1234 - -", "not in a launcher job"),
-                                           ("node2 1234", "not in a launcher job"),  # older code's lock
+@pytest.mark.parametrize("holder, named", [("node2 1234 - -", "the lock names no launcher job"),
+                                           ("node2 1234", "the lock names no launcher job"),  # older code's
                                            ("node2 1234 b:5 4300_0", "job 4300_0")])
 def test_a_lock_on_another_host_that_the_runs_last_job_did_not_take_stays(synthetic_root, tmp_path, holder, named):
     """The run's last job (4242_0) has ended, but the lock on node2 is some other process's: a run
@@ -190,6 +190,16 @@ def test_a_lock_on_another_host_that_the_runs_last_job_did_not_take_stays(synthe
     assert state["detail"] == f"in progress: pid 1234 on node2 ({named}; if that process has ended, delete {lock})"
     report = launch.launch([run], launch.LaunchConfig("slurm"), tmp_path / "jobs")
     assert lock.read_text() == holder and report["running"] == [f"{grid.describe(run)} ({state['detail']})"]
+
+
+def test_status_of_an_unreadable_lock_says_to_delete_it(synthetic_root, tmp_path):
+    run, _ = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
+                                data_root=str(synthetic_root), device="cpu")
+    lock = tmp_path / f"{run_name(run)}.lock"
+    lock.write_text("garbage")
+    [state] = launch.grid_status([run], tmp_path / "jobs")["runs"]
+    assert (state["state"], state["detail"]) == (
+        "running", f"its lock cannot be read; if no process writes this run, delete {lock}")
 
 
 def test_slurm_wait_retry_clears_the_lock_the_dead_node_left(synthetic_root, tmp_path, monkeypatch):

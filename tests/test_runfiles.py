@@ -41,6 +41,22 @@ def test_a_lock_names_the_launcher_job_that_took_it(tmp_path, monkeypatch, env, 
     assert owner.describe() == f"process {os.getpid()} on {socket.gethostname()}" + (f" (job {job})" if env else "")
 
 
+def test_a_requeued_slurm_job_takes_over_the_lock_of_its_earlier_attempt(tmp_path, monkeypatch):
+    """Attempt 1 of job 4242_1 died on node2; SLURM requeued the job, and attempt 2 runs here. Only
+    one attempt of a job runs at a time, so node2's lock is stale; another job's is not."""
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.setenv("SLURM_JOB_ID", "5001")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    lock = tmp_path / "run.lock"
+    lock.write_text(lock_text(1234, host="node2", job="4242_0"))
+    with pytest.raises(runfiles.RunLockedError, match=r"process 1234 on node2 \(job 4242_0\)"):
+        runfiles.RunLock(lock).__enter__()
+    lock.write_text(lock_text(1234, host="node2", job="4242_1"))
+    with runfiles.RunLock(lock):
+        assert runfiles.lock_owner(lock).job == "4242_1" and runfiles.lock_owner(lock).host == socket.gethostname()
+
+
 def test_locks_of_older_code_still_parse():
     assert runfiles.LockOwner.parse("node2 12") == runfiles.LockOwner("node2", 12, "-", "node2 12", "-")
     assert runfiles.LockOwner.parse("node2 12 b:9") == runfiles.LockOwner("node2", 12, "b:9", "node2 12 b:9", "-")
