@@ -162,6 +162,11 @@ def _read_records(jobs_dir: Path) -> list[dict]:
     return sorted(records, key=lambda r: r["submitted"])
 
 
+# SLURM job states after which the job never runs again (sacct's; GONE: sacct and squeue do not know it)
+SLURM_FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+                      "DEADLINE", "REVOKED", "GONE")
+
+
 def _local_job_alive(pid: int) -> bool:
     if not pid_alive(pid):
         return False
@@ -201,11 +206,11 @@ def _job_states(records: list[dict]) -> dict[tuple, str]:
     """``live``, ``ended`` or ``unknown`` for each job record.
 
     ended: submitit wrote its result file (the job returned or raised), or its process is gone
-    (local, same host), or SLURM reports a final state (COMPLETED, FAILED, CANCELLED, TIMEOUT,
-    NODE_FAIL, OUT_OF_MEMORY, ...), or sacct does not know it and squeue does not list it. live:
-    its process runs (local), or SLURM reports PENDING, RUNNING, REQUEUED, COMPLETING, PREEMPTED
-    or READY. unknown: a local job of another host, or a SLURM job when neither sacct nor squeue
-    answers (not on the cluster?).
+    (local, same host), or SLURM reports a final state (:data:`SLURM_FINAL_STATES`), or sacct
+    does not know it and squeue does not list it. live: its process runs (local), or SLURM reports
+    any other state (PENDING, RUNNING, SUSPENDED, REQUEUE_HOLD, PREEMPTED, ...: a job that may
+    still run keeps its lock). unknown: a local job of another host, or a SLURM job when neither
+    sacct nor squeue answers (not on the cluster?).
     """
     states, slurm = {}, []
     for rec in records:
@@ -221,11 +226,10 @@ def _job_states(records: list[dict]) -> dict[tuple, str]:
             slurm.append(rec)
     if slurm:
         scheduler = _slurm_states(sorted({r["job_id"] for r in slurm}))
-        incomplete = ("READY", "PENDING", "RUNNING", "REQUEUED", "COMPLETING", "PREEMPTED")  # as submitit
         for rec in slurm:
-            state = scheduler.get(rec["job_id"], "UNKNOWN").upper()
+            state = scheduler.get(rec["job_id"], "UNKNOWN").upper().split(" ")[0]  # "CANCELLED by 0"
             states[(rec["folder"], rec["job_id"])] = ("unknown" if state == "UNKNOWN" else
-                                                      "live" if state in incomplete else "ended")
+                                                      "ended" if state in SLURM_FINAL_STATES else "live")
     return states
 
 

@@ -369,6 +369,17 @@ def test_slurm_submission_status_and_resubmission_after_an_outage(synthetic_root
     assert "slurm job 4245_2 ended before running it" in text
 
 
+@pytest.mark.parametrize("sacct_state, job", [("SUSPENDED", "live"), ("REQUEUE_HOLD", "live"), ("PREEMPTED", "live"),
+                                             ("PENDING", "live"), ("CANCELLED by 0", "ended"), ("NODE_FAIL", "ended"),
+                                             ("OUT_OF_MEMORY", "ended"), ("COMPLETED", "ended")])
+def test_a_slurm_job_that_may_still_run_is_live(tmp_path, fake_slurm, sacct_state, job):
+    """Only a final state ends a job: a suspended or held job resumes later, so its runs (and the
+    locks it holds on them) must not be given to a new job."""
+    (fake_slurm / "sacct.txt").write_text(f"JobID|State|NodeList\n4300_0|{sacct_state}|n1\n")
+    rec = {"folder": str(tmp_path), "job_id": "4300_0", "launcher": "slurm", "host": "login1"}
+    assert launch._job_states([rec]) == {(str(tmp_path), "4300_0"): job}
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--jobs", "2"], "--jobs needs --launcher local or slurm"),
     (["--launcher", "local", "--jobs", "0"], "--jobs 0: must be >= 1"),
