@@ -227,10 +227,25 @@ def _job_states(records: list[dict]) -> dict[tuple, str]:
     if slurm:
         scheduler = _slurm_states(sorted({r["job_id"] for r in slurm}))
         for rec in slurm:
-            state = scheduler.get(rec["job_id"], "UNKNOWN").upper().split(" ")[0]  # "CANCELLED by 0"
+            state = _state_word(scheduler.get(rec["job_id"], "UNKNOWN"))
             states[(rec["folder"], rec["job_id"])] = ("unknown" if state == "UNKNOWN" else
                                                       "ended" if state in SLURM_FINAL_STATES else "live")
     return states
+
+
+def _state_word(state: str) -> str:
+    return state.upper().split(" ")[0]  # sacct says "CANCELLED by 0"
+
+
+def _slurm_job_over(job) -> bool:
+    """submitit's ``job.done()``, except that a job in a state that is not final (SUSPENDED, held)
+    is not over: it may run again, and must keep its runs."""
+    if not job.done():
+        return False
+    if job.paths.result_pickle.exists():
+        return True
+    state = _state_word(_slurm_states([str(job.job_id)]).get(str(job.job_id), "UNKNOWN"))
+    return state in SLURM_FINAL_STATES or state == "UNKNOWN"
 
 
 def _reported_failure(rec: dict, name: str) -> str | None:
@@ -465,7 +480,7 @@ def _launch_slurm(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: 
         submitted = _submit_slurm(specs, lc, folder, report)
         if not lc.wait:
             return
-        while not all(job.done() for job, _ in submitted):
+        while not all(_slurm_job_over(job) for job, _ in submitted):
             time.sleep(10 * POLL_S)
         retry = []
         for job, spec in submitted:

@@ -378,6 +378,9 @@ def test_a_slurm_job_that_may_still_run_is_live(tmp_path, fake_slurm, sacct_stat
     (fake_slurm / "sacct.txt").write_text(f"JobID|State|NodeList\n4300_0|{sacct_state}|n1\n")
     rec = {"folder": str(tmp_path), "job_id": "4300_0", "launcher": "slurm", "host": "login1"}
     assert launch._job_states([rec]) == {(str(tmp_path), "4300_0"): job}
+    submitit_done = SimpleNamespace(job_id="4300_0", done=lambda: True,  # submitit: any state but its few live ones
+                                    paths=SimpleNamespace(result_pickle=tmp_path / "none.pkl"))
+    assert launch._slurm_job_over(submitit_done) == (job == "ended")  # what --wait waits for
 
 
 @pytest.mark.parametrize("flags, message", [
