@@ -227,14 +227,15 @@ def _job_states(records: list[dict]) -> dict[tuple, str]:
     if slurm:
         scheduler = _slurm_states(sorted({r["job_id"] for r in slurm}))
         for rec in slurm:
-            state = _state_word(scheduler.get(rec["job_id"], "UNKNOWN"))
-            states[(rec["folder"], rec["job_id"])] = ("unknown" if state == "UNKNOWN" else
-                                                      "ended" if state in SLURM_FINAL_STATES else "live")
+            states[(rec["folder"], rec["job_id"])] = _slurm_state_kind(scheduler.get(rec["job_id"], "UNKNOWN"))
     return states
 
 
-def _state_word(state: str) -> str:
-    return state.upper().split(" ")[0]  # sacct says "CANCELLED by 0"
+def _slurm_state_kind(state: str) -> str:
+    """``unknown``, ``ended`` (a final state) or ``live`` (any other: it may still run) for a
+    state as sacct or :func:`_slurm_states` gives it."""
+    word = state.upper().split(" ")[0]  # sacct says "CANCELLED by 0"
+    return "unknown" if word == "UNKNOWN" else "ended" if word in SLURM_FINAL_STATES else "live"
 
 
 def _slurm_job_over(job) -> bool:
@@ -244,8 +245,7 @@ def _slurm_job_over(job) -> bool:
         return False
     if job.paths.result_pickle.exists():
         return True
-    state = _state_word(_slurm_states([str(job.job_id)]).get(str(job.job_id), "UNKNOWN"))
-    return state in SLURM_FINAL_STATES or state == "UNKNOWN"
+    return _slurm_state_kind(_slurm_states([str(job.job_id)]).get(str(job.job_id), "UNKNOWN")) != "live"
 
 
 def _reported_failure(rec: dict, name: str) -> str | None:
