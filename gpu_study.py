@@ -9,8 +9,9 @@ budget, and returns whatever finished even when the budget runs out:
 3. the runs of ``--work``, in that order (``WORK``: the seed's baseline grid with 3 seeds; the
    literature-budget compare suite, every method and LDAM-DRW with its reference init; ``ce`` and
    ``ldam_drw`` of it in fp32, first seed; ``ce`` on images re-encoded at JPEG quality 50 and 25,
-   first seed; the one-knob tuning). Each run is its own process (``main.py`` with the run's
-   settings, so each has a command that reproduces it), ``--jobs`` of them at once under MPS: one
+   first seed; the one-knob tuning with each seed's default run). Each run is its own process
+   (``main.py`` with the run's settings, so each has a command that reproduces it), ``--jobs`` of
+   them at once under MPS: one
    eager ResNet-32 at batch 128 keeps an H200 under 20 % busy. Within an item, runs start in order
    of value (``PRIORITY``); a run that reuses a stage 1 starts as soon as that stage 1 is on disk,
    before any run still waiting; runs that would miss the deadline are paused so that
@@ -128,8 +129,9 @@ def baseline_configs(profile: str, seeds: tuple, imb: float, **common) -> list[T
 
 
 def tuning_configs(profile: str, seeds: tuple, imb: float, **common) -> list[TwoStageConfig]:
-    """The grid's one-knob-at-a-time tuning, seed 0 only."""
-    return plan_tuning(profile, TUNING_MODELS, SCENARIOS, seeds[:1], **common)
+    """The grid's one-knob-at-a-time tuning on every seed, each case's default run first: it trains
+    the stage 1 that the case's points share, and each point is paired with it."""
+    return plan_tuning(profile, TUNING_MODELS, SCENARIOS, seeds, with_default=True, **common)
 
 
 # name: (configs, profile, results subfolder); --work runs them in the order given. The default
@@ -138,7 +140,7 @@ WORK = {"baseline": (baseline_configs, "full", "full"),
         "literature": (literature_configs, "literature", "literature"),
         "fp32": (fp32_configs, "literature", "fp32"),
         "jpeg": (jpeg_configs, "literature", "jpeg"),
-        "tuning": (tuning_configs, "full", "full")}
+        "tuning": (tuning_configs, "full", "tuning")}
 
 
 def work_configs(names: list[str], seeds: tuple, results: Path, dry_run: bool, **common) -> list[list]:

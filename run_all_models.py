@@ -183,11 +183,14 @@ def plan_baseline(profile="full", models=BASELINE_MODELS, scenarios=SCENARIOS, s
 
 
 def plan_tuning(profile="full", models=TUNING_MODELS, scenarios=SCENARIOS, seeds=(0,), tuning=TUNING_MODES[0],
-                **common):
-    """The tuning points (:func:`tuning_points`) on every model, scenario and seed."""
-    points = tuning_points(profile, tuning)
-    return [_config(profile, "tuning", model, scenario, seed, common, **_tuning_settings(point))
-            for seed in seeds for model in models for scenario in scenarios for point in points]
+                with_default=False, **common):
+    """The tuning points (:func:`tuning_points`) on every model, scenario and seed. ``with_default``:
+    each case's points follow a run at the profile's own settings (exp_name ``default``), which
+    trains the stage 1 they share and is their pair, for a folder without the baseline suite's runs."""
+    settings = ([dict(exp_name="default")] if with_default else []) + \
+        [_tuning_settings(point) for point in tuning_points(profile, tuning)]
+    return [_config(profile, "tuning", model, scenario, seed, common, **s)
+            for seed in seeds for model in models for scenario in scenarios for s in settings]
 
 
 def plan_compare(profile="reduced", models=None, scenarios=None, seeds=(0, 1, 2), methods=None,

@@ -10,6 +10,8 @@ import pytest
 import gpu_study
 from gpu_study import Job, Study, epochs_done, rebalance
 from model import MODELS
+from run_all_models import SCENARIOS, TUNING_MODELS
+from summary_tuning import variant_and_role
 
 
 def test_rebalance_keeps_the_runs_that_can_finish_when_some_cannot():
@@ -226,3 +228,20 @@ def test_a_repeated_seed_is_one_seed(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         gpu_study.main(["--dry-run", "--seeds", "1", "0", "1"])
     assert seen == [[1, 0]]
+
+
+def test_the_tuning_item_pairs_every_seeds_points_with_that_seeds_default_run(tmp_path):
+    """Each seed's default two-stage run trains the stage 1 that its 8 points wait for, in the
+    tuning folder; no control runs; seed 0's runs come first."""
+    jobs = gpu_study.plan(gpu_study.work_configs(["tuning"], (0, 1), tmp_path, dry_run=False))
+    cases = {(m, s, sd) for m in TUNING_MODELS for s in SCENARIOS for sd in (0, 1)}
+    heads = [j for j in jobs if j.waits_for is None]
+    assert [j.cfg.exp_name for j in heads] == ["default"] * len(cases)
+    assert {variant_and_role(vars(j.cfg))[1] for j in heads} == {"two_stage"}  # the points' pair
+    assert {(j.cfg.model_name, j.cfg.imbalance_type, j.cfg.seed) for j in heads} == cases
+    assert [j.cfg.seed for j in heads] == sorted(j.cfg.seed for j in heads)
+    points = [j for j in jobs if j.waits_for is not None]
+    assert len(points) == 8 * len(cases) and {j.cfg.tag for j in jobs} == {"tuning-full"}
+    trains = {gpu_study.stage1_path(j.cfg): j for j in heads}
+    assert all(trains[j.waits_for].cfg.seed == j.cfg.seed for j in points)
+    assert {j.cfg.log_dir for j in jobs} == {str(tmp_path / "tuning")}
