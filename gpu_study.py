@@ -11,11 +11,10 @@ budget, and returns whatever finished even when the budget runs out:
    ``ldam_drw`` of it in fp32, first seed; ``ce`` on images re-encoded at JPEG quality 50 and 25,
    first seed; the one-knob tuning with each seed's default run). Each run is its own process
    (``main.py`` with the run's settings, so each has a command that reproduces it), ``--jobs`` of
-   them at once under MPS: one
-   eager ResNet-32 at batch 128 keeps an H200 under 20 % busy. Within an item, runs start in order
-   of value (``PRIORITY``); a run that reuses a stage 1 starts as soon as that stage 1 is on disk,
-   before any run still waiting; runs that would miss the deadline are paused so that
-   the others finish (:func:`rebalance`).
+   them at once under MPS: one eager ResNet-32 at batch 128 keeps an H200 under 20 % busy. Within
+   an item, runs start in order of value (``PRIORITY``); a run that reuses a stage 1 starts as soon
+   as that stage 1 is on disk, before any run still waiting; runs that would miss the deadline are
+   paused so that the others finish (:func:`rebalance`).
 
 Every run's CSV and JSON, the logs and ``gpu_study.json`` (the events, each run's command, wall
 time and return code, GPU load samples) are packed into ``OUT/results.tgz`` whenever a run ends and
