@@ -1,12 +1,17 @@
-"""Launchers: the plan's runs (:mod:`run_all_models`) as jobs of submitit's local or SLURM
-executor, the jobs' records, the scheduler's view of them (sacct, squeue) and ``--status``.
+"""Launchers: the plan's runs executed inline, as local subprocesses, or as SLURM jobs.
 
-A job is a GridJob: a list of configs run in turn. Runs that share a stage 1 which is not trained
-yet are split so that no two jobs ever train the same stage 1 (plan_jobs): the first run is a job
-of its own and trains it; the others wait for that job (local: submitted when it ends; SLURM:
---dependency=afterany) and then run one job each, in parallel, reading the cached stage 1.
-Every job leaves a record <jobs folder>/<launch>/<job id>_runs.json of the runs it holds, which
-is what --status and a rerun read to know what is running.
+* ``inline`` (:func:`run_grid`): the runs one after another in this process.
+* ``local`` and ``slurm`` (:func:`launch`, through submitit): each run a job. A job is a GridJob: a
+  list of configs run in turn. Runs that share a stage 1 which is not trained yet are split so that
+  no two jobs ever train the same stage 1 (:func:`plan_jobs`): the first run is a job of its own and
+  trains it; the others wait for that job (local: submitted when it ends; SLURM:
+  ``--dependency=afterany``) and then run one job each, in parallel, reading the cached stage 1.
+  Every job leaves a record ``<jobs folder>/<launch>/<job id>_runs.json`` of the runs it holds,
+  which ``--status`` and a rerun read to know what is running.
+
+The local launcher pins each job to one GPU (round-robin), starts NVIDIA's multi-process service
+when several jobs share a GPU, and stops cleanly at a time budget (``budget_min``): its jobs are
+interrupted, each keeps its last epoch's checkpoint, and the same command resumes them.
 """
 from __future__ import annotations
 
@@ -15,24 +20,215 @@ import getpass
 import os
 import pickle
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections import deque
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from config import TwoStageConfig, config_hash, made_by_other_code, run_name, stage1_hash, stage1_path, validate_config
+from data_loader import find_dataset, load_dataset, make_split
+from estimate import run_seconds
 from results_logger import now, read_json, write_json
-from run_all_models import (add_outcome, check_plan, describe, new_report, order_for_sharing, run_key,
-                            run_one, shares_stage1)
-from runfiles import LockOwner, RunLock, lock_owner, lock_path, pid_alive, read_run_json
-from two_stage_ictta import TwoStageConfig, config_hash, is_finished, made_by_other_code, run_name, stage1_path
+from runfiles import LockOwner, RunLock, RunLockedError, lock_owner, lock_path, pid_alive, read_run_json
+from two_stage_ictta import data_read_elsewhere, is_finished, run_two_stage
 
 ROOT = Path(__file__).resolve().parent
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # minutes; submitit's local default (2) would kill real runs
 SLURM_TIMEOUT_MIN = 60 * 24  # minutes per job; on timeout or preemption the job is requeued and resumes
 POLL_S = 0.5  # seconds between looks at the local jobs
 
+
+# ----------------------------------------------------------------------------------------------
+# The runs of a plan, and the inline launcher
+
+def shares_stage1(cfg: TwoStageConfig) -> bool:
+    """Whether ``cfg`` reads or writes the shared stage-1 checkpoint of its log_dir."""
+    return cfg.reuse_stage1 and cfg.stage1_epochs > 0
+
+
+def order_for_sharing(configs: list[TwoStageConfig]) -> list[TwoStageConfig]:
+    """Stable order in which runs sharing a stage 1 are adjacent: the first trains it, the rest reuse it."""
+    first_seen: dict[str, int] = {}
+    for i, cfg in enumerate(configs):
+        first_seen.setdefault(stage1_hash(cfg), i)
+    return sorted(configs, key=lambda c: first_seen[stage1_hash(c)])
+
+
+
+def describe(cfg: TwoStageConfig) -> str:
+    return f"{cfg.tag} {cfg.exp_name or cfg.method} {cfg.model_name}/{cfg.imbalance_type}@{cfg.imb_factor:g} seed{cfg.seed}"
+
+
+
+def check_plan(configs: list[TwoStageConfig], fetch: bool = True) -> dict:
+    """Raise ``ValueError`` for the first invalid config or missing dataset, before any work starts;
+    return the dataset of each (data_root, dataset) pair (downloaded where allowed, see
+    ``data_loader.load_dataset``).
+    With ``fetch=False`` nothing is downloaded and a missing dataset is None, not an error."""
+    for cfg in configs:
+        validate_config(cfg)  # a typo fails here, before hours of work, not at run 57
+    sources = {(c.data_root, c.dataset, c.download) for c in configs}
+    if not fetch:
+        return {(root, name): find_dataset(root, name, write_cache=False) for root, name, _ in sources}
+    # so does missing data (a DataError, a ValueError); this also fills the decoded-image cache
+    return {(root, name): load_dataset(root, download, name) for root, name, download in sources}
+
+
+
+STEP_UNITS = {"step_s": 1.0, "eval_image_s": 0.0}  # without timings, a run's work counts in steps
+
+
+def plan_work(configs: list[TwoStageConfig], datasets: dict) -> list[dict]:
+    """Each run of ``configs``, in the order given (the order they run in): ``finished`` (a rerun
+    skips it); ``trains_stage1`` (no earlier unfinished run of the plan and no checkpoint on disk
+    provides its stage 1); ``sizes`` (its train, val, test, stat image counts, None without data);
+    and ``steps``, its training steps."""
+    provided, work = set(), []
+    for cfg in configs:
+        meta = read_run_json(cfg.log_dir, run_name(cfg))
+        finished = is_finished(cfg, meta)
+        shared = shares_stage1(cfg) and (stage1_path(cfg) in provided or stage1_path(cfg).exists())
+        if not finished and shares_stage1(cfg):
+            provided.add(stage1_path(cfg))
+        data = datasets.get((cfg.data_root, cfg.dataset))
+        sizes = _split_sizes(cfg, data) if data is not None else None
+        trains_stage1 = not finished and cfg.stage1_epochs > 0 and not shared
+        work.append({"cfg": cfg, "finished": finished, "read_elsewhere": finished and data_read_elsewhere(cfg, meta),
+                     "trains_stage1": trains_stage1, "sizes": sizes,
+                     "steps": sizes and run_seconds(cfg, sizes, STEP_UNITS, trains_stage1)})
+    return work
+
+
+def _split_sizes(cfg: TwoStageConfig, data) -> dict:
+    """Image counts of ``cfg``'s splits; they do not depend on the seed."""
+    split = make_split(data.train_y, cfg.imbalance_type, cfg.imb_factor, n_max=cfg.n_max,
+                       val_per_class=cfg.val_per_class, stat_per_class=cfg.stat_per_class)
+    return {"train": len(split.train_idx), "val": len(split.val_idx), "stat": len(split.stat_idx),
+            "test": len(data.test_y)}
+
+
+
+def run_key(cfg: TwoStageConfig) -> str:
+    """A run's key across processes and hosts: its log_dir, resolved, and its name."""
+    return str(Path(cfg.log_dir).resolve() / run_name(cfg))
+
+
+class GridProgress:
+    """One bar over a whole plan, with its ETA: each run counts as its estimated seconds (or, not
+    timed, its training steps), so the bar moves with the work done, not the number of runs."""
+
+    def __init__(self, work: list[dict], quiet: bool = False):
+        self.cost = {run_key(w["cfg"]): w.get("seconds", w["steps"]) or 0.0 for w in work if not w["finished"]}
+        self.runs, self.done = len(work), 0
+        self.bar = tqdm(total=sum(self.cost.values()) or 1.0, desc="grid", disable=quiet, dynamic_ncols=True,
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}")
+
+    def start(self, cfg: TwoStageConfig) -> None:
+        self.bar.set_postfix_str(f"run {self.done + 1}/{self.runs}: {describe(cfg)}")
+
+    def finish(self, cfg: TwoStageConfig) -> None:
+        self.done += 1
+        self.bar.update(self.cost.pop(run_key(cfg), 0.0))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_one(cfg: TwoStageConfig, quiet: bool = False, passthrough=()) -> dict:
+    """Run one config; its outcome: ``status`` done, skipped (finished before), locked (another
+    process holds its lock) or failed (with the error). A failing run never stops the caller;
+    exceptions of type ``passthrough`` do."""
+    out = {"run": describe(cfg), "name": run_name(cfg)}
+    try:
+        res = run_two_stage(dataclasses.replace(cfg, quiet=quiet or cfg.quiet))
+    except passthrough:
+        raise
+    except RunLockedError as e:  # another process is on it: not a failure of this call
+        return {**out, "status": "locked", "error": str(e)}
+    except Exception as e:
+        if not isinstance(e, (ValueError, FloatingPointError, RuntimeError, OSError)):
+            traceback.print_exc()  # a bug: its traceback is what a report needs
+        return {**out, "status": "failed", "error": f"{type(e).__name__}: {e}"}
+    if res.get("skipped"):
+        return {**out, "status": "skipped"}
+    return {**out, "status": "done", "resumed_from": res.get("resumed_from")}
+
+
+def new_report(**extra) -> dict:
+    return {"done": [], "skipped": [], "resumed": [], "failed": [], "locked": [], **extra,
+            "started": now()}
+
+
+def add_outcome(report: dict, o: dict) -> None:
+    if o["status"] == "failed":
+        report["failed"].append({"run": o["run"], "error": o["error"]})
+    elif o["status"] == "locked":
+        report["locked"].append(f"{o['run']} ({o['error']})")
+    elif o["status"] == "skipped":
+        report["skipped"].append(o["run"])
+    else:
+        report["done"].append(o["run"])
+        if o.get("resumed_from"):
+            stage, epoch = o["resumed_from"]
+            report["resumed"].append(f"{o['run']} (from stage {stage} epoch {epoch})")
+
+
+def run_grid(configs: list[TwoStageConfig], quiet: bool = False, report_path: str | Path | None = None,
+             progress: GridProgress | None = None) -> dict:
+    """Run every config in turn (inline), never stopping at a failure; return and write a report
+    of the runs done, skipped (finished before), resumed and failed, with the reasons. ``progress``
+    is a bar over a larger plan that these runs are part of; without it they get their own."""
+    datasets = check_plan(configs)
+    configs = order_for_sharing(configs)
+    bar = progress or GridProgress(plan_work(configs, datasets), quiet)
+    report = new_report()
+    for cfg in configs:
+        bar.start(cfg)
+        o = run_one(cfg, quiet)
+        bar.finish(cfg)
+        if o["status"] == "failed":
+            tqdm.write(f"FAILED {o['run']}: {o['error']}")
+        add_outcome(report, o)
+    if progress is None:
+        bar.close()
+    report["finished"] = now()
+    if report_path is not None:
+        write_json(report_path, report)
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"grid: {len(report['done'])} done ({len(report['resumed'])} resumed), "
+             f"{len(report['skipped'])} skipped (finished before), {len(report['failed'])} failed"
+             + (f", {len(report['locked'])} left to other processes" if report.get("locked") else "")]
+    if "jobs" in report:  # a launcher's report
+        lines[0] += f"; {len(report['jobs'])} {report['launcher']} jobs"
+        for key, what in (("submitted", "submitted, not finished yet (see --status)"),
+                          ("running", "left to live jobs or processes (not submitted again)"),
+                          ("deferred", "deferred: their stage 1 is being trained by a live job; rerun when it ends"),
+                          ("retried", "resubmitted after their job died")):
+            if report[key]:
+                lines.append(f"  {len(report[key])} {what}")
+                lines += [f"    {r}" for r in report[key][:20]] + (["    ..."] if len(report[key]) > 20 else [])
+    lines += [f"  resumed: {r}" for r in report["resumed"]]
+    lines += [f"  left to the process that holds its lock: {r}" for r in report.get("locked", [])]
+    lines += [f"  FAILED {f['run']}: {f['error']}" for f in report["failed"]]
+    if report.get("stopped"):
+        st = report["stopped"]
+        lines.append(f"  stopped at the time budget ({st['budget_min']:g} min): {len(st['interrupted'])} runs "
+                     f"interrupted (each resumes from its last finished epoch), {len(st['not_started'])} not "
+                     f"started; the same command again goes on")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Jobs: the local and SLURM launchers
 
 @dataclasses.dataclass
 class GridJob:
@@ -93,6 +289,7 @@ class LaunchConfig:
     wait: bool = False  # slurm: wait for the jobs, retry, and report as local does
     job_name: str = "ictta"  # slurm
     quiet: bool = False
+    budget_min: float | None = None  # local: stop cleanly after this many minutes; a rerun resumes
 
 
 def plan_jobs(configs: list[TwoStageConfig]) -> list[JobSpec]:
@@ -398,36 +595,86 @@ def put_first(queue: deque, specs: list[JobSpec]) -> None:
 
 def _launch_local(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: dict) -> None:
     """Run the jobs as local subprocesses, ``lc.jobs`` at a time; slot ``k`` is pinned to GPU
-    ``lc.gpus[k % len(lc.gpus)]``, or to no GPU when there are none."""
-    import submitit
-
+    ``lc.gpus[k % len(lc.gpus)]``, or to no GPU when there are none. Past ``lc.budget_min`` minutes
+    no job starts and the live ones are interrupted (:func:`_stop_at_budget`)."""
+    deadline = None if lc.budget_min is None else time.time() + 60 * lc.budget_min
     queue, live = deque(specs), {}  # live: slot -> (job, spec)
+    mps = lc.jobs > len(lc.gpus) > 0 and start_mps(lc.quiet)  # several jobs per GPU: share it at once
     try:
         while queue or live:
+            if deadline is not None and time.time() >= deadline:
+                _stop_at_budget(queue, live, report, lc.budget_min)
+                return
             while queue and len(live) < lc.jobs:
                 slot = min(set(range(lc.jobs)) - set(live))
                 spec = queue.popleft()
-                ex = submitit.LocalExecutor(folder, python=_job_python(lc.gpus[slot % len(lc.gpus)] if lc.gpus else ""))
-                ex.update_parameters(timeout_min=lc.timeout_min or LOCAL_TIMEOUT_MIN)
-                job = ex.submit(_grid_job(spec.configs, spec.stage1_required))
-                _write_record(folder, job.job_id, "local", spec)
-                report["jobs"].append(job.job_id)
-                live[slot] = (job, spec)
-                if not lc.quiet:
-                    print(f"job {job.job_id} started" + (f" on GPU {lc.gpus[slot % len(lc.gpus)]}" if lc.gpus else "")
-                          + ": " + ", ".join(describe(c) for c in spec.configs), flush=True)
+                live[slot] = (_start_local_job(spec, lc, slot, folder, report), spec)
             time.sleep(POLL_S)
             for slot, (job, spec) in list(live.items()):
                 if job.done():
                     del live[slot]
                     put_first(queue, _finish(job, spec, lc.retries, report, lc.quiet))
     except KeyboardInterrupt:  # stop the jobs too (their runs are marked interrupted and resume later)
-        for job, _ in live.values():
-            job.cancel(check=False)
-        deadline = time.time() + 30
-        while time.time() < deadline and not all(job.done() for job, _ in live.values()):
-            time.sleep(POLL_S)
+        _interrupt(live)
         raise
+    finally:
+        if mps:
+            stop_mps()
+
+
+def _start_local_job(spec: JobSpec, lc: LaunchConfig, slot: int, folder: Path, report: dict):
+    """Submit ``spec`` as a local job in ``slot``, pinned to that slot's GPU; record it."""
+    import submitit
+
+    gpu = lc.gpus[slot % len(lc.gpus)] if lc.gpus else None
+    ex = submitit.LocalExecutor(folder, python=_job_python(gpu if gpu is not None else ""))
+    ex.update_parameters(timeout_min=lc.timeout_min or LOCAL_TIMEOUT_MIN)
+    job = ex.submit(_grid_job(spec.configs, spec.stage1_required))
+    _write_record(folder, job.job_id, "local", spec)
+    report["jobs"].append(job.job_id)
+    if not lc.quiet:
+        print(f"job {job.job_id} started" + (f" on GPU {gpu}" if gpu is not None else "")
+              + ": " + ", ".join(describe(c) for c in spec.configs), flush=True)
+    return job
+def _interrupt(live: dict, wait_s: float = 60) -> None:
+    """Interrupt the live local jobs and wait for them to end: each run marks itself interrupted,
+    and its checkpoint of the last finished epoch stays for a rerun."""
+    for job, _ in live.values():
+        job.cancel(check=False)
+    deadline = time.time() + wait_s
+    while time.time() < deadline and not all(job.done() for job, _ in live.values()):
+        time.sleep(POLL_S)
+
+
+def _stop_at_budget(queue: deque, live: dict, report: dict, budget_min: float) -> None:
+    """The time budget is spent: interrupt the live jobs, start no other, and say what is left."""
+    _interrupt(live)
+    report["stopped"] = {"budget_min": budget_min,
+                         "interrupted": [describe(c) for _, spec in live.values() for c in spec.configs],
+                         "not_started": [describe(c) for spec in queue for c in spec.configs + spec.then]}
+
+
+def start_mps(quiet: bool = False) -> bool:
+    """Start NVIDIA's multi-process service where it is installed, so that several jobs' small
+    kernels share one GPU's multiprocessors at once instead of taking turns. False if it is not
+    there or did not start (the jobs then take turns on the GPU)."""
+    if shutil.which("nvidia-cuda-mps-control") is None:
+        return False
+    try:
+        r = subprocess.run(["nvidia-cuda-mps-control", "-d"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if not quiet:
+        print("MPS started: the jobs share each GPU" if r.returncode == 0 else
+              f"MPS did not start ({(r.stderr or r.stdout).strip()[-200:]}): jobs take turns on each GPU", flush=True)
+    return r.returncode == 0
+
+
+def stop_mps() -> None:
+    try:
+        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
 
 def _submit_slurm(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: dict) -> list[tuple]:

@@ -1,7 +1,7 @@
 """One two-stage run from the shell, e.g.
 python main.py --model-name resnet32 --imbalance-type long_tail --method ldam_drw
 
-Every setting of two_stage_ictta.TwoStageConfig is an option below; the script builds the config,
+Every setting of a run (config.TwoStageConfig) is an option below; the script builds the config,
 calls the same function a notebook would (run_two_stage), and prints stage 1 vs stage 2 on test.
 A finished run keeps its model in <log dir>/<run name>.model.pt;
 python main.py --evaluate results/<run name>.model.pt [--json metrics.json]
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import pickle
 import sys
 
@@ -18,7 +19,8 @@ import saved_model
 from cli import ArgumentParser, unwritable_file
 from results_logger import write_json
 from runfiles import RunLockedError
-from two_stage_ictta import CONFIG_GROUPS, TwoStageConfig, run_two_stage
+from config import CONFIG_GROUPS, TwoStageConfig
+from two_stage_ictta import run_two_stage
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
@@ -171,5 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def quiet_on_closed_pipe(run) -> int:
+    """``run()``, ending quietly when the reader of our output goes away (``... | head``)."""
+    try:
+        return run()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

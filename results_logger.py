@@ -6,7 +6,10 @@ never half of one.
 """
 from __future__ import annotations
 
+import ast
 import csv
+import functools
+import hashlib
 import io
 import json
 import os
@@ -14,9 +17,8 @@ import secrets
 import socket
 import subprocess
 import time
+import tokenize
 from pathlib import Path
-
-import torch
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # local time of every "started" / "finished" / "failed" record
 
@@ -65,6 +67,8 @@ def atomic_write_text(path, text: str) -> None:
 
 
 def atomic_torch_save(obj, path) -> None:
+    import torch  # here, not at the top: the analysis scripts read result files without torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -93,6 +97,52 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return (sha + ("-dirty" if dirty else "")) or None
+
+
+# The modules whose code computes a run's numbers. Their fingerprint is part of a result's
+# identity: a result made by other code is never skipped as finished, resumed, or shared as a
+# stage 1, unless the run says accept_code_change.
+NUMERIC_MODULES = ("data_loader", "model", "losses", "train_eval", "methods", "config", "two_stage_ictta")
+HERE = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint(folder: str = str(HERE)) -> str:
+    """A hash of the numeric modules' code (:data:`NUMERIC_MODULES` in ``folder``): their source
+    with comments, docstrings, blank lines and trailing spaces removed. Any other edit changes it.
+    It reads the files only (no import), and the same source gives the same fingerprint under every
+    Python version: it hashes text, not a syntax tree, whose form changes between versions."""
+    h = hashlib.sha1()
+    for name in NUMERIC_MODULES:
+        h.update(f"{name}\n{code_only((Path(folder) / f'{name}.py').read_text(encoding='utf-8'))}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def code_only(source: str) -> str:
+    """``source`` without its comments, docstrings, blank lines and trailing spaces."""
+    lines = source.splitlines()
+    spans = [(t.start, t.end) for t in tokenize.generate_tokens(io.StringIO(source).readline)
+             if t.type == tokenize.COMMENT]
+    spans += [_char_span(lines, node) for node in _docstrings(ast.parse(source))]
+    for (r0, c0), (r1, c1) in sorted(spans, reverse=True):  # bottom up: earlier positions stay valid
+        head, tail = lines[r0 - 1][:c0], lines[r1 - 1][c1:]
+        lines[r0 - 1:r1] = [head + " " * bool(head.strip() and tail.strip()) + tail]
+    return "\n".join(line.rstrip() for line in lines if line.strip())
+
+
+def _docstrings(tree: ast.AST) -> list[ast.Expr]:
+    """The docstring statements of the module, its classes and functions."""
+    return [node.body[0] for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant) and isinstance(node.body[0].value.value, str)]
+
+
+def _char_span(lines: list[str], node: ast.AST) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A node's (line, column) start and end in characters (the syntax tree counts UTF-8 bytes)."""
+    def col(row: int, byte_col: int) -> int:
+        return len(lines[row - 1].encode("utf-8")[:byte_col].decode("utf-8"))
+    return (node.lineno, col(node.lineno, node.col_offset)), (node.end_lineno, col(node.end_lineno, node.end_col_offset))
 
 
 def _jsonable(x):

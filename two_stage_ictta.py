@@ -1,9 +1,10 @@
-"""Two-stage training with dynamic class reweighting, and the methods it is compared with.
+"""One run of the two-stage recipe: its stages, epochs, checkpoints and resume.
 
-Every method is two stages over one model, one data stream and one learning-rate schedule:
+Every method (:data:`methods.METHODS`) is two stages over one model, one data stream and one
+learning-rate schedule:
 
 * **Stage 1** (``stage1_epochs``) trains from scratch with the method's stage-1 loss: plain
-  cross-entropy for the decoupled methods (Kang et al. 2020), including ours.
+  cross-entropy for the decoupled methods (Kang et al. 2020), this project's method included.
 * **Stage 2** (``stage2_epochs``) continues from the stage-1 weights and optimizer with the method's
   stage-2 loss and class weights. For ``two_stage_ictta`` these weights come from
   :class:`losses.DynamicClassWeights`: a per-class statistic (``dynamic_mode``), smoothed over epochs
@@ -13,29 +14,23 @@ Methods whose stage 1 is the same (same loss, model, data, seed and stage-1 sett
 trained once per ``log_dir`` and its checkpoint reused (``stage1_id`` in every row says which).
 
 ``run_two_stage_ictta_on_scenario(model_name, imbalance_type, **settings)`` runs one configuration
-(:class:`TwoStageConfig` lists every setting with its default) and returns a dict of results. It
-writes, in ``log_dir``: ``results_<exp>_<model>_<scenario>_imb<f>_seed<s>.csv`` (one row per epoch
-and split), ``.json`` beside it (the config, the git commit, the status and the results) and, once
-finished, ``.model.pt`` (the final weights and what rebuilds and evaluates them, see
-:mod:`saved_model`). It
-checkpoints every epoch and resumes from the last finished epoch when rerun; a finished run is
-returned from its JSON without retraining.
+(:class:`config.TwoStageConfig` lists every setting with its default) and returns a dict of
+results. It writes, in ``log_dir``: ``results_<exp>_<model>_<scenario>_imb<f>_seed<s>.csv`` (one
+row per epoch and split), ``.json`` beside it (the config, the method, the git commit, the code
+fingerprint, the status and the results) and, once finished, ``.model.pt`` (the final weights and
+what rebuilds and evaluates them, see :mod:`saved_model`). It checkpoints every epoch and resumes
+from the last finished epoch when rerun; a finished run is returned from its JSON without
+retraining.
 """
 from __future__ import annotations
 
-import ast
-import dataclasses
-import functools
-import hashlib
 import inspect
-import json
-import math
 import os
+import platform
+import shlex
 import socket
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -50,499 +45,24 @@ import live_curves
 import losses
 import runfiles
 import saved_model
-from model import MODELS, NORMED_INITS, get_model
-from results_logger import (RunLogger, atomic_torch_save, git_commit, now, read_json, summarize_rows,
-                            write_json)
+from config import (NOT_IDENTITY, TwoStageConfig, config_hash, data_folder, made_by_other_code, run_name,
+                    stage1_hash, stage1_path, validate_config)
+from methods import METHODS, EvalContext, Method, build_loss, lr_at_step, static_weights
+from model import get_model
+from results_logger import (RunLogger, atomic_torch_save, code_fingerprint, git_commit, now, read_json,
+                            summarize_rows, write_json)
 from runfiles import RunLock
-from train_eval import (PRECISIONS, NonFiniteError, evaluate, predict, resolve_device,
-                        train_one_epoch)
-
-
-# ----------------------------------------------------------------------------------------------
-# Methods
-
-def evaluate_splits(run: Run, stage: int) -> dict:
-    """Metrics on val (if any) and test: every method's evaluation, but tau-norm's in stage 2."""
-    ev = partial(evaluate, run.model, normalizer=run.data.norm, train_counts=run.data.counts,
-                 batch_size=run.cfg.eval_batch_size, precision=run.cfg.precision,
-                 channels_last=run.cfg.channels_last)
-    out = {"test": ev(*run.data.test)}
-    if len(run.data.val[1]):
-        out["val"] = ev(*run.data.val)
-    return out
-
-
-def evaluate_tau_norm(run: Run, stage: int) -> dict:
-    """tau-norm: stage 2 evaluates the tau-normalised classifier, tau chosen on val, then reports test."""
-    if stage == 1:
-        return evaluate_splits(run, stage)
-    return _evaluate_tau_norm(run.model, run.data.norm, run.data.counts, run.cfg, run.data.val, run.data.test)
-
-
-def keep_classifier(run: Run, fresh: bool) -> None:
-    """Stage 2 goes on with the stage-1 model, optimizer and batches: every method but cRT."""
-
-
-def retrain_classifier(run: Run, fresh: bool) -> None:
-    """cRT's stage 2: freeze the backbone, a new classifier (re-initialised when ``fresh``, i.e. not
-    resumed from a stage-2 checkpoint) with its own optimizer, and class-balanced batches drawn from
-    the same generator, so the stream goes on."""
-    _freeze_for_crt(run.model, reinit_seed=run.cfg.seed + 1 if fresh else None)
-    run.optimizer = run.make_optimizer(run.model.fc.parameters())
-    run.batches = data_loader.DeviceBatches(*run.data.train, run.cfg.batch_size, run.data.norm, run.generator,
-                                            sampler="class_balanced", channels_last=run.cfg.channels_last)
-
-
-@dataclass(frozen=True)
-class Method:
-    """What a method does in each stage: loss and class weights (``none``, ``inverse`` frequency,
-    ``effective`` number, or ``dynamic``), and its stage-specific hooks."""
-    loss1: str
-    weights1: str
-    loss2: str
-    weights2: str
-    doc: str
-    normed_classifier: bool = False  # cosine classifier (LDAM)
-    normalization: str = "mean"  # a weighted loss's denominator: "mean" sum(w_y), "batch_mean" N
-    # how stage 2 starts (and resumes): (run, fresh) -> None, may replace run.optimizer / run.batches
-    enter_stage2: Callable[[Run, bool], None] = keep_classifier
-    evaluate: Callable[[Run, int], dict] = evaluate_splits  # (run, stage) -> {"test": ..., "val": ...}
-    stage2_cosine: bool = False  # stage 2 always restarts a cosine schedule (cRT's new classifier)
-
-    def loss(self, stage: int) -> str:
-        return self.loss1 if stage == 1 else self.loss2
-
-    def weights(self, stage: int) -> str:
-        return self.weights1 if stage == 1 else self.weights2
-
-
-METHODS = {
-    "ce": Method("ce", "none", "ce", "none",
-                 "Cross-entropy for the whole budget (ERM). It shares stage 1 with the two-stage "
-                 "methods, so it is also their same-budget control."),
-    "focal": Method("focal", "none", "focal", "none", "Focal loss (Lin et al. 2017), gamma=focal_gamma."),
-    "rw": Method("ce", "inverse", "ce", "inverse", "Cross-entropy re-weighted by inverse class frequency."),
-    "cb_focal": Method("focal", "effective", "focal", "effective",
-                       "Class-balanced focal loss (Cui et al. 2019): effective-number weights, beta=cb_beta, "
-                       "the weighted sum divided by the batch size as in the reference (softmax focal, "
-                       "where the reference uses a sigmoid one).",
-                       normalization="batch_mean"),
-    "drw": Method("ce", "none", "ce", "effective",
-                  "Deferred re-weighting (Cao et al. 2019): CE, then effective-number weights in stage 2."),
-    "ldam_drw": Method("ldam", "none", "ldam", "effective",
-                       "LDAM-DRW (Cao et al. 2019): margins ~ n^-1/4 (max ldam_max_margin), scale "
-                       "ldam_scale, cosine classifier, effective-number weights in stage 2.",
-                       normed_classifier=True),
-    "logit_adjust": Method("logit_adjust", "none", "logit_adjust", "none",
-                           "Logit-adjusted loss (Menon et al. 2021), tau=la_tau."),
-    "balanced_softmax": Method("balanced_softmax", "none", "balanced_softmax", "none",
-                               "Balanced Softmax (Ren et al. 2020): CE on z + log n_c."),
-    "crt": Method("ce", "none", "ce", "none",
-                  "Classifier re-training (Kang et al. 2020): stage 2 re-initialises the classifier and "
-                  "trains only it, on the frozen backbone, with class-balanced sampling; the backbone's "
-                  "BatchNorm statistics follow those batches (train mode, as the reference).",
-                  enter_stage2=retrain_classifier, stage2_cosine=True),
-    "tau_norm": Method("ce", "none", "ce", "none",
-                       "tau-normalisation (Kang et al. 2020): the CE model's classifier rows scaled by "
-                       "1/||w_c||^tau and its bias dropped (as the reference), tau in {0, 0.1, ..., 2} "
-                       "chosen on validation macro-F1.",
-                       evaluate=evaluate_tau_norm),
-    "two_stage_ictta": Method("ce", "none", "ictta", "dynamic",
-                              "Ours: CE, then focal (or CE) with dynamic per-class weights."),
-}
-TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))
-STAGE2_LOSS_TYPES = ("focal", "ce")
-SCHEDULES = ("cosine", "step")
-STAGE2_SCHEDULES = ("inherit", "cosine")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-
-
-# ----------------------------------------------------------------------------------------------
-# Config
-
-# The groups of main.py's --help; every field names its group next to it (``opt``).
-CONFIG_GROUPS = {"seed": "the seed project's settings", "method": "method", "schedule": "schedule",
-                 "data": "data", "runtime": "runtime"}
-REQUIRED = dataclasses.MISSING
-
-
-def is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def is_number(v) -> bool:
-    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:  # an int too large for a float
-        return False
-
-
-def is_choice(v, choices) -> bool:
-    """``v in choices`` for a string only: a list or array would raise TypeError or an
-    ambiguous-truth ValueError that names no parameter."""
-    return isinstance(v, str) and v in choices
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What a setting accepts: ``test(value)``, and the words that say so in the error (a
-    function for a registry that may grow after import, e.g. a method registered at run time)."""
-    test: Callable[[Any], bool]
-    accepted: str | Callable[[], str]
-
-    def words(self) -> str:
-        return self.accepted() if callable(self.accepted) else self.accepted
-
-    def or_none(self) -> "Rule":
-        return Rule(lambda v: v is None or self.test(v), lambda: "None or " + self.words())
-
-
-def one_of(registry) -> Rule:
-    """A name of ``registry``, looked up when checked (a dict registry can grow after import)."""
-    return Rule(lambda v: is_choice(v, registry), lambda: ", ".join(registry))
-
-
-def number_in(lo: float, hi: float, hi_open: bool = False, lo_open: bool = False) -> Rule:
-    def test(v):
-        return is_number(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-    return Rule(test, f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
-
-
-INT_AT_LEAST_0 = Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0")
-INT_AT_LEAST_1 = Rule(lambda v: is_int(v) and v > 0, "an integer > 0")
-POSITIVE = Rule(lambda v: is_number(v) and v > 0, "a finite number > 0")
-NON_NEGATIVE = Rule(lambda v: is_number(v) and v >= 0, "a finite number >= 0")
-FRACTION = number_in(0, 1, hi_open=True)  # [0, 1): momentum, EMA, beta
-GAMMA = number_in(0, 5)
-BOOL = Rule(lambda v: isinstance(v, bool), "True or False")
-PATH = Rule(lambda v: isinstance(v, (str, os.PathLike)) and str(v) != "", "a folder path")
-NAME = Rule(lambda v: isinstance(v, str) and v != "" and all(c.isalnum() or c in "-_.=" for c in v),
-            "a non-empty name of letters, digits and - _ . =")
-MODEL_NAME = Rule(lambda v: isinstance(v, str) and v.lower() in MODELS, ", ".join(MODELS))
-SEED = Rule(lambda v: is_int(v) and 0 <= v < 2 ** 31, "an integer in [0, 2**31)")
-JPEG_QUALITY = Rule(lambda v: is_int(v) and 1 <= v <= 95, "an integer in [1, 95]")  # Pillow: above 95 is not useful
-DEVICE = Rule(lambda v: isinstance(v, str), "auto, cpu or cuda[:N]")  # resolve_device says more
-THREADS = Rule(lambda v: is_int(v) and 1 <= v <= 1024, "an integer in [1, 1024]")  # torch overflows past 2**31
-STRING = Rule(lambda v: isinstance(v, str), "a string")
-MILESTONES = Rule(lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(is_number(m) and m >= 0 for m in v)
-                  and v[0] <= v[1], "two increasing epochs >= 0")
-
-
-def opt(default, help: str, group: str, choices: tuple | None = None, *, identity: bool = True,
-        stage2_only: bool = False, label: bool = False, stage1_when_set: bool = False, rule: Rule | None = None):
-    """A config field with its ``--help`` text and group; ``choices``, for a name, are the keys of
-    the registry it is looked up in (``--help`` lists them, argparse enforces them).
-
-    What the field is part of, declared here so that a new field is safe by default:
-    ``identity=False``: changes neither the numbers nor the run's identity (``config_hash``);
-    ``stage2_only=True``: read only by stage 2, so not part of stage 1's identity (``stage1_hash``);
-    ``label=True``: a name that changes no number (not part of stage 1's identity either);
-    ``stage1_when_set=True``: part of stage 1's identity only when it differs from its default (which
-    must keep the behaviour from before the field existed): for a field added later, so that new runs
-    at the default get the same ``stage1_id`` as earlier ones, and pair with them.
-
-    What it accepts, :func:`validate_config` checks: ``rule``, else the ``choices``; a bool field
-    accepts True or False (from its annotation)."""
-    if group not in CONFIG_GROUPS:
-        raise ValueError(f"group={group!r}; valid: {', '.join(CONFIG_GROUPS)}")
-    if rule is None and choices is not None:
-        rule = one_of(choices)
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "rule": rule,
-                                            "identity": identity, "stage2_only": stage2_only, "label": label,
-                                            "stage1_when_set": stage1_when_set})
-
-
-@dataclass
-class TwoStageConfig:
-    """Every setting of one run. The first 17 are the seed project's names and defaults, but for
-    ``log_dir``: "results", where the seed wrote into the current folder."""
-    model_name: str = opt(REQUIRED, "model", "seed", tuple(MODELS), rule=MODEL_NAME)
-    imbalance_type: str = opt(REQUIRED, "scenario", "seed", data_loader.IMBALANCE_TYPES)
-    stage1_epochs: int = opt(20, "epochs of stage 1 (cross-entropy from scratch for decoupled methods)", "seed",
-                             rule=INT_AT_LEAST_0)
-    stage2_epochs: int = opt(20, "epochs of stage 2 (fine-tuning from stage 1)", "seed", stage2_only=True,
-                             rule=INT_AT_LEAST_0)
-    imb_factor: float = opt(0.01, "smallest / largest class count, in (0, 1]", "seed",
-                            rule=number_in(0, 1, lo_open=True))
-    batch_size: int = opt(128, "training images per step", "seed", rule=INT_AT_LEAST_1)
-    log_dir: str = opt("results", "folder for the CSV, JSON, model, checkpoints and the shared stage-1 cache",
-                       "runtime", identity=False, rule=PATH)
-    stage1_lr: float = opt(0.1, "stage-1 learning rate (SGD, per batch of batch_size)", "seed", rule=POSITIVE)
-    stage2_lr: float = opt(0.01, "stage-2 learning rate", "seed", stage2_only=True, rule=POSITIVE)
-    min_weight: float = opt(1.0, "smallest dynamic class weight (> 0)", "seed", stage2_only=True, rule=POSITIVE)
-    max_weight: float = opt(8.0, "largest dynamic class weight (>= min_weight)", "seed", stage2_only=True,
-                            rule=POSITIVE)
-    ema_alpha: float = opt(0.8, "EMA of the per-class statistic: s = a*s_prev + (1-a)*x, a in [0, 1)", "seed",
-                           stage2_only=True, rule=FRACTION)
-    stage2_loss_type: str = opt("focal", "stage-2 loss of two_stage_ictta", "seed", STAGE2_LOSS_TYPES,
-                                stage2_only=True)
-    stage2_focal_gamma: float = opt(1.5, "focal gamma of two_stage_ictta's stage 2, in [0, 5]", "seed",
-                                    stage2_only=True, rule=GAMMA)
-    dynamic_mode: str = opt("loss", "per-class statistic of the dynamic weights (none: uniform weights)", "seed",
-                            losses.DYNAMIC_MODES, stage2_only=True)
-    exp_name: str | None = opt(None, "file-name prefix of the run (default: the method's name)", "seed",
-                               label=True, rule=NAME.or_none())
-    # --- beyond the seed
-    method: str = opt("two_stage_ictta", "method", "method", tuple(METHODS), rule=one_of(METHODS))
-    seed: int = opt(0, "seed of the subset, validation split, init and batch order", "data", rule=SEED)
-    device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N", "runtime", rule=DEVICE)
-    dataset: str = opt(data_loader.DEFAULT_DATASET, "dataset: picks the default data_root and what is downloaded",
-                       "data", tuple(data_loader.DATASETS))
-    data_root: str | None = opt(None, "dataset folder (default: $CIFAR10_ROOT, else data/cifar10; for cifar100 "
-                                      "$CIFAR100_ROOT, else data/cifar100)", "data", identity=False,
-                                rule=Rule(lambda v: isinstance(v, (str, os.PathLike)), "a folder path").or_none())
-    download: bool | None = opt(None, "download the dataset into data_root when it is not there (unset: only "
-                                      "this project's data/<dataset> downloads without asking; --no-download: "
-                                      "never)", "data", identity=False, rule=BOOL.or_none())
-    val_per_class: int = opt(100, "balanced validation images per class, held out of train first", "data",
-                             rule=INT_AT_LEAST_0)
-    stat_per_class: int = opt(50, "balanced images per class held out (after validation) for the "
-                                  "val_loss / val_error statistic; disjoint from train, validation, test", "data",
-                                  rule=INT_AT_LEAST_0)
-    n_max: int | None = opt(None, "images of the largest class (default: all left after validation)", "data",
-                            rule=INT_AT_LEAST_1.or_none())
-    jpeg_quality: int | None = opt(None, "re-encode every image the run uses (train, validation, test) as JPEG "
-                                         "at this quality, 1 to 95, before use: what lossy storage costs "
-                                         "(default: the images as stored)", "data", stage1_when_set=True,
-                                   rule=JPEG_QUALITY.or_none())
-    momentum: float = opt(0.9, "SGD momentum", "schedule", rule=FRACTION)
-    weight_decay: float = opt(2e-4, "SGD weight decay", "schedule", rule=NON_NEGATIVE)
-    warmup_epochs: float = opt(1.0, "linear learning-rate warm-up at the start of stage 1, in epochs", "schedule",
-                               rule=NON_NEGATIVE)
-    schedule: str = opt("cosine", "cosine (each stage decays to 0) or step (x0.01, x0.0001 at lr_milestones)",
-                        "schedule", SCHEDULES)
-    lr_milestones: tuple = opt((160, 180), "global epochs of the step schedule's two decays", "schedule",
-                               rule=MILESTONES)
-    focal_gamma: float = opt(1.0, "gamma of the focal and cb_focal methods, in [0, 5]", "method", rule=GAMMA)
-    cb_beta: float = opt(0.9999, "effective-number beta (cb_focal, drw, ldam_drw), in [0, 1)", "method",
-                         rule=FRACTION)
-    ldam_max_margin: float = opt(0.5, "largest LDAM margin", "method", rule=NON_NEGATIVE)
-    ldam_scale: float = opt(30.0, "LDAM logit scale s", "method", rule=POSITIVE)
-    prior_blend: float = opt(0.0, "dynamic weights: share of a count prior (inverse frequency) blended "
-                                  "into the statistic, in [0, 1] (losses.DynamicClassWeights)", "method",
-                               stage2_only=True, rule=number_in(0, 1))
-    stage2_schedule: str = opt("inherit", "stage-2 learning rate: inherit (the run's schedule goes on) or "
-                                          "cosine (restart at stage2_lr, cosine to 0 over stage 2)", "schedule",
-                               STAGE2_SCHEDULES, stage2_only=True)
-    normed_init: str = opt("unit", "init of LDAM's cosine classifier: unit (rows of norm 1, the "
-                                   "reference) or uniform (raw U(-1, 1) rows, this project's earlier init)",
-                           "method", NORMED_INITS)
-    la_tau: float = opt(1.0, "logit-adjustment tau", "method", rule=NON_NEGATIVE)
-    precision: str = opt("bf16", "bf16 (autocast) or fp32", "runtime", PRECISIONS)
-    channels_last: bool = opt(True, "channels-last memory format (faster convolutions)", "runtime")
-    compile: bool = opt(False, "torch.compile the training forward pass", "runtime")
-    compile_mode: str = opt("default", "torch.compile mode (reduce-overhead: CUDA graphs)", "runtime",
-                            COMPILE_MODES)
-    eval_every: int = opt(1, "epochs between evaluations (each stage's last epoch always is)", "runtime",
-                          rule=INT_AT_LEAST_1)
-    eval_batch_size: int = opt(512, "images per evaluation batch", "runtime", identity=False, rule=INT_AT_LEAST_1)
-    threads: int | None = opt(None, "CPU threads (default: torch's, one per core)", "runtime", identity=False,
-                              rule=THREADS.or_none())
-    quiet: bool = opt(False, "no progress bar", "runtime", identity=False)
-    tensorboard: bool = opt(False, "also write each evaluated epoch's losses, metrics and class weights for "
-                                   "TensorBoard, to <log_dir>/tensorboard/<run name>/ (optional package: "
-                                   "pip install tensorboard)", "runtime", identity=False)
-    resume: bool = opt(True, "resume from the last checkpoint; return a finished run's results", "runtime",
-                       identity=False)
-    reuse_stage1: bool = opt(True, "share stage 1 with other runs in log_dir", "runtime", identity=False)
-    accept_code_change: bool = opt(False, "keep (resume, skip, share) results made by other code; only "
-                                          "for a change shown numerically neutral (README)", "runtime",
-                                  identity=False)
-    tag: str = opt("", "free label copied into every row (the grid writes <suite>-<profile>)", "runtime",
-                   label=True, rule=STRING)
-
-
-# settings that change neither the numbers nor the run's identity (``identity=False`` at the field)
-_NOT_IDENTITY = tuple(f.name for f in dataclasses.fields(TwoStageConfig) if not f.metadata["identity"])
-_NOT_IN_HASH = _NOT_IDENTITY + ("tag",)
-
-
-def check_setting(cond: bool, name: str, value, accepted: str) -> None:
-    """Raise ``ValueError("<name>=<value> is invalid; accepted: <accepted>")`` unless ``cond``."""
-    if not cond:
-        raise ValueError(f"{name}={value!r} is invalid; accepted: {accepted}")
-
-
-def validate_config(cfg: TwoStageConfig) -> None:
-    """Raise ``ValueError`` naming the first invalid setting and what it accepts: each field by the
-    rule declared beside it (``opt``), then the rules that tie settings together. Writes nothing."""
-    for f in dataclasses.fields(TwoStageConfig):
-        rule = f.metadata["rule"] or (BOOL if f.type == "bool" else None)
-        if rule is not None:
-            value = getattr(cfg, f.name)
-            check_setting(rule.test(value), f.name, value, rule.words())
-    check_setting(cfg.stage1_epochs + cfg.stage2_epochs > 0, "stage1_epochs", cfg.stage1_epochs,
-                  "stage1_epochs + stage2_epochs >= 1")
-    check_setting(cfg.min_weight <= cfg.max_weight, "min_weight", cfg.min_weight,
-                  f"a number <= max_weight ({cfg.max_weight!r})")
-    check_setting(not cfg.tensorboard or live_curves.available(), "tensorboard", cfg.tensorboard,
-                  "False, or True once the optional tensorboard package is installed (pip install tensorboard)")
-    resolve_device(cfg.device)
-    needs_stat = METHODS[cfg.method].weights2 == "dynamic" and cfg.dynamic_mode in ("val_loss", "val_error")
-    check_setting(not needs_stat or cfg.stat_per_class > 0, "stat_per_class", cfg.stat_per_class,
-                  f"> 0 for dynamic_mode={cfg.dynamic_mode!r} (its statistic comes from that split)")
-    check_setting(METHODS[cfg.method].evaluate is not evaluate_tau_norm or cfg.val_per_class > 0, "val_per_class",
-                  cfg.val_per_class, f"> 0 for method={cfg.method!r} (tau is chosen on validation)")
-
-
-def config_hash(cfg: TwoStageConfig) -> str:
-    """A run's identity: the settings that differ from their defaults (a new setting whose default
-    keeps the old behaviour leaves earlier runs' identities alone; a changed default changes the
-    code fingerprint, which guards the numbers)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
-    d = {k: v for k, v in asdict(cfg).items()
-         if k not in _NOT_IN_HASH and (k not in defaults or _normal(v) != _normal(defaults[k]))}
-    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _normal(value):
-    """Tuples and lists compare equal (a JSON round trip turns one into the other)."""
-    return list(value) if isinstance(value, (tuple, list)) else value
-
-
-def stage1_hash(cfg: TwoStageConfig) -> str:
-    """Identity of stage 1: every setting but those declared not to matter to it at their field
-    (``identity=False``, ``stage2_only``, ``label``), the method replaced by its stage-1 loss, weights
-    and classifier, the data folder by its resolved path. A new setting is part of it by default
-    (a ``stage1_when_set`` one only when set)."""
-    m = METHODS[cfg.method]
-    d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-         if f.metadata["identity"] and not f.metadata["stage2_only"] and not f.metadata["label"]
-         and f.name != "method" and not (f.metadata["stage1_when_set"] and getattr(cfg, f.name) == f.default)}
-    d.update(loss1=m.loss1, weights1=m.weights1, normed=m.normed_classifier,
-             data=str(data_folder(cfg)))
-    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def stage1_path(cfg: TwoStageConfig) -> Path:
-    """The shared stage-1 checkpoint of ``cfg``: the first run in ``log_dir`` with this stage 1
-    writes it, the others load it."""
-    return Path(cfg.log_dir) / "stage1" / f"stage1_{stage1_hash(cfg)}.pt"
-
-
-# The modules whose code determines a run's numbers. Their fingerprint is part of a result's
-# identity: a result made by other code is never skipped as finished, resumed, or shared as a
-# stage 1, unless the run says accept_code_change.
-NUMERIC_MODULES = ("data_loader", "model", "losses", "train_eval", "two_stage_ictta")
-
-
-@functools.lru_cache(maxsize=None)
-def code_fingerprint(folder: str = str(Path(__file__).resolve().parent)) -> str:
-    """A hash of the numeric modules' syntax trees, docstrings removed: comments, docstrings and
-    layout do not change it, any change to a statement or a constant does."""
-    h = hashlib.sha1()
-    for name in NUMERIC_MODULES:
-        tree = ast.parse((Path(folder) / f"{name}.py").read_text())
-        for node in ast.walk(tree):
-            body = getattr(node, "body", None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
-        h.update(f"{name}\n{ast.dump(tree)}\n".encode())
-    return h.hexdigest()[:12]
-
-
-def made_by_other_code(record: dict | None, cfg: TwoStageConfig) -> str | None:
-    """Why ``record`` (a run's JSON or a checkpoint) must not be kept: a line naming the two code
-    fingerprints, or None when it is current (or ``cfg.accept_code_change`` keeps it)."""
-    theirs = (record or {}).get("code_fingerprint")
-    if cfg.accept_code_change or theirs == code_fingerprint():
-        return None
-    return (f"made by other code (fingerprint {theirs} != {code_fingerprint()}); "
-            f"accept_code_change (--accept-code-change) keeps it")
-
-
-def run_name(cfg: TwoStageConfig) -> str:
-    """``results_<exp>_<model>_<scenario>_imb<f>_seed<s>``, with ``_<dataset>`` after the model
-    for a dataset other than CIFAR-10."""
-    exp = cfg.exp_name or cfg.method
-    data = "" if cfg.dataset == data_loader.DEFAULT_DATASET else f"_{cfg.dataset}"
-    return f"results_{exp}_{cfg.model_name.lower()}{data}_{cfg.imbalance_type}_imb{cfg.imb_factor:g}_seed{cfg.seed}"
+from train_eval import NonFiniteError, evaluate, resolve_device, train_one_epoch
 
 
 # ----------------------------------------------------------------------------------------------
 # Pieces of a run
 
-def lr_at_step(step: int, steps_per_epoch: int, cfg: TwoStageConfig, stage: int) -> float:
-    """Learning rate of global step ``step`` (0-based; global epoch ``e = step / steps_per_epoch``).
-
-    * stage 1: ``stage1_lr``, linear warm-up ``min(1, (step + 1) / (warmup_epochs * steps_per_epoch))``;
-    * stage 2: ``stage2_lr``; ``cosine`` within stage 2 when ``stage2_schedule="cosine"`` (and always
-      for cRT's new classifier), else the run's ``schedule`` goes on;
-    * ``cosine``: ``base * (1 + cos(pi * t / T)) / 2`` with ``t``, ``T`` the step and length within the stage;
-    * ``step``: ``base`` times 0.01 from global epoch ``lr_milestones[0]`` on, 0.0001 from ``[1]`` on.
-    """
-    e1 = cfg.stage1_epochs * steps_per_epoch
-    base = cfg.stage1_lr if stage == 1 else cfg.stage2_lr
-    local, length = (step, e1) if stage == 1 else (step - e1, cfg.stage2_epochs * steps_per_epoch)
-    restarts = METHODS[cfg.method].stage2_cosine or cfg.stage2_schedule == "cosine"
-    schedule = "cosine" if stage == 2 and restarts else cfg.schedule
-    if schedule == "cosine":
-        lr = base * 0.5 * (1 + math.cos(math.pi * local / max(length, 1)))
-    else:
-        epoch = step / steps_per_epoch
-        lr = base * (1e-4 if epoch >= cfg.lr_milestones[1] else 1e-2 if epoch >= cfg.lr_milestones[0] else 1.0)
-    if stage == 1 and cfg.warmup_epochs > 0:
-        lr *= min(1.0, (step + 1) / (cfg.warmup_epochs * steps_per_epoch))
-    return lr
-
-
-def _ictta_loss(counts, cfg: TwoStageConfig, device):
-    """two_stage_ictta's stage-2 loss: focal (gamma=stage2_focal_gamma) or CE, per stage2_loss_type."""
-    if cfg.stage2_loss_type == "focal":
-        return partial(losses.focal_loss, gamma=cfg.stage2_focal_gamma)
-    return losses.focal_loss
-
-
-def _balanced_softmax_loss(counts, cfg: TwoStageConfig, device):
-    log_counts = torch.tensor(counts, dtype=torch.float64).log().float().to(device)
-    return partial(losses.logit_adjusted_loss, log_priors=log_counts, tau=1.0)
-
-
-# The losses a Method names, each built from (counts, cfg, device) as f(logits, y, weight, reduction).
-LOSSES = {
-    "ce": lambda counts, cfg, device: losses.focal_loss,
-    "focal": lambda counts, cfg, device: partial(losses.focal_loss, gamma=cfg.focal_gamma),
-    "ldam": lambda counts, cfg, device: partial(
-        losses.ldam_loss, margins=losses.ldam_margins(counts, cfg.ldam_max_margin).to(device), scale=cfg.ldam_scale),
-    "logit_adjust": lambda counts, cfg, device: partial(
-        losses.logit_adjusted_loss, log_priors=losses.log_prior(counts).to(device), tau=cfg.la_tau),
-    "balanced_softmax": _balanced_softmax_loss,
-    "ictta": _ictta_loss,
-}
-
-
-def build_loss(name: str, counts, cfg: TwoStageConfig, device="cpu"):
-    """The loss function ``f(logits, y, weight, reduction)`` of a method's stage (:data:`LOSSES`);
-    its constant tensors (margins, priors) live on ``device`` so the step loop copies nothing."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
-    return LOSSES[name](counts, cfg, device)
-
-
-def static_weights(kind: str, counts, cfg: TwoStageConfig) -> torch.Tensor | None:
-    if kind == "none":
-        return None
-    if kind == "inverse":
-        return losses.inverse_frequency_weights(counts)
-    if kind == "effective":
-        return losses.effective_number_weights(counts, cfg.cb_beta)
-    raise ValueError(f"unknown weights {kind!r}")
-
-
-def data_folder(cfg: TwoStageConfig) -> Path:
-    """The data root ``cfg`` names (its default when unset), resolved."""
-    return Path(cfg.data_root or data_loader.default_data_root(cfg.dataset)).resolve()
-
-
 def data_read_elsewhere(cfg: TwoStageConfig, meta: dict) -> str | None:
     """The folder a finished run read its data from (``meta["data_source"]``, resolved), when it
-    is not ``cfg``'s data root nor inside it; None when it is, or when the run recorded no
-    absolute path (runs before 2026-11-27 evening kept the path as typed: no telling from where)."""
+    is not ``cfg``'s data root nor inside it; None when it is, or when the run recorded no path."""
     source = meta.get("data_source")
-    if not source or not Path(source).is_absolute():
+    if not source:
         return None
     root, read = data_folder(cfg), Path(source).resolve()
     return None if read == root or root in read.parents else source
@@ -699,6 +219,24 @@ class Run:
         c = self.cfg
         return torch.optim.SGD(params, lr=c.stage1_lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
+    def enter_stage2(self, fresh: bool) -> None:
+        """Start stage 2 as the method says: go on, or a new optimizer and batch stream
+        (``fresh``: not resumed from a stage-2 checkpoint)."""
+        start = self.method.enter_stage2(self.model, fresh, self.cfg.seed)
+        if start is None:
+            return
+        self.optimizer = self.make_optimizer(start.params)
+        self.batches = data_loader.DeviceBatches(*self.data.train, self.cfg.batch_size, self.data.norm,
+                                                 self.generator, sampler=start.sampler,
+                                                 channels_last=self.cfg.channels_last)
+
+    def evaluate(self, stage: int) -> dict:
+        """The method's metrics on test and validation after an epoch of ``stage``."""
+        c = self.cfg
+        ctx = EvalContext(self.model, self.data.norm, self.data.counts, self.data.val, self.data.test,
+                          c.eval_batch_size, c.precision, c.channels_last)
+        return self.method.evaluate(ctx, stage)
+
     def snapshot(self, run_id: str) -> dict:
         return {"run_id": run_id, "code_fingerprint": code_fingerprint(), **self.made_by,
                 "st": dict(vars(self.state)), "model": self.model.state_dict(),
@@ -708,15 +246,15 @@ class Run:
     def restore(self, snap: dict) -> None:
         self.state = RunState(**snap["st"])
         if self.state.stage == 2:  # the stage-2 model and optimizer have the shapes to load into
-            self.method.enter_stage2(self, False)
+            self.enter_stage2(False)
         self.model.load_state_dict(snap["model"])
         self.optimizer.load_state_dict(snap["optimizer"])
         self.batches.load_state_dict(snap["data"])
         self.dyn.load_state_dict(snap["dyn"])
         self.logger.rows = list(snap["rows"])
-        self.confusion_test = dict(snap.get("confusion_test", {}))  # older checkpoints have none
-        for key, seen in self.made_by.items():  # older checkpoints lack some: nothing known
-            seen[:] = list(dict.fromkeys(snap.get(key, []) + seen))
+        self.confusion_test = dict(snap["confusion_test"])
+        for key, seen in self.made_by.items():
+            seen[:] = list(dict.fromkeys(snap[key] + seen))
 
 
 def start_run(cfg: TwoStageConfig, rd: RunData, model, logger: RunLogger, made_by: dict) -> Run:
@@ -792,12 +330,25 @@ def _confusion_of(run: Run) -> dict:
 def _run_record(cfg: TwoStageConfig, paths: dict, run_id: str, device: torch.device) -> dict:
     """The run's JSON as it starts: its identity, code, machine and files."""
     return {"run_id": run_id, "stage1_id": stage1_hash(cfg), "config": asdict(cfg),
-            "git_commit": git_commit(), "torch": torch.__version__, "device": str(device),
+            "method": METHODS[cfg.method].facts(), "command": shlex.join(sys.argv),
+            "git_commit": git_commit(), "python": platform.python_version(), "torch": torch.__version__,
+            "device": str(device), "machine": platform.machine(), "processor": _processor(),
             # CPU results are bitwise reproducible for a given thread count, not across counts
             "torch_threads": torch.get_num_threads(), "host": socket.gethostname(), "started": now(),
             "status": "running", "paths": {k: str(v) for k, v in paths.items()},
             "code_fingerprint": code_fingerprint(), "code_fingerprints": [code_fingerprint()],
             "cpu_threads": [torch.get_num_threads()] if device.type == "cpu" else []}
+
+
+def _processor() -> str:
+    """The CPU's model name where Linux tells it (``platform.processor()`` is often empty there)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def _data_facts(rd: RunData) -> dict:
@@ -821,7 +372,7 @@ def _train_stages(run: Run, forward, paths: dict, run_id: str) -> None:
                 continue
             if stage == 2 and st.stage == 1:  # entering stage 2 now
                 st.stage, st.epoch = 2, 0
-                run.method.enter_stage2(run, True)
+                run.enter_stage2(True)
             loss_fn = build_loss(run.method.loss(stage), run.data.counts, cfg, resolve_device(cfg.device))
             lr_fn = partial(lr_at_step, steps_per_epoch=len(run.batches), cfg=cfg, stage=stage)
             for epoch in range(st.epoch + 1, n_epochs + 1):
@@ -847,7 +398,7 @@ def _train_epoch(run: Run, forward, stage: int, epoch: int, n_epochs: int, loss_
     st.train_class_loss = out["class_loss"]
     last = epoch == n_epochs
     if last or epoch % cfg.eval_every == 0:
-        res = run.method.evaluate(run, stage)
+        res = run.evaluate(stage)
         row_w = (weights if weights is not None else torch.ones(C)).tolist()
         _log_epoch(run.logger, res, stage, epoch, epoch + (cfg.stage1_epochs if stage == 2 else 0),
                    lr_fn(st.step - 1), out["loss"], time.perf_counter() - t0, row_w)
@@ -864,7 +415,7 @@ def _row_identity(cfg: TwoStageConfig, run_id: str, stage1_id: str) -> dict:
     renamed = {"model_name": "model", "imbalance_type": "scenario"}  # the CSV's column names
     return {"run_id": run_id, "stage1_id": stage1_id, "exp_name": cfg.exp_name or cfg.method,
             **{renamed.get(k, k): (str(v) if isinstance(v, (tuple, list)) else v)
-               for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY + ("exp_name",)}}
+               for k, v in asdict(cfg).items() if k not in NOT_IDENTITY + ("exp_name",)}}
 
 
 def _resume(run: Run, cfg: TwoStageConfig, paths: dict, run_id: str, device) -> dict:
@@ -957,35 +508,6 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
 
 def _load_meta_only(path: Path) -> dict:
     return {"code_fingerprint": load_checkpoint(path).get("code_fingerprint")}
-
-
-def _freeze_for_crt(model, reinit_seed: int | None = None) -> None:
-    """Freeze everything but the classifier; with ``reinit_seed``, re-initialise the classifier."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if reinit_seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(reinit_seed)
-            model.fc.reset_parameters()
-    for p in model.fc.parameters():
-        p.requires_grad_(True)
-
-
-@torch.no_grad()
-def _evaluate_tau_norm(model, norm, counts, cfg, val, test) -> dict:
-    """Evaluate the bias-free tau-normalised classifier (:func:`losses.tau_norm_logits`); tau
-    maximises validation macro-F1."""
-    W = model.fc.weight.float()
-    splits = {"val": val, "test": test}
-    feats = {name: predict(model, x, norm, cfg.eval_batch_size, cfg.precision, cfg.channels_last, features=True)
-             for name, (x, _) in splits.items()}
-
-    def ev(name: str, tau: float) -> dict:
-        logits = losses.tau_norm_logits(feats[name], W, tau)
-        return {**evaluate(model, *splits[name], norm, counts, logits=logits), "tau": tau}
-
-    best_tau = max(TAU_GRID, key=lambda tau: (ev("val", tau)["macro_f1"], -tau))  # ties: smaller tau
-    return {name: ev(name, best_tau) for name in splits}
 
 
 def run_two_stage_ictta_on_scenario(model_name: str, imbalance_type: str, **settings) -> dict:

@@ -13,6 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tools"))  # the developer tools, tested as modules
 
 SYNTH_CLASSES = ("ant", "bee", "cat", "dog")
 SYNTH_TRAIN, SYNTH_TEST = 60, 15  # images per class

@@ -30,7 +30,7 @@ ONE_LINE = re.compile(r"^(\S+): error: .+; see \1 --help\n$")
      "--learning-rate"),
     (main.main, ["--model-name", "resnet10", "--imbalance-type", "long_tail", "--batch-size", "many"],
      "--batch-size"),
-    (run_all_models.main, ["--profile", "nope"], "--profile"),
+    (run_all_models.main, ["--profile", "nope"], "nope.yaml: no such experiment file"),
     (run_all_models.main, ["--jobs", "2"], "--jobs"),
     (bench.main, ["--model", "vgg"], "model"),
     (precision_check.main, ["--seeds", "0"], "--seeds"),
@@ -76,13 +76,14 @@ def test_unwritable_folder(tmp_path, monkeypatch):
 
 
 def _every_planned_config():
-    """Configs of every suite and profile the grid plans, plus settings no plan uses (a bool off,
+    """Configs of every experiment file, plus settings no plan uses (a bool off,
     a None-able field set, other milestones), so that each field kind is rebuilt from its options."""
     import dataclasses
 
-    cfgs = run_all_models.plan_compare("literature", log_dir="/tmp/x")
-    cfgs += run_all_models.plan_ablation("reduced", log_dir="/tmp/x")
-    cfgs += run_all_models.plan_tuning("full", log_dir="/tmp/x")
+    cfgs = [c for name in run_all_models.experiment_names()
+            for _, part in run_all_models.plan_experiment(
+                run_all_models.load_experiment(run_all_models.experiment_path(name)), "/tmp/x")
+            for c in part]
     extra = dataclasses.replace(cfgs[0], channels_last=not cfgs[0].channels_last, n_max=4850, threads=1,
                                 lr_milestones=(7, 9), normed_init="uniform", stage1_lr=0.05)
     return cfgs + [extra]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from estimate import evaluations, format_duration, run_seconds, time_model
-from two_stage_ictta import TwoStageConfig
+from config import TwoStageConfig
 
 SIZES = {"train": 1000, "val": 100, "test": 500, "stat": 50}
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import config
+import methods
 import torch
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
@@ -143,12 +145,12 @@ PARAMS = {
     "max_weight": (num_in(0, lo_open=True), _nums),
     "ema_alpha": (num_in(0, 1, hi_open=True), _nums),
     "prior_blend": (num_in(0, 1), _nums),
-    "stage2_schedule": (one_of(tsi.STAGE2_SCHEDULES), _words(tsi.STAGE2_SCHEDULES)),
-    "stage2_loss_type": (one_of(tsi.STAGE2_LOSS_TYPES), _words(tsi.STAGE2_LOSS_TYPES)),
+    "stage2_schedule": (one_of(config.STAGE2_SCHEDULES), _words(config.STAGE2_SCHEDULES)),
+    "stage2_loss_type": (one_of(config.STAGE2_LOSS_TYPES), _words(config.STAGE2_LOSS_TYPES)),
     "stage2_focal_gamma": (num_in(0, 5), _nums),
     "dynamic_mode": (one_of(losses.DYNAMIC_MODES), _words(losses.DYNAMIC_MODES)),
     "exp_name": (exp_name_ok, st.text(max_size=6)),
-    "method": (one_of(tsi.METHODS), _words(list(tsi.METHODS))),
+    "method": (one_of(methods.METHODS), _words(list(methods.METHODS))),
     "seed": (int_in(0, 2 ** 31 - 1), st.integers(-2 ** 40, 2 ** 40)),
     "device": (device_ok, _devices),
     "dataset": (one_of(data_loader.DATASETS), _words(list(data_loader.DATASETS))),
@@ -161,7 +163,7 @@ PARAMS = {
     "momentum": (num_in(0, 1, hi_open=True), _nums),
     "weight_decay": (num_in(0), _nums),
     "warmup_epochs": (num_in(0), _nums),
-    "schedule": (one_of(tsi.SCHEDULES), _words(tsi.SCHEDULES)),
+    "schedule": (one_of(config.SCHEDULES), _words(config.SCHEDULES)),
     "lr_milestones": (milestones_ok, st.one_of(st.tuples(_ints, _ints), st.lists(_nums, max_size=3),
                                                st.tuples(st.booleans(), st.integers(0, 3)))),
     "focal_gamma": (num_in(0, 5), _nums),
@@ -171,7 +173,7 @@ PARAMS = {
     "normed_init": (one_of(NORMED_INITS), _words(NORMED_INITS)),
     "la_tau": (num_in(0), _nums),
     "precision": (one_of(("bf16", "fp32")), _words(("bf16", "fp32"))),
-    "compile_mode": (one_of(tsi.COMPILE_MODES), _words(tsi.COMPILE_MODES)),
+    "compile_mode": (one_of(config.COMPILE_MODES), _words(config.COMPILE_MODES)),
     "channels_last": (is_bool, _ints),
     "compile": (is_bool, _ints),
     "eval_every": (int_in(1), _ints),
@@ -187,7 +189,7 @@ PARAMS = {
 
 
 def test_every_setting_is_fuzzed():
-    fields = {f.name for f in dataclasses.fields(tsi.TwoStageConfig)}
+    fields = {f.name for f in dataclasses.fields(config.TwoStageConfig)}
     assert fields == set(PARAMS), f"update PARAMS: {fields ^ set(PARAMS)}"
 
 
@@ -285,9 +287,9 @@ _FLOAT_FLAGS = {"imb-factor": (0, True, 1, False), "stage1-lr": (0, True, None, 
                 "ldam-max-margin": (0, False, None, False), "ldam-scale": (0, True, None, False),
                 "la-tau": (0, False, None, False)}
 _CHOICE_FLAGS = {"model-name": tuple(MODELS), "imbalance-type": data_loader.IMBALANCE_TYPES,
-                 "method": tuple(tsi.METHODS), "stage2-loss-type": tsi.STAGE2_LOSS_TYPES,
-                 "dynamic-mode": losses.DYNAMIC_MODES, "schedule": tsi.SCHEDULES, "precision": ("bf16", "fp32"),
-                 "compile-mode": tsi.COMPILE_MODES, "dataset": tuple(data_loader.DATASETS)}
+                 "method": tuple(methods.METHODS), "stage2-loss-type": config.STAGE2_LOSS_TYPES,
+                 "dynamic-mode": losses.DYNAMIC_MODES, "schedule": config.SCHEDULES, "precision": ("bf16", "fp32"),
+                 "compile-mode": config.COMPILE_MODES, "dataset": tuple(data_loader.DATASETS)}
 _BOOL_FLAGS = ("channels-last", "compile", "quiet", "resume", "reuse-stage1", "download", "tensorboard")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import config
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
@@ -142,7 +143,7 @@ def shared_dir(data_root, tmp_path_factory) -> dict:
     epoch 1, it is frozen (SIGSTOP: most likely inside an epoch); this process then tries the same
     run and must be refused; ``killed`` gets SIGKILL and its command is run again to completion."""
     log_dir, logs = tmp_path_factory.mktemp("shared_log_dir"), tmp_path_factory.mktemp("logs")
-    names = {k: tsi.run_name(tsi.TwoStageConfig(MODEL, SCENARIO, exp_name=k, **RUN)) for k in ("ref", "killed")}
+    names = {k: config.run_name(config.TwoStageConfig(MODEL, SCENARIO, exp_name=k, **RUN)) for k in ("ref", "killed")}
     ref = start(cli_command(data_root, log_dir, exp_name="ref"), logs / "ref")
     argv = cli_command(data_root, log_dir, exp_name="killed")
     victim = start(argv, logs / "killed")
@@ -259,8 +260,8 @@ def test_a_stage1_made_with_other_cpu_threads_is_reused_with_a_notice(data_root,
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04 truncated zip"])
 def test_an_unreadable_checkpoint_is_one_error_line_naming_it(data_root, tmp_path, content):
-    cfg = tsi.TwoStageConfig(MODEL, SCENARIO, data_root=str(data_root), log_dir=str(tmp_path), **RUN)
-    ckpt = runfiles.run_paths(tmp_path, tsi.run_name(cfg))["checkpoint"]
+    cfg = config.TwoStageConfig(MODEL, SCENARIO, data_root=str(data_root), log_dir=str(tmp_path), **RUN)
+    ckpt = runfiles.run_paths(tmp_path, config.run_name(cfg))["checkpoint"]
     ckpt.write_bytes(content)
     with pytest.raises(ValueError, match=f"{re.escape(str(ckpt))} cannot be read .*; delete it") as e:
         tsi.run_two_stage(cfg)
@@ -286,8 +287,8 @@ def test_same_seed_same_csv_in_process_and_from_the_cli(shared_dir, data_root, t
 # The run lock, through a run and the CLI (the lock itself: test_runfiles.py)
 
 def test_lock_held_by_a_live_process_refuses_the_run(tmp_path, live_pid, synthetic_root):
-    cfg = tsi.TwoStageConfig(MODEL, SCENARIO, data_root=str(synthetic_root), log_dir=str(tmp_path), **RUN)
-    lock = tmp_path / f"{tsi.run_name(cfg)}.lock"
+    cfg = config.TwoStageConfig(MODEL, SCENARIO, data_root=str(synthetic_root), log_dir=str(tmp_path), **RUN)
+    lock = tmp_path / f"{config.run_name(cfg)}.lock"
     lock.write_text(lock_text(live_pid))
     with pytest.raises(runfiles.RunLockedError, match=f"process {live_pid}"):
         tsi.run_two_stage(cfg)
@@ -500,8 +501,8 @@ def test_focal_loss_gradient_under_autocast_is_finite(dtype):
 
 
 def test_cli_on_a_locked_run_says_who_holds_it_without_a_traceback(tmp_path, live_pid, synthetic_root, capsys):
-    cfg = tsi.TwoStageConfig(MODEL, SCENARIO, data_root=str(synthetic_root), log_dir=str(tmp_path), **RUN)
-    (tmp_path / f"{tsi.run_name(cfg)}.lock").write_text(lock_text(live_pid))
+    cfg = config.TwoStageConfig(MODEL, SCENARIO, data_root=str(synthetic_root), log_dir=str(tmp_path), **RUN)
+    (tmp_path / f"{config.run_name(cfg)}.lock").write_text(lock_text(live_pid))
     argv = ["--model-name", MODEL, "--imbalance-type", SCENARIO, "--data-root", str(synthetic_root),
             "--log-dir", str(tmp_path)]
     for k, v in RUN.items():

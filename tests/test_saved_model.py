@@ -41,7 +41,7 @@ def test_a_resnet32_file_is_about_2_mb(tmp_path):
     """The README's "about 2 MB for ResNet-32", measured on a file that save() wrote."""
     from types import SimpleNamespace
 
-    from two_stage_ictta import TwoStageConfig
+    from config import TwoStageConfig
 
     cfg = TwoStageConfig("resnet32", "long_tail")
     data = SimpleNamespace(num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3, classes=[str(c) for c in range(10)])

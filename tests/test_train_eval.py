@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from data_loader import DeviceBatches, Normalizer
 from losses import focal_loss
-from two_stage_ictta import TwoStageConfig, lr_at_step
+from config import TwoStageConfig
+from methods import lr_at_step
 from train_eval import (NonFiniteError, class_groups, classification_metrics, evaluate, resolve_device,
                         train_one_epoch)
 

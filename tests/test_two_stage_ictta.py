@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import config
+import methods
+import results_logger
 import torch
 
 import main
@@ -20,7 +23,8 @@ import two_stage_ictta as tsi
 from data_loader import class_counts
 from model import get_model
 from results_logger import summarize_rows
-from two_stage_ictta import TwoStageConfig, run_two_stage_ictta_on_scenario
+from config import TwoStageConfig
+from two_stage_ictta import run_two_stage_ictta_on_scenario
 
 METRICS = ("loss", "acc", "macro_f1", "tail_macro_f1")
 REQUIRED_COLUMNS = ("stage", "epoch", "model", "method", "scenario", "loss", "acc", "macro_f1", "tail_macro_f1",
@@ -257,11 +261,11 @@ def test_main_help_groups_options_and_lists_registry_choices(capsys):
         main.main(["--help"])
     out = capsys.readouterr().out
     sections = _help_sections(out)
-    order = [list(sections).index(title) for title in tsi.CONFIG_GROUPS.values()]
+    order = [list(sections).index(title) for title in config.CONFIG_GROUPS.values()]
     assert order == sorted(order)
     for f in dataclasses.fields(TwoStageConfig):
         flag = "--" + f.name.replace("_", "-")
-        assert re.search(rf"^  {flag}\b", sections[tsi.CONFIG_GROUPS[f.metadata["group"]]], re.M), f.name
+        assert re.search(rf"^  {flag}\b", sections[config.CONFIG_GROUPS[f.metadata["group"]]], re.M), f.name
         if f.metadata["choices"]:
             assert f"{flag} {{{','.join(f.metadata['choices'])}}}" in out, f.name
     assert "``" not in out and ":class:" not in out  # no Sphinx markup
@@ -356,10 +360,10 @@ def test_tau_norm_drops_the_classifier_bias(tiny_run_kwargs):
     x = data_loader.to_device_images(data.test_x, "cpu")
     y = torch.from_numpy(data.test_y)
     cfg = TwoStageConfig("simplecnn", "long_tail", eval_batch_size=64, precision="fp32", channels_last=False)
-    plain = tsi._evaluate_tau_norm(model, norm, [40, 20, 10, 5], cfg, (x, y), (x, y))
+    plain = methods._evaluate_tau_norm(model, norm, [40, 20, 10, 5], cfg, (x, y), (x, y))
     with torch.no_grad():
         model.fc.bias.copy_(torch.tensor([1e4, 0.0, 0.0, 0.0]))
-    biased = tsi._evaluate_tau_norm(model, norm, [40, 20, 10, 5], cfg, (x, y), (x, y))
+    biased = methods._evaluate_tau_norm(model, norm, [40, 20, 10, 5], cfg, (x, y), (x, y))
     assert biased["test"]["tau"] == plain["test"]["tau"]
     assert np.array_equal(biased["test"]["confusion"], plain["test"]["confusion"])
     assert biased["test"]["confusion"][:, 0].sum() < len(y)  # not everything predicted as class 0
@@ -400,7 +404,7 @@ def test_tau_norm_chooses_tau_on_validation_and_reports_test_at_it(monkeypatch):
         model.fc.weight.copy_(torch.tensor([[4.0, 0.0], [0.0, 1.0]]))
     val = (torch.tensor([[1.0, 0.0], [1.0, 1.9]]), torch.tensor([0, 1]))
     test = (torch.tensor([[1.0, 2.5], [0.0, 1.0]]), torch.tensor([0, 1]))
-    out = tsi._evaluate_tau_norm(model, None, [2, 2], TwoStageConfig("simplecnn", "long_tail"), val, test)
+    out = methods._evaluate_tau_norm(model, None, [2, 2], TwoStageConfig("simplecnn", "long_tail"), val, test)
     assert out["val"]["tau"] == out["test"]["tau"] == 0.6
     assert out["val"]["macro_f1"] == 1.0
     assert out["test"]["confusion"].tolist() == [[0, 1], [0, 1]]  # at tau 0.6 the class-0 test image is lost
@@ -454,23 +458,23 @@ def test_the_dataset_is_part_of_a_runs_identity_and_cifar10_ids_stay_as_they_wer
     c100 = dataclasses.replace(c10, dataset="cifar100")
     # a CIFAR-10 run's id is the hash it had before the dataset setting existed: its non-default settings
     before = {"model_name": "resnet10", "imbalance_type": "long_tail"}
-    assert tsi.config_hash(c10) == hashlib.sha1(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    assert tsi.config_hash(c100) != tsi.config_hash(c10) and tsi.stage1_hash(c100) != tsi.stage1_hash(c10)
-    assert tsi.run_name(c10) == "results_two_stage_ictta_resnet10_long_tail_imb0.01_seed0"
-    assert tsi.run_name(c100) == "results_two_stage_ictta_resnet10_cifar100_long_tail_imb0.01_seed0"
-    assert tsi.config_hash(dataclasses.replace(c10, download=True)) == tsi.config_hash(c10)  # not identity
+    assert config.config_hash(c10) == hashlib.sha1(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    assert config.config_hash(c100) != config.config_hash(c10) and config.stage1_hash(c100) != config.stage1_hash(c10)
+    assert config.run_name(c10) == "results_two_stage_ictta_resnet10_long_tail_imb0.01_seed0"
+    assert config.run_name(c100) == "results_two_stage_ictta_resnet10_cifar100_long_tail_imb0.01_seed0"
+    assert config.config_hash(dataclasses.replace(c10, download=True)) == config.config_hash(c10)  # not identity
 
 
 def test_code_fingerprint_ignores_docstrings_and_comments(tmp_path):
     import two_stage_ictta as tsi
     project = _copy_project(tmp_path / "project")
-    before = tsi.code_fingerprint(str(project))
+    before = results_logger.code_fingerprint(str(project))
     src = (project / "losses.py").read_text()
     (project / "losses.py").write_text(src.replace('"""Losses and class weights', '"""Losses and weights', 1)
                                        + "\n# a comment\n")
-    assert tsi.code_fingerprint.__wrapped__(str(project)) == before
+    assert results_logger.code_fingerprint.__wrapped__(str(project)) == before
     (project / "losses.py").write_text(src.replace("SPREAD_RTOL = 1e-6", "SPREAD_RTOL = 1e-5"))
-    assert tsi.code_fingerprint.__wrapped__(str(project)) != before
+    assert results_logger.code_fingerprint.__wrapped__(str(project)) != before
 
 
 def test_crt_stage2_batchnorm_follows_the_class_balanced_batches(tiny_run_kwargs, monkeypatch):
@@ -498,10 +502,10 @@ def test_run_identity_ignores_settings_left_at_their_default():
     nothing, so adding a new setting with a neutral default keeps earlier runs' identities."""
     import two_stage_ictta as tsi
     plain = TwoStageConfig("resnet10", "long_tail")
-    assert tsi.config_hash(plain) == tsi.config_hash(dataclasses.replace(plain, prior_blend=0.0,
+    assert config.config_hash(plain) == config.config_hash(dataclasses.replace(plain, prior_blend=0.0,
                                                                            lr_milestones=[160, 180]))
-    assert tsi.config_hash(plain) != tsi.config_hash(dataclasses.replace(plain, prior_blend=0.5))
-    assert tsi.config_hash(plain) == tsi.config_hash(dataclasses.replace(plain, tag="other label"))
+    assert config.config_hash(plain) != config.config_hash(dataclasses.replace(plain, prior_blend=0.5))
+    assert config.config_hash(plain) == config.config_hash(dataclasses.replace(plain, tag="other label"))
 
 
 # one other valid value per setting (a new setting must be added here, and declared at its field)
@@ -525,8 +529,8 @@ def test_a_setting_added_later_keeps_earlier_stage1_identities_at_its_default():
     before jpeg_quality existed (commit b3bbf74), so new runs pair with the runs made then."""
     base = TwoStageConfig("resnet10", "long_tail", method="ce", data_root="/data/cifar10")
     assert [f.name for f in dataclasses.fields(TwoStageConfig) if f.metadata["stage1_when_set"]] == ["jpeg_quality"]
-    assert tsi.stage1_hash(base) == "72b2ea6b8bc5"
-    assert tsi.stage1_hash(dataclasses.replace(base, jpeg_quality=50)) != "72b2ea6b8bc5"
+    assert config.stage1_hash(base) == "72b2ea6b8bc5"
+    assert config.stage1_hash(dataclasses.replace(base, jpeg_quality=50)) != "72b2ea6b8bc5"
 
 
 def test_jpeg_quality_re_encodes_every_split_the_run_uses(tiny_run_kwargs):
@@ -552,12 +556,12 @@ def test_stage1_identity_changes_exactly_as_each_field_declares():
         changed = dataclasses.replace(base, **{f.name: OTHER_VALUE[f.name]})
         meta = f.metadata
         expected = f.name == "data_root" or (meta["identity"] and not meta["stage2_only"] and not meta["label"])
-        assert (tsi.stage1_hash(changed) != tsi.stage1_hash(base)) == expected, f.name
-    same_stage1 = {n for n, m in tsi.METHODS.items()
+        assert (config.stage1_hash(changed) != config.stage1_hash(base)) == expected, f.name
+    same_stage1 = {n for n, m in methods.METHODS.items()
                    if (m.loss1, m.weights1, m.normed_classifier) == ("ce", "none", False)}
     assert {"ce", "drw", "crt", "tau_norm", "two_stage_ictta"} <= same_stage1
-    assert {tsi.stage1_hash(dataclasses.replace(base, method=n)) for n in same_stage1} == {tsi.stage1_hash(base)}
-    assert tsi.stage1_hash(dataclasses.replace(base, method="focal")) != tsi.stage1_hash(base)
+    assert {config.stage1_hash(dataclasses.replace(base, method=n)) for n in same_stage1} == {config.stage1_hash(base)}
+    assert config.stage1_hash(dataclasses.replace(base, method="focal")) != config.stage1_hash(base)
 
 
 def test_held_out_statistic_from_the_statistic_split(monkeypatch):

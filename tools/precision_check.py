@@ -6,7 +6,7 @@
 Each seed runs each method (``--methods``: by default the two-stage method, LDAM-DRW, whose
 cosine logits are scaled by 30, and logit adjustment, whose offsets reach log(100)) twice on real
 CIFAR-10-LT, identical but for ``precision`` (and ``compile`` with ``--fast-compile``), by default
-with the quick grid profile's budget on ResNet-10. The JSON (``--json``) holds every run's final test metrics, the paired differences
+at the budget of an experiment file (default: compare_reduced) on ResNet-10. The JSON (``--json``) holds every run's final test metrics, the paired differences
 (fast minus fp32) and the seed-to-seed spread of each path, and says whether the mean difference in
 test accuracy lies within seed noise: ``|mean diff| <= 2 * standard error of the paired diffs`` and
 ``|mean diff| <=`` the larger of the two paths' standard deviations over seeds.
@@ -22,11 +22,14 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules, from tools/
 import data_loader
 from cli import ArgumentParser, unique, unwritable_file
 from results_logger import git_commit, write_json
-from run_all_models import PROFILES
-from two_stage_ictta import METHODS as METHODS_REGISTRY, TwoStageConfig, run_two_stage, validate_config
+from config import TwoStageConfig, validate_config
+from methods import METHODS as METHODS_REGISTRY
+from run_all_models import experiment_path, load_experiment
+from two_stage_ictta import run_two_stage
 
 METRICS = ("acc", "macro_f1", "tail_macro_f1")
 METHODS = ("two_stage_ictta", "ldam_drw", "logit_adjust")
@@ -56,7 +59,8 @@ def main(argv=None) -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--model", default="resnet10")
-    p.add_argument("--profile", default="quick", choices=tuple(PROFILES), help="budget of each run")
+    p.add_argument("--experiment", default="compare_reduced",
+                   help="the experiment file (or its name) whose settings are each run's budget (default: %(default)s)")
     p.add_argument("--fast-precision", default="bf16", choices=("bf16", "fp32"))
     p.add_argument("--fast-compile", action="store_true", help="also torch.compile the fast path")
     p.add_argument("--device", default="auto")
@@ -71,7 +75,11 @@ def main(argv=None) -> int:
     if len(args.seeds) < 2:
         p.error("--seeds: give at least 2 different seeds, or seed noise cannot be measured")
 
-    base = dict(PROFILES[args.profile]["config"], device=args.device, data_root=args.data_root,
+    try:
+        budget = load_experiment(experiment_path(args.experiment)).settings
+    except ValueError as e:
+        p.error(str(e))
+    base = dict(budget, device=args.device, data_root=args.data_root,
                 threads=args.threads, log_dir=args.out, quiet=True)
     paths = {"fp32": dict(precision="fp32", compile=False),
              "fast": dict(precision=args.fast_precision, compile=args.fast_compile)}
@@ -94,7 +102,7 @@ def main(argv=None) -> int:
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-        "setup": {"model": args.model, "profile": args.profile, "config": {k: v for k, v in base.items()},
+        "setup": {"model": args.model, "experiment": args.experiment, "config": {k: v for k, v in base.items()},
                   "fast": paths["fast"], "reference": paths["fp32"], "metric": "final stage-2 test metrics"},
         "runs": runs, "comparison": comparison}
     write_json(args.json, report)

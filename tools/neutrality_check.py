@@ -1,8 +1,9 @@
-"""Is a code change numerically neutral? Run the smoke grid and the smoke compare suite (every
+"""Is a code change numerically neutral? Run experiments/smoke.yaml (every suite and every
 method) with two checkouts of the project, same data and one thread, and compare every number.
 
-    python neutrality_check.py --old ../old-checkout            # this checkout vs an older one
-    python neutrality_check.py --old ../old-checkout --keep out/  # keep both result folders
+    git worktree add ../old HEAD~1                                       # the code before the change
+    python tools/neutrality_check.py --old ../old                        # this checkout vs that one
+    python tools/neutrality_check.py --old ../old --keep out/            # keep both result folders
 
 The numbers are every CSV column that is not a setting or an identity (``run_id``, ``stage1_id``,
 ``seconds`` and the config fields): losses, metrics, learning rates and class weights, per epoch and
@@ -21,18 +22,18 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules, from tools/
 import cli
-from two_stage_ictta import TwoStageConfig
+from config import TwoStageConfig
 
 NOT_NUMBERS = {"run_id", "stage1_id", "exp_name", "seconds", "model", "scenario"} | {
     f.name for f in dataclasses.fields(TwoStageConfig)}
-SMOKE_RUNS = (["--profile", "smoke", "--models", "resnet10", "--scenarios", "long_tail"],
-              ["--suite", "compare", "--profile", "smoke"])
+SMOKE_RUNS = (["experiments/smoke.yaml"],)  # every suite and every method, in seconds
 
 
-def run_smoke(checkout: Path, out: Path, data_root: str | None) -> None:
-    """The smoke grid and the smoke compare suite of ``checkout`` into ``out``, on one thread."""
-    for args in SMOKE_RUNS:
+def run_smoke(checkout: Path, out: Path, data_root: str | None, runs=SMOKE_RUNS) -> None:
+    """The smoke experiment of ``checkout`` into ``out``, on one thread."""
+    for args in runs:
         cmd = [sys.executable, "run_all_models.py", *args, "--out", str(out), "--device", "cpu",
                "--threads", "1", "--quiet"] + (["--data-root", data_root] if data_root else [])
         subprocess.run(cmd, cwd=checkout, check=True, stdout=subprocess.DEVNULL)
@@ -67,6 +68,9 @@ def main(argv=None) -> int:
     p.add_argument("--new", default=str(Path(__file__).resolve().parent), help="default: this checkout")
     p.add_argument("--data-root", help="dataset folder (default: each checkout's default)")
     p.add_argument("--keep", help="folder to keep both result sets in (default: a temporary one)")
+    p.add_argument("--old-args", nargs="+", action="append", metavar="ARG",
+                   help="run_all_models.py arguments for the old checkout, when its command line differs "
+                        "(once per command; default: experiments/smoke.yaml)")
     args = p.parse_args(argv)
     for side in ("old", "new"):
         if not (Path(getattr(args, side)) / "run_all_models.py").is_file():
@@ -75,7 +79,8 @@ def main(argv=None) -> int:
         base = Path(args.keep or tmp)
         for side in ("old", "new"):
             try:
-                run_smoke(Path(getattr(args, side)).resolve(), base / side, args.data_root)
+                runs = args.old_args if side == "old" and args.old_args else SMOKE_RUNS
+                run_smoke(Path(getattr(args, side)).resolve(), base / side, args.data_root, runs)
             except subprocess.CalledProcessError as e:  # its own one-line error went to stderr above
                 p.error(f"the smoke grid of --{side} failed (exit {e.returncode}): see its error above")
         diff = differences(numbers(base / "old"), numbers(base / "new"))

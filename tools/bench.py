@@ -43,17 +43,19 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules, from tools/
 import data_loader
 import losses
 from cli import unwritable_file
 from model import MODELS
 from results_logger import git_commit, write_json
 from train_eval import PRECISIONS, autocast, evaluate, resolve_device, train_one_epoch
-from two_stage_ictta import (COMPILE_MODES, TwoStageConfig, build_loss, check_setting, is_choice, lr_at_step,
-                             prepare_data)
+from config import COMPILE_MODES, TwoStageConfig, check_setting, is_choice
+from methods import build_loss, lr_at_step
 from two_stage_ictta import build_model as run_model
+from two_stage_ictta import prepare_data
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # the project
 
 
 def opt(default, help: str):

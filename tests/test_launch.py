@@ -21,10 +21,17 @@ from submitit.core.utils import DelayedSubmission
 import launch
 from conftest import lock_text
 import run_all_models as grid
-from two_stage_ictta import config_hash, run_name, stage1_path
+from config import config_hash, run_name, stage1_path
 
 ROOT = Path(__file__).resolve().parents[1]
-TUNE = grid._tuning_settings(grid.tuning_points("smoke")[0])["exp_name"]
+TUNE = "tune-lr0.003-w1-8-g1.5-loss"  # experiments/smoke_grid.yaml's tuning point
+
+
+def smoke_runs(suite: str, log_dir, scenarios=("long_tail",), **settings) -> list:
+    """The runs of one suite of experiments/smoke_grid.yaml, written to ``log_dir``."""
+    exp = grid.load_experiment(grid.experiment_path("smoke_grid"))
+    parts = grid.plan_experiment(exp, log_dir, grid.Filters(scenarios=list(scenarios), settings=settings))
+    return [dataclasses.replace(c, log_dir=str(log_dir)) for name, cfgs in parts if name == suite for c in cfgs]
 
 
 def read_results(folder: Path) -> dict[str, pd.DataFrame]:
@@ -40,7 +47,7 @@ def assert_same_results(a: dict, b: dict) -> None:
 
 def smoke_args(data_root: Path, out: Path, *extra: str, scenarios=("long_tail",)) -> list[str]:
     # one thread per run: CPU results are bitwise equal only for equal thread counts
-    return ["--profile", "smoke", "--models", "resnet10", "--scenarios", *scenarios, "--data-root", str(data_root),
+    return ["--profile", "smoke_grid", "--models", "resnet10", "--scenarios", *scenarios, "--data-root", str(data_root),
             "--out", str(out), "--device", "cpu", "--threads", "1", "--quiet", *extra]
 
 
@@ -120,16 +127,16 @@ def test_local_job_killed_midway_is_picked_up_on_rerun(synthetic_root, tmp_path,
 
 
 def test_a_job_that_died_is_resubmitted_then_reported_failed(synthetic_root, tmp_path):
-    first, waiting = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
+    first, waiting = smoke_runs("baseline", scenarios=("long_tail",), log_dir=str(tmp_path),
                                         data_root=str(synthetic_root), device="cpu")
     dead = SimpleNamespace(job_id="77", paths=SimpleNamespace(result_pickle=tmp_path / "77_0_result.pkl",
                                                               stderr=tmp_path / "77_0_log.err"))
-    report = grid.new_report(retried=[])
+    report = launch.new_report(retried=[])
     again = launch._finish(dead, launch.JobSpec([first], then=[waiting]), retries=1, report=report, quiet=True)
     assert again == [launch.JobSpec([first], then=[waiting], attempt=1)]  # the waiting run still waits
     assert len(report["retried"]) == 1 and not report["failed"]
     after = launch._finish(dead, again[0], retries=1, report=report, quiet=True)
-    assert [f["run"] for f in report["failed"]] == [grid.describe(first)]
+    assert [f["run"] for f in report["failed"]] == [launch.describe(first)]
     assert "77 ended without a result" in report["failed"][0]["error"]
     assert after == [launch.JobSpec([waiting])]  # now on its own: it trains the stage 1 itself
 
@@ -138,26 +145,26 @@ def test_a_run_another_process_holds_is_left_to_it_and_its_waiting_runs_deferred
                                                                                    live_pid):
     """Two launches on one folder: the run the other one is training is locked, not failed, and the
     runs waiting for its stage 1 do not train that stage 1 a second time."""
-    first, waiting = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
+    first, waiting = smoke_runs("baseline", scenarios=("long_tail",), log_dir=str(tmp_path),
                                         data_root=str(synthetic_root), device="cpu")
     (tmp_path / f"{run_name(first)}.lock").write_text(lock_text(live_pid))
-    outcome = grid.run_one(first, quiet=True)
+    outcome = launch.run_one(first, quiet=True)
     assert outcome["status"] == "locked" and f"process {live_pid}" in outcome["error"]
     result = tmp_path / "78_0_result.pkl"
     result.write_bytes(b"")
     job = SimpleNamespace(job_id="78", paths=SimpleNamespace(result_pickle=result), result=lambda: [outcome])
-    report = grid.new_report(retried=[], deferred=[])
+    report = launch.new_report(retried=[], deferred=[])
     assert launch._finish(job, launch.JobSpec([first], then=[waiting]), retries=1, report=report, quiet=True) == []
-    assert report["deferred"] == [grid.describe(waiting)] and not report["failed"] and not report["retried"]
-    assert report["locked"] == [f"{grid.describe(first)} ({outcome['error']})"]
-    assert "1 left to other processes" in grid.format_report(report)
-    assert "left to the process that holds its lock" in grid.format_report(report)
+    assert report["deferred"] == [launch.describe(waiting)] and not report["failed"] and not report["retried"]
+    assert report["locked"] == [f"{launch.describe(first)} ({outcome['error']})"]
+    assert "1 left to other processes" in launch.format_report(report)
+    assert "left to the process that holds its lock" in launch.format_report(report)
 
 
 def test_a_lock_another_launcher_took_meanwhile_is_not_deleted(synthetic_root, tmp_path):
     """The launcher read the lock that job 77 (ended) left on node2; if the lock reads otherwise by
     the time it deletes it, another launcher's job holds it now, and it stays."""
-    run, _ = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
+    run, _ = smoke_runs("baseline", scenarios=("long_tail",), log_dir=str(tmp_path),
                                 data_root=str(synthetic_root), device="cpu")
     lock = tmp_path / f"{run_name(run)}.lock"
     lock.write_text(lock_text(1234, host="node2", job="77"))
@@ -178,7 +185,7 @@ def test_a_lock_on_another_host_that_the_runs_last_job_did_not_take_stays(synthe
     """The run's last job (4242_0) has ended, but the lock on node2 is some other process's: a run
     started there by hand, or a job of another launcher. The launcher cannot check it, so the run
     counts as running, its lock stays, and ``--status`` names the file to delete."""
-    run, _ = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
+    run, _ = smoke_runs("baseline", scenarios=("long_tail",), log_dir=str(tmp_path),
                                 data_root=str(synthetic_root), device="cpu")
     lock = tmp_path / f"{run_name(run)}.lock"
     lock.write_text(holder)
@@ -189,11 +196,11 @@ def test_a_lock_on_another_host_that_the_runs_last_job_did_not_take_stays(synthe
     assert state["state"] == "running"
     assert state["detail"] == f"in progress: pid 1234 on node2 ({named}; if that process has ended, delete {lock})"
     report = launch.launch([run], launch.LaunchConfig("slurm"), tmp_path / "jobs")
-    assert lock.read_text() == holder and report["running"] == [f"{grid.describe(run)} ({state['detail']})"]
+    assert lock.read_text() == holder and report["running"] == [f"{launch.describe(run)} ({state['detail']})"]
 
 
 def test_status_of_an_unreadable_lock_says_to_delete_it(synthetic_root, tmp_path):
-    run, _ = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
+    run, _ = smoke_runs("baseline", scenarios=("long_tail",), log_dir=str(tmp_path),
                                 data_root=str(synthetic_root), device="cpu")
     lock = tmp_path / f"{run_name(run)}.lock"
     lock.write_text("garbage")
@@ -205,7 +212,7 @@ def test_status_of_an_unreadable_lock_says_to_delete_it(synthetic_root, tmp_path
 def test_slurm_wait_retry_clears_the_lock_the_dead_node_left(synthetic_root, tmp_path, monkeypatch):
     """With --wait, a job that died on node2 is resubmitted; the retry may land on another node, so
     node2's lock on the run must be gone first (it cannot be taken over from elsewhere)."""
-    run, _ = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
+    run, _ = smoke_runs("baseline", scenarios=("long_tail",), log_dir=str(tmp_path),
                                 data_root=str(synthetic_root), device="cpu")
     lock = tmp_path / f"{run_name(run)}.lock"
     lock.write_text(lock_text(1234, host="node2", job="90"))
@@ -218,14 +225,14 @@ def test_slurm_wait_retry_clears_the_lock_the_dead_node_left(synthetic_root, tmp
         return [(dead, spec) for spec in specs]
 
     monkeypatch.setattr(launch, "_submit_slurm", submit)
-    report = grid.new_report(retried=[], submitted=[])
+    report = launch.new_report(retried=[], submitted=[])
     launch._launch_slurm([launch.JobSpec([run])], launch.LaunchConfig("slurm", wait=True, retries=1), tmp_path, report)
     assert lock_at_submission == [True, False] and len(report["retried"]) == 1 and len(report["failed"]) == 1
 
 
 def test_status_of_a_run_finished_by_other_code_says_so(synthetic_root, tmp_path):
     """Not "its job ended before running it": it finished, by other code, and a launch reruns it."""
-    run, _ = grid.plan_baseline("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path),
+    run, _ = smoke_runs("baseline", scenarios=("long_tail",), log_dir=str(tmp_path),
                                 data_root=str(synthetic_root), device="cpu")
     (tmp_path / f"{run_name(run)}.csv").write_text("stage\n1\n")
     (tmp_path / f"{run_name(run)}.json").write_text(json.dumps(
@@ -237,7 +244,7 @@ def test_status_of_a_run_finished_by_other_code_says_so(synthetic_root, tmp_path
 
 
 def test_grid_job_pickles_and_never_trains_a_stage1_it_must_wait_for(synthetic_root, tmp_path):
-    cfg = grid.plan_tuning("smoke", ("resnet10",), ("long_tail",), log_dir=str(tmp_path / "runs"),
+    cfg = smoke_runs("tuning", scenarios=("long_tail",), log_dir=str(tmp_path / "runs"),
                            data_root=str(synthetic_root), device="cpu")[0]
     job = cloudpickle.loads(cloudpickle.dumps(launch._grid_job([cfg], stage1_required=True)))
     assert isinstance(job, launch.GridJob) and job.configs == [cfg]
@@ -287,9 +294,9 @@ def test_slurm_submission_status_and_resubmission_after_an_outage(synthetic_root
              "--mem-gb", "16", "--slurm-extra", "account=proj", "qos=high"]
     args = smoke_args(synthetic_root, out, *slurm, scenarios=("long_tail", "head_tail"))
     plan = {run_name(c): c for c in
-            grid.plan_baseline("smoke", ("resnet10",), ("long_tail", "head_tail"), log_dir=str(log_dir),
+            smoke_runs("baseline", scenarios=("long_tail", "head_tail"), log_dir=str(log_dir),
                                data_root=str(synthetic_root), device="cpu", threads=1)
-            + grid.plan_tuning("smoke", ("resnet10",), ("long_tail", "head_tail"), log_dir=str(log_dir),
+            + smoke_runs("tuning", scenarios=("long_tail", "head_tail"), log_dir=str(log_dir),
                                data_root=str(synthetic_root), device="cpu", threads=1)}
     name = {(exp, scen): f"results_{exp}_resnet10_{scen}_imb0.1_seed0" for exp in ("baseline", "control", TUNE)
             for scen in ("long_tail", "head_tail")}
@@ -329,7 +336,7 @@ def test_slurm_submission_status_and_resubmission_after_an_outage(synthetic_root
     r = subprocess.run(["sh", str(fake_slurm / "sbatch_4242.sh")], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"done: {grid.describe(plan[name['baseline', 'long_tail']])}" in r.stdout
+    assert f"done: {launch.describe(plan[name['baseline', 'long_tail']])}" in r.stdout
     assert stage1_path(plan[name["baseline", "long_tail"]]).exists()
 
     (fake_slurm / "sacct.txt").write_text("JobID|State|NodeList\n4242_0|COMPLETED|n1\n4242_1|RUNNING|n2\n"
@@ -396,7 +403,7 @@ def test_a_slurm_job_that_may_still_run_is_live(tmp_path, fake_slurm, sacct_stat
 ])
 def test_bad_launcher_flags_are_usage_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
-        grid.main(["--profile", "smoke", *flags])
+        grid.main(["--profile", "smoke_grid", *flags])
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import losses
-from two_stage_ictta import METHODS, TwoStageConfig, build_loss, static_weights
+from config import TwoStageConfig
+from methods import METHODS, build_loss, static_weights
 
 ZERO = torch.zeros(1, 2)  # logits [[0, 0]]: every softmax probability is 1/2 before any shift
 

@@ -1,0 +1,302 @@
+"""Experiments as files: every committed experiment loads and plans, a broken file is one line that
+names the file and the key, the command-line overrides, and the smoke experiments end to end (resume
+after kill -9: the local launcher in test_launch.py, a run in test_robustness.py)."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import launch
+import methods
+import run_all_models as grid
+from config import run_name, stage1_hash
+from methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_results(folder: Path) -> dict[str, pd.DataFrame]:
+    """Every run's CSV under folder, without the wall-clock column."""
+    return {p.name: pd.read_csv(p).drop(columns=["seconds"]) for p in sorted(folder.rglob("results_*.csv"))}
+
+
+def plan(name: str, **filters) -> list[tuple[str, list]]:
+    return grid.plan_experiment(grid.load_experiment(grid.experiment_path(name)), "/tmp/x", grid.Filters(**filters))
+
+
+def runs_of(name: str, **filters) -> list:
+    return [c for _, cfgs in plan(name, **filters) for c in cfgs]
+
+
+@pytest.mark.parametrize("name", grid.experiment_names())
+def test_every_experiment_file_loads_and_its_runs_are_valid_and_distinct(name):
+    parts = plan(name)
+    cfgs = [c for _, cfgs in parts for c in cfgs]
+    assert cfgs and all(suite in grid.SUITES for suite, _ in parts)
+    assert len({(c.log_dir, run_name(c)) for c in cfgs}) == len(cfgs)  # no two runs write one file
+    assert all(c.tag.split("-", 1)[0] in grid.SUITES for c in cfgs)
+
+
+def test_the_grid_pairs_every_two_stage_run_with_its_control_on_its_stage1():
+    cfgs = runs_of("grid")
+    assert len(cfgs) == 5 * 2 * 3 * 2  # models x scenarios x seeds x (two-stage, control)
+    runs = {(c.model_name, c.imbalance_type, c.seed, c.exp_name): c for c in cfgs}
+    for (model, scen, seed, exp), cfg in runs.items():
+        if exp == "baseline":
+            control = runs[(model, scen, seed, "control")]
+            assert (control.dynamic_mode, control.stage2_loss_type) == ("none", "ce")
+            assert (cfg.dynamic_mode, cfg.stage2_loss_type) == ("loss", "focal")
+            assert stage1_hash(control) == stage1_hash(cfg)
+
+
+def test_each_tuning_point_moves_one_knob_from_its_default_run_and_shares_its_stage1():
+    knobs = ({"stage2_lr"}, {"min_weight", "max_weight"}, {"stage2_focal_gamma"}, {"dynamic_mode"})
+    cfgs = runs_of("tuning", models=["resnet10"], scenarios=["long_tail"], seeds=[0])
+    default = dataclasses.asdict(next(c for c in cfgs if c.exp_name == "default"))
+    points = [c for c in cfgs if c.exp_name != "default"]
+    assert len(points) == 8
+    for cfg in points:
+        moved = {k for k, v in dataclasses.asdict(cfg).items() if v != default[k] and k != "exp_name"}
+        assert moved in knobs or moved <= {"min_weight", "max_weight"} and moved, (cfg.exp_name, moved)
+        assert stage1_hash(cfg) == stage1_hash(cfgs[0])
+
+
+def test_ablation_variants_share_the_stage1_of_compare_reduced():
+    """Each variant is the default two-stage run with its settings (``base:`` gives it the budget of
+    compare_reduced.yaml), and shares stage 1 with that file's cross-entropy run of the same seed."""
+    compare = {c.seed: c for c in runs_of("compare_reduced", methods=["ce"])}
+    variants = runs_of("ablation")
+    assert len(variants) == 3 * 8 and {c.log_dir for c in variants} == {compare[0].log_dir}
+    for cfg in variants:
+        assert cfg.method == "two_stage_ictta" and cfg.exp_name.startswith("abl-")
+        assert stage1_hash(cfg) == stage1_hash(compare[cfg.seed])
+
+
+def test_filters_keep_and_seeds_replace():
+    cfgs = runs_of("compare_reduced", methods=["ce", "ldam_drw"], seeds=[4])
+    assert {(c.method, c.seed) for c in cfgs} == {("ce", 4), ("ldam_drw", 4)}
+    assert all(c.stage1_epochs == 16 and c.schedule == "step" and c.lr_milestones == (16, 18) for c in cfgs)
+
+
+def test_set_overrides_every_run_and_reads_numbers_as_their_field_wants():
+    assert grid.parse_set(["stage2_lr=0.03", "weight_decay=5e-4", "n_max=500", "lr_milestones=[1, 2]"]) == \
+        {"stage2_lr": 0.03, "weight_decay": 5e-4, "n_max": 500, "lr_milestones": (1, 2)}
+    cfgs = runs_of("smoke", settings=grid.parse_set(["stage2_lr=0.03"]))
+    assert {c.stage2_lr for c in cfgs} == {0.03}
+    with pytest.raises(ValueError, match="did you mean stage2_lr"):
+        grid.parse_set(["stage2_lrr=0.03"])
+
+
+@pytest.mark.parametrize("text, where", [
+    ("folder: x\nparts: [{suite: compare, methods: [ce]}]\nmodels: [resnet10]\nscenarios: [long_tail]\n"
+     "seeds: [0]\nsetings: {}\n", "setings: unknown key"),
+    ("folder: x\nparts: [{suite: comparison, methods: [ce]}]\n", "parts[0].suite: 'comparison' is not one of"),
+    ("folder: x\nmodels: [resnet10]\nscenarios: [long_tail]\nseeds: [0]\n"
+     "parts: [{suite: compare, methods: [ce, drw2]}]\n", "parts[0].methods: 'drw2' is not one of"),
+    ("folder: x\nmodels: [resnet10]\nscenarios: [long_tail]\nseeds: [0]\n"
+     "parts: [{suite: baseline, runs: [{stage2_lr: -1}]}]\n", "parts[0].runs[0]: stage2_lr=-1.0 is invalid"),
+    ("folder: x\nmodels: [resnet10]\nscenarios: [long_tail]\nseeds: [0]\n"
+     "parts: [{suite: baseline, runs: [{ema: 0.5}]}]\n", "parts[0].runs[0].ema: unknown setting; did you mean"),
+    ("folder: x\nparts: [{suite: baseline, seeds: zero, runs: [{}]}]\nmodels: [resnet10]\nscenarios: [long_tail]\n",
+     "parts[0].seeds: 'zero' is not a list"),
+    ("folder: x\n  parts: [\n", "not valid YAML at line"),
+    ("- just a list\n", "expected a mapping"),
+])
+def test_a_broken_experiment_file_is_one_line_naming_the_file_and_the_key(tmp_path, capsys, text, where):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        grid.main([str(path), "--dry-run", "--no-estimate", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert f"{path}: " in err and where in err, err
+
+
+def test_a_missing_experiment_names_the_ones_there(capsys):
+    with pytest.raises(SystemExit) as e:
+        grid.main(["--profile", "nope", "--dry-run"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "no such experiment file" in err and "literature" in err
+
+
+def _grid_cmd(data_root: Path, out: Path) -> list[str]:
+    return [sys.executable, "run_all_models.py", "--profile", "smoke_grid", "--scenarios", "long_tail",
+            "--data-root", str(data_root), "--out", str(out), "--device", "cpu", "--quiet"]
+
+
+def test_smoke_grid_runs_end_to_end_and_skips_on_rerun(synthetic_root, tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run(_grid_cmd(synthetic_root, out), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = read_results(out)
+    assert set(files) == {f"results_{e}_resnet10_long_tail_imb0.1_seed0.csv"
+                          for e in ("baseline", "control", "tune-lr0.003-w1-8-g1.5-loss")}
+    assert len(list((out / "smoke" / "stage1").glob("*.pt"))) == 1  # one stage 1 for all three
+    assert "3 done" in r.stdout and "0 failed" in r.stdout
+    again = subprocess.run(_grid_cmd(synthetic_root, out), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "3 skipped" in again.stdout
+    for name, df in read_results(out).items():
+        pd.testing.assert_frame_equal(df, files[name])
+
+
+def test_plan_progress_dry_run_and_estimate(synthetic_root, tmp_path, capsys, monkeypatch):
+    """The plan comes before the first run, with its timed estimate; one bar runs over the whole
+    experiment; a dry run prints the plan, writes nothing and times nothing once everything is finished."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root, data, ignore=shutil.ignore_patterns(".*"))  # no decoded cache yet
+    before = sorted(p.name for p in data.rglob("*"))
+    argv = _grid_cmd(data, tmp_path / "out")[2:-1]  # in-process, progress bars on
+    assert grid.main(argv + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: 3 runs (baseline 2, tuning 1), 1 + 1 epochs each\n" \
+           "  0 finished before (skipped), 3 to run, training 1 stage 1 (the others share one)" in out
+    assert "estimated time here, one run after another: " in out and "resnet10" in out
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in data.rglob("*")) == before
+
+    assert grid.main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.index("plan: 3 runs") < captured.out.index("3 done")
+    bar = captured.err.replace("\r", "\n")
+    assert "grid 100%" in bar and "run 3/3: tuning-smoke" in bar and "<00:00]" in bar
+    assert bar.count("grid   0%") >= 1 and "run 1/3" in bar  # one bar for both parts
+
+    monkeypatch.setattr(grid, "time_model", lambda *a, **k: pytest.fail("timed with nothing to run"))
+    assert grid.main(argv + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "3 finished before (skipped), 0 to run" in out and "estimated" not in out
+    assert grid.main(argv + ["--dry-run", "--seeds", "1", "--no-estimate"]) == 0
+    assert "3 to run" in capsys.readouterr().out
+    assert grid.main(argv + ["--dry-run", "--seeds", "1", "0", "1", "--no-estimate"]) == 0  # a repeated value counts once
+    assert "plan: 6 runs" in capsys.readouterr().out
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    assert grid.main(argv + ["--dry-run", "--no-estimate", "--data-root", str(moved)]) == 0  # the last --data-root wins
+    out = capsys.readouterr().out
+    assert "3 finished before (skipped)" in out and f"3 of the finished runs read their data from {data}, not" in out
+
+
+def test_grid_reports_a_failed_run_and_goes_on(synthetic_root, tmp_path, monkeypatch):
+    real = launch.run_two_stage
+    calls = []
+
+    def flaky(cfg):
+        calls.append(cfg.exp_name)
+        if cfg.exp_name == "baseline":
+            raise FloatingPointError("training loss became nan")
+        return real(cfg)
+
+    monkeypatch.setattr(launch, "run_two_stage", flaky)
+    [(_, cfgs), _] = grid.plan_experiment(grid.load_experiment(grid.experiment_path("smoke_grid")), tmp_path,
+                                          grid.Filters(scenarios=["long_tail"],
+                                                       settings=dict(data_root=str(synthetic_root), device="cpu")))
+    report = launch.run_grid(cfgs, quiet=True)
+    assert len(report["failed"]) == 1 and "nan" in report["failed"][0]["error"]
+    assert len(report["done"]) == 1 and calls == ["baseline", "control"]
+    assert "1 failed" in launch.format_report(report)
+
+
+def test_grid_cli_rejects_bad_input_with_usage_error(tmp_path):
+    junk = tmp_path / "junk"  # a folder with files but no dataset: no download is tried
+    junk.mkdir()
+    (junk / "notes.txt").write_text("not a dataset")
+    r = subprocess.run([sys.executable, "run_all_models.py", "--profile", "smoke", "--data-root",
+                        str(junk), "--out", str(tmp_path / "o")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "data_root" in r.stderr
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.csv"))
+
+
+def test_out_that_is_a_file_is_one_line_before_any_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(launch, "check_plan", lambda *a, **k: pytest.fail("the plan was checked: too late"))
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("notes")
+    with pytest.raises(SystemExit) as e:
+        grid.main(["--profile", "smoke", "--out", str(blocker)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert f"--out {blocker}: {blocker} is a file, not a folder" in err
+    assert blocker.read_text() == "notes"
+    with pytest.raises(SystemExit) as e:  # --status too: not "running ... pid -1 on ?" for every run
+        grid.main(["--profile", "smoke", "--status", "--out", str(blocker)])
+    assert e.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
+
+
+def runs_of_file(name, out, suite: str, **filters) -> list:
+    """The runs of one suite of an experiment, written under ``out``."""
+    parts = grid.plan_experiment(grid.load_experiment(grid.experiment_path(name)), out, grid.Filters(**filters))
+    return [c for s, cfgs in parts if s == suite for c in cfgs]
+
+
+@pytest.fixture(scope="module")
+def cifar100_results(tmp_path_factory):
+    """The compare suite (every method, long_tail) and the baseline suite (head_tail) of the smoke
+    profile on a synthetic CIFAR-100 in torchvision's format: 100 classes of 10 ... 1 training images."""
+    from conftest import make_cifar100_folder
+
+    tmp = tmp_path_factory.mktemp("c100")
+    make_cifar100_folder(tmp / "data", n_train=11, n_test=1)
+    small = dict(data_root=str(tmp / "data"), dataset="cifar100", device="cpu", n_max=10, val_per_class=1,
+                 stat_per_class=0, batch_size=128, threads=1)  # one thread: far faster on a busy machine
+    threads = torch.get_num_threads()
+    out = tmp / "out"
+    compare = launch.run_grid(runs_of_file("smoke", out, suite="compare", seeds=[0], settings=small), quiet=True)
+    baseline = launch.run_grid(runs_of_file("smoke_grid", out, suite="baseline", scenarios=["head_tail"],
+                                            settings=small), quiet=True)
+    torch.set_num_threads(threads)  # a run sets the process's threads; the other tests keep theirs
+    return tmp, compare, baseline
+
+
+def test_cifar100_every_method_and_scenario(cifar100_results):
+    tmp, compare, baseline = cifar100_results
+    assert compare["failed"] == [] and baseline["failed"] == []
+    assert len(compare["done"]) == len(METHODS) and len(baseline["done"]) == 2
+    out = tmp / "out" / "smoke-cifar100"  # never mixed with CIFAR-10 runs of the profile
+    files = read_results(out)
+    assert len(files) == len(METHODS) + 2
+    for name, df in files.items():
+        assert "_cifar100_" in name and (df["dataset"] == "cifar100").all()
+        assert {f"f1_{c}" for c in (0, 99)} <= set(df.columns) and "f1_100" not in df.columns
+        assert df["tag"].str.endswith("-smoke-cifar100").all()
+
+
+def test_cifar100_summary_and_figures(cifar100_results, tmp_path):
+    import plots
+    import summary_tuning
+
+    tmp, _, _ = cifar100_results
+    tables = summary_tuning.write_summary(tmp / "out", tmp_path / "tables", verbose=False)
+    assert set(tables["compare"]["method"]) >= set(METHODS)
+    plots.make_plots(tmp / "out", tmp_path / "figures", verbose=False)
+    for figure in ("compare/compare-smoke-cifar100_resnet10_long_tail_imb0.1.png",
+                   "per_class_f1/resnet10_head_tail_f1_vs_count.png",
+                   "class_weights/resnet10_head_tail_stage2_weights.png"):
+        assert (tmp_path / "figures" / figure).is_file(), figure
+
+
+def test_a_method_registered_in_one_place_runs_through_the_grid_and_the_summary(synthetic_root, tmp_path,
+                                                                                monkeypatch):
+    """A new method is one entry of methods.METHODS: an experiment file may name it, the command
+    line accepts it, the grid runs it and the summary tables it."""
+    import summary_tuning
+
+    monkeypatch.setitem(methods.METHODS, "toy", methods.Method("ce", "inverse", "focal", "effective", "a toy method"))
+    (tmp_path / "base.yaml").write_text((ROOT / "experiments" / "smoke.yaml").read_text())
+    (tmp_path / "toy.yaml").write_text("base: base.yaml\nmodels: [resnet10]\nscenarios: [long_tail]\nseeds: [0]\n"
+                                       "parts: [{suite: compare, methods: [drw, toy]}]\n")
+    assert "toy" in grid.build_parser().parse_args(["--methods", "toy"]).methods
+    threads = torch.get_num_threads()
+    cfgs = runs_of_file(tmp_path / "toy.yaml", tmp_path / "out", suite="compare",
+                        settings=dict(data_root=str(synthetic_root), device="cpu", threads=1))
+    report = launch.run_grid(cfgs, quiet=True)
+    torch.set_num_threads(threads)
+    assert report["failed"] == [] and len(report["done"]) == 2
+    tables = summary_tuning.write_summary(tmp_path / "out", tmp_path / "tables", verbose=False)
+    assert set(tables["compare"]["method"]) == {"drw", "toy"}
