@@ -98,7 +98,7 @@ def effective_number_weights(counts, beta: float = 0.9999) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Dynamic class weights
 
-DYNAMIC_MODES = ("loss", "val_loss", "val_error", "none")
+DYNAMIC_MODES = ("loss", "val_loss", "val_error", "train_eval_loss", "none")
 
 
 class DynamicClassWeights:
@@ -106,10 +106,15 @@ class DynamicClassWeights:
 
     ``dynamic_mode`` names the statistic: ``loss`` (mean training cross-entropy per class over the
     epoch), ``val_loss`` (mean cross-entropy per class on the held-out *statistic* split), ``val_error``
-    (1 - per-class recall on that split), or ``none`` (uniform weights of 1, the control). The
-    statistic split is balanced and disjoint from training, validation and test
-    (``data_loader.make_split``), so the validation split that selects epochs and settings never
-    feeds the weights.
+    (1 - per-class recall on that split), ``train_eval_loss`` (mean cross-entropy per class of the
+    training images after the epoch, in eval mode and without augmentation) or ``none`` (uniform
+    weights of 1, the control). The statistic split is balanced and disjoint from training,
+    validation and test (``data_loader.make_split``), so the validation split that selects epochs
+    and settings never feeds the weights. ``train_eval_loss`` is what ``train_eval.evaluate(model,
+    train_x, train_y, ...)["class_loss"]`` returns on the un-augmented training images (evaluate
+    gives each class's mean cross-entropy on whatever images it is handed). It still falls as the
+    network memorises its training images; what it drops is the augmentation and the drift within
+    the epoch that ``loss`` averages over. Only the held-out statistics measure what memorising hides.
 
     Each update smooths the statistic over epochs with an EMA and maps it into the weight range::
 

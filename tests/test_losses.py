@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import DynamicClassWeights, effective_number_weights, focal_loss, inverse_frequency_weights
+from losses import DYNAMIC_MODES, DynamicClassWeights, effective_number_weights, focal_loss, inverse_frequency_weights
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -277,3 +277,10 @@ def test_dynamic_weights_resume_onto_the_cpu_from_a_checkpoint_loaded_elsewhere(
     fresh = DynamicClassWeights(3)
     fresh.load_state_dict(DynamicClassWeights(3).state_dict())  # saved before any statistic
     assert fresh.smoothed is None
+
+
+def test_train_eval_loss_is_a_statistic_like_the_others():
+    """The mode only names where the statistic comes from; the map is the same."""
+    assert "train_eval_loss" in DYNAMIC_MODES
+    x = torch.tensor([0.2, 0.9, 0.4])
+    assert torch.equal(DynamicClassWeights(3, mode="train_eval_loss").update(x), DynamicClassWeights(3).update(x))
