@@ -98,7 +98,8 @@ def effective_number_weights(counts, beta: float = 0.9999) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Dynamic class weights
 
-DYNAMIC_MODES = ("loss", "val_loss", "val_error", "none")
+DYNAMIC_MODES = ("loss", "val_loss", "val_error", "train_eval_loss", "none")
+WEIGHT_MAPS = ("minmax", "power")  # how the smoothed statistic becomes weights (DynamicClassWeights)
 
 
 class DynamicClassWeights:
@@ -106,73 +107,138 @@ class DynamicClassWeights:
 
     ``dynamic_mode`` names the statistic: ``loss`` (mean training cross-entropy per class over the
     epoch), ``val_loss`` (mean cross-entropy per class on the held-out *statistic* split), ``val_error``
-    (1 - per-class recall on that split), or ``none`` (uniform weights of 1, the control). The
-    statistic split is balanced and disjoint from training, validation and test
-    (``data_loader.make_split``), so the validation split that selects epochs and settings never
-    feeds the weights.
+    (1 - per-class recall on that split), ``train_eval_loss`` (mean cross-entropy per class of the
+    training images after the epoch, in eval mode and without augmentation) or ``none`` (uniform
+    weights of 1, the control). The statistic split is balanced and disjoint from training,
+    validation and test (``data_loader.make_split``), so the validation split that selects epochs
+    and settings never feeds the weights. ``train_eval_loss`` is what ``train_eval.evaluate(model,
+    train_x, train_y, ...)["class_loss"]`` returns on the un-augmented training images (evaluate
+    gives each class's mean cross-entropy on whatever images it is handed). It still falls as the
+    network memorises its training images; what it drops is the augmentation and the drift within
+    the epoch that ``loss`` averages over. Only the held-out statistics measure what memorising hides.
 
-    Each update smooths the statistic over epochs with an EMA and maps it into the weight range::
+    Each update smooths the statistic over epochs with an EMA::
 
         s_t = x_1                                        (first update)
         s_t = ema_alpha * s_{t-1} + (1 - ema_alpha) * x_t
+
+    and ``weight_map`` maps it into weights. ``"minmax"`` (the default, the seed's map)::
+
         u_c = (1 - prior_blend) * unit(s)_c + prior_blend * unit(1 / n)_c
         w_c = min_weight + (max_weight - min_weight) * u_c
 
     with ``unit(v)_c = (v_c - min_k v_k) / (max_k v_k - min_k v_k)``, so with ``prior_blend = 0`` (the
-    default) the hardest class gets ``max_weight`` and the easiest ``min_weight``. ``prior_blend``
-    mixes in the class counts ``n`` (inverse frequency, as DRW's weights): 1 gives weights linear in
-    ``1 / n_c`` from ``min_weight`` (the largest class) to ``max_weight`` (the rarest). A spread within numerical
-    noise is no signal: when ``max s - min s <= SPREAD_ATOL + SPREAD_RTOL * max |s|`` every weight is
-    ``min_weight`` (so a statistic of [1, 1, 1 + 1e-7] gives uniform weights, not [1, 1, 8]). So is
-    it when there is no statistic yet (``stat=None``: no epoch before the first stage-2 one, as with
-    ``stage1_epochs=0``).
+    default) the hardest class gets ``max_weight`` and the easiest ``min_weight``, however small the
+    spread. ``prior_blend`` mixes in the class counts ``n`` (inverse frequency, as DRW's weights): 1
+    gives weights linear in ``1 / n_c`` from ``min_weight`` (the largest class) to ``max_weight`` (the
+    rarest). As ``w`` is affine in ``u``, this is also the same blend of the two maps' weights.
+
+    ``"power"`` keeps the statistic's magnitude: a class twice as hard weighs ``2^map_power`` times as
+    much (up to the clip), and classes that do about equally well get about equal weights. With the
+    training distribution ``p_c = n_c / sum_k n_k``::
+
+        s_bar = sum_c p_c s_c                            (mean statistic of a training image)
+        r_c   = (s_c / s_bar)^map_power
+        u_c   = r_c / sum_k p_k r_k                      (normalised: sum_c p_c u_c = 1)
+        v_c   = (1 - prior_blend) * u_c + prior_blend * n_bar / n_c,   n_bar = sum_k n_k / C
+        w_c   = clip(v_c, min_weight, max_weight)        (normalise first, then clip)
+
+    (:func:`power_weights` gives ``u``.) The prior ``n_bar / n_c`` is this map applied to ``x = 1 / n``
+    with power 1: inverse frequency, linear in ``1 / n`` and also of mean 1 under ``p``, so ``v`` is
+    a blend in weight space that keeps ``sum_c p_c v_c = 1``; ``prior_blend = 1`` gives
+    ``clip(n_bar / n_c)``. ``map_power = 0`` gives uniform weights (a control).
+
+    The bounds are weights on the scale where the average training image weighs 1 (before the clip).
+    With ``min_weight = 1`` (the default) no class weighs less than that average: classes easier
+    than it get 1, harder ones their ratio up to ``max_weight``. Under a long tail the average is
+    dominated by the head, so this floors the head and spreads the tail: one run's per-class
+    validation errors after stage 1 (resnet20 long_tail, 0.05 0.04 0.24 ... 0.94) give
+    ``u`` = 0.32 0.26 1.56 ... 6.09 and weights 1 1 1.56 ... 6.09. Bounds relative to the smallest
+    weight (``min_weight * u / min u``) were rejected: the easiest class's statistic is near 0 and
+    noisy, so ratios to it blow up (7 of that run's 10 classes would sit at ``max_weight``). Set
+    ``min_weight < 1`` to let classes easier than the average weigh less. The power map needs the
+    counts and a statistic ``s >= 0`` (a loss or an error); a negative one is a ``ValueError``.
+
+    A spread within numerical noise is no signal: when ``max s - min s <= SPREAD_ATOL + SPREAD_RTOL *
+    max |s|`` (:meth:`has_spread`), ``unit(s)`` is 0 (minmax) and ``u`` is 1 (power) for every class,
+    so equal statistics give equal weights: ``min_weight`` (minmax; [1, 1, 1 + 1e-7] gives uniform
+    weights, not [1, 1, 8]) or ``clip(1)`` (power), blended with the prior when ``prior_blend > 0``.
+    This covers ``s_bar = 0``, which happens only when every ``s_c = 0``. With no statistic yet
+    (``stat=None``: no epoch before the first stage-2 one, as with ``stage1_epochs=0``) every weight
+    is that uniform value, without the prior (:meth:`uniform_weight`). A NaN or infinite statistic
+    (a class the statistic split lacks) is refused with a :class:`FloatingPointError` rather than
+    read as an easy or a hard class.
     """
     SPREAD_ATOL = 1e-8  # in the statistic's units (a mean cross-entropy, or an error rate)
     SPREAD_RTOL = 1e-6  # relative to the largest |s|; float32 losses carry ~1e-7 relative noise
 
     def __init__(self, num_classes: int, min_weight: float = 1.0, max_weight: float = 8.0,
-                 ema_alpha: float = 0.8, mode: str = "loss", prior_blend: float = 0.0, counts=None):
-        if mode not in DYNAMIC_MODES:
-            raise ValueError(f"dynamic_mode={mode!r}; valid: {', '.join(DYNAMIC_MODES)}")
-        validate_weight_range(min_weight, max_weight)
-        if not 0 <= ema_alpha < 1:
-            raise ValueError(f"ema_alpha={ema_alpha!r} must lie in [0, 1)")
-        if not 0 <= prior_blend <= 1:
-            raise ValueError(f"prior_blend={prior_blend!r} must lie in [0, 1]")
-        if prior_blend and (counts is None or len(counts) != num_classes):
-            raise ValueError(f"prior_blend={prior_blend!r} needs the {num_classes} class counts")
-        self.prior_blend = float(prior_blend)
-        self.prior_unit = None if not prior_blend else self._unit(1.0 / torch.as_tensor(counts, dtype=torch.float64))
-        self.num_classes, self.mode = num_classes, mode
+                 ema_alpha: float = 0.8, mode: str = "loss", prior_blend: float = 0.0, counts=None,
+                 weight_map: str = "minmax", map_power: float = 1.0):
+        validate_dynamic_settings(mode, weight_map, map_power, min_weight, max_weight, ema_alpha, prior_blend)
+        n = None if counts is None else torch.as_tensor(counts, dtype=torch.float64).cpu()
+        needs_counts = bool(prior_blend) or weight_map == "power"
+        if needs_counts and (n is None or n.shape != (num_classes,) or not bool((n > 0).all())):
+            why = f"prior_blend={prior_blend!r}" if prior_blend else f"weight_map={weight_map!r}"
+            raise ValueError(f"{why} needs the {num_classes} class counts (each > 0); got {counts!r}")
+        self.num_classes, self.mode, self.weight_map = num_classes, mode, weight_map
         self.min_weight, self.max_weight, self.ema_alpha = float(min_weight), float(max_weight), ema_alpha
+        self.prior_blend, self.map_power = float(prior_blend), float(map_power)
+        self.counts = n if weight_map == "power" else None
+        self.prior = None if not prior_blend else self._prior(n)  # the prior, in the map's own space
         self.smoothed: torch.Tensor | None = None  # s_t, float64 on the CPU
         self.weights = torch.ones(num_classes)
+
+    def _prior(self, n: torch.Tensor) -> torch.Tensor:
+        """``unit(1 / n)`` (minmax) or ``n_bar / n`` (power), as in the class docstring."""
+        return self._unit(1.0 / n) if self.weight_map == "minmax" else power_weights(1.0 / n, n, 1.0)
 
     def update(self, stat: torch.Tensor | None) -> torch.Tensor:
         """Fold in this epoch's statistic and return the new weights (float32, CPU)."""
         if self.mode == "none":
             return self.weights
         if stat is None and self.smoothed is None:
-            self.weights = torch.full((self.num_classes,), self.min_weight)
+            self.weights = torch.full((self.num_classes,), self.uniform_weight())
             return self.weights
         x = torch.as_tensor(stat, dtype=torch.float64).cpu()
         if x.shape != (self.num_classes,) or not torch.isfinite(x).all():
             raise FloatingPointError(f"per-class statistic for dynamic weights is not a finite "
                                      f"vector of {self.num_classes}: {x.tolist()}")
+        if self.weight_map == "power" and (x < 0).any():
+            raise ValueError(f"weight_map='power' needs a statistic >= 0 (a loss or an error): {x.tolist()}")
         a = self.ema_alpha
         self.smoothed = x.clone() if self.smoothed is None else a * self.smoothed + (1 - a) * x
-        unit = self._unit(self.smoothed)
-        if self.prior_blend:
-            unit = (1 - self.prior_blend) * unit + self.prior_blend * self.prior_unit
-        self.weights = (self.min_weight + (self.max_weight - self.min_weight) * unit).float()
+        self.weights = self._map(self.smoothed).float()
         return self.weights
+
+    def _map(self, s: torch.Tensor) -> torch.Tensor:
+        """The smoothed statistic's weights under ``weight_map`` (class docstring), in float64."""
+        if self.weight_map == "minmax":
+            unit = self._unit(s)
+            if self.prior_blend:
+                unit = (1 - self.prior_blend) * unit + self.prior_blend * self.prior
+            return self.min_weight + (self.max_weight - self.min_weight) * unit
+        v = power_weights(s, self.counts, self.map_power)
+        if self.prior_blend:
+            v = (1 - self.prior_blend) * v + self.prior_blend * self.prior
+        return v.clamp(self.min_weight, self.max_weight)
+
+    def uniform_weight(self) -> float:
+        """Every class's weight when all do equally well: ``min_weight`` (minmax), ``clip(1)`` (power)."""
+        if self.weight_map == "minmax":
+            return self.min_weight
+        return min(max(1.0, self.min_weight), self.max_weight)
+
+    @classmethod
+    def has_spread(cls, v: torch.Tensor) -> bool:
+        """Whether ``max v - min v > SPREAD_ATOL + SPREAD_RTOL * max |v|`` (more than noise)."""
+        return bool(v.max() - v.min() > cls.SPREAD_ATOL + cls.SPREAD_RTOL * v.abs().max())
 
     @classmethod
     def _unit(cls, v: torch.Tensor) -> torch.Tensor:
         """``(v - min v) / (max v - min v)``; zeros when the spread is within noise (docstring)."""
         span = v.max() - v.min()
-        is_signal = span > cls.SPREAD_ATOL + cls.SPREAD_RTOL * v.abs().max()
-        return (v - v.min()) / span if is_signal else torch.zeros_like(v)
+        return (v - v.min()) / span if cls.has_spread(v) else torch.zeros_like(v)
 
     def state_dict(self) -> dict:
         return {"smoothed": self.smoothed, "weights": self.weights}
@@ -183,6 +249,36 @@ class DynamicClassWeights:
         smoothed = state["smoothed"]
         self.smoothed = None if smoothed is None else smoothed.cpu()
         self.weights = state["weights"].cpu()
+
+
+def power_weights(stat, counts, power: float = 1.0) -> torch.Tensor:
+    """``u_c = r_c / sum_k p_k r_k`` with ``r_c = (s_c / s_bar)^power``, ``s_bar = sum_k p_k s_k`` and
+    ``p = counts / sum(counts)``: weights that follow the statistic's magnitude, of mean 1 under the
+    training distribution (float64). All ones when the spread of ``s`` is within noise
+    (:meth:`DynamicClassWeights.has_spread`), which covers ``s_bar = 0``. Needs ``s >= 0``, counts > 0."""
+    s = torch.as_tensor(stat, dtype=torch.float64)
+    if not DynamicClassWeights.has_spread(s):
+        return torch.ones_like(s)
+    p = torch.as_tensor(counts, dtype=torch.float64)
+    p = p / p.sum()
+    r = (s / (p * s).sum()) ** power  # s_bar > 0 here: some s_c > min s >= 0, and every p_c > 0
+    return r / (p * r).sum()
+
+
+def validate_dynamic_settings(mode: str, weight_map: str, map_power: float, min_weight: float,
+                              max_weight: float, ema_alpha: float, prior_blend: float) -> None:
+    """The checks of :class:`DynamicClassWeights`' settings that need no class counts."""
+    if mode not in DYNAMIC_MODES:
+        raise ValueError(f"dynamic_mode={mode!r}; valid: {', '.join(DYNAMIC_MODES)}")
+    if weight_map not in WEIGHT_MAPS:
+        raise ValueError(f"weight_map={weight_map!r}; valid: {', '.join(WEIGHT_MAPS)}")
+    validate_weight_range(min_weight, max_weight)
+    if not 0 <= ema_alpha < 1:
+        raise ValueError(f"ema_alpha={ema_alpha!r} must lie in [0, 1)")
+    if not 0 <= prior_blend <= 1:
+        raise ValueError(f"prior_blend={prior_blend!r} must lie in [0, 1]")
+    if not isinstance(map_power, (int, float)) or not math.isfinite(map_power) or map_power < 0:
+        raise ValueError(f"map_power={map_power!r} must be a finite number >= 0")
 
 
 def validate_weight_range(min_weight: float, max_weight: float) -> None:

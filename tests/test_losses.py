@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import DynamicClassWeights, effective_number_weights, focal_loss, inverse_frequency_weights
+from losses import (DYNAMIC_MODES, DynamicClassWeights, effective_number_weights, focal_loss,
+                    inverse_frequency_weights, power_weights)
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -277,3 +278,163 @@ def test_dynamic_weights_resume_onto_the_cpu_from_a_checkpoint_loaded_elsewhere(
     fresh = DynamicClassWeights(3)
     fresh.load_state_dict(DynamicClassWeights(3).state_dict())  # saved before any statistic
     assert fresh.smoothed is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Dynamic class weights: the seed's minmax map is the default, bit for bit
+
+def _seed_minmax(xs, lo, hi, a, prior_blend=0.0, counts=None):
+    """The seed's formula written out: EMA, then lo + (hi - lo) * blend of unit(s) and unit(1/n)."""
+    s, out = None, []
+    for x in xs:
+        x = torch.as_tensor(x, dtype=torch.float64)
+        s = x.clone() if s is None else a * s + (1 - a) * x
+        unit = (s - s.min()) / (s.max() - s.min())
+        if prior_blend:
+            inv = 1.0 / torch.as_tensor(counts, dtype=torch.float64)
+            unit = (1 - prior_blend) * unit + prior_blend * (inv - inv.min()) / (inv.max() - inv.min())
+        out.append((lo + (hi - lo) * unit).float())
+    return out
+
+
+@pytest.mark.parametrize("prior_blend", [0.0, 0.3])
+def test_dynamic_weights_default_map_is_the_seed_formula_bit_for_bit(prior_blend):
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.rand(10, generator=g, dtype=torch.float64) * 3 for _ in range(6)]
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    want = _seed_minmax(xs, 1.0, 8.0, 0.8, prior_blend, counts)
+    default = DynamicClassWeights(10, 1.0, 8.0, 0.8, "loss", prior_blend, counts)
+    named = DynamicClassWeights(10, 1.0, 8.0, 0.8, "loss", prior_blend, counts, weight_map="minmax", map_power=2.0)
+    for x, w in zip(xs, want):
+        assert torch.equal(default.update(x), w)
+        assert torch.equal(named.update(x), w)  # map_power belongs to the power map only
+
+
+# ----------------------------------------------------------------------------------------------
+# Dynamic class weights: the power map
+
+# n = (4, 2, 1, 1): p = (1/2, 1/4, 1/8, 1/8); s = (1, 2, 3, 6): s_bar = 17/8
+COUNTS4, STAT4 = [4, 2, 1, 1], [1.0, 2.0, 3.0, 6.0]
+
+
+def _power(lo, hi, beta=1.0, **kw):
+    return DynamicClassWeights(4, lo, hi, ema_alpha=0.0, counts=COUNTS4, weight_map="power", map_power=beta, **kw)
+
+
+def test_power_map_hand_computed_before_and_after_clipping():
+    # beta = 1: u = s / s_bar = 8/17 * (1, 2, 3, 6), already mean 1 under p
+    u1 = [8 / 17, 16 / 17, 24 / 17, 48 / 17]
+    assert power_weights(STAT4, COUNTS4, 1.0).tolist() == pytest.approx(u1, rel=1e-12)
+    assert _power(0.1, 10.0).update(torch.tensor(STAT4)).tolist() == pytest.approx(u1, rel=1e-6)
+    assert _power(1.0, 8.0).update(torch.tensor(STAT4)).tolist() == pytest.approx([1, 1, 24 / 17, 48 / 17], rel=1e-6)
+    assert _power(0.5, 2.0).update(torch.tensor(STAT4)).tolist() == pytest.approx([0.5, 16 / 17, 24 / 17, 2], rel=1e-6)
+    # beta = 2: r ~ s^2 = (1, 4, 9, 36), sum p s^2 = 57/8, so u = 8/57 * (1, 4, 9, 36)
+    u2 = [8 / 57, 32 / 57, 72 / 57, 288 / 57]
+    assert power_weights(STAT4, COUNTS4, 2.0).tolist() == pytest.approx(u2, rel=1e-12)
+    assert _power(0.1, 10.0, 2.0).update(torch.tensor(STAT4)).tolist() == pytest.approx(u2, rel=1e-6)
+    assert _power(1.0, 8.0, 2.0).update(torch.tensor(STAT4)).tolist() == pytest.approx([1, 1, 72 / 57, 288 / 57], rel=1e-6)
+    assert _power(0.5, 4.0, 2.0).update(torch.tensor(STAT4)).tolist() == pytest.approx([0.5, 32 / 57, 72 / 57, 4], rel=1e-6)
+
+
+def test_power_map_prior_blend_in_weight_space():
+    """v = (1 - b) u + b n_bar / n, n_bar = 2: the prior (1/2, 1, 2, 2) is inverse frequency of mean 1
+    under p, so b = 1 is linear in 1 / n and any blend keeps mean 1 before the clip."""
+    prior = [0.5, 1.0, 2.0, 2.0]
+    u1 = [8 / 17, 16 / 17, 24 / 17, 48 / 17]
+    only = _power(0.01, 100.0, prior_blend=1.0).update(torch.tensor(STAT4))
+    assert only.tolist() == pytest.approx(prior, rel=1e-6)
+    only_beta2 = _power(0.01, 100.0, beta=2.0, prior_blend=1.0).update(torch.tensor(STAT4))
+    assert only_beta2.tolist() == pytest.approx(prior, rel=1e-6)  # map_power shapes the statistic only
+    half = _power(0.01, 100.0, prior_blend=0.5).update(torch.tensor(STAT4))
+    assert half.tolist() == pytest.approx([0.5 * a + 0.5 * b for a, b in zip(u1, prior)], rel=1e-6)
+    p = torch.tensor(COUNTS4, dtype=torch.float64) / 8
+    assert (p * half.double()).sum().item() == pytest.approx(1.0, rel=1e-6)
+    assert _power(1.0, 8.0, prior_blend=1.0).update(torch.tensor(STAT4)).tolist() == pytest.approx([1, 1, 2, 2])
+
+
+@pytest.mark.parametrize("lo, hi", [(1.0, 8.0), (0.5, 2.0), (2.0, 4.0), (0.25, 0.5)])
+def test_power_map_equal_statistics_give_equal_weights(lo, hi):
+    """All s_c equal (s_bar = 0 included): u = 1 for every class, w = clip(1); the same before any
+    statistic."""
+    clip1 = min(max(1.0, lo), hi)
+    for stat in (torch.full((4,), 0.37), torch.zeros(4)):
+        assert _power(lo, hi).update(stat).tolist() == [clip1] * 4
+    assert _power(lo, hi).update(None).tolist() == [clip1] * 4
+    assert _power(lo, hi, beta=0.0).update(torch.tensor(STAT4)).tolist() == [clip1] * 4  # beta 0: uniform
+
+
+def test_power_map_keeps_a_spread_within_noise_small_where_minmax_spreads_it():
+    """End-of-training losses 0.010, 0.011, 0.012: the power map (beta 1) keeps them within 20 % of
+    one another; the minmax map spreads them over the whole [1, 8]."""
+    stat = torch.tensor([0.010, 0.011, 0.012], dtype=torch.float64)
+    counts = [5000, 500, 50]
+    power = DynamicClassWeights(3, 1.0, 8.0, ema_alpha=0.0, counts=counts, weight_map="power").update(stat)
+    assert power.max().item() / power.min().item() <= 1.2 + 1e-6
+    assert (torch.diff(power) > 0).all()  # still ordered by the statistic
+    unclipped = power_weights(stat, counts, 1.0)
+    assert unclipped.max().item() / unclipped.min().item() == pytest.approx(1.2, rel=1e-12)  # = s ratio
+    minmax = DynamicClassWeights(3, 1.0, 8.0, ema_alpha=0.0).update(stat)
+    assert minmax.tolist() == pytest.approx([1.0, 4.5, 8.0])
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 2.0, 3.0])
+def test_power_map_mean_one_under_training_distribution_then_clipped(beta):
+    g = torch.Generator().manual_seed(4)
+    counts = torch.tensor([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], dtype=torch.float64)
+    p = counts / counts.sum()
+    dyn = DynamicClassWeights(10, 0.5, 4.0, ema_alpha=0.0, counts=counts, weight_map="power", map_power=beta)
+    for _ in range(20):
+        stat = torch.rand(10, generator=g, dtype=torch.float64) * 2
+        u = power_weights(stat, counts, beta)
+        assert (p * u).sum().item() == pytest.approx(1.0, rel=1e-12)
+        w = dyn.update(stat)
+        assert ((w >= 0.5) & (w <= 4.0)).all()
+        torch.testing.assert_close(w, u.clamp(0.5, 4.0).float(), rtol=0, atol=0)
+        order = torch.argsort(stat)
+        assert (torch.diff(w[order]) >= 0).all()  # harder never weighs less
+
+
+def test_power_map_ema_and_resume():
+    """The EMA smooths the statistic, not the weights; a resumed map continues bit for bit."""
+    xs = [[1.0, 2.0, 3.0, 6.0], [3.0, 2.0, 1.0, 2.0], [0.5, 0.5, 4.0, 1.0]]
+    kw = dict(min_weight=0.1, max_weight=10.0, ema_alpha=0.5, counts=COUNTS4, weight_map="power", map_power=2.0)
+    dyn = DynamicClassWeights(4, **kw)
+    dyn.update(torch.tensor(xs[0]))
+    w = dyn.update(torch.tensor(xs[1]))
+    s = [0.5 * a + 0.5 * b for a, b in zip(xs[0], xs[1])]  # (2, 2, 2, 4)
+    assert dyn.smoothed.tolist() == s
+    assert w.tolist() == pytest.approx(power_weights(s, COUNTS4, 2.0).tolist(), rel=1e-6)
+    resumed = DynamicClassWeights(4, **kw)
+    resumed.load_state_dict({k: _OnGpu(v) for k, v in dyn.state_dict().items()})
+    assert torch.equal(resumed.weights, w)
+    assert torch.equal(resumed.update(torch.tensor(xs[2])), dyn.update(torch.tensor(xs[2])))
+    assert resumed.smoothed.tolist() == [1.25, 1.25, 3.0, 2.5]
+
+
+def test_train_eval_loss_is_a_statistic_like_the_others():
+    """The mode only names where the statistic comes from; the map is the same."""
+    assert "train_eval_loss" in DYNAMIC_MODES
+    x = torch.tensor([0.2, 0.9, 0.4])
+    assert torch.equal(DynamicClassWeights(3, mode="train_eval_loss").update(x), DynamicClassWeights(3).update(x))
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(weight_map="sqrt", counts=[3, 2, 1]), "weight_map"),
+    (dict(weight_map="power", map_power=-1.0, counts=[3, 2, 1]), "map_power"),
+    (dict(weight_map="power", map_power=float("nan"), counts=[3, 2, 1]), "map_power"),
+    (dict(weight_map="power"), "counts"),
+    (dict(weight_map="power", counts=[3, 0, 1]), "counts"),
+    (dict(weight_map="power", counts=[3, 2]), "counts"),
+])
+def test_power_map_bad_settings(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        DynamicClassWeights(3, **kwargs)
+
+
+def test_power_map_refuses_negative_and_missing_statistics():
+    dyn = DynamicClassWeights(3, counts=[3, 2, 1], weight_map="power")
+    with pytest.raises(ValueError, match=">= 0"):
+        dyn.update(torch.tensor([0.5, -0.1, 1.0]))
+    with pytest.raises(FloatingPointError):
+        dyn.update(torch.tensor([0.5, float("nan"), 1.0]))  # a class with no statistic
+    assert dyn.smoothed is None  # refused statistics leave the EMA untouched
