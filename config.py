@@ -193,6 +193,12 @@ class TwoStageConfig:
     prior_blend: float = opt(0.0, "dynamic weights: share of a count prior (inverse frequency) blended "
                                   "into the statistic, in [0, 1] (losses.DynamicClassWeights)", "method",
                                stage2_only=True, rule=number_in(0, 1))
+    weight_map: str = opt("minmax", "dynamic weights' map: minmax (the statistic's range onto [min_weight, "
+                                    "max_weight]) or power (w ~ (s/mean s)^map_power, mean 1 over the training "
+                                    "images, clipped to [min_weight, max_weight]; losses.DynamicClassWeights)",
+                          "method", losses.WEIGHT_MAPS, stage2_only=True)
+    map_power: float = opt(1.0, "the power map's exponent (0: uniform weights)", "method", stage2_only=True,
+                           rule=NON_NEGATIVE)
     stage2_schedule: str = opt("inherit", "stage-2 learning rate: inherit (the run's schedule goes on) or "
                                           "cosine (restart at stage2_lr, cosine to 0 over stage 2)", "schedule",
                                STAGE2_SCHEDULES, stage2_only=True)

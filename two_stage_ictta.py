@@ -262,7 +262,7 @@ def start_run(cfg: TwoStageConfig, rd: RunData, model, logger: RunLogger, made_b
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = data_loader.DeviceBatches(*rd.train, cfg.batch_size, rd.norm, gen, channels_last=cfg.channels_last)
     dyn = losses.DynamicClassWeights(rd.num_classes, cfg.min_weight, cfg.max_weight, cfg.ema_alpha,
-                                     cfg.dynamic_mode, cfg.prior_blend, rd.counts)
+                                     cfg.dynamic_mode, cfg.prior_blend, rd.counts, cfg.weight_map, cfg.map_power)
     run = Run(cfg, METHODS[cfg.method], rd, model, None, gen, batches, dyn, logger, made_by)
     run.optimizer = run.make_optimizer(model.parameters())
     return run
@@ -274,7 +274,8 @@ def class_weights(run: Run, stage: int) -> torch.Tensor | None:
     kind = run.method.weights(stage)
     if kind != "dynamic":
         return static_weights(kind, run.data.counts, run.cfg)
-    stat_fn = partial(_held_out_stat, run.model, run.data.norm, run.data.counts, run.cfg, run.data.stat)
+    images = run.data.train if run.cfg.dynamic_mode == "train_eval_loss" else run.data.stat
+    stat_fn = partial(_measured_stat, run.model, run.data.norm, run.data.counts, run.cfg, images)
     return run.dyn.update(_dynamic_stat(run.cfg.dynamic_mode, run.state, stat_fn))
 
 
@@ -477,20 +478,22 @@ def _log_epoch(logger: RunLogger, res: dict, stage: int, epoch: int, global_epoc
 
 def _dynamic_stat(mode: str, st: RunState, held_out_stat):
     """The per-class statistic that the next stage-2 epoch's weights come from: the last epoch's
-    training loss, or ``held_out_stat(mode)`` measured now, after it, on the statistic split.
+    training loss, or ``held_out_stat(mode)`` measured now, after it, in eval mode.
     None before any training epoch (``stage1_epochs=0``): no epoch has been seen yet."""
     if mode in ("none", "loss"):
         return st.train_class_loss
     return held_out_stat(mode) if st.step > 0 else None
 
 
-def _held_out_stat(model, norm, counts, cfg, stat_split, mode: str) -> torch.Tensor:
-    """``val_loss`` (per-class mean cross-entropy) or ``val_error`` (1 - per-class recall) of the
-    model on the statistic split (never the validation split, which selects); NaN for a class the
-    split lacks, which the weights refuse rather than read as an easy or a hard class."""
-    m = evaluate(model, *stat_split, norm, counts, batch_size=cfg.eval_batch_size,
+def _measured_stat(model, norm, counts, cfg, images, mode: str) -> torch.Tensor:
+    """The statistic measured in eval mode on ``images``: ``val_loss`` (per-class mean
+    cross-entropy) or ``val_error`` (1 - per-class recall) on the statistic split (never the
+    validation split, which selects), or ``train_eval_loss`` (per-class mean cross-entropy) on the
+    training images without augmentation; NaN for a class the images lack, which the weights
+    refuse rather than read as an easy or a hard class."""
+    m = evaluate(model, *images, norm, counts, batch_size=cfg.eval_batch_size,
                  precision=cfg.precision, channels_last=cfg.channels_last)
-    if mode == "val_loss":
+    if mode in ("val_loss", "train_eval_loss"):
         return m["class_loss"]
     error = 1.0 - torch.as_tensor(m["recall"], dtype=torch.float64)
     return torch.where(torch.as_tensor(m["support"]) > 0, error, torch.nan)

@@ -326,26 +326,28 @@ def test_real_data_small_subset(real_root, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# Issue 11: the held-out statistic, tau-norm's classifier, code identity
+# The measured statistic, tau-norm's classifier, code identity
 
-def test_held_out_statistic_reads_the_statistic_split_never_validation(tiny_run_kwargs, monkeypatch):
-    """val_loss / val_error weights come from the statistic split: every image the statistic sees
-    is one of split.stat_idx, none of split.val_idx."""
+@pytest.mark.parametrize("mode, images", [("val_loss", "stat_idx"), ("train_eval_loss", "train_idx")])
+def test_measured_statistic_reads_its_images_never_validation(tiny_run_kwargs, monkeypatch, mode, images):
+    """val_loss / val_error weights come from the statistic split, train_eval_loss from the training
+    images (un-augmented): every image the statistic sees is one of those, none of split.val_idx."""
     import data_loader
     import two_stage_ictta as tsi
     seen = []
-    real = tsi._held_out_stat
-    monkeypatch.setattr(tsi, "_held_out_stat",
+    real = tsi._measured_stat
+    monkeypatch.setattr(tsi, "_measured_stat",
                         lambda model, norm, counts, cfg, stat_split, mode:
                         seen.append(stat_split) or real(model, norm, counts, cfg, stat_split, mode))
-    run(**{**tiny_run_kwargs, "dynamic_mode": "val_loss"})
+    run(**{**tiny_run_kwargs, "dynamic_mode": mode})
     assert len(seen) == 2  # one per stage-2 epoch
     data = data_loader.load_dataset(tiny_run_kwargs["data_root"])
     split = data_loader.make_split(data.train_y, "long_tail", 0.2, val_per_class=5, stat_per_class=5, seed=0)
     as_images = lambda idx: data_loader.to_device_images(data.train_x[idx], "cpu")
     x, y = seen[0]
-    assert torch.equal(x, as_images(split.stat_idx)) and torch.equal(y, torch.from_numpy(data.train_y[split.stat_idx]))
-    assert not set(split.stat_idx.tolist()) & set(split.val_idx.tolist())
+    idx = getattr(split, images)
+    assert torch.equal(x, as_images(idx)) and torch.equal(y, torch.from_numpy(data.train_y[idx]))
+    assert not set(idx.tolist()) & set(split.val_idx.tolist())
 
 
 def test_tau_norm_drops_the_classifier_bias(tiny_run_kwargs):
@@ -571,9 +573,9 @@ def test_held_out_statistic_from_the_statistic_split(monkeypatch):
     monkeypatch.setattr(tsi, "evaluate", lambda *a, **k: {"class_loss": class_loss, "recall": np.array([1.0, 0.5, 0.25, 0.0]),
                                                           "support": np.array([5, 5, 5, 0])})
     cfg = TwoStageConfig("simplecnn", "long_tail")
-    error = tsi._held_out_stat(None, None, [4, 3, 2, 1], cfg, (None, None), "val_error")
+    error = tsi._measured_stat(None, None, [4, 3, 2, 1], cfg, (None, None), "val_error")
     assert error[:3].tolist() == [0.0, 0.5, 0.75] and math.isnan(error[3])
-    assert tsi._held_out_stat(None, None, [4, 3, 2, 1], cfg, (None, None), "val_loss") is class_loss
+    assert tsi._measured_stat(None, None, [4, 3, 2, 1], cfg, (None, None), "val_loss") is class_loss
     with pytest.raises(FloatingPointError, match="not a finite vector"):
         tsi.losses.DynamicClassWeights(4, mode="val_error").update(error)
 
