@@ -16,8 +16,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import torch
-
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # local time of every "started" / "finished" / "failed" record
 
 
@@ -65,6 +63,8 @@ def atomic_write_text(path, text: str) -> None:
 
 
 def atomic_torch_save(obj, path) -> None:
+    import torch  # here, not at the top: the analysis scripts read result files without torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
