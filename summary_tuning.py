@@ -3,9 +3,12 @@ configuration over seeds, paired differences (two-stage vs its control, stage 2 
 points and ablation variants vs the default run), the best two-stage configuration chosen on
 validation, and the methods' comparison table.
 
-Reads only the ``results_*.csv`` files under ``--results`` (recursively): never the JSONs, never the
-code's configs, so it works on a grid that is still running. A run whose CSV does not reach its
-last epoch yet is listed in ``summary_tuning.csv`` (``complete=False``) but left out of every mean.
+Reads the ``results_*.csv`` files under ``--results`` (recursively) and, from the JSON beside each
+(the run's record), only what the CSV does not hold: the training count and name of each class
+(``class_counts``, ``classes``). It imports no training code (nor torch): what it knows about a
+method, model or scenario comes from the run files, so it works on a grid that is still running,
+on any machine that has pandas. A run whose CSV does not reach its last epoch yet is listed in
+``summary_tuning.csv`` (``complete=False``) but left out of every mean.
 
 Intervals are 95% Student-t intervals over seeds, ``mean ± t_{0.975, n-1} * std / sqrt(n)``
 (:func:`interval95`); with one seed there is none, and the text says "n=1, no interval".
@@ -28,7 +31,8 @@ Writes, in ``--out`` (default: the results folder):
 * ``compare_table.csv`` / ``compare_table.md``: for the compare suite, rows = methods, columns =
   test accuracy, macro-F1, tail macro-F1, many/medium/few accuracy in %, mean ± std [95% interval]
   over seeds, per (tag, model, scenario, imb_factor); at stage 2's last epoch (as the literature
-  reports) and at its best-by-validation epoch.
+  reports) and at its best-by-validation epoch. Methods are ranked by mean test macro-F1 at stage
+  2's last epoch, best first, in both selections (:func:`compare_table`).
 * ``paired_differences.csv`` / ``.md``: every paired comparison of :data:`COMPARISONS`, per
   (profile, model, scenario, imb_factor), in percentage points at stage 2's last epoch, on test and
   validation macro-F1 and tail macro-F1: n, mean, std, 95% interval, seeds won (and tied), and the
@@ -62,7 +66,6 @@ import pandas as pd
 
 import cli
 from results_logger import SCALAR_METRICS, atomic_write_text, summarize_rows
-from two_stage_ictta import METHODS
 
 RUN_GLOB = "results_*.csv"
 SUITES = ("baseline", "tuning", "compare", "ablation")
@@ -77,12 +80,7 @@ TUNED = ("stage2_lr", "min_weight", "max_weight", "stage2_focal_gamma", "dynamic
 COMPARE_METRICS = (("acc", "test acc"), ("macro_f1", "macro-F1"), ("tail_macro_f1", "tail macro-F1"),
                    ("many_acc", "many acc"), ("medium_acc", "medium acc"), ("few_acc", "few acc"))
 ABLATION_PREFIX = "abl-"  # exp_name of an ablation variant of the two-stage method
-
-
-def method_order() -> tuple:
-    """Display order of the compare table: the registry's (two_stage_ictta.METHODS), then the
-    baseline's control; unknown methods follow alphabetically."""
-    return (*METHODS, "control")
+RECORDED = ("class_counts", "classes")  # read from each run's JSON; one JSON text per row
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,8 +157,9 @@ def load_rows(results_dir, notes: list | None = None) -> pd.DataFrame:
     for df, path in frames.values():
         df = df.copy()
         df["source"] = str(path.relative_to(root))
-        counts = recorded_class_counts(path)
-        df["class_counts"] = json.dumps(counts) if counts else ""
+        recorded = recorded_in_json(path)
+        for k in RECORDED:
+            df[k] = json.dumps(recorded[k]) if recorded.get(k) else ""
         out.append(df)
     rows = pd.concat(out, ignore_index=True, sort=False)
     if "tag" not in rows:
@@ -182,7 +181,7 @@ def _plain(v):
 
 
 def identity_columns(columns) -> list[str]:
-    return [c for c in columns if c not in ROW_COLUMNS and c not in ("source", "class_counts")
+    return [c for c in columns if c not in ROW_COLUMNS and c != "source" and c not in RECORDED
             and not PER_CLASS.match(c)]
 
 
@@ -191,23 +190,40 @@ def num_classes(df: pd.DataFrame) -> int:
     return sum(1 for c in df.columns if c.startswith("f1_") and PER_CLASS.match(c) and df[c].notna().any())
 
 
-def recorded_class_counts(csv_path) -> list[int] | None:
-    """The training counts a run recorded in its JSON (``class_counts``), beside its CSV; None
-    when that JSON is missing or unreadable. The analysis assumes no dataset's counts."""
+def recorded_in_json(csv_path) -> dict:
+    """What a run recorded in its JSON beside its CSV, of :data:`RECORDED`: the training count
+    (``class_counts``) and the name (``classes``) of each class; those it lacks, or all when the
+    JSON is missing or unreadable, are left out. The analysis assumes no dataset's counts or names."""
     try:
-        counts = json.loads(Path(csv_path).with_suffix(".json").read_text()).get("class_counts")
+        record = json.loads(Path(csv_path).with_suffix(".json").read_text())
     except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    out = {k: record[k] for k in RECORDED if record.get(k)}
+    if "class_counts" in out:
+        out["class_counts"] = [int(c) for c in out["class_counts"]]
+    return out
+
+
+def _recorded(df: pd.DataFrame, key: str) -> list | None:
+    """The first value of the ``key`` column (of :data:`RECORDED`) that a run filled in, decoded."""
+    if key not in df:
         return None
-    return [int(c) for c in counts] if counts else None
+    known = [v for v in df[key] if isinstance(v, str) and v]
+    return json.loads(known[0]) if known else None
 
 
 def class_counts_of(df: pd.DataFrame) -> list[int] | None:
     """A run's (or a configuration's) training counts, from the ``class_counts`` column that
     :func:`load_rows` fills from the runs' JSONs."""
-    if "class_counts" not in df:
-        return None
-    known = [v for v in df["class_counts"] if isinstance(v, str) and v]
-    return json.loads(known[0]) if known else None
+    return _recorded(df, "class_counts")
+
+
+def class_names_of(df: pd.DataFrame) -> list[str] | None:
+    """A run's (or a configuration's) class names, from the ``classes`` column that
+    :func:`load_rows` fills from the runs' JSONs."""
+    return _recorded(df, "classes")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -857,6 +873,7 @@ def best_configs(agg: pd.DataFrame, by=BEST_KEY, notes: list | None = None,
 # The methods side by side
 
 SELECTIONS = {"final": "stage-2 last epoch", "best": "stage-2 best-by-validation epoch"}
+COMPARE_CASE = ["tag", "model", "scenario", "imb_factor"]  # one table of methods each
 
 
 def compare_table(agg: pd.DataFrame, suites=("compare",)) -> pd.DataFrame:
@@ -864,7 +881,10 @@ def compare_table(agg: pd.DataFrame, suites=("compare",)) -> pd.DataFrame:
     (``final``: stage 2's last epoch, ``best``: its best-by-validation epoch); columns = the test
     metrics in %, ``<m>_pct_mean`` / ``_std`` / ``_ci95_lo`` / ``_ci95_hi`` (the 95% Student-t
     interval over seeds) and ``<m>_pct``, the text of :func:`fmt_stat` ("mean ± std [lo, hi]", or
-    "mean (n=1, no interval")."""
+    "mean (n=1, no interval").
+
+    Within a case the methods are ranked by :func:`method_rank` (the ``final`` selection's mean
+    test macro-F1, best first), in both selections, so that the two tables list them alike."""
     df = agg[agg["suite"].isin(suites)] if len(agg) else agg
     rows = []
     for _, r in df.iterrows():
@@ -881,11 +901,21 @@ def compare_table(agg: pd.DataFrame, suites=("compare",)) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     if not len(out):
         return out
-    rank = {m: i for i, m in enumerate(method_order())}
-    out["_order"] = out["method"].map(lambda m: (rank.get(m, len(rank)), m))
+    out["_rank"] = method_rank(out)
     out["_sel"] = out["selection"].map(list(SELECTIONS).index)  # final first
-    out = out.sort_values(["tag", "model", "scenario", "imb_factor", "_sel", "_order"], kind="stable")
-    return out.drop(columns=["_order", "_sel"]).reset_index(drop=True)
+    out = out.sort_values([*COMPARE_CASE, "_sel", "_rank", "method"], kind="stable")
+    return out.drop(columns=["_rank", "_sel"]).reset_index(drop=True)
+
+
+def method_rank(table: pd.DataFrame) -> pd.Series:
+    """Each row's sort key within its case: minus its method's mean test macro-F1 at stage 2's
+    last epoch (the ``final`` selection, as the literature ranks methods), so the best comes
+    first; a method without one goes last. The order comes from the results, not from a list of
+    method names, so a new method needs no change here."""
+    final = table[table["selection"] == "final"]
+    score = final.groupby([*COMPARE_CASE, "method"], dropna=False)["test_macro_f1_pct_mean"].max()
+    keys = pd.MultiIndex.from_frame(table[[*COMPARE_CASE, "method"]])
+    return pd.Series(-score.reindex(keys).to_numpy(), index=table.index).fillna(np.inf)
 
 
 def compare_markdown(table: pd.DataFrame) -> str:
@@ -1023,9 +1053,27 @@ def format_report(t: dict, notes: list[str]) -> str:
     return "\n".join(lines)
 
 
+HELP = """\
+Tables from the run files under --results (every results_*.csv, searched in sub-folders too,
+and the .json beside each). Unfinished runs are listed but left out of every mean. Metrics are
+mean ± std over seeds with a 95% interval; a configuration of one seed has no interval.
+
+Writes into --out (default: the results folder):
+  summary_tuning.csv             one row per run
+  summary_tuning_agg.csv         one row per configuration: mean, std, 95% interval over seeds
+  best_configs.csv               the best two-stage configuration, chosen on validation macro-F1
+  compare_table.csv, .md         the methods side by side, best test macro-F1 first
+  paired_differences.csv, .md    two-stage minus its control, stage 2 minus stage 1, and more
+  ablation_table.csv, .md        each ablation variant against the default run and against drw
+
+example:
+  python summary_tuning.py --results results --out results
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = cli.ArgumentParser(description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
     p.add_argument("--results", default="results", help="folder scanned recursively for results_*.csv")
     p.add_argument("--out", default=None, help="folder for the tables (default: the results folder)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")

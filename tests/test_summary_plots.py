@@ -148,15 +148,24 @@ def test_mean_and_std_over_seeds(tmp_path):
 def test_compare_table(tmp_path):
     res = tmp_path / "results"
     pins = {"ce": (0.40, 0.44), "ldam_drw": (0.50, 0.52), "two_stage_ictta": (0.47, 0.47)}
+
+    def metrics(stage, epoch, split, f1, method):
+        if method == "two_stage_ictta" and (stage, epoch) == (2, 1):  # its best-by-validation epoch: test 60%
+            f1 = {"val": 0.90, "test": 0.60}[split]
+        return {"macro_f1": f1, "acc": f1 + 0.1, "few_acc": f1 / 2}
+
     for method, values in pins.items():
         for seed, f1 in enumerate(values):
-            write_run(res, lambda s, e, split, f1=f1: {"macro_f1": f1, "acc": f1 + 0.1, "few_acc": f1 / 2},
+            write_run(res, lambda s, e, split, f1=f1, method=method: metrics(s, e, split, f1, method),
                       exp_name=method, method=method, seed=seed, tag="compare-reduced", model="resnet32", n_max="")
     write_run(res, tag="baseline-quick")  # another suite: not in the table
     out = st.write_summary(res, tmp_path / "out", verbose=False)
     table = out["compare"]
     final = table[table["selection"] == "final"].set_index("method")
-    assert list(final.index) == ["ce", "ldam_drw", "two_stage_ictta"]  # METHODS' order
+    assert list(final.index) == ["ldam_drw", "two_stage_ictta", "ce"]  # by test macro-F1 (51, 47, 42), best first
+    best = table[table["selection"] == "best"].set_index("method")
+    assert best.loc["two_stage_ictta", "test_macro_f1_pct_mean"] == pytest.approx(60.0)  # first by its own numbers,
+    assert list(best.index) == list(final.index)  # yet listed as in the final table, so the two read alike
     assert set(table["selection"]) == {"final", "best"} and set(table["tag"]) == {"compare-reduced"}
     ce = final.loc["ce"]
     assert ce["test_macro_f1_pct_mean"] == pytest.approx(42.0)
