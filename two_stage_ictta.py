@@ -60,9 +60,10 @@ from train_eval import NonFiniteError, evaluate, resolve_device, train_one_epoch
 
 def data_read_elsewhere(cfg: TwoStageConfig, meta: dict) -> str | None:
     """The folder a finished run read its data from (``meta["data_source"]``, resolved), when it
-    is not ``cfg``'s data root nor inside it; None when it is, or when the run recorded no path."""
+    is not ``cfg``'s data root nor inside it; None when it is, or when the recorded path is
+    missing or relative (no telling from where it was read)."""
     source = meta.get("data_source")
-    if not source:
+    if not source or not Path(source).is_absolute():
         return None
     root, read = data_folder(cfg), Path(source).resolve()
     return None if read == root or root in read.parents else source

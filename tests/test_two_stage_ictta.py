@@ -362,10 +362,10 @@ def test_tau_norm_drops_the_classifier_bias(tiny_run_kwargs):
     x = data_loader.to_device_images(data.test_x, "cpu")
     y = torch.from_numpy(data.test_y)
     cfg = TwoStageConfig("simplecnn", "long_tail", eval_batch_size=64, precision="fp32", channels_last=False)
-    plain = methods._evaluate_tau_norm(model, norm, [40, 20, 10, 5], cfg, (x, y), (x, y))
+    plain = methods._evaluate_tau_norm(methods.EvalContext(model, norm, [40, 20, 10, 5], (x, y), (x, y), 512, cfg.precision, cfg.channels_last))
     with torch.no_grad():
         model.fc.bias.copy_(torch.tensor([1e4, 0.0, 0.0, 0.0]))
-    biased = methods._evaluate_tau_norm(model, norm, [40, 20, 10, 5], cfg, (x, y), (x, y))
+    biased = methods._evaluate_tau_norm(methods.EvalContext(model, norm, [40, 20, 10, 5], (x, y), (x, y), 512, cfg.precision, cfg.channels_last))
     assert biased["test"]["tau"] == plain["test"]["tau"]
     assert np.array_equal(biased["test"]["confusion"], plain["test"]["confusion"])
     assert biased["test"]["confusion"][:, 0].sum() < len(y)  # not everything predicted as class 0
@@ -399,14 +399,14 @@ def test_tau_norm_chooses_tau_on_validation_and_reports_test_at_it(monkeypatch):
     4^(1-tau) < 1.9, i.e. tau > 0.537: the smallest tau of the grid with both right is 0.6. Test:
     f = (1, 2.5) of class 0 is right only for tau < 0.339, so test would pick a smaller tau, and
     must not."""
-    monkeypatch.setattr(tsi, "predict", lambda model, x, *a, **k: x)  # the "images" are the features
+    monkeypatch.setattr(methods, "predict", lambda model, x, *a, **k: x)  # the "images" are the features
     model = torch.nn.Module()
     model.fc = torch.nn.Linear(2, 2, bias=False)
     with torch.no_grad():
         model.fc.weight.copy_(torch.tensor([[4.0, 0.0], [0.0, 1.0]]))
     val = (torch.tensor([[1.0, 0.0], [1.0, 1.9]]), torch.tensor([0, 1]))
     test = (torch.tensor([[1.0, 2.5], [0.0, 1.0]]), torch.tensor([0, 1]))
-    out = methods._evaluate_tau_norm(model, None, [2, 2], TwoStageConfig("simplecnn", "long_tail"), val, test)
+    out = methods._evaluate_tau_norm(methods.EvalContext(model, None, [2, 2], val, test, 512, "bf16", True))
     assert out["val"]["tau"] == out["test"]["tau"] == 0.6
     assert out["val"]["macro_f1"] == 1.0
     assert out["test"]["confusion"].tolist() == [[0, 1], [0, 1]]  # at tau 0.6 the class-0 test image is lost
@@ -526,13 +526,15 @@ OTHER_VALUE = {
 }
 
 
-def test_a_setting_added_later_keeps_earlier_stage1_identities_at_its_default():
-    """``stage1_when_set`` fields count for stage 1 only when set: this identity was stage1_hash's
-    before jpeg_quality existed (commit b3bbf74), so new runs pair with the runs made then."""
+def test_a_setting_at_its_default_leaves_identities_alone():
+    """An identity hashes the settings that differ from their defaults (the code fingerprint
+    guards the defaults), so a setting added with a default that keeps the old behaviour leaves
+    earlier runs' identities alone; set, it changes them."""
     base = TwoStageConfig("resnet10", "long_tail", method="ce", data_root="/data/cifar10")
-    assert [f.name for f in dataclasses.fields(TwoStageConfig) if f.metadata["stage1_when_set"]] == ["jpeg_quality"]
-    assert config.stage1_hash(base) == "72b2ea6b8bc5"
-    assert config.stage1_hash(dataclasses.replace(base, jpeg_quality=50)) != "72b2ea6b8bc5"
+    assert config.stage1_hash(dataclasses.replace(base, jpeg_quality=None)) == config.stage1_hash(base)
+    assert config.stage1_hash(dataclasses.replace(base, jpeg_quality=50)) != config.stage1_hash(base)
+    assert config.config_hash(dataclasses.replace(base, weight_map="minmax")) == config.config_hash(base)
+    assert config.config_hash(dataclasses.replace(base, weight_map="power")) != config.config_hash(base)
 
 
 def test_jpeg_quality_re_encodes_every_split_the_run_uses(tiny_run_kwargs):
