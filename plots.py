@@ -1,9 +1,12 @@
-"""Figures and small tables for a report, from the per-run result CSVs (and, for confusion
-matrices only, each run's JSON beside its CSV).
+"""Figures and small tables for a report, from the per-run result CSVs and each run's JSON
+beside its CSV (the training count and name of each class, and the confusion matrices).
 
 Reads the ``results_*.csv`` files under ``--results`` (via :mod:`summary_tuning`), so it plots
-a grid that is still running: a missing model, scenario or seed, or a run not finished yet, is
-left out and named in a note (printed, and written in the figure). Only finished runs are plotted.
+a grid that is still running: a model, scenario, method or seed that some run in the results has
+and a figure lacks, or a run not finished yet, is left out and named in a note (printed, and
+written in the figure). Only finished runs are plotted. Like :mod:`summary_tuning` it imports no
+training code (nor torch): what it knows of models, scenarios and methods comes from the run files.
+Models are shown in the order of :func:`model_order`, scenarios by name.
 Intervals are 95% Student-t intervals over seeds (:func:`summary_tuning.interval95`); with one seed
 a figure draws no error bar and says n=1. Paired differences pair runs by seed and shared stage 1.
 
@@ -15,9 +18,9 @@ reduced, quick, smoke that has baseline or tuning runs) and its baseline and tun
   with its 95% interval and seeds won, zero line;
 * ``bar_models_vs_scenario_macro_f1.png``: test macro-F1 at stage 2's last epoch, models x
   scenarios, two-stage vs its same-budget control, error bars = 95% intervals, n in the label;
-* ``line_depth_trend_macro_f1.png``: macro-F1 and tail macro-F1 against the depth of the
-  registry's ResNets (conv + linear layers counted in ``model.get_model(name)``), 95% intervals;
-  each panel's title says whether the intervals support a trend (:func:`trend_verdict`);
+* ``line_depth_trend_macro_f1.png``: macro-F1 and tail macro-F1 against the depth of the ResNets
+  in the results, as their names give it (:func:`resnet_depth`), 95% intervals; each panel's
+  title says whether the intervals support a trend (:func:`trend_verdict`);
 * ``heatmap_macro_f1.png``: model x scenario, two-stage macro-F1 (colour on the fixed 0-100 scale)
   and its paired gain over the control (colour symmetric around 0), mean and interval per cell;
 * ``tuning_sensitivity_macro_f1.png``: each one-knob tuning point's paired difference from the
@@ -34,7 +37,8 @@ reduced, quick, smoke that has baseline or tuning runs) and its baseline and tun
   training count, stage 1 vs stage 2, and the control's stage 2);
 * ``best_summary.csv`` (that choice, its test numbers with std and ci95, and the default run's
   paired difference from the control), ``best_hparams.csv`` (its settings) and
-  ``class_counts_imb01.csv`` (per-class training counts, both scenarios, 0.01).
+  ``class_counts_imb01.csv`` (per-class training counts at imbalance 0.01, per scenario, as the
+  runs recorded them).
 
 For compare-suite results: ``compare/<tag>_<model>_<scenario>_imb<f>.png``, methods x test metrics
 (mean ± std [interval]), and ``confusion/<tag>_<model>_<scenario>_imb<f>_best.png``, the method
@@ -50,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -63,8 +68,6 @@ from matplotlib.figure import Figure  # the object API: Agg canvas, no pyplot gl
 import cli
 import summary_tuning as st
 from results_logger import atomic_write_text
-from run_all_models import BASELINE_MODELS, SCENARIOS  # what the grid runs: figures name what it lacks
-from two_stage_ictta import METHODS
 
 ROLE_STYLE = {"two_stage": dict(color="tab:blue", label="two-stage (dynamic reweighting)"),
               "control": dict(color="tab:gray", label="same-budget control (stage 2: CE, uniform weights)")}
@@ -105,9 +108,31 @@ def _save(fig: Figure, path: Path, paths: list) -> Path:
     return path
 
 
-def _order(values, preferred) -> list:
-    vals = list(dict.fromkeys(v for v in values if pd.notna(v)))
-    return [v for v in preferred if v in vals] + sorted(v for v in vals if v not in preferred)
+def _names(values) -> list:
+    """The distinct names among ``values`` (no NaN), sorted."""
+    return sorted({v for v in values if pd.notna(v)})
+
+
+RESNET_NAME = re.compile(r"^resnet(\d+)$")
+
+
+def resnet_depth(model: str) -> int | None:
+    """The depth a ResNet's name gives (``resnet32`` -> 32), None for a model whose name is not
+    ``resnet<N>`` (``simplecnn``). Read from the name, since the run files record no depth and
+    the analysis builds no model; it is the name's number, not a count of layers."""
+    m = RESNET_NAME.match(str(model))
+    return int(m.group(1)) if m else None
+
+
+def model_order(models) -> list[str]:
+    """The distinct ``models``, as figures show them: those that are not ResNets by name, then the
+    ResNets shallowest first (:func:`resnet_depth`)."""
+    return sorted(_names(models), key=lambda m: (resnet_depth(m) is not None, resnet_depth(m) or 0, m))
+
+
+def resnet_depths(models) -> dict[str, int]:
+    """The ResNets among ``models`` and their depths, shallowest first."""
+    return {m: resnet_depth(m) for m in model_order(models) if resnet_depth(m) is not None}
 
 
 def _pct(v) -> float:
@@ -125,8 +150,8 @@ def choose_profile(summary: pd.DataFrame, profile: str | None = None) -> str | N
     have = list(dict.fromkeys(grid["profile"]))
     if profile is not None:
         if profile not in have:
-            raise ValueError(f"profile={profile!r} has no baseline/tuning runs; available: "
-                             f"{', '.join(repr(p) for p in have) or 'none'}")
+            raise ValueError(f"--profile {profile}: the results hold no baseline or tuning runs of this "
+                             f"profile; profiles that have some: {', '.join(repr(p) for p in have) or 'none'}")
         return profile
     for p in st.PROFILE_ORDER:
         if p in have:
@@ -305,22 +330,6 @@ def plot_bars(cells: pd.DataFrame, models, scenarios, title: str, notes: list, p
     return _save(fig, path, paths)
 
 
-def model_depth(name: str) -> int:
-    """Weighted layers of ``model.get_model(name)``: its Conv2d and Linear modules."""
-    import torch.nn as nn
-
-    import model
-    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.get_model(name).modules())
-
-
-def resnet_depths() -> dict[str, int]:
-    """The CIFAR ResNets of the model registry and their depths, shallowest first."""
-    import model
-    nets = {name: model.get_model(name) for name in model.MODELS}
-    depths = {name: model_depth(name) for name, net in nets.items() if isinstance(net, model.CifarResNet)}
-    return dict(sorted(depths.items(), key=lambda kv: kv[1]))
-
-
 def trend_verdict(points: dict[str, dict]) -> str:
     """What the intervals of one series (model -> ``interval95`` dict) allow one to say."""
     have = {m: s for m, s in points.items() if s["n"]}
@@ -334,11 +343,11 @@ def trend_verdict(points: dict[str, dict]) -> str:
     return "intervals apart (no correction for several pairs): " + ", ".join(f"{a} < {b}" for a, b in below)
 
 
-def plot_depth(cells: pd.DataFrame, scenarios, title: str, notes: list, path: Path, paths: list) -> Path:
-    """Macro-F1 and tail macro-F1 against ResNet depth (counted from the model), 95% intervals, the
-    seeds per depth under each tick; each panel's title says whether the two-stage macro-F1's
-    intervals show a trend."""
-    depth = resnet_depths()
+def plot_depth(cells: pd.DataFrame, models, scenarios, title: str, notes: list, path: Path, paths: list) -> Path:
+    """Macro-F1 and tail macro-F1 against the depth of the ResNets among ``models`` (as their names
+    give it), 95% intervals, the seeds per depth under each tick; each panel's title says whether
+    the two-stage macro-F1's intervals show a trend."""
+    depth = resnet_depths(models)
     fig, body = _new_figure(12, 5.6)
     axes = body.subplots(1, len(scenarios), sharey=True, squeeze=False)[0]
     lines = {("macro_f1", "two_stage"): dict(color="tab:blue", ls="-", marker="o"),
@@ -368,7 +377,7 @@ def plot_depth(cells: pd.DataFrame, scenarios, title: str, notes: list, path: Pa
         if not ax.has_data():
             ax.text(0.5, 0.5, "no finished ResNet runs", transform=ax.transAxes, ha="center", color="dimgray")
         ax.set_title(f"{sc.replace('_', '-')}\n{textwrap.fill('two-stage macro-F1: ' + verdict, 55)}", fontsize=10.5)
-        ax.set_xlabel("depth: conv + linear layers of the model (model.get_model)")
+        ax.set_xlabel("depth: the number in the model's name (resnet<depth>)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test F1 (%), stage 2's last epoch")
     handles, labels = axes[0].get_legend_handles_labels()
@@ -557,10 +566,11 @@ def dataset_name(runs: pd.DataFrame) -> str:
     return "CIFAR-10" if C == {10} else f"{'/'.join(map(str, sorted(C)))}-class data"
 
 
-def class_names(C: int) -> list[str]:
-    if C == 10:
-        import data_loader  # CIFAR-10's class names
-        return list(data_loader.CIFAR10_CLASSES)
+def class_names(C: int, recorded: list[str] | None = None) -> list[str]:
+    """The names of C classes: those the runs recorded (:func:`summary_tuning.class_names_of`),
+    else ``class 0``, ``class 1``, ..."""
+    if recorded is not None and len(recorded) == C:
+        return [str(name) for name in recorded]
     return [f"class {c}" for c in range(C)]
 
 
@@ -571,7 +581,7 @@ def plot_weights(runs: pd.DataFrame, best: pd.Series, counts, title: str, notes:
     s2 = runs[(runs["stage"] == 2) & (runs["split"] == "test")]
     w = s2.groupby("epoch")[w_cols].mean()
     norm, cmap = _count_colors(counts)
-    names = class_names(C)
+    names = class_names(C, st.class_names_of(runs))
     fig, body = _new_figure(10, 5.2)
     ax = body.subplots()
     named = C <= MAX_NAMED_CLASSES  # many classes: thin lines, the colour bar alone says which
@@ -648,7 +658,7 @@ def plot_per_class_f1(runs: pd.DataFrame, control_runs: pd.DataFrame | None, cou
     sorted_counts = np.asarray(counts)[order]
     for i in np.flatnonzero(np.diff(sorted_counts) != 0) if len(set(counts)) <= 3 else []:
         ax.axvline(i + 0.5, color="gray", ls=":", lw=1)
-    _class_ticks(ax, order, counts, class_names(C))
+    _class_ticks(ax, order, counts, class_names(C, st.class_names_of(runs)))
     ax.set_xlim(-0.7, C - 0.3)
     ax.set_xlabel("class, ordered by training images (tick: " + ("name and count)" if not few else "rank and count)"))
     ax.set_ylabel("test F1 of the class (%)")
@@ -691,17 +701,19 @@ def load_confusions(config_id: str, summary: pd.DataFrame, results_dir: Path, no
             lost = sum(m is None for m in mats)
             notes.append(f"config {config_id}: {stage} confusion matrix missing for {lost} of {len(mats)} run(s): "
                          f"{stage} not shown"
-                         + (" (a run resumed from a stage-2 checkpoint written by code before fe22112 lost it)"
+                         + (" (older code did not keep it when a run resumed from a stage-2 checkpoint)"
                             if stage == "stage1" else ""))
     return out
 
 
-def plot_confusion(mats: dict[str, np.ndarray], title: str, notes: list, path: Path, paths: list) -> Path:
+def plot_confusion(mats: dict[str, np.ndarray], recorded_names: list[str] | None, title: str, notes: list,
+                   path: Path, paths: list) -> Path:
     """Row-normalised test confusion matrices (rows = true class, each row sums to 1) at the end
-    of stage 1 and of stage 2, on one fixed colour scale from 0 to 1."""
+    of stage 1 and of stage 2, on one fixed colour scale from 0 to 1; classes named as the runs
+    recorded them (``recorded_names``)."""
     stages = [s for s in ("stage1", "stage2") if s in mats]
     C = mats[stages[0]].shape[0]
-    names = class_names(C)
+    names = class_names(C, recorded_names)
     order = np.arange(C)  # the dataset's class order: CIFAR-LT's counts fall with the index
     side = 4.2 if C <= 12 else 6.5
     fig, body = _new_figure(1.2 + side * len(stages) + 1.2, side + 1.9)
@@ -881,13 +893,15 @@ def _compare_figures(t: dict, root: Path, out: Path, paths: list, notes: list) -
     if not len(compare):
         return
     final = compare[compare["selection"] == "final"]
+    summary = t["summary"]
+    methods = _names(summary.loc[summary["suite"] == "compare", "variant"])  # of any compare run, finished or not
     best = st.best_configs(agg, by=("tag", "model", "scenario", "imb_factor"), notes=notes,
                            candidates=st.METHOD_CANDIDATES).set_index(["tag", "model", "scenario", "imb_factor"])
     for key, g in final.groupby(["tag", "model", "scenario", "imb_factor"], sort=False):
         gn = []
         if (g["n_seeds"] < 3).any():
             gn.append("fewer than 3 seeds: " + ", ".join(f"{m} {n}" for m, n in zip(g["method"], g["n_seeds"]) if n < 3))
-        absent = [m for m in METHODS if m not in set(g["method"])]
+        absent = [m for m in methods if m not in set(g["method"])]
         if absent:
             gn.append("no finished runs for " + ", ".join(absent))
         notes.extend(f"{key[0]} {key[1]}/{key[2]}: {n}" for n in gn)
@@ -897,19 +911,21 @@ def _compare_figures(t: dict, root: Path, out: Path, paths: list, notes: list) -
         plot_compare(g, f"Methods on {case}", gn, out / "compare" / f"{stem}.png", paths)
         if key in best.index:
             b = best.loc[key]
-            _confusion_figure(b, t["summary"], root, f"{case}: best of {int(b['n_candidates'])} methods by validation "
+            _confusion_figure(b, t, root, f"{case}: best of {int(b['n_candidates'])} methods by validation "
                               f"macro-F1, {b['variant']}", out / "confusion" / f"{stem}_best.png", paths, notes)
 
 
-def _confusion_figure(best: pd.Series, summary: pd.DataFrame, root: Path, what: str, path: Path, paths: list,
+def _confusion_figure(best: pd.Series, t: dict, root: Path, what: str, path: Path, paths: list,
                       notes: list) -> None:
+    summary = t["summary"]
     mine: list[str] = []
     mats = load_confusions(best["config_id"], summary, root, mine)
     notes.extend(mine)
     if "stage2" not in mats:  # the final model's matrix is the point of the figure
         notes.append(f"{path.name}: no stage-2 confusion matrix in the runs' JSONs: figure skipped")
         return
-    plot_confusion(mats, f"Test confusion matrices, row-normalised, summed over {_seed_text(int(best['n_seeds']))}\n"
+    names = st.class_names_of(_runs_of(best["config_id"], summary, t["rows"]))
+    plot_confusion(mats, names, f"Test confusion matrices, row-normalised, summed over {_seed_text(int(best['n_seeds']))}\n"
                    f"{what}", mine, path, paths)
 
 
@@ -944,8 +960,8 @@ def _grid_figures(t: dict, prof: str, root: Path, out: Path, paths: list, notes:
             f"{r.exp_name}/{r.model}/{r.scenario}/seed{r.seed}" for r in inc.itertuples()))
     cells = _one_per_cell(study[study["role"].isin(("two_stage", "control"))], ["model", "scenario", "role"], gnotes)
     paired = pairs_of_cells(paired, cells)
-    models = _order(list(BASELINE_MODELS) + list(cells["model"]), BASELINE_MODELS)
-    scenarios = list(SCENARIOS) + _order([s for s in cells["scenario"] if s not in SCENARIOS], ())
+    # what any run in the results has, finished or not: the figures name what they lack of it
+    models, scenarios = model_order(summary["model"]), _names(summary["scenario"])
     fig_notes = gnotes + missing_notes(cells, models, scenarios)
     notes.extend(f"{label}: {n}" for n in fig_notes)
     sub = f"{dataset_name(study)}, imbalance {imb:g}, {label}"
@@ -953,10 +969,13 @@ def _grid_figures(t: dict, prof: str, root: Path, out: Path, paths: list, notes:
                 out / "forest_paired_macro_f1.png", paths)
     plot_bars(cells, models, scenarios, f"Test macro-F1 per model and scenario: two-stage vs same-budget control\n({sub})",
               fig_notes, out / "bar_models_vs_scenario_macro_f1.png", paths)
-    resnets = list(resnet_depths())
-    depth_notes = gnotes + missing_notes(cells[cells["model"].isin(resnets)], resnets, scenarios)
-    plot_depth(cells, scenarios, f"Macro-F1 and tail macro-F1 against ResNet depth ({sub})", depth_notes,
-               out / "line_depth_trend_macro_f1.png", paths)
+    resnets = list(resnet_depths(models))
+    if resnets:
+        depth_notes = gnotes + missing_notes(cells[cells["model"].isin(resnets)], resnets, scenarios)
+        plot_depth(cells, resnets, scenarios, f"Macro-F1 and tail macro-F1 against ResNet depth ({sub})",
+                   depth_notes, out / "line_depth_trend_macro_f1.png", paths)
+    else:
+        notes.append(f"{label}: no ResNet (a model named resnet<depth>) in the results: depth figure skipped")
     plot_heatmap(cells, paired, models, scenarios, f"Test macro-F1, stage 2's last epoch ({sub})", fig_notes,
                  out / "heatmap_macro_f1.png", paths)
     plot_sensitivity(paired, study, models, scenarios, f"Tuning sensitivity: each knob's effect on macro-F1 "
@@ -964,16 +983,20 @@ def _grid_figures(t: dict, prof: str, root: Path, out: Path, paths: list, notes:
     for _, b in st.best_configs(study, by=("scenario", "imb_factor"), notes=notes).iterrows():
         model = study.loc[study["config_id"] == b["config_id"], "model"].iloc[0]
         n = int(b["n_candidates"])
-        _confusion_figure(b, summary, root, f"{b['scenario'].replace('_', '-')} ({sub}): best of {n} two-stage "
+        _confusion_figure(b, t, root, f"{b['scenario'].replace('_', '-')} ({sub}): best of {n} two-stage "
                           f"configuration{'s' if n != 1 else ''} by validation macro-F1, {model} {b['variant']}",
                           out / "confusion" / f"{b['scenario']}_best.png", paths, notes)
-    return _best_config_figures(t, study, cells, paired, prof, imb, out, paths, notes)
+    result = _best_config_figures(t, study, cells, paired, prof, imb, out, paths, notes)
+    counts = class_counts_table(t["rows"][t["rows"]["source"].isin(set(all_runs["source"]))], scenarios, notes)
+    atomic_write_text(out / "class_counts_imb01.csv", counts.to_csv(index=False))
+    paths.append(out / "class_counts_imb01.csv")
+    return {**result, "class_counts": counts}
 
 
 def _best_config_figures(t: dict, study, cells, paired, prof: str, imb: float, out: Path, paths: list,
                          notes: list) -> dict:
     """Per (model, scenario), the best two-stage configuration by validation macro-F1: learning
-    curves, class weights, per-class F1; and the tables best_summary, best_hparams, class_counts."""
+    curves, class weights, per-class F1; and the tables best_summary and best_hparams."""
     summary, rows = t["summary"], t["rows"]
     best = st.best_configs(study, by=("model", "scenario", "imb_factor"), notes=notes)
     vs_control = paired[(paired["comparison"] == "vs_control") & (paired["split"] == "test")
@@ -1024,38 +1047,61 @@ def _best_config_figures(t: dict, study, cells, paired, prof: str, imb: float, o
     for name, df in (("best_summary.csv", best_summary), ("best_hparams.csv", best_hparams)):
         atomic_write_text(out / name, df.to_csv(index=False))
         paths.append(out / name)
-    counts = class_counts_table(study, notes)
-    atomic_write_text(out / "class_counts_imb01.csv", counts.to_csv(index=False))
-    paths.append(out / "class_counts_imb01.csv")
-    return {"best": best, "best_summary": best_summary, "best_hparams": best_hparams, "class_counts": counts}
+    return {"best": best, "best_summary": best_summary, "best_hparams": best_hparams}
 
 
-def class_counts_table(study: pd.DataFrame, notes: list) -> pd.DataFrame:
-    """Per-class training counts of both scenarios at imbalance 0.01, for the study's n_max (its
-    most common, as its runs recorded it); empty, with a note, when no run recorded one or it is
-    too small for 0.01."""
-    import data_loader
-
-    C = int(study["num_classes"].mode().iloc[0]) if len(study) else 10
-    nm = study["n_max_effective"].dropna() if "n_max_effective" in study else pd.Series(dtype=float)
-    n_max = int(nm.mode().iloc[0]) if len(nm) else None
-    try:
-        counts = {sc: data_loader.class_counts(sc, 0.01, n_max, C) for sc in SCENARIOS} if n_max else None
-    except ValueError:  # e.g. the smoke profile's n_max=40 leaves empty classes at 0.01
-        counts = None
-    if counts is None:
-        notes.append(f"class_counts_imb01.csv: no usable n_max recorded (n_max={n_max}); table left empty")
-        return pd.DataFrame(columns=["class", "name", *SCENARIOS, "n_max"])
-    table = pd.DataFrame({"class": range(C), "name": class_names(C), **counts})
+def class_counts_table(runs: pd.DataFrame, scenarios, notes: list) -> pd.DataFrame:
+    """Per-class training counts at imbalance 0.01, one column per scenario (in the order of
+    ``scenarios``), as the ``runs`` (rows of :func:`summary_tuning.load_rows`, finished or not)
+    recorded them in their JSONs, at their most common n_max (largest count); empty, with a note,
+    when no run at 0.01 recorded its counts."""
+    at = runs[runs["imb_factor"] == 0.01]
+    recorded = [(g["scenario"].iloc[0], st.class_counts_of(g)) for _, g in at.groupby("source", sort=True)]
+    recorded = [(sc, counts) for sc, counts in recorded if counts]
+    if not recorded:
+        notes.append("class_counts_imb01.csv: no run at imbalance 0.01 recorded its training counts; table left empty")
+        return pd.DataFrame(columns=["class", "name", *scenarios, "n_max"])
+    n_max = int(pd.Series([max(counts) for _, counts in recorded]).mode().iloc[0])
+    of_n_max: dict[str, list[int]] = {}
+    for sc, counts in recorded:
+        if max(counts) == n_max:
+            of_n_max.setdefault(sc, counts)
+    C = len(next(iter(of_n_max.values())))
+    table = pd.DataFrame({"class": range(C), "name": class_names(C, st.class_names_of(at)),
+                          **{sc: of_n_max[sc] for sc in scenarios if len(of_n_max.get(sc, ())) == C}})
     table["n_max"] = n_max
     return table
 
 
+HELP = """\
+Figures and small tables for a report, from the run files under --results (every
+results_*.csv, searched in sub-folders too, and the .json beside each). Only finished runs are
+drawn; what a figure lacks (a model, scenario, method or seed that other runs have, or a run
+still going) is named in a note under it and printed. Error bars are 95% intervals over seeds;
+one seed draws none.
+
+Writes into --out:
+  forest_paired_macro_f1.png, bar_models_vs_scenario_macro_f1.png, heatmap_macro_f1.png,
+  line_depth_trend_macro_f1.png, tuning_sensitivity_macro_f1.png
+                    two-stage against its same-budget control, per model and scenario, for
+                    one profile (see --profile)
+  curves_best/, class_weights/, per_class_f1/, confusion/
+                    the best two-stage configuration per model and scenario, chosen on
+                    validation macro-F1
+  compare/, ablation/
+                    the methods side by side, and the ablation variants
+  best_summary.csv, best_hparams.csv, class_counts_imb01.csv
+
+example:
+  python plots.py --results results --out figures
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
-    p.add_argument("--results", default="results", help="folder scanned recursively for results_*.csv")
-    p.add_argument("--out", default="figures", help="folder for the figures and tables")
+    p = cli.ArgumentParser(description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
+    p.add_argument("--results", default="results", help="folder scanned recursively for results_*.csv (default: results)")
+    p.add_argument("--out", default="figures", help="folder for the figures and tables (default: figures)")
     p.add_argument("--profile", default=None, help="profile of the grid figures (default: the first of literature, full, reduced, "
                         "quick, smoke that has runs)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")

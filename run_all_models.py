@@ -233,28 +233,26 @@ def plan_experiment(exp: Experiment, out: str | Path, filters: Filters | None = 
     log_dir = str(Path(out) / label)
     parts = []
     for i, part in enumerate(exp.parts):
-        configs = []
-        for j, run in enumerate(part.runs):
-            settings = {"quiet": True, **exp.settings, **part.settings, **run, **f.settings}
-            if f.methods and settings.get("method", SETTINGS["method"].default) not in f.methods:
-                continue
-            configs += _configs(exp, part, settings, f"parts[{i}].runs[{j}]", f, log_dir, label)
+        runs = [(f"parts[{i}].runs[{j}]", {"quiet": True, **exp.settings, **part.settings, **run, **f.settings})
+                for j, run in enumerate(part.runs)]
+        runs = [(at, s) for at, s in runs if not f.methods or s.get("method", SETTINGS["method"].default) in f.methods]
+        keep = lambda values, only: [v for v in values if only is None or v in only]
+        configs = [_config(exp.path, at, model, scenario, seed, log_dir, f"{part.suite}-{label}", settings)
+                   for seed in (f.seeds or part.seeds) for model in keep(part.models, f.models)
+                   for scenario in keep(part.scenarios, f.scenarios) for at, settings in runs]
         parts.append((part.suite, configs))
     return parts
 
 
-def _configs(exp: Experiment, part: Part, settings: dict, at: str, f: Filters, log_dir: str, label: str) -> list:
-    """One run's configs over the part's seeds, models and scenarios (those the filters keep)."""
-    keep = lambda values, only: [v for v in values if only is None or v in only]
-    configs = [TwoStageConfig(model, scenario, seed=seed, log_dir=log_dir, tag=f"{part.suite}-{label}", **settings)
-               for seed in (f.seeds or part.seeds) for model in keep(part.models, f.models)
-               for scenario in keep(part.scenarios, f.scenarios)]
-    for cfg in configs[:1]:  # the settings are the same for all of them
-        try:
-            validate_config(cfg)
-        except ValueError as e:
-            raise ExperimentError(f"{exp.path}: {at}: {e}") from None
-    return configs
+def _config(path: Path, at: str, model: str, scenario: str, seed: int, log_dir: str, tag: str,
+            settings: dict) -> TwoStageConfig:
+    """One run's config, checked; an invalid setting names where in the file it comes from."""
+    try:
+        cfg = TwoStageConfig(model, scenario, seed=seed, log_dir=log_dir, tag=tag, **settings)
+        validate_config(cfg)
+    except ValueError as e:
+        raise ExperimentError(f"{path}: {at}: {e}") from None
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------

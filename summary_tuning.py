@@ -1074,7 +1074,7 @@ example:
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
                            allow_abbrev=False)
-    p.add_argument("--results", default="results", help="folder scanned recursively for results_*.csv")
+    p.add_argument("--results", default="results", help="folder scanned recursively for results_*.csv (default: results)")
     p.add_argument("--out", default=None, help="folder for the tables (default: the results folder)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p

@@ -309,7 +309,7 @@ def test_slurm_submission_status_and_resubmission_after_an_outage(synthetic_root
     for text in sbatch.values():
         for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --time=90",
                      "#SBATCH --mem=16GB", "#SBATCH --account=proj", "#SBATCH --qos=high",
-                     "#SBATCH --job-name=ictta-grid-smoke", "#SBATCH --array=0-1%2"):
+                     "#SBATCH --job-name=ictta-smoke", "#SBATCH --array=0-1%2"):
             assert line in text.splitlines(), (line, text)
         assert f"PYTHONPATH={ROOT}" in text and "-m submitit.core._submit" in text
     assert "--dependency" not in sbatch[4242]

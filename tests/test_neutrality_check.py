@@ -42,6 +42,6 @@ def test_a_folder_that_is_not_a_checkout_is_one_line(tmp_path, capsys):
 
 def test_a_failing_smoke_grid_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # the new side is this checkout; its grid fails on a data root with no data
-        neutrality_check.main(["--old", str(Path(neutrality_check.__file__).parent), "--data-root", str(tmp_path)])
+        neutrality_check.main(["--old", str(Path(neutrality_check.__file__).parents[1]), "--data-root", str(tmp_path)])
     err = capsys.readouterr().err.splitlines()
     assert e.value.code == 2 and "the smoke grid of --old failed (exit 2)" in err[-1]

@@ -41,7 +41,7 @@ def test_bad_settings_are_one_line_before_any_run(argv, says, tmp_path, capsys, 
 def test_a_missing_dataset_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--data-root", str(tmp_path / "nodata"), "--device", "cpu", "--out", str(tmp_path / "runs"),
-              "--json", str(tmp_path / "c.json"), "--profile", "smoke"])
+              "--json", str(tmp_path / "c.json"), "--experiment", "smoke"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "no dataset at data_root=" in err
 
@@ -51,7 +51,7 @@ def test_each_method_gets_its_own_paired_comparison(synthetic_root, tmp_path):
     runs fp32 and the fast path on every seed."""
     import json
     out = tmp_path / "check.json"
-    main(["--seeds", "0", "1", "--profile", "smoke", "--device", "cpu", "--data-root", str(synthetic_root),
+    main(["--seeds", "0", "1", "--experiment", "smoke", "--device", "cpu", "--data-root", str(synthetic_root),
           "--out", str(tmp_path / "runs"), "--json", str(out), "--methods", "ldam_drw", "logit_adjust"])
     report = json.loads(out.read_text())
     assert set(report["comparison"]) == {"ldam_drw", "logit_adjust"}

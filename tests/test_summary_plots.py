@@ -67,11 +67,12 @@ def write_run(folder: Path, values=None, splits=("test", "val"), upto=None, offs
             f"_seed{ident['seed']}.csv")
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(folder / name, index=False)
-    # the JSON a run writes beside its CSV: the analysis reads the training counts from it
+    # the JSON a run writes beside its CSV: the analysis reads the training counts and class names from it
     n_max = int(ident["n_max"]) if str(ident["n_max"]) else 4850  # 5000 - 100 validation - 50 statistic
     counts = data_loader.class_counts(ident["scenario"], float(ident["imb_factor"]), n_max, C) \
         if n_max * float(ident["imb_factor"]) >= 1 else None
-    (folder / name).with_suffix(".json").write_text(json.dumps({"class_counts": counts}))
+    (folder / name).with_suffix(".json").write_text(json.dumps({"class_counts": counts,
+                                                                "classes": list(data_loader.CIFAR10_CLASSES)}))
     return folder / name
 
 
@@ -514,12 +515,15 @@ def test_plots_on_partial_results(tmp_path):
     assert pngs == sorted(n for n in expected if n.endswith(".png"))
 
     notes = " ".join(result["notes"])
-    assert "simplecnn" in notes and "long_tail" in notes and "one seed" in notes and "still running" in notes
+    # what the figures lack is what other runs in the results have (resnet20, long_tail), not a registry's list
+    assert "no finished runs for model(s) resnet20" in notes and "no finished runs for scenario(s) long_tail" in notes
+    assert "simplecnn" not in notes and "one seed" in notes and "still running" in notes
     assert "fewer than 3 seeds" in notes
     best = result["best_summary"].iloc[0]
     assert best["chosen_variant"] == "two_stage"
     assert best["default_minus_control_pp_mean"] == pytest.approx(3.0) and best["default_minus_control_pp_n"] == 1
-    counts = pd.read_csv(fig_dir / "class_counts_imb01.csv")
+    counts = pd.read_csv(fig_dir / "class_counts_imb01.csv")  # as the runs' JSONs recorded them, unfinished ones too
+    assert counts.columns.tolist() == ["class", "name", "head_tail", "long_tail", "n_max"]
     assert counts["long_tail"].iloc[[0, -1]].tolist() == [1500, 15] and counts["head_tail"].tolist() == [1500] * 5 + [15] * 5
     assert counts["name"].iloc[0] == "airplane"
 
@@ -577,9 +581,12 @@ def test_figures_of_tuning_ablation_and_confusion(tmp_path):
     assert any("stage1 confusion matrix missing for 1 of 1 run(s): stage1 not shown" in n for n in notes)
 
 
-def test_depth_is_counted_from_the_model():
-    assert plots.resnet_depths() == {"resnet10": 10, "resnet15": 16, "resnet20": 20, "resnet32": 32}
-    assert plots.model_depth("simplecnn") == 4  # 3 convolutions + the classifier
+def test_depth_and_model_order_come_from_the_model_names():
+    assert plots.resnet_depth("resnet32") == 32 and plots.resnet_depth("resnet15") == 15
+    assert plots.resnet_depth("simplecnn") is None and plots.resnet_depth("myresnet8") is None
+    models = ["resnet110", "resnet32", "simplecnn", "resnet10", "resnet32", float("nan")]
+    assert plots.model_order(models) == ["simplecnn", "resnet10", "resnet32", "resnet110"]  # by depth, not by text
+    assert list(plots.resnet_depths(models).items()) == [("resnet10", 10), ("resnet32", 32), ("resnet110", 110)]
 
 
 def test_depth_trend_verdict_says_when_the_data_cannot_support_one():
@@ -596,9 +603,26 @@ def test_class_ticks_name_few_classes_and_no_class_of_many():
     for C, most in ((10, 10), (100, 10)):
         counts = [max(1, 500 - 5 * c) for c in range(C)]
         ax = Figure().subplots()
-        plots._class_ticks(ax, np.argsort(counts)[::-1], counts, plots.class_names(C))
+        recorded = [f"kind{c}" for c in range(C)]  # the names a run's JSON records
+        plots._class_ticks(ax, np.argsort(counts)[::-1], counts, plots.class_names(C, recorded))
         labels = [t.get_text() for t in ax.get_xticklabels()]
-        assert len(labels) == most and (("airplane" in labels[0]) if C == 10 else labels[0].startswith("#0"))
+        assert len(labels) == most and (labels[0] == "kind0\n500" if C == 10 else labels[0].startswith("#0"))
+    assert plots.class_names(3) == plots.class_names(3, ["too", "few"]) == ["class 0", "class 1", "class 2"]
+
+
+def test_analysis_imports_no_training_code():
+    """summary_tuning and plots read result files: importing them loads neither torch nor the
+    training stack, so the tables and figures can be made on a machine that has only pandas."""
+    import subprocess
+    import sys
+
+    training = ("torch", "data_loader", "model", "losses", "train_eval", "two_stage_ictta", "run_all_models",
+                "launch", "methods", "config")
+    check = f"import summary_tuning, plots, sys; print(sorted(m for m in {training!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", check], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_plots_with_nothing_finished(tmp_path):
@@ -624,6 +648,8 @@ def test_summary_and_plots_on_a_real_run(tiny_run_kwargs, tmp_path):
     # no n_max and not CIFAR-10: the counts come from the run's JSON, so the per-class figures exist
     assert not any("training counts unknown" in n for n in result["notes"])
     assert (tmp_path / "figures" / "per_class_f1" / "simplecnn_long_tail_f1_vs_count.png").exists()
+    assert any("no ResNet" in n and "depth figure skipped" in n for n in result["notes"])  # simplecnn only
+    assert not (tmp_path / "figures" / "line_depth_trend_macro_f1.png").exists()
 
 
 def test_training_counts_come_from_the_runs_json_not_from_cifar10(tmp_path):

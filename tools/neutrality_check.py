@@ -65,7 +65,7 @@ def differences(old: dict[str, pd.DataFrame], new: dict[str, pd.DataFrame]) -> l
 def main(argv=None) -> int:
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--old", required=True, help="the other checkout (e.g. a git worktree of the old commit)")
-    p.add_argument("--new", default=str(Path(__file__).resolve().parent), help="default: this checkout")
+    p.add_argument("--new", default=str(Path(__file__).resolve().parents[1]), help="default: this checkout")
     p.add_argument("--data-root", help="dataset folder (default: each checkout's default)")
     p.add_argument("--keep", help="folder to keep both result sets in (default: a temporary one)")
     p.add_argument("--old-args", nargs="+", action="append", metavar="ARG",
