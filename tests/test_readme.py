@@ -41,7 +41,7 @@ def _command_lines() -> list[tuple[str, list[str]]]:
 def test_readme_has_the_install_main_job_and_test_commands():
     text = README.read_text()
     assert "pip install -r requirements.txt" in text
-    assert re.search(r"python run_all_models\.py\n", text)
+    assert re.search(r"python run_all_models\.py experiments/grid\.yaml\n", text)  # the main job
     assert "python -m pytest -q" in text
     assert "RESULTS_PLACEHOLDER" not in text
 
@@ -59,3 +59,15 @@ def test_readme_python_example_runs_as_written(real_root, tmp_path, monkeypatch)
     (csv,) = (tmp_path / "results" / "notebook").glob("results_*.csv")
     df = pd.read_csv(csv)
     assert set(df["stage"]) == {1, 2} and (df["model"] == "simplecnn").all()
+
+
+def test_the_readme_is_a_guide_of_at_most_250_lines():
+    assert len(README.read_text().splitlines()) <= 250
+
+
+def test_what_users_read_uses_no_working_vocabulary():
+    words = re.compile(r"\b(lease|leases|owed|session|sessions)\b|\bissue \d+|\b[0-9a-f]{7,40}\b(?<![0-9]{7})", re.I)
+    for page in [README, *sorted((README.parent / "docs").glob("*.md"))]:
+        for n, line in enumerate(page.read_text().splitlines(), 1):
+            hit = words.search(line)
+            assert not hit or hit.group(0).isdigit(), f"{page.name}:{n}: {hit.group(0)!r}"
