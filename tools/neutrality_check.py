@@ -14,6 +14,7 @@ lists both code fingerprints). Exit status 0 when neutral, 1 when not.
 from __future__ import annotations
 
 import argparse
+import shlex
 import dataclasses
 import subprocess
 import sys
@@ -68,9 +69,9 @@ def main(argv=None) -> int:
     p.add_argument("--new", default=str(Path(__file__).resolve().parents[1]), help="default: this checkout")
     p.add_argument("--data-root", help="dataset folder (default: each checkout's default)")
     p.add_argument("--keep", help="folder to keep both result sets in (default: a temporary one)")
-    p.add_argument("--old-args", nargs="+", action="append", metavar="ARG",
-                   help="run_all_models.py arguments for the old checkout, when its command line differs "
-                        "(once per command; default: experiments/smoke.yaml)")
+    p.add_argument("--old-args", action="append", type=shlex.split, metavar="'ARGS'",
+                   help="run_all_models.py arguments for the old checkout, quoted, when its command line "
+                        "differs (once per command; default: experiments/smoke.yaml)")
     args = p.parse_args(argv)
     for side in ("old", "new"):
         if not (Path(getattr(args, side)) / "run_all_models.py").is_file():
