@@ -519,7 +519,7 @@ OTHER_VALUE = {
     "dataset": "cifar100", "data_root": "/some/other/root", "download": True, "val_per_class": 10,
     "stat_per_class": 10, "n_max": 100, "momentum": 0.5, "weight_decay": 1e-3, "warmup_epochs": 0.0,
     "schedule": "step", "lr_milestones": (1, 2), "focal_gamma": 2.0, "cb_beta": 0.99, "ldam_max_margin": 0.3,
-    "ldam_scale": 10.0, "prior_blend": 0.5, "stage2_schedule": "cosine", "normed_init": "uniform", "la_tau": 0.5,
+    "ldam_scale": 10.0, "prior_blend": 0.5, "weight_map": "power", "map_power": 2.0, "stage2_schedule": "cosine", "normed_init": "uniform", "la_tau": 0.5,
     "precision": "fp32", "channels_last": False, "compile": True, "compile_mode": "reduce-overhead",
     "eval_every": 2, "eval_batch_size": 64, "threads": 2, "quiet": True, "tensorboard": True, "resume": False,
     "reuse_stage1": False, "accept_code_change": True, "tag": "x", "jpeg_quality": 50,
