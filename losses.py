@@ -23,6 +23,14 @@ Which reference each loss matches:
   (Ren et al. 2020) is its ``tau = 1`` case up to a constant shift.
 * :func:`tau_norm_logits`: classifier-balancing's ``tau_norm`` (``pnorm``: bias-free rows
   ``w_c / ||w_c||^tau``).
+* :func:`label_aware_smoothing_loss` with :func:`label_aware_epsilons`: MiSLAS's label-aware
+  smoothing (Zhong et al. 2021), as its code computes it.
+* :func:`mixup_loss`: the mixup objective (Zhang et al. 2018) over any of these losses.
+* :func:`softmax_bce_loss`: the ``"softmax"`` class-balanced loss that weight balancing's second
+  stage trains with (Alshammari et al. 2022, from Cui et al.'s ``CB_loss``).
+* :func:`max_norm_`: weight balancing's MaxNorm projection of the classifier rows.
+
+docs/reference_recipes.md gives each method's reference and settings.
 """
 from __future__ import annotations
 
@@ -333,3 +341,113 @@ def tau_norm_logits(features: torch.Tensor, weight: torch.Tensor, tau: float) ->
     """Logits of the tau-normalised classifier: ``z_c = <f, w_c / ||w_c||^tau>``, with no bias, as
     classifier-balancing's ``tau_norm`` computes them (the trained bias is dropped)."""
     return features @ tau_normalize(weight, tau).t()
+
+
+# ----------------------------------------------------------------------------------------------
+# MiSLAS: label-aware smoothing; mixup
+
+LAS_SHAPES = ("concave", "linear", "convex", "exp")
+
+
+def label_aware_epsilons(counts, eps_head: float, eps_tail: float, shape: str = "concave",
+                         power: float | None = None) -> torch.Tensor:
+    """Per-class smoothing of label-aware smoothing (MiSLAS): ``eps_c = f(n_c)`` from
+    ``eps_head`` (the largest class, MiSLAS's ``smooth_head`` = epsilon_1) down to ``eps_tail``
+    (the smallest, ``smooth_tail`` = epsilon_K). With ``u_c = (n_c - n_K) / (n_1 - n_K)`` in [0, 1]::
+
+        concave: eps_K + (eps_1 - eps_K) * sin(pi/2 * u)
+        linear:  eps_K + (eps_1 - eps_K) * u
+        convex:  eps_1 + (eps_1 - eps_K) * sin(3pi/2 + pi/2 * u)   (= eps_1 - (eps_1 - eps_K) cos(pi/2 u))
+        exp:     eps_K + (eps_1 - eps_K) * u^power
+
+    MiSLAS builds its loss without naming a shape, so its runs use ``concave``. Equal counts leave
+    ``u`` undefined (the reference divides 0 by 0) and raise ``ValueError``.
+    """
+    if shape not in LAS_SHAPES:
+        raise ValueError(f"shape={shape!r}; valid: {', '.join(LAS_SHAPES)}")
+    if shape == "exp" and power is None:
+        raise ValueError("shape='exp' needs a power")
+    n = torch.as_tensor(counts, dtype=torch.float64)
+    if n.max() == n.min():
+        raise ValueError(f"label-aware smoothing needs unequal class counts, got {n.tolist()}")
+    u = (n - n.min()) / (n.max() - n.min())
+    span = eps_head - eps_tail
+    if shape == "concave":
+        eps = eps_tail + span * torch.sin(u * math.pi / 2)
+    elif shape == "linear":
+        eps = eps_tail + span * u
+    elif shape == "convex":
+        eps = eps_head + span * torch.sin(1.5 * math.pi + u * math.pi / 2)
+    else:
+        eps = eps_tail + span * u.pow(power)
+    return eps.float()
+
+
+def label_aware_smoothing_loss(logits, target, weight=None, reduction: str = "mean", *,
+                               epsilons: torch.Tensor):
+    """Cross-entropy against the smoothed target ``q = (1 - eps_y) onehot(y) + eps_y / C``:
+
+        l = (1 - eps_y) * (-log p_y) + eps_y * mean_c(-log p_c)
+
+    with ``eps = epsilons`` (:func:`label_aware_epsilons`). The smoothing mass is spread over all C
+    classes, the true one included (MiSLAS's code: its ``smooth_loss`` is the mean over classes), so
+    the true class's target is ``1 - eps_y + eps_y / C``, not ``1 - eps_y``. Zero epsilons give CE.
+    """
+    logp = F.log_softmax(logits.float(), dim=1)
+    eps = epsilons.to(logp.device)[target]
+    nll = -logp.gather(1, target[:, None]).squeeze(1)
+    loss = (1.0 - eps) * nll + eps * -logp.mean(dim=1)
+    return _reduce(loss, target, weight, reduction)
+
+
+def mixup_loss(loss_fn, logits, target_a, target_b, lam: float, weight=None,
+               normalization: str = "mean"):
+    """The mixup objective (Zhang et al. 2018), as MiSLAS's ``mixup_criterion`` forms it:
+
+        lam * L(z, y_a) + (1 - lam) * L(z, y_b),   L(z, y) = loss_fn(z, y, w, "sum") / D(y)
+
+    with ``D`` = :func:`loss_denominator` under ``normalization``: each term is a weighted mean under
+    its own labels' class weights, as ``criterion(pred, y_a)`` is with a weighted criterion.
+    """
+    def term(y):
+        return loss_fn(logits, y, weight, "sum") / loss_denominator(y, weight, normalization)
+    return lam * term(target_a) + (1.0 - lam) * term(target_b)
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight balancing: the softmax class-balanced loss; MaxNorm
+
+def softmax_bce_loss(logits, target, weight=None, reduction: str = "mean"):
+    """Binary cross-entropy of the softmax probabilities against the one-hot target, averaged
+    over the C classes: ``l = -(1/C) sum_c [t_c log p_c + (1 - t_c) log(1 - p_c)]``, ``p = softmax(z)``.
+
+    This is the ``"softmax"`` variant of ``CB_loss`` that weight balancing's stage 2 uses: there
+    ``F.binary_cross_entropy(p, onehot, weight=w_y)`` averages over all N x C entries, which is
+    this loss with :func:`effective_number_weights` (beta 0.9999) and ``reduction="batch_mean"``.
+    ``log(1 - p_c)`` is computed as ``log(-expm1(log p_c))`` and clamped away from ``-inf`` (torch's
+    BCE clamps the log at -100; here the floor is log of float32's smallest normal, about -87).
+    """
+    logp = F.log_softmax(logits.float(), dim=1)
+    log_not_p = torch.log((-torch.expm1(logp)).clamp_min(torch.finfo(torch.float32).tiny))
+    onehot = F.one_hot(target, logp.shape[1]).to(logp.dtype)
+    loss = -(onehot * logp + (1.0 - onehot) * log_not_p).mean(dim=1)
+    return _reduce(loss, target, weight, reduction)
+
+
+def max_norm_radius(weight: torch.Tensor, thresh: float) -> float:
+    """Weight balancing's MaxNorm radius, relative to the rows it starts from:
+    ``r = min_c ||w_c|| + thresh * (max_c ||w_c|| - min_c ||w_c||)`` (its ``setPerLayerThresh``,
+    taken once, from the stage-1 classifier, before stage 2 trains)."""
+    norms = weight.detach().norm(dim=1)
+    return float(norms.min() + thresh * (norms.max() - norms.min()))
+
+
+@torch.no_grad()
+def max_norm_(weight: torch.Tensor, radius: float) -> torch.Tensor:
+    """MaxNorm projection in place: each class row ``w_c`` with ``||w_c|| > radius`` becomes
+    ``w_c * radius / ||w_c||`` (same direction, norm ``radius``); rows within the ball are untouched.
+    Returns ``weight``."""
+    norms = weight.norm(dim=1)
+    over = norms > radius
+    weight[over] *= (radius / norms[over])[:, None]
+    return weight

@@ -40,6 +40,19 @@ class NormedLinear(nn.Module):
         return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
 
 
+class LogitScale(nn.Module):
+    """Learnable per-class scale of the logits, ``z'_c = s_c * z_c`` with ``s`` initialised to ones
+    (so it starts as the identity): MiSLAS's stage-2 ``LearnableWeightScaling``, which it trains
+    together with the classifier (``nn.Sequential(fc, LogitScale(C))`` puts it after ``fc``)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(num_classes))
+
+    def forward(self, z):
+        return z * self.scale
+
+
 def fp32_classifier(fc: nn.Module, features: torch.Tensor) -> torch.Tensor:
     """The classifier layer in float32 even under bf16 autocast: bf16 keeps ~3 significant digits,
     which costs a cosine classifier ~0.03 after LDAM's scale of 30, and the losses read these logits."""

@@ -1,4 +1,5 @@
-"""Focal loss, static class weights and dynamic class weights, against hand-computed values."""
+"""Focal loss, static class weights, dynamic class weights and the comparison methods' losses
+(label-aware smoothing, mixup, softmax BCE, MaxNorm), against hand-computed values."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from losses import (DYNAMIC_MODES, DynamicClassWeights, effective_number_weights, focal_loss,
-                    inverse_frequency_weights, power_weights)
+                    inverse_frequency_weights, label_aware_epsilons, label_aware_smoothing_loss, max_norm_,
+                    max_norm_radius, mixup_loss, power_weights, softmax_bce_loss)
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -438,3 +440,133 @@ def test_power_map_refuses_negative_and_missing_statistics():
     with pytest.raises(FloatingPointError):
         dyn.update(torch.tensor([0.5, float("nan"), 1.0]))  # a class with no statistic
     assert dyn.smoothed is None  # refused statistics leave the EMA untouched
+
+# Label-aware smoothing (MiSLAS)
+
+def test_label_aware_epsilons_hand_computed():
+    # counts 100, 50, 10: u = (n - 10) / 90 = 1, 4/9, 0; head 0.3, tail 0.05
+    counts, head, tail = [100, 50, 10], 0.3, 0.05
+    u = 4 / 9
+    want = {"concave": tail + (head - tail) * math.sin(math.pi / 2 * u),
+            "linear": tail + (head - tail) * u,
+            "convex": head - (head - tail) * math.cos(math.pi / 2 * u),
+            "exp": tail + (head - tail) * u ** 3}
+    for shape, middle in want.items():
+        eps = label_aware_epsilons(counts, head, tail, shape, power=3.0)
+        assert eps.tolist() == pytest.approx([head, middle, tail], rel=1e-6), shape
+    # with epsilon_1 > epsilon_K the middle class orders concave > linear > convex
+    assert want["concave"] > want["linear"] > want["convex"]
+
+
+def test_label_aware_epsilons_follow_counts_not_index():
+    eps = label_aware_epsilons([10, 100, 55], 0.4, 0.1, "linear")
+    assert eps.tolist() == pytest.approx([0.1, 0.4, 0.25], rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(counts=[5, 5, 5]), "unequal"), (dict(shape="cubic"), "shape"), (dict(shape="exp"), "power")])
+def test_label_aware_epsilons_refuse(kwargs, match):
+    args = {"counts": [100, 10], "eps_head": 0.3, "eps_tail": 0.0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        label_aware_epsilons(**args)
+
+
+def test_label_aware_smoothing_hand_computed():
+    # logits (2, 0, -1), true class 0, eps_0 = 0.3: 0.7 * (-log p_0) + 0.3 * mean_c(-log p_c)
+    z = [2.0, 0.0, -1.0]
+    log_z = math.log(sum(math.exp(v) for v in z))
+    logp = [v - log_z for v in z]
+    want = 0.7 * -logp[0] + 0.3 * -sum(logp) / 3
+    eps = torch.tensor([0.3, 0.2, 0.1])
+    got = label_aware_smoothing_loss(torch.tensor([z]), torch.tensor([0]), epsilons=eps)
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    # the same as CE against q = (1 - eps_y) onehot + eps_y / C: the true class gets 0.7 + 0.1
+    q = [0.8, 0.1, 0.1]
+    assert got.item() == pytest.approx(-sum(a * b for a, b in zip(q, logp)), rel=1e-6)
+
+
+def test_label_aware_smoothing_is_smoothed_cross_entropy_per_class():
+    logits, y = _batch(seed=4)
+    eps = torch.tensor([0.4, 0.3, 0.2, 0.1, 0.0])
+    w = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0])
+    q = (1 - eps[y])[:, None] * F.one_hot(y, 5) + (eps[y] / 5)[:, None]
+    per_sample = -(q * F.log_softmax(logits, 1)).sum(1)
+    got = label_aware_smoothing_loss(logits, y, w, "none", epsilons=eps)
+    torch.testing.assert_close(got, w[y] * per_sample, rtol=1e-6, atol=1e-6)
+    mean = label_aware_smoothing_loss(logits, y, w, "mean", epsilons=eps)
+    assert mean.item() == pytest.approx(((w[y] * per_sample).sum() / w[y].sum()).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_label_aware_smoothing_eps0_is_cross_entropy(reduction, weighted):
+    logits, y = _batch(seed=5)
+    w = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0]) if weighted else None
+    got = label_aware_smoothing_loss(logits, y, w, reduction, epsilons=torch.zeros(5))
+    torch.testing.assert_close(got, F.cross_entropy(logits, y, weight=w, reduction=reduction),
+                               rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixup loss
+
+def test_mixup_loss_is_lam_weighted_sum_of_two_cross_entropies():
+    logits, y = _batch(seed=6, n=8)
+    y_b = y[torch.tensor([3, 0, 7, 1, 2, 6, 4, 5])]
+    lam = 0.3
+    want = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y_b)
+    got = mixup_loss(focal_loss, logits, y, y_b, lam)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    # with class weights each term is a weighted mean under its own labels
+    w = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0])
+    want_w = lam * F.cross_entropy(logits, y, weight=w) + (1 - lam) * F.cross_entropy(logits, y_b, weight=w)
+    assert mixup_loss(focal_loss, logits, y, y_b, lam, w).item() == pytest.approx(want_w.item(), rel=1e-6)
+    # "batch_mean": each weighted sum over N
+    ce = lambda t: F.cross_entropy(logits, t, reduction="none")
+    want_b = lam * (w[y] * ce(y)).sum() / 8 + (1 - lam) * (w[y_b] * ce(y_b)).sum() / 8
+    got_b = mixup_loss(focal_loss, logits, y, y_b, lam, w, "batch_mean")
+    assert got_b.item() == pytest.approx(want_b.item(), rel=1e-6)
+    # lam = 1 is the plain loss
+    assert mixup_loss(focal_loss, logits, y, y_b, 1.0, w).item() == pytest.approx(
+        focal_loss(logits, y, w).item(), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight balancing: softmax BCE and MaxNorm
+
+def test_softmax_bce_hand_computed():
+    # logits (2, 0, -1), true class 1: -(1/3) [log(1 - p_0) + log p_1 + log(1 - p_2)]
+    e = [math.exp(2), 1.0, math.exp(-1)]
+    p = [v / sum(e) for v in e]
+    want = -(math.log(1 - p[0]) + math.log(p[1]) + math.log(1 - p[2])) / 3
+    got = softmax_bce_loss(torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([1]))
+    assert got.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_softmax_bce_batch_mean_is_weight_balancings_cb_loss():
+    """CB_loss(..., "softmax"): F.binary_cross_entropy(softmax, onehot, weight=w_y per row),
+    the mean over all N x C entries."""
+    logits, y = _batch(seed=7)
+    counts = [500, 200, 80, 30, 10]
+    w = effective_number_weights(counts, beta=0.9999)
+    ref = F.binary_cross_entropy(logits.softmax(1), F.one_hot(y, 5).float(),
+                                 weight=w[y][:, None].expand(-1, 5))
+    got = softmax_bce_loss(logits, y, w, "batch_mean")
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.isfinite(softmax_bce_loss(torch.tensor([[200.0, 0.0]]), torch.tensor([1])))
+
+
+def test_max_norm_projects_only_rows_outside_the_ball():
+    w = torch.tensor([[3.0, 4.0], [0.6, 0.8], [0.0, -10.0], [1.2, 1.6]])  # norms 5, 1, 10, 2
+    before = w.clone()
+    max_norm_(w, 2.0)
+    assert w.norm(dim=1).tolist() == pytest.approx([2.0, 1.0, 2.0, 2.0], rel=1e-6)
+    assert torch.equal(w[1], before[1]) and torch.equal(w[3], before[3])  # within (or on) the ball
+    torch.testing.assert_close(w[0], torch.tensor([1.2, 1.6]))  # same direction, norm 2
+    torch.testing.assert_close(w[2], torch.tensor([0.0, -2.0]))
+
+
+def test_max_norm_radius_is_relative_to_the_row_norms():
+    w = torch.tensor([[3.0, 4.0], [0.6, 0.8], [0.0, -10.0]])  # norms 5, 1, 10
+    assert max_norm_radius(w, 0.1) == pytest.approx(1 + 0.1 * 9)
+    assert max_norm_radius(w, 0.0) == pytest.approx(1.0) and max_norm_radius(w, 1.0) == pytest.approx(10.0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model import MODELS, count_parameters, get_model
+from model import MODELS, LogitScale, count_parameters, get_model
 
 
 def weighted_layers(m: nn.Module) -> int:
@@ -91,3 +91,17 @@ def test_classifier_runs_in_fp32_under_bf16_autocast(normed):
     assert logits.dtype == torch.float32
     with torch.no_grad():
         assert torch.equal(logits, m.fc(feats.float()))
+
+
+def test_logit_scale_starts_as_identity_and_scales_each_class():
+    """MiSLAS's learnable weight scaling: z'_c = s_c z_c, s = 1 at init; one parameter per class."""
+    torch.manual_seed(0)
+    m = get_model("resnet10", 3).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        z = m(x)
+        m.fc = nn.Sequential(m.fc, LogitScale(3))
+        assert torch.equal(m(x), z)
+        m.fc[1].scale.copy_(torch.tensor([2.0, 0.5, -1.0]))
+        assert torch.equal(m(x), z * torch.tensor([2.0, 0.5, -1.0]))
+    assert count_parameters(LogitScale(3)) == 3
