@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import secrets
 import socket
 import subprocess
@@ -97,6 +98,24 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return (sha + ("-dirty" if dirty else "")) or None
+
+
+def cpu_model() -> str:
+    """The CPU's model name: /proc/cpuinfo, else lscpu, else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in text.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown"
 
 
 # The modules whose code computes a run's numbers. Their fingerprint is part of a result's

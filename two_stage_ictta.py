@@ -49,7 +49,7 @@ from config import (NOT_IDENTITY, TwoStageConfig, config_hash, data_folder, made
                     stage1_hash, stage1_path, validate_config)
 from methods import METHODS, EvalContext, Method, build_loss, lr_at_step, static_weights
 from model import get_model
-from results_logger import (RunLogger, atomic_torch_save, code_fingerprint, git_commit, now, read_json,
+from results_logger import (RunLogger, atomic_torch_save, code_fingerprint, cpu_model, git_commit, now, read_json,
                             summarize_rows, write_json)
 from runfiles import RunLock
 from train_eval import NonFiniteError, evaluate, resolve_device, train_one_epoch
@@ -334,23 +334,12 @@ def _run_record(cfg: TwoStageConfig, paths: dict, run_id: str, device: torch.dev
     return {"run_id": run_id, "stage1_id": stage1_hash(cfg), "config": asdict(cfg),
             "method": METHODS[cfg.method].facts(), "command": shlex.join(sys.argv),
             "git_commit": git_commit(), "python": platform.python_version(), "torch": torch.__version__,
-            "device": str(device), "machine": platform.machine(), "processor": _processor(),
+            "device": str(device), "machine": platform.machine(), "processor": cpu_model(),
             # CPU results are bitwise reproducible for a given thread count, not across counts
             "torch_threads": torch.get_num_threads(), "host": socket.gethostname(), "started": now(),
             "status": "running", "paths": {k: str(v) for k, v in paths.items()},
             "code_fingerprint": code_fingerprint(), "code_fingerprints": [code_fingerprint()],
             "cpu_threads": [torch.get_num_threads()] if device.type == "cpu" else []}
-
-
-def _processor() -> str:
-    """The CPU's model name where Linux tells it (``platform.processor()`` is often empty there)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _data_facts(rd: RunData) -> dict:

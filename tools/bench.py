@@ -34,7 +34,6 @@ import resource
 import shlex
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -48,7 +47,7 @@ import data_loader
 import losses
 from cli import unwritable_file
 from model import MODELS
-from results_logger import git_commit, write_json
+from results_logger import cpu_model, git_commit, write_json
 from train_eval import PRECISIONS, autocast, evaluate, resolve_device, train_one_epoch
 from config import COMPILE_MODES, TwoStageConfig, check_setting, is_choice
 from methods import build_loss, lr_at_step
@@ -172,23 +171,6 @@ def memory_now(device: torch.device) -> dict:
     if device.type == "cuda":
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     return out
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
-        for line in text.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_info(device: torch.device) -> dict:
