@@ -31,7 +31,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from config import TwoStageConfig, config_hash, made_by_other_code, run_name, stage1_hash, stage1_path, validate_config
+from config import (TwoStageConfig, config_hash, made_by_other_code, run_name, stage1_hash, stage1_path,
+                    validate_config)
 from data_loader import find_dataset, load_dataset, make_split
 from estimate import run_seconds
 from results_logger import now, read_json, write_json
@@ -60,10 +61,8 @@ def order_for_sharing(configs: list[TwoStageConfig]) -> list[TwoStageConfig]:
     return sorted(configs, key=lambda c: first_seen[stage1_hash(c)])
 
 
-
 def describe(cfg: TwoStageConfig) -> str:
     return f"{cfg.tag} {cfg.exp_name or cfg.method} {cfg.model_name}/{cfg.imbalance_type}@{cfg.imb_factor:g} seed{cfg.seed}"
-
 
 
 def check_plan(configs: list[TwoStageConfig], fetch: bool = True) -> dict:
@@ -78,7 +77,6 @@ def check_plan(configs: list[TwoStageConfig], fetch: bool = True) -> dict:
         return {(root, name): find_dataset(root, name, write_cache=False) for root, name, _ in sources}
     # so does missing data (a DataError, a ValueError); this also fills the decoded-image cache
     return {(root, name): load_dataset(root, download, name) for root, name, download in sources}
-
 
 
 STEP_UNITS = {"step_s": 1.0, "eval_image_s": 0.0}  # without timings, a run's work counts in steps
@@ -111,7 +109,6 @@ def _split_sizes(cfg: TwoStageConfig, data) -> dict:
                        val_per_class=cfg.val_per_class, stat_per_class=cfg.stat_per_class)
     return {"train": len(split.train_idx), "val": len(split.val_idx), "stat": len(split.stat_idx),
             "test": len(data.test_y)}
-
 
 
 def run_key(cfg: TwoStageConfig) -> str:

@@ -178,13 +178,21 @@ class _Where:
         return {key: self.setting(key, value, f"{at}.{key}") for key, value in d.items()}
 
     def setting(self, key, value, at: str):
-        if key not in SETTINGS or key in PLANNED:
-            names = [k for k in SETTINGS if k not in PLANNED]
-            close = difflib.get_close_matches(str(key), names, n=1) or [k for k in names if str(key) in k][:1]
-            hint = f"did you mean {close[0]}? " if close else ""
-            raise self.error(at, f"unknown setting; {hint}python main.py --help lists them"
-                             + ("" if key not in PLANNED else "; models, scenarios and seeds are keys of a part"))
+        why = unknown_setting(key)
+        if why:
+            raise self.error(at, why)
         return coerce_setting(key, value)
+
+
+def unknown_setting(key) -> str | None:
+    """Why ``key`` cannot be a setting of an experiment (with the nearest name), or None."""
+    if key in SETTINGS and key not in PLANNED:
+        return None
+    names = [k for k in SETTINGS if k not in PLANNED]
+    close = difflib.get_close_matches(str(key), names, n=1) or [k for k in names if str(key) in k][:1]
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (f"unknown setting; {hint}python main.py --help lists them"
+            + ("" if key not in PLANNED else "; models, scenarios and seeds are keys of a part"))
 
 
 def coerce_setting(key: str, value):
@@ -431,10 +439,10 @@ def parse_set(items: list[str]) -> dict:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
-        try:
-            out[key] = _Where(Path("--set")).setting(key, value, key)
-        except ExperimentError as e:
-            raise ExperimentError(str(e).replace("--set: ", "--set ", 1)) from None
+        why = unknown_setting(key)
+        if why:
+            raise ExperimentError(f"--set {key}: {why}")
+        out[key] = coerce_setting(key, value)
     return out
 
 

@@ -253,9 +253,9 @@ class Run:
         self.batches.load_state_dict(snap["data"])
         self.dyn.load_state_dict(snap["dyn"])
         self.logger.rows = list(snap["rows"])
-        self.confusion_test = dict(snap["confusion_test"])
-        for key, seen in self.made_by.items():
-            seen[:] = list(dict.fromkeys(snap[key] + seen))
+        self.confusion_test = dict(snap.get("confusion_test", {}))  # a checkpoint kept by accept_code_change
+        for key, seen in self.made_by.items():                        # may come from code that wrote none
+            seen[:] = list(dict.fromkeys(snap.get(key, []) + seen))
 
 
 def start_run(cfg: TwoStageConfig, rd: RunData, model, logger: RunLogger, made_by: dict) -> Run:
