@@ -327,6 +327,7 @@ def evaluate(model, x_uint8, y, normalizer, train_counts, batch_size: int = 1024
     """
     if logits is None:
         logits = predict(model, x_uint8, normalizer, batch_size, precision, channels_last)
+    logits = logits.detach()  # logits passed in may carry a graph: evaluation needs none
     y_dev = y.to(logits.device)
     loss = F.cross_entropy(logits, y_dev).item()
     pred = logits.argmax(1).cpu().numpy()
