@@ -29,7 +29,7 @@ from model import MODELS, NORMED_INITS
 from results_logger import code_fingerprint
 from train_eval import PRECISIONS, resolve_device
 
-STAGE2_LOSS_TYPES = ("focal", "ce")
+STAGE2_LOSS_TYPES = ("focal", "ce", "logit_adjust")
 SCHEDULES = ("cosine", "step")
 STAGE2_SCHEDULES = ("inherit", "cosine")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -146,7 +146,8 @@ class TwoStageConfig:
                             rule=POSITIVE)
     ema_alpha: float = opt(0.8, "EMA of the per-class statistic: s = a*s_prev + (1-a)*x, a in [0, 1)", "original",
                            stage2_only=True, rule=FRACTION)
-    stage2_loss_type: str = opt("focal", "stage-2 loss of two_stage_ictta", "original", STAGE2_LOSS_TYPES,
+    stage2_loss_type: str = opt("focal", "stage-2 loss of two_stage_ictta: focal, ce, or logit_adjust "
+                                         "(CE of z + la_tau * log prior)", "original", STAGE2_LOSS_TYPES,
                                 stage2_only=True)
     stage2_focal_gamma: float = opt(1.5, "focal gamma of two_stage_ictta's stage 2, in [0, 5]", "original",
                                     stage2_only=True, rule=GAMMA)

@@ -186,9 +186,12 @@ METHODS = {
 # Losses, class weights and the learning-rate schedule of a stage (``cfg`` is a TwoStageConfig)
 
 def _ictta_loss(counts, cfg, device):
-    """two_stage_ictta's stage-2 loss: focal (gamma=stage2_focal_gamma) or CE, per stage2_loss_type."""
+    """two_stage_ictta's stage-2 loss, per stage2_loss_type: focal (gamma=stage2_focal_gamma), CE, or
+    the logit-adjusted loss (tau=la_tau), which the dynamic weights then scale per class."""
     if cfg.stage2_loss_type == "focal":
         return partial(losses.focal_loss, gamma=cfg.stage2_focal_gamma)
+    if cfg.stage2_loss_type == "logit_adjust":
+        return LOSSES["logit_adjust"](counts, cfg, device)
     return losses.focal_loss
 
 

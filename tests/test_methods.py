@@ -53,9 +53,11 @@ def test_focal_uses_focal_gamma():
     assert loss_of("focal", [3, 1], focal_gamma=2.0) == pytest.approx(0.25 * math.log(2), rel=1e-6)
 
 
-@pytest.mark.parametrize("loss_type, want", [("ce", math.log(2)), ("focal", 0.5 ** 1.5 * math.log(2))])
+# logit_adjust with la_tau=2 on counts (3, 1): log 10, as in test_logit_adjust_shifts_by_tau_log_prior
+@pytest.mark.parametrize("loss_type, want", [("ce", math.log(2)), ("focal", 0.5 ** 1.5 * math.log(2)),
+                                             ("logit_adjust", math.log(10))])
 def test_two_stage_loss_follows_stage2_loss_type_and_its_own_gamma(loss_type, want):
-    got = loss_of("ictta", [3, 1], stage2_loss_type=loss_type, stage2_focal_gamma=1.5, focal_gamma=4.0)
+    got = loss_of("ictta", [3, 1], stage2_loss_type=loss_type, stage2_focal_gamma=1.5, focal_gamma=4.0, la_tau=2.0)
     assert got == pytest.approx(want, rel=1e-6)
 
 
