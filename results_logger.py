@@ -216,7 +216,7 @@ class RunLogger:
 
 
 SCALAR_METRICS = ("loss", "acc", "macro_f1", "tail_macro_f1", "head_macro_f1", "many_acc",
-                  "medium_acc", "few_acc")
+                  "medium_acc", "few_acc", "ece")  # what every CSV row holds of an evaluated split
 
 
 def summarize_rows(rows) -> dict:

@@ -49,8 +49,8 @@ from config import (NOT_IDENTITY, TwoStageConfig, config_hash, data_folder, made
                     stage1_hash, stage1_path, validate_config)
 from methods import METHODS, EvalContext, Method, build_loss, lr_at_step, static_weights
 from model import get_model
-from results_logger import (RunLogger, atomic_torch_save, code_fingerprint, cpu_model, git_commit, now, read_json,
-                            summarize_rows, write_json)
+from results_logger import (SCALAR_METRICS, RunLogger, atomic_torch_save, code_fingerprint, cpu_model, git_commit,
+                            now, read_json, summarize_rows, write_json)
 from runfiles import RunLock
 from train_eval import NonFiniteError, evaluate, resolve_device, train_one_epoch
 
@@ -82,8 +82,7 @@ def _metric_row(metrics: dict, stage: int, epoch: int, global_epoch: int, split:
                 train_loss: float, seconds: float, weights, extra: dict) -> dict:
     row = {"stage": stage, "epoch": epoch, "global_epoch": global_epoch, "split": split, "lr": lr,
            "train_loss": train_loss, "seconds": round(seconds, 3)}
-    for k in ("loss", "acc", "macro_f1", "tail_macro_f1", "head_macro_f1", "many_acc", "medium_acc", "few_acc"):
-        row[k] = metrics[k]
+    row.update({k: metrics[k] for k in SCALAR_METRICS})
     row.update({f"f1_{c}": float(v) for c, v in enumerate(metrics["f1"])})
     row.update({f"acc_{c}": float(v) for c, v in enumerate(metrics["recall"])})
     row.update({f"w_{c}": float(v) for c, v in enumerate(weights)})
