@@ -207,6 +207,11 @@ class TwoStageConfig:
                                    "reference) or uniform (raw U(-1, 1) rows, this project's earlier init)",
                            "method", NORMED_INITS)
     la_tau: float = opt(1.0, "logit-adjustment tau", "method", rule=NON_NEGATIVE)
+    mixup_alpha: float = opt(0.0, "mixup in stage 1, any method: lam ~ Beta(alpha, alpha) per batch (MiSLAS "
+                                  "uses 1); 0: off", "method", rule=NON_NEGATIVE)
+    sam_rho: float = opt(0.0, "sharpness-aware minimisation in both stages, any method: the ascent radius "
+                              "(Saddle-LongTail: 0.5 with drw, 0.8 with ldam_drw); two forward-backward "
+                              "passes per step; 0: off", "method", rule=NON_NEGATIVE)
     precision: str = opt("bf16", "bf16 (autocast) or fp32", "runtime", PRECISIONS)
     channels_last: bool = opt(True, "channels-last memory format (faster convolutions)", "runtime")
     compile: bool = opt(False, "torch.compile the training forward pass", "runtime")
@@ -261,6 +266,8 @@ def validate_config(cfg: TwoStageConfig) -> None:
                   f"> 0 for dynamic_mode={cfg.dynamic_mode!r} (its statistic comes from that split)")
     check_setting(not METHODS[cfg.method].needs_val or cfg.val_per_class > 0, "val_per_class",
                   cfg.val_per_class, f"> 0 for method={cfg.method!r} (it chooses on the validation split)")
+    check_setting(cfg.method != "mislas" or cfg.imb_factor < 1, "imb_factor", cfg.imb_factor,
+                  "< 1 for method='mislas' (label-aware smoothing needs unequal class counts)")
 
 
 def config_hash(cfg: TwoStageConfig) -> str:

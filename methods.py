@@ -6,8 +6,9 @@ Every method is two stages over one model, one data stream and one learning-rate
 ``dynamic``: :class:`losses.DynamicClassWeights`), plus two hooks:
 
 * ``enter_stage2(model, fresh, seed)``: how stage 2 starts. None goes on with stage 1's optimizer
-  and batches; a :class:`Stage2Start` names the parameters of a new optimizer and the sampler of a
-  new batch stream (cRT's frozen backbone and class-balanced batches).
+  and batches; a :class:`Stage2Start` names the parameters of a new optimizer (or its parameter
+  groups) and the sampler of a new batch stream (cRT's frozen backbone and class-balanced batches),
+  and whether BatchNorm's statistics freeze and a MaxNorm radius holds the classifier's rows.
 * ``evaluate(ctx, stage)``: the metrics on test and validation (:class:`EvalContext` is what it
   sees of the run): plain evaluation for every method but tau-norm, whose stage 2 evaluates the
   tau-normalised classifier.
@@ -26,6 +27,7 @@ import torch
 
 import data_loader
 import losses
+from model import LogitScale
 from train_eval import evaluate, predict
 
 
@@ -51,10 +53,15 @@ class EvalContext:
 
 @dataclass(frozen=True)
 class Stage2Start:
-    """Stage 2 trains a new optimizer over ``params`` on a new batch stream drawn with ``sampler``
-    (from the run's generator, so the stream goes on)."""
+    """Stage 2 trains a new optimizer over ``params`` (parameters, or SGD parameter groups whose
+    ``weight_decay`` or ``"lr_scale"`` override the run's) on a new batch stream drawn with
+    ``sampler`` (from the run's generator, so the stream goes on). ``freeze_bn_stats`` keeps every
+    BatchNorm layer in eval mode while stage 2 trains; ``max_norm``, a radius, projects the
+    classifier's rows onto that ball after every stage-2 epoch (``train_eval.train_one_epoch``)."""
     params: Iterable
     sampler: str
+    freeze_bn_stats: bool = False
+    max_norm: float | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,6 +120,47 @@ def retrain_classifier(model: torch.nn.Module, fresh: bool, seed: int) -> Stage2
     for p in model.fc.parameters():
         p.requires_grad_(True)
     return Stage2Start(model.fc.parameters(), "class_balanced")
+
+
+def _train_only_the_classifier(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.fc.parameters():
+        p.requires_grad_(True)
+
+
+MISLAS_FC_LR_SCALE = 0.5  # MiSLAS's stage 2 runs its classifier at half the learning rate (lr_factor)
+
+
+def retrain_with_logit_scale(model: torch.nn.Module, fresh: bool, seed: int) -> Stage2Start:
+    """MiSLAS's stage 2: the backbone frozen, BatchNorm statistics included (its CIFAR-10 configs
+    set ``shift_bn: False``); the stage-1 classifier trains on (not re-initialised) at
+    ``MISLAS_FC_LR_SCALE`` times the learning rate, followed by a learnable per-class logit scale
+    (:class:`model.LogitScale`, ones at the start) at the full rate; class-balanced batches.
+    ``model.fc`` becomes ``Sequential(fc, LogitScale)``, fresh or resumed (a resumed run's weights
+    load into that shape); a saved model folds the scale into the classifier."""
+    fc = model.fc
+    scale = LogitScale(fc.out_features).to(fc.weight.device)
+    model.fc = torch.nn.Sequential(fc, scale)
+    _train_only_the_classifier(model)
+    groups = [{"params": list(fc.parameters()), "lr_scale": MISLAS_FC_LR_SCALE}, {"params": list(scale.parameters())}]
+    return Stage2Start(groups, "class_balanced", freeze_bn_stats=True)
+
+
+WB_FC_WEIGHT_DECAY = 0.1  # weight balancing's stage-2 weight decay on the classifier
+WB_MAX_NORM_THRESH = 0.1  # its MaxNorm threshold, relative to the stage-1 rows' norms
+
+
+def balance_classifier(model: torch.nn.Module, fresh: bool, seed: int) -> Stage2Start:
+    """Weight balancing's stage 2 (Alshammari et al. 2022): only the classifier trains, on from its
+    stage-1 weights, with weight decay ``WB_FC_WEIGHT_DECAY`` and MaxNorm on its rows at the radius
+    :func:`losses.max_norm_radius` gives with ``WB_MAX_NORM_THRESH`` on the stage-1 rows (the run
+    keeps the radius of the fresh start; a resumed one is measured on weights not loaded yet and
+    ignored); the instance-balanced batches go on; BatchNorm in train mode, as the reference."""
+    _train_only_the_classifier(model)
+    radius = losses.max_norm_radius(model.fc.weight, WB_MAX_NORM_THRESH)
+    return Stage2Start([{"params": list(model.fc.parameters()), "weight_decay": WB_FC_WEIGHT_DECAY}], "uniform",
+                       max_norm=radius)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,6 +225,19 @@ METHODS = {
                        "1/||w_c||^tau and its bias dropped (as the reference), tau in {0, 0.1, ..., 2} "
                        "chosen on validation macro-F1.",
                        evaluate=evaluate_tau_norm, needs_val=True),
+    "mislas": Method("ce", "none", "las", "none",
+                     "MiSLAS (Zhong et al. 2021): stage 1 CE (with mixup when mixup_alpha > 0; the reference "
+                     "uses 1); stage 2 retrains the classifier and a per-class logit scale on the frozen "
+                     "backbone and BatchNorm, class-balanced, with label-aware smoothing (epsilon 0.3 for the "
+                     "largest class to 0 for the smallest, concave), restarting a cosine at stage2_lr.",
+                     enter_stage2=retrain_with_logit_scale, stage2_cosine=True),
+    "weight_balancing": Method("ce", "none", "softmax_bce", "effective",
+                               "Weight balancing (Alshammari et al. 2022): stage 1 CE (the reference tunes "
+                               "weight_decay: 5e-3 at lr 0.01); stage 2 trains only the classifier with "
+                               "weight decay 0.1, MaxNorm (threshold 0.1) and the softmax class-balanced BCE "
+                               "(effective-number weights, beta=cb_beta, averaged over the N x C entries), "
+                               "restarting a cosine at stage2_lr.",
+                               normalization="batch_mean", enter_stage2=balance_classifier, stage2_cosine=True),
     "two_stage_ictta": Method("ce", "none", "ictta", "dynamic",
                               "This project's method: CE, then focal (or CE) with dynamic per-class weights."),
 }
@@ -184,6 +245,9 @@ METHODS = {
 
 # ----------------------------------------------------------------------------------------------
 # Losses, class weights and the learning-rate schedule of a stage (``cfg`` is a TwoStageConfig)
+
+MISLAS_EPS_HEAD, MISLAS_EPS_TAIL = 0.3, 0.0  # label-aware smoothing of MiSLAS's CIFAR-10 stage 2 (concave)
+
 
 def _ictta_loss(counts, cfg, device):
     """two_stage_ictta's stage-2 loss, per stage2_loss_type: focal (gamma=stage2_focal_gamma), CE, or
@@ -210,6 +274,10 @@ LOSSES = {
         losses.logit_adjusted_loss, log_priors=losses.log_prior(counts).to(device), tau=cfg.la_tau),
     "balanced_softmax": _balanced_softmax_loss,
     "ictta": _ictta_loss,
+    "las": lambda counts, cfg, device: partial(
+        losses.label_aware_smoothing_loss,
+        epsilons=losses.label_aware_epsilons(counts, MISLAS_EPS_HEAD, MISLAS_EPS_TAIL).to(device)),
+    "softmax_bce": lambda counts, cfg, device: losses.softmax_bce_loss,
 }
 
 

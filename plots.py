@@ -1028,7 +1028,7 @@ def _best_config_figures(t: dict, study, cells, paired, prof: str, imb: float, o
              "n_candidates": n_cand, "n_seeds": b["n_seeds"], "seeds": b["seeds"],
              **{f"val_macro_f1_{k}": b[f"s2_best_val_macro_f1_{k}"] for k in ("mean", "std", "ci95")}}
         for m, _ in st.COMPARE_METRICS:
-            r.update({f"test_{m}_{k}": b[f"s2_best_test_{m}_{k}"] for k in ("mean", "std", "ci95")})
+            r.update({f"test_{m}_{k}": b.get(f"s2_best_test_{m}_{k}", np.nan) for k in ("mean", "std", "ci95")})
         for k in ("mean", "std", "ci95"):  # every level with its spread, never a bare mean
             r[f"test_final_macro_f1_{k}"] = b.get(f"s2_final_test_macro_f1_{k}", np.nan)
             r[f"stage1_test_macro_f1_{k}"] = b.get(f"s1_final_test_macro_f1_{k}", np.nan)

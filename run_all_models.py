@@ -223,12 +223,18 @@ class Filters:
     methods: list | None = None
     seeds: list | None = None  # replaces every part's seeds
     settings: dict = field(default_factory=dict)  # over everything the file says
+    runs: list | None = None  # run names (exp_name, else the method's name)
 
 
 def folder_label(folder: str, dataset: str = DEFAULT_DATASET) -> str:
     """The results folder of an experiment on a dataset: its folder, plus ``-<dataset>`` for
     another dataset than CIFAR-10, so that tables and figures never mix two datasets."""
     return folder if dataset == DEFAULT_DATASET else f"{folder}-{dataset}"
+
+
+def _run_label(settings: dict) -> str:
+    """What a run's files are named after: its exp_name, else its method's name."""
+    return settings.get("exp_name") or settings.get("method", SETTINGS["method"].default)
 
 
 def plan_experiment(exp: Experiment, out: str | Path, filters: Filters | None = None) -> list[tuple[str, list]]:
@@ -244,6 +250,7 @@ def plan_experiment(exp: Experiment, out: str | Path, filters: Filters | None = 
         runs = [(f"parts[{i}].runs[{j}]", {"quiet": True, **exp.settings, **part.settings, **run, **f.settings})
                 for j, run in enumerate(part.runs)]
         runs = [(at, s) for at, s in runs if not f.methods or s.get("method", SETTINGS["method"].default) in f.methods]
+        runs = [(at, s) for at, s in runs if not f.runs or _run_label(s) in f.runs]
         keep = lambda values, only: [v for v in values if only is None or v in only]
         configs = [_config(exp.path, at, model, scenario, seed, log_dir, f"{part.suite}-{label}", settings)
                    for seed in (f.seeds or part.seeds) for model in keep(part.models, f.models)
@@ -348,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenarios", nargs="+", choices=IMBALANCE_TYPES, help="keep only these scenarios")
     p.add_argument("--methods", nargs="+", choices=tuple(METHODS), metavar="METHOD",
                    help=f"keep only the runs of these methods, of {', '.join(METHODS)}")
+    p.add_argument("--runs", nargs="+", metavar="NAME",
+                   help="keep only the runs of these names (a run's exp_name, else its method), e.g. "
+                        "--runs drw_sam mislas")
     p.add_argument("--seeds", nargs="+", type=int, help="run these seeds instead of the experiment's")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", default=[],
                    help="override a setting of every run, e.g. --set stage2_lr=0.03 n_max=500 "
@@ -510,7 +520,7 @@ def main(argv=None) -> int:
         args.threads = max(1, launch.cpu_count() // jobs)  # the jobs share the cores fairly
     try:
         exp = load_experiment(experiment_path(args.experiment or args.profile or str(DEFAULT_EXPERIMENT)))
-        filters = Filters(args.models, args.scenarios, args.methods, args.seeds, common_settings(args))
+        filters = Filters(args.models, args.scenarios, args.methods, args.seeds, common_settings(args), args.runs)
         parts = plan_experiment(exp, args.out, filters)
         out = Path(args.out) / folder_label(exp.folder, filters.settings.get("dataset", DEFAULT_DATASET))
         why_not = unwritable_folder(out)

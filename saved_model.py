@@ -34,7 +34,7 @@ def save(path, model: torch.nn.Module, cfg, data, counts, rows: list[dict], run_
     """Write the model file of a finished run (see the module docstring); ``rows`` are the run's
     metric rows, where ``tau_norm`` logged its tau."""
     record = {
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "state_dict": plain_state_dict(model),
         "model_name": cfg.model_name.lower(), "num_classes": data.num_classes,
         "normed_classifier": isinstance(model.fc, NormedLinear), "normed_init": cfg.normed_init,
         "mean": list(data.mean), "std": list(data.std), "class_counts": list(counts), "classes": list(data.classes),
@@ -43,6 +43,18 @@ def save(path, model: torch.nn.Module, cfg, data, counts, rows: list[dict], run_
         "git_commit": git_commit(),
     }
     atomic_torch_save(record, path)
+
+
+def plain_state_dict(model: torch.nn.Module) -> dict:
+    """The model's weights on the CPU, in the shape :func:`model.get_model` builds: MiSLAS's logit
+    scale (``fc`` = ``Sequential(Linear, LogitScale)``) folded into the classifier, as
+    ``s_c (w_c . f + b_c) = (s_c w_c) . f + s_c b_c``."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if "fc.1.scale" in state:
+        scale = state.pop("fc.1.scale")
+        state["fc.weight"] = state.pop("fc.0.weight") * scale[:, None]
+        state["fc.bias"] = state.pop("fc.0.bias") * scale
+    return state
 
 
 def load(path, device="cpu") -> tuple[torch.nn.Module, dict]:

@@ -78,7 +78,9 @@ NOT_CONFIG = ("run_id", "stage1_id", "seed")  # the configuration is the identit
 # the stage-2 knobs that the tuning grid sweeps (run_all_models.TUNING_GRID), for labels
 TUNED = ("stage2_lr", "min_weight", "max_weight", "stage2_focal_gamma", "dynamic_mode", "stage2_loss_type")
 COMPARE_METRICS = (("acc", "test acc"), ("macro_f1", "macro-F1"), ("tail_macro_f1", "tail macro-F1"),
-                   ("many_acc", "many acc"), ("medium_acc", "medium acc"), ("few_acc", "few acc"))
+                   ("many_acc", "many acc"), ("medium_acc", "medium acc"), ("few_acc", "few acc"),
+                   ("ece", "ECE"))
+LOWER_IS_BETTER = {"ece"}  # expected calibration error (15 bins); the others: higher is better
 ABLATION_PREFIX = "abl-"  # exp_name of an ablation variant of the two-stage method
 RECORDED = ("class_counts", "classes")  # read from each run's JSON; one JSON text per row
 
@@ -299,6 +301,10 @@ def _flatten(summary: dict) -> dict:
                 a, b = out.get(f"s1_{kind}_{split}_{k}"), out.get(f"s2_{kind}_{split}_{k}")
                 if a is not None and b is not None:
                     out[f"delta_{kind}_{split}_{k}"] = b - a
+    peak = summary.get("peak")
+    if peak:
+        out.update({f"peak_test_{k}": v for k, v in peak["test"].items()})
+        out["peak_global_epoch"], out["peak_evaluated"] = peak["global_epoch"], peak["evaluated"]
     return out
 
 
@@ -348,7 +354,7 @@ def summarize_runs(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if re.match(r"^(s[12]_(final|best)_|delta_|s[12]_best_epoch$|s2_final_tau$)", c)
+    return [c for c in df.columns if re.match(r"^(s[12]_(final|best)_|delta_|peak_|s[12]_best_epoch$|s2_final_tau$)", c)
             and pd.api.types.is_numeric_dtype(df[c])]
 
 
@@ -872,7 +878,9 @@ def best_configs(agg: pd.DataFrame, by=BEST_KEY, notes: list | None = None,
 # ----------------------------------------------------------------------------------------------
 # The methods side by side
 
-SELECTIONS = {"final": "stage-2 last epoch", "best": "stage-2 best-by-validation epoch"}
+SELECTIONS = {"final": "stage-2 last epoch", "best": "stage-2 best-by-validation epoch",
+              "peak": "best test accuracy over the evaluated epochs (the references' protocol: test chooses)"}
+SELECTED = {"final": "s2_final", "best": "s2_best", "peak": "peak"}  # each selection's column prefix
 COMPARE_CASE = ["tag", "model", "scenario", "imb_factor"]  # one table of methods each
 
 
@@ -892,9 +900,10 @@ def compare_table(agg: pd.DataFrame, suites=("compare",)) -> pd.DataFrame:
             row = {k: r.get(k) for k in ("tag", "model", "scenario", "imb_factor")}
             row.update(selection=sel, method=r["variant"], n_seeds=r["n_seeds"], seeds=r["seeds"],
                        stage1_epochs=r.get("stage1_epochs"), stage2_epochs=r.get("stage2_epochs"),
-                       n_max=r.get("n_max_effective"), val_per_class=r.get("val_per_class"))
+                       n_max=r.get("n_max_effective"), val_per_class=r.get("val_per_class"),
+                       test_evaluations=r.get("peak_evaluated_mean"))
             for m, _ in COMPARE_METRICS:
-                s = level(r, f"s2_{sel}_test_{m}")
+                s = level(r, f"{SELECTED[sel]}_test_{m}")
                 row.update({f"test_{m}_pct_{k}": s[k] for k in ("mean", "std", "ci95_lo", "ci95_hi")})
                 row[f"test_{m}_pct"] = fmt_stat(s)
             rows.append(row)
@@ -939,10 +948,13 @@ def compare_markdown(table: pd.DataFrame) -> str:
         lines += [f"## {d['tag'] or '(untagged)'} · {d['model']} · {d['scenario']} · imb {d['imb_factor']:g} · "
                   f"{SELECTIONS[d['selection']]}", "",
                   f"{int(first['stage1_epochs'])} + {int(first['stage2_epochs'])} epochs, n_max {n_max}, "
-                  f"val_per_class {fmt_num(first['val_per_class'])}, {seeds}.", ""]
+                  f"val_per_class {fmt_num(first['val_per_class'])}, {seeds}"
+                  + (f", test evaluated at {fmt_num(first['test_evaluations'])} epochs"
+                     if d["selection"] == "peak" and pd.notna(first["test_evaluations"]) else "") + ".", ""]
         header = ["method", "seeds"] + [f"{label} (%)" for _, label in COMPARE_METRICS]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        best = {m: g[f"test_{m}_pct_mean"].max() for m, _ in COMPARE_METRICS}
+        best = {m: (g[f"test_{m}_pct_mean"].min() if m in LOWER_IS_BETTER else g[f"test_{m}_pct_mean"].max())
+                for m, _ in COMPARE_METRICS}
         for _, r in g.iterrows():
             cells = [str(r["method"]), str(int(r["n_seeds"]))]
             for m, _ in COMPARE_METRICS:

@@ -197,6 +197,7 @@ class RunState:
     epoch: int = 0  # last finished epoch of this stage
     step: int = 0  # optimizer steps so far, both stages
     train_class_loss: torch.Tensor | None = None  # per-class training loss of the last epoch
+    max_norm: float | None = None  # the classifier rows' MaxNorm radius in stage 2 (weight balancing)
 
 
 @dataclass
@@ -214,6 +215,7 @@ class Run:
     made_by: dict  # what made this run, oldest first: "code_fingerprints", "cpu_threads" (lists, in its JSON)
     state: RunState = field(default_factory=RunState)
     confusion_test: dict = field(default_factory=dict)  # "stage1"/"stage2": the test matrix at the stage's end
+    freeze_bn_stats: bool = False  # in stage 2, as the method's Stage2Start says
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         c = self.cfg
@@ -225,6 +227,9 @@ class Run:
         start = self.method.enter_stage2(self.model, fresh, self.cfg.seed)
         if start is None:
             return
+        self.freeze_bn_stats = start.freeze_bn_stats
+        if fresh:  # a resumed run keeps the radius measured on its stage-1 weights
+            self.state.max_norm = start.max_norm
         self.optimizer = self.make_optimizer(start.params)
         self.batches = data_loader.DeviceBatches(*self.data.train, self.cfg.batch_size, self.data.norm,
                                                  self.generator, sampler=start.sampler,
@@ -383,7 +388,10 @@ def _train_epoch(run: Run, forward, stage: int, epoch: int, n_epochs: int, loss_
     weights = class_weights(run, stage)
     out = train_one_epoch(run.model, run.batches, run.optimizer, loss_fn, lr_fn, st.step, C,
                           class_weights=weights, precision=cfg.precision,
-                          normalization=run.method.normalization, forward=forward)
+                          normalization=run.method.normalization, forward=forward,
+                          mixup_alpha=cfg.mixup_alpha if stage == 1 else 0.0, mixup_generator=run.generator,
+                          sam_rho=cfg.sam_rho, max_norm=st.max_norm if stage == 2 else None,
+                          freeze_bn_stats=run.freeze_bn_stats and stage == 2)
     st.step += out["steps"]
     st.train_class_loss = out["class_loss"]
     last = epoch == n_epochs

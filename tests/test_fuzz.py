@@ -147,6 +147,8 @@ PARAMS = {
     "prior_blend": (num_in(0, 1), _nums),
     "weight_map": (one_of(losses.WEIGHT_MAPS), _words(losses.WEIGHT_MAPS)),
     "map_power": (num_in(0), _nums),
+    "mixup_alpha": (num_in(0), _nums),
+    "sam_rho": (num_in(0), _nums),
     "stage2_schedule": (one_of(config.STAGE2_SCHEDULES), _words(config.STAGE2_SCHEDULES)),
     "stage2_loss_type": (one_of(config.STAGE2_LOSS_TYPES), _words(config.STAGE2_LOSS_TYPES)),
     "stage2_focal_gamma": (num_in(0, 5), _nums),

@@ -87,7 +87,10 @@ def test_the_method_table():
     assert table["rw"] == ("ce", "inverse", "ce", "inverse")
     assert table["two_stage_ictta"] == ("ce", "none", "ictta", "dynamic")  # CE stage 1, dynamic stage 2
     assert METHODS["cb_focal"].normalization == "batch_mean"  # Cui et al. divide by the batch size
-    assert {n for n, m in METHODS.items() if m.normalization != "mean"} == {"cb_focal"}
+    assert table["mislas"] == ("ce", "none", "las", "none")  # label-aware smoothing in stage 2
+    assert table["weight_balancing"] == ("ce", "none", "softmax_bce", "effective")
+    # Cui et al. and weight balancing's N x C mean both divide by the batch size
+    assert {n for n, m in METHODS.items() if m.normalization != "mean"} == {"cb_focal", "weight_balancing"}
     assert {n for n, m in METHODS.items() if m.normed_classifier} == {"ldam_drw"}  # LDAM's cosine classifier
 
 
@@ -97,3 +100,16 @@ def test_tau_norm_logits_by_hand():
     assert losses.tau_norm_logits(f, w, 1.0).tolist()[0] == pytest.approx([7 / 5, 1.0])
     assert losses.tau_norm_logits(f, w, 0.5).tolist()[0] == pytest.approx([7 / math.sqrt(5), 1.0])
     assert losses.tau_norm_logits(f, w, 0.0).tolist()[0] == pytest.approx([7.0, 1.0])
+
+
+def test_mislas_smoothing_runs_from_0_3_on_the_largest_class_to_0_on_the_smallest():
+    # counts (3, 1): eps = (0.3, 0); z = (1, 0), y = 0: (1 - 0.3) CE + 0.3 * mean_c(-log p_c)
+    nll0, nll1 = math.log1p(math.exp(-1)), 1 + math.log1p(math.exp(-1))
+    got = loss_of("las", [3, 1], logits=torch.tensor([[1.0, 0.0]]), y=0)
+    assert got == pytest.approx(0.7 * nll0 + 0.3 * (nll0 + nll1) / 2, rel=1e-6)
+    assert loss_of("las", [3, 1], logits=torch.tensor([[1.0, 0.0]]), y=1) == pytest.approx(nll1, rel=1e-6)  # eps 0
+
+
+def test_weight_balancing_stage2_loss_is_the_softmax_bce():
+    # z = (0, 0), y = 1: p = (1/2, 1/2); -(1/2) [log(1/2) + log(1 - 1/2)] = log 2
+    assert loss_of("softmax_bce", [3, 1]) == pytest.approx(math.log(2), rel=1e-6)

@@ -43,6 +43,21 @@ def test_every_experiment_file_loads_and_its_runs_are_valid_and_distinct(name):
     assert all(c.tag.split("-", 1)[0] in grid.SUITES for c in cfgs)
 
 
+def test_runs_keeps_the_runs_of_those_names_and_methods_keeps_a_methods_runs():
+    named = runs_of("compare_reduced", runs=["drw_sam", "mislas"], seeds=[0])
+    assert sorted((c.exp_name or c.method, c.sam_rho, c.mixup_alpha) for c in named) == [
+        ("drw_sam", 0.5, 0.0), ("mislas", 0.0, 1.0)]
+    by_method = runs_of("compare_reduced", methods=["drw"], seeds=[0])
+    assert sorted(c.exp_name or c.method for c in by_method) == ["drw", "drw_sam"]
+
+
+def test_the_dynamic_variants_share_drws_cross_entropy_stage1():
+    cfgs = runs_of("dynamic", seeds=[0])
+    two_stage = [c for c in cfgs if c.method == "two_stage_ictta"]
+    assert len(two_stage) == 9 and len({stage1_hash(c) for c in two_stage}) == 1
+    assert stage1_hash(next(c for c in cfgs if c.method == "drw")) == stage1_hash(two_stage[0])
+
+
 def test_the_grid_pairs_every_two_stage_run_with_its_control_on_its_stage1():
     cfgs = runs_of("grid")
     assert len(cfgs) == 5 * 2 * 3 * 2  # models x scenarios x seeds x (two-stage, control)

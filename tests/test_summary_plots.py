@@ -167,7 +167,11 @@ def test_compare_table(tmp_path):
     best = table[table["selection"] == "best"].set_index("method")
     assert best.loc["two_stage_ictta", "test_macro_f1_pct_mean"] == pytest.approx(60.0)  # first by its own numbers,
     assert list(best.index) == list(final.index)  # yet listed as in the final table, so the two read alike
-    assert set(table["selection"]) == {"final", "best"} and set(table["tag"]) == {"compare-reduced"}
+    assert set(table["selection"]) == {"final", "best", "peak"} and set(table["tag"]) == {"compare-reduced"}
+    # the references' protocol: the epoch of the highest test accuracy (two_stage_ictta's 70 % at (2, 1))
+    peak = table[table["selection"] == "peak"].set_index("method")
+    assert peak.loc["two_stage_ictta", "test_acc_pct_mean"] == pytest.approx(70.0)
+    assert peak.loc["ce", "test_acc_pct_mean"] == pytest.approx(52.0)
     ce = final.loc["ce"]
     assert ce["test_macro_f1_pct_mean"] == pytest.approx(42.0)
     assert ce["test_macro_f1_pct_std"] == pytest.approx(np.std([40, 44], ddof=1))
@@ -180,7 +184,8 @@ def test_compare_table(tmp_path):
     md = (tmp_path / "out" / "compare_table.md").read_text()
     assert "| ldam_drw | 2 | **61.00 ± 1.41 [48.29, 73.71]** | **51.00 ± 1.41 [38.29, 63.71]** |" in md
     assert "n_max 4850" in md and "stage-2 last epoch" in md and "best-by-validation" in md
-    assert len(pd.read_csv(tmp_path / "out" / "compare_table.csv")) == 6
+    assert len(pd.read_csv(tmp_path / "out" / "compare_table.csv")) == 9  # 3 methods x 3 selections
+    assert "best test accuracy over the evaluated epochs" in md and "test evaluated at 6 epochs" in md  # 3 + 3, every one
 
 
 def test_t_quantiles_match_the_tables():

@@ -148,6 +148,16 @@ def test_summarize_rows_selects_on_validation_never_on_test():
     assert out["stage1"]["best"]["test"]["macro_f1"] == 0.9
 
 
+def test_peak_is_the_highest_test_accuracy_over_both_stages_and_says_how_often_test_was_seen():
+    rows = [{"stage": st, "epoch": e, "global_epoch": g, "split": split, "acc": acc, "macro_f1": f1}
+            for st, e, g, split, acc, f1 in [(1, 1, 1, "val", 0.5, 0.5), (1, 1, 1, "test", 0.6, 0.4),
+                                             (1, 2, 2, "val", 0.6, 0.6), (1, 2, 2, "test", 0.8, 0.3),
+                                             (2, 1, 3, "val", 0.9, 0.9), (2, 1, 3, "test", 0.7, 0.7)]]
+    out = summarize_rows(rows)
+    assert out["peak"] == {"global_epoch": 2, "evaluated": 3, "test": {"acc": 0.8, "macro_f1": 0.3}}
+    assert out["stage2"]["best"]["test"]["acc"] == 0.7  # validation still chooses the reported epoch
+
+
 def test_no_validation_reports_last_epoch(tiny_run_kwargs):
     res = run(**{**tiny_run_kwargs, "val_per_class": 0, "stat_per_class": 0})
     df = read_csv(res)
@@ -520,7 +530,7 @@ OTHER_VALUE = {
     "stat_per_class": 10, "n_max": 100, "momentum": 0.5, "weight_decay": 1e-3, "warmup_epochs": 0.0,
     "schedule": "step", "lr_milestones": (1, 2), "focal_gamma": 2.0, "cb_beta": 0.99, "ldam_max_margin": 0.3,
     "ldam_scale": 10.0, "prior_blend": 0.5, "weight_map": "power", "map_power": 2.0, "stage2_schedule": "cosine", "normed_init": "uniform", "la_tau": 0.5,
-    "precision": "fp32", "channels_last": False, "compile": True, "compile_mode": "reduce-overhead",
+    "mixup_alpha": 1.0, "sam_rho": 0.5, "precision": "fp32", "channels_last": False, "compile": True, "compile_mode": "reduce-overhead",
     "eval_every": 2, "eval_batch_size": 64, "threads": 2, "quiet": True, "tensorboard": True, "resume": False,
     "reuse_stage1": False, "accept_code_change": True, "tag": "x", "jpeg_quality": 50,
 }
@@ -589,3 +599,88 @@ def test_data_read_elsewhere_compares_resolved_folders(tmp_path):
     assert tsi.data_read_elsewhere(cfg, {"data_source": str(tmp_path / "other")}) == str(tmp_path / "other")
     assert tsi.data_read_elsewhere(cfg, {"data_source": "data/cifar10"}) is None  # as typed by an older run: no telling
     assert tsi.data_read_elsewhere(cfg, {}) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# The newer methods' stage 2, and their runs resumed
+
+def spy_stage2(monkeypatch, stage1_epochs: int) -> list:
+    """Each stage-2 call of train_one_epoch: the model and optimizer before it, and the backbone's
+    first conv and BatchNorm statistics before and after."""
+    seen, real = [], tsi.train_one_epoch
+
+    def spy(model, batches, optimizer, *args, **kwargs):
+        before = (model.body[0].weight.clone(), model.body[1].running_mean.clone())
+        out = real(model, batches, optimizer, *args, **kwargs)
+        seen.append(dict(model=model, groups=optimizer.param_groups, kwargs=kwargs, conv=before[0], bn=before[1],
+                         conv_kept=torch.equal(before[0], model.body[0].weight),
+                         bn_kept=torch.equal(before[1], model.body[1].running_mean)))
+        return out
+
+    monkeypatch.setattr(tsi, "train_one_epoch", spy)
+    return seen
+
+
+def test_mislas_stage2_trains_the_classifier_and_logit_scale_on_a_frozen_backbone(tiny_run_kwargs, monkeypatch):
+    seen = spy_stage2(monkeypatch, tiny_run_kwargs["stage1_epochs"])
+    run(**{**tiny_run_kwargs, "method": "mislas", "mixup_alpha": 1.0})
+    stage1, stage2 = seen[:2], seen[2:]
+    assert [c["kwargs"]["mixup_alpha"] for c in seen] == [1.0, 1.0, 0.0, 0.0]  # mixup in stage 1 only
+    assert stage2 and all(c["conv_kept"] and c["bn_kept"] and c["kwargs"]["freeze_bn_stats"] for c in stage2)
+    assert not any(c["kwargs"]["freeze_bn_stats"] for c in stage1)
+    fc = stage2[0]["model"].fc
+    assert isinstance(fc, torch.nn.Sequential) and fc[1].scale.shape == (fc[0].out_features,)
+    assert not torch.equal(fc[1].scale.detach(), torch.ones_like(fc[1].scale))  # the scale trained
+    classifier, scale = stage2[0]["groups"]
+    assert classifier["lr_scale"] == 0.5 and "lr_scale" not in scale
+    assert [p.shape for p in classifier["params"]] == [fc[0].weight.shape, fc[0].bias.shape]
+
+
+def test_weight_balancing_stage2_holds_the_classifier_rows_within_the_stage1_radius(tiny_run_kwargs, monkeypatch):
+    import losses
+    seen = spy_stage2(monkeypatch, tiny_run_kwargs["stage1_epochs"])
+    stage1_fc = {}
+    real_enter = methods.balance_classifier
+
+    def enter(model, fresh, seed):
+        stage1_fc["weight"] = model.fc.weight.detach().clone()
+        return real_enter(model, fresh, seed)
+
+    monkeypatch.setitem(methods.METHODS, "weight_balancing",
+                        dataclasses.replace(methods.METHODS["weight_balancing"], enter_stage2=enter))
+    run(**{**tiny_run_kwargs, "method": "weight_balancing", "weight_decay": 5e-3})
+    radius = losses.max_norm_radius(stage1_fc["weight"], 0.1)
+    stage2 = seen[2:]
+    assert [c["kwargs"]["max_norm"] for c in seen] == [None, None, radius, radius]
+    assert all(c["conv_kept"] and not c["bn_kept"] for c in stage2)  # frozen, BatchNorm in train mode
+    assert [g["weight_decay"] for g in stage2[0]["groups"]] == [0.1]
+    assert stage2[-1]["model"].fc.weight.norm(dim=1).max() <= radius * (1 + 1e-6)
+
+
+NEWER = {"mislas": dict(method="mislas", mixup_alpha=1.0),
+         "weight_balancing": dict(method="weight_balancing", weight_decay=5e-3),
+         "drw_sam": dict(method="drw", sam_rho=0.5)}
+
+
+@pytest.mark.parametrize("name", sorted(NEWER))
+def test_newer_method_interrupted_in_stage2_resumes_to_the_uninterrupted_rows(tiny_run_kwargs, monkeypatch, name):
+    """Stopped during stage-2 epoch 2, the same call resumes from epoch 1's checkpoint (MiSLAS's
+    classifier shape, weight balancing's radius, SAM's optimizer) and writes the same numbers."""
+    kw = {**tiny_run_kwargs, **NEWER[name]}
+    ref = read_csv(run(**kw, exp_name="ref"))
+    calls, real = [], tsi.train_one_epoch
+
+    def stop_at_the_second(*args, **kwargs):  # stage 1 comes from ref's: call 2 is stage-2 epoch 2
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tsi, "train_one_epoch", stop_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run(**kw, exp_name="again")
+    monkeypatch.setattr(tsi, "train_one_epoch", real)
+    again = run(**kw, exp_name="again")
+    assert again["resumed_from"] == (2, 1)
+    drop = ["seconds", "run_id", "exp_name"]
+    pd.testing.assert_frame_equal(ref.drop(columns=drop), read_csv(again).drop(columns=drop))
