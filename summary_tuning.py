@@ -471,7 +471,10 @@ COMPARISONS = {"vs_control": "two-stage minus its same-budget control",
                "tuning_vs_default": "tuning point minus the default two-stage run",
                "ablation_vs_default": "ablation variant minus the default two-stage run",
                "ablation_vs_drw": "ablation variant minus drw",
+               "ablation_vs_logit_adjust": "ablation variant minus logit_adjust (its own stage 1: paired by seed only)",
                "two_stage_vs_method": "two_stage_ictta minus a method of the compare suite that shares its stage 1",
+               "two_stage_vs_method_seed": "two_stage_ictta minus a method of the compare suite with a stage 1 of its "
+                                           "own, paired by seed only (the same subset, splits and batch order)",
                "variant_vs_method": "a named variant of a method (its exp_name: ce_fp32, ce_jpeg50, ...) minus the "
                                     "method, paired by seed only"}
 
@@ -608,6 +611,19 @@ def default_two_stage(g: pd.DataFrame) -> pd.DataFrame:
     return compare if len(compare) else g[g["role"] == "two_stage"]
 
 
+ABLATION_REFERENCES = ("default", "drw", "logit_adjust")
+REFERENCE_LABEL = {"default": "two_stage (default)"}
+
+
+def ablation_references(g: pd.DataFrame) -> list[tuple[str, pd.DataFrame, tuple]]:
+    """What each ablation variant of a group is paired with, and on which columns: the default
+    two-stage run and drw on the variant's stage 1, and logit_adjust, whose stage 1 is its own
+    (trained with its loss), by seed."""
+    method = g[g["role"] == "method"]
+    return [("default", default_two_stage(g), PAIR_ON), ("drw", method[method["method"] == "drw"], PAIR_ON),
+            ("logit_adjust", method[method["method"] == "logit_adjust"], ("seed",))]
+
+
 def _what(key: dict, comparison: str, treated: pd.DataFrame, reference_name: str) -> dict:
     """The identifying columns of a comparison's rows; ``treated`` is the two-stage run when the
     treated side has no run (its partners are then all listed as unpaired)."""
@@ -621,16 +637,19 @@ def _what_config(what: dict, treated: pd.DataFrame) -> dict:
 
 
 def compare_pair_rows(key: dict, g: pd.DataFrame) -> list[dict]:
-    """The compare suite's paired design: ``two_stage_ictta`` minus each method that trained from
-    the same stage-1 checkpoints (ce, drw, crt, tau_norm), and its stage 2 minus its stage 1."""
-    methods = g[(g["role"] == "method") & (g["suite"] == "compare")]
-    ours = methods[methods["method"] == "two_stage_ictta"]
+    """The compare suite's paired design: ``two_stage_ictta`` minus each method (and named variant:
+    ``drw_sam``) that trained from the same stage-1 checkpoints (ce, drw, crt, tau_norm), minus each
+    other one paired by seed only, and its stage 2 minus its stage 1."""
+    methods = g[g["role"].isin(("method", "variant")) & (g["suite"] == "compare")]
+    ours = methods[(methods["method"] == "two_stage_ictta") & (methods["role"] == "method")]
     if not len(ours):
         return []
     rows = stage_gain_rows(_what(key, "stage2_vs_stage1", ours, "stage 1"), ours)
-    for name, other in methods[methods["method"] != "two_stage_ictta"].groupby("method", sort=False):
+    for name, other in methods[methods["method"] != "two_stage_ictta"].groupby("variant", sort=False):
         if set(other["stage1_id"]) & set(ours["stage1_id"]):
             rows += paired_rows(_what(key, "two_stage_vs_method", ours, name), ours, other)
+        else:
+            rows += paired_rows(_what(key, "two_stage_vs_method_seed", ours, name), ours, other, on=("seed",))
     return rows
 
 
@@ -661,10 +680,9 @@ def paired_table(summary: pd.DataFrame) -> pd.DataFrame:
             rows += stage_gain_rows(_what(key, "stage2_vs_stage1", two_stage, "stage 1"), two_stage)
         for _, t in g[g["role"] == "tuning"].groupby("config_id", sort=False):
             rows += paired_rows(_what(key, "tuning_vs_default", t, "two_stage"), t, two_stage)
-        default, drw = default_two_stage(g), g[(g["role"] == "method") & (g["method"] == "drw")]
         for _, a in g[g["role"] == "ablation"].groupby("config_id", sort=False):
-            rows += paired_rows(_what(key, "ablation_vs_default", a, "two_stage (default)"), a, default)
-            rows += paired_rows(_what(key, "ablation_vs_drw", a, "drw"), a, drw)
+            for ref, runs, on in ablation_references(g):
+                rows += paired_rows(_what(key, f"ablation_vs_{ref}", a, REFERENCE_LABEL.get(ref, ref)), a, runs, on=on)
         rows += compare_pair_rows(key, g) + variant_pair_rows(key, g)
     cols = [*PAIR_GROUP, "comparison", "treated", "treated_config", "reference", "reference_config", "differs",
             "split", "metric", "n", "seeds", "mean", "std", "ci95_lo", "ci95_hi", "wins", "ties", "interval",
@@ -680,7 +698,8 @@ PAIRED_INTRO = ("Treated minus reference at stage 2's last epoch, in percentage 
                 "settings in which they differ are in the CSV's `differs`). Test split; validation rows are in "
                 "`paired_differences.csv`.")
 ABLATION_INTRO = ("Stage 2's last epoch, in %: mean ± std over seeds [95% Student-t interval]. Differences are "
-                  "paired (same seed and stage-1 checkpoint), in percentage points, with the seeds won. "
+                  "paired (same seed and stage-1 checkpoint; logit_adjust, which trains its own stage 1, by "
+                  "seed only), in percentage points, with the seeds won. "
                   "**closes the gap**: the mean paired difference vs drw in macro-F1 is >= 0 on validation "
                   "(the choice) and still >= 0 on test (the check); \"on validation only\" if the test does not "
                   "confirm it; \"no\" if validation says no (test not consulted); no verdict from one seed.")
@@ -753,7 +772,7 @@ def ablation_table(agg: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
         variants = g[g["role"] == "ablation"]
         if not len(variants):
             continue
-        refs = [("default", default_two_stage(g)), ("drw", g[(g["role"] == "method") & (g["method"] == "drw")])]
+        refs = [(kind, runs) for kind, runs, _ in ablation_references(g)]
         for kind, cfgs in [*refs, ("variant", variants)]:
             for _, r in cfgs.iterrows():
                 row = {**dict(zip(PAIR_GROUP, key)), "kind": kind, "variant": r["variant"], "tag": r["tag"],
@@ -781,7 +800,7 @@ def main_reference(rows: pd.DataFrame) -> pd.DataFrame:
 def _ablation_differences(paired: pd.DataFrame, config_id: str) -> dict:
     out, found = {}, {}
     mine = paired[paired["treated_config"] == config_id]
-    for ref in ("default", "drw"):
+    for ref in ABLATION_REFERENCES:
         vs = main_reference(mine[mine["comparison"] == f"ablation_vs_{ref}"])
         for split, m in ABLATION_LEVELS:
             p = vs[(vs["split"] == split) & (vs["metric"] == m)]
@@ -812,12 +831,12 @@ def ablation_markdown(table: pd.DataFrame) -> str:
         lines += ["", "| variant | vs | val macro-F1 (pp) | test macro-F1 (pp) | val tail (pp) | test tail (pp) "
                   "| closes the gap |", "|---|---|---|---|---|---|---|"]
         for _, r in g[g["kind"] == "variant"].iterrows():
-            for ref in ("default", "drw"):
+            for ref in ABLATION_REFERENCES:
                 cells = [r[f"vs_{ref}_{split}_{m}"] for m in ("macro_f1", "tail_macro_f1") for split in ("val", "test")]
                 lines.append(f"| {r['variant']} | {ref} | " + " | ".join(cells) + " | "
                              + (r["closes_gap"] if ref == "drw" else "") + " |")
         unpaired = [f"{r['variant']} vs {ref}: {r[f'vs_{ref}_unpaired']}" for _, r in g[g["kind"] == "variant"].iterrows()
-                    for ref in ("default", "drw") if r[f"vs_{ref}_unpaired"]]
+                    for ref in ABLATION_REFERENCES if r[f"vs_{ref}_unpaired"]]
         lines += [""] + ([f"Unpaired: {'; '.join(unpaired)}", ""] if unpaired else [])
     return "\n".join(lines)
 

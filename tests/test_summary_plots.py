@@ -388,6 +388,10 @@ def test_compare_suite_pairs_two_stage_with_the_methods_of_its_stage1(tmp_path):
     assert sorted(rows.index) == ["ce", "drw"]
     assert rows.loc["drw", "mean"] == pytest.approx(-2.5) and rows.loc["drw", "wins"] == 0
     assert rows.loc["ce", "mean"] == pytest.approx(4.0) and rows.loc["ce", "wins"] == 2
+    by_seed = paired[(paired["comparison"] == "two_stage_vs_method_seed") & (paired["split"] == "test")
+                     & (paired["metric"] == "macro_f1")].set_index("reference")
+    assert list(by_seed.index) == ["ldam_drw"]  # its own stage 1: paired by seed only
+    assert by_seed.loc["ldam_drw", "mean"] == pytest.approx(-9.5) and by_seed.loc["ldam_drw", "n"] == 2
     gain = paired[(paired["comparison"] == "stage2_vs_stage1") & (paired["split"] == "test")
                   & (paired["metric"] == "macro_f1")]
     assert gain["mean"].tolist() == pytest.approx([100 * (0.51 - 0.10)])  # stage 1 pinned at 0.10
@@ -428,8 +432,14 @@ def test_ablation_table_chooses_on_validation_and_checks_on_test(tmp_path):
         for seed, shift in enumerate((0.0, 0.01, -0.01)):
             write_run(res, pinned({3: val + shift}, {3: test + shift}), seed=seed, exp_name=exp, method=method,
                       **(compare if not exp.startswith("abl-") else ablation))
+    for seed, shift in enumerate((0.0, 0.01, -0.01)):  # logit_adjust trains its own stage 1
+        write_run(res, pinned({3: 0.58 + shift}, {3: 0.59 + shift}), seed=seed, exp_name="logit_adjust",
+                  method="logit_adjust", stage1_id=f"laseed{seed}xxxx", **compare)
     out = st.write_summary(res, tmp_path / "out", verbose=False)
     table = out["ablation"].set_index("variant")
+    assert table.loc["logit_adjust", "kind"] == "logit_adjust"
+    assert table.loc["abl-good", "vs_logit_adjust_test_macro_f1_n"] == 3  # by seed, on another stage 1
+    assert table.loc["abl-good", "vs_logit_adjust_test_macro_f1_mean"] == pytest.approx(2.0)
     assert table.loc["two_stage_ictta", "kind"] == "default" and table.loc["drw", "kind"] == "drw"
     assert table.loc["abl-good", "closes_gap"] == "closes the gap"
     assert table.loc["abl-val-only", "closes_gap"] == "on validation only"
@@ -443,7 +453,7 @@ def test_ablation_table_chooses_on_validation_and_checks_on_test(tmp_path):
     md = (tmp_path / "out" / "ablation_table.md").read_text()
     verdicts = {line.split(" | ")[0][2:]: line.split(" | ")[-1] for line in md.splitlines() if line.startswith("| abl-") and " | drw | " in line}
     assert verdicts == {"abl-good": "closes the gap |", "abl-val-only": "on validation only |", "abl-test-only": "no |"}
-    assert len(pd.read_csv(tmp_path / "out" / "ablation_table.csv")) == 5
+    assert len(pd.read_csv(tmp_path / "out" / "ablation_table.csv")) == 6  # 3 variants, 3 references
 
 
 def test_gap_verdict_needs_more_than_one_seed():
