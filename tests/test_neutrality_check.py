@@ -45,3 +45,15 @@ def test_a_failing_smoke_grid_is_one_line(tmp_path, capsys):
         neutrality_check.main(["--old", str(Path(neutrality_check.__file__).parents[1]), "--data-root", str(tmp_path)])
     err = capsys.readouterr().err.splitlines()
     assert e.value.code == 2 and "the smoke grid of --old failed (exit 2)" in err[-1]
+
+
+def test_a_new_run_or_column_is_listed_beside_the_verdict_but_a_lost_column_is_a_difference(tmp_path):
+    _write(tmp_path / "old", "results_a.csv", acc=[0.5])
+    _write(tmp_path / "new", "results_a.csv", acc=[0.5], ece=[0.1])
+    _write(tmp_path / "new", "results_m.csv", acc=[0.7])
+    neutral, text = neutrality_check.verdict(numbers(tmp_path / "old"), numbers(tmp_path / "new"))
+    assert neutral and text.splitlines() == [
+        "neutral: 1 smoke runs, every number bit-identical (and what the new code adds:)",
+        "new run: results_m.csv", "new columns in the common runs: ece"]
+    neutral, text = neutrality_check.verdict(numbers(tmp_path / "new"), numbers(tmp_path / "old"))
+    assert not neutral and "results_a.csv: columns or rows differ" in text and "missing: ece" in text

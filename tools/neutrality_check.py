@@ -7,7 +7,9 @@ method) with two checkouts of the project, same data and one thread, and compare
 
 The numbers are every CSV column that is not a setting or an identity (``run_id``, ``stage1_id``,
 ``seconds`` and the config fields): losses, metrics, learning rates and class weights, per epoch and
-split. The verdict "neutral" needs the same runs, the same rows and bit-identical numbers. Only
+split. The verdict "neutral" needs every old run in the new results with the same rows and
+bit-identical numbers in every old column; what the new code adds (runs of a new method, a new
+metric's column) is listed beside it. Only
 then may old results be kept across the change, with ``--accept-code-change`` (a run's JSON then
 lists both code fingerprints). Exit status 0 when neutral, 1 when not.
 """
@@ -50,17 +52,37 @@ def numbers(folder: Path) -> dict[str, pd.DataFrame]:
 
 
 def differences(old: dict[str, pd.DataFrame], new: dict[str, pd.DataFrame]) -> list[str]:
-    """What differs between two result sets, one line each; empty when they are identical."""
+    """What differs between two result sets, one line each; empty when every old run is in the new
+    set with the same rows and bit-identical numbers in every old column (:func:`additions` lists
+    what the new set adds: runs of a new method, a new metric's column)."""
     lines = [f"only in the old results: {n}" for n in sorted(set(old) - set(new))]
-    lines += [f"only in the new results: {n}" for n in sorted(set(new) - set(old))]
     for name in sorted(set(old) & set(new)):
         a, b = old[name], new[name]
-        if list(a.columns) != list(b.columns) or a.shape != b.shape:
-            lines.append(f"{name}: columns or rows differ ({a.shape} vs {b.shape})")
-        elif not a.equals(b):
+        missing = [c for c in a.columns if c not in b.columns]
+        if missing or len(a) != len(b):
+            lines.append(f"{name}: columns or rows differ ({a.shape} vs {b.shape}; missing: {', '.join(missing)})")
+            continue
+        b = b[list(a.columns)]
+        if not a.equals(b):
             cols = [c for c in a.columns if not a[c].equals(b[c])]
             lines.append(f"{name}: numbers differ in {', '.join(cols[:8])}")
     return lines
+
+
+def additions(old: dict[str, pd.DataFrame], new: dict[str, pd.DataFrame]) -> list[str]:
+    """What only the new result set has: whole runs, and columns of the runs both have."""
+    lines = [f"new run: {n}" for n in sorted(set(new) - set(old))]
+    added = sorted({c for n in set(old) & set(new) for c in new[n].columns if c not in old[n].columns})
+    return lines + ([f"new columns in the common runs: {', '.join(added)}"] if added else [])
+
+
+def verdict(old: dict[str, pd.DataFrame], new: dict[str, pd.DataFrame]) -> tuple[bool, str]:
+    """Whether the old numbers survive the change, and what to print."""
+    diff, extra = differences(old, new), additions(old, new)
+    if diff:
+        return False, "\n".join(diff)
+    head = f"neutral: {len(old)} smoke runs, every number bit-identical"
+    return True, "\n".join([head + (" (and what the new code adds:)" if extra else "")] + extra)
 
 
 def main(argv=None) -> int:
@@ -84,10 +106,9 @@ def main(argv=None) -> int:
                 run_smoke(Path(getattr(args, side)).resolve(), base / side, args.data_root, runs)
             except subprocess.CalledProcessError as e:  # its own one-line error went to stderr above
                 p.error(f"the smoke grid of --{side} failed (exit {e.returncode}): see its error above")
-        diff = differences(numbers(base / "old"), numbers(base / "new"))
-        n_runs = len(numbers(base / "new"))
-    print("\n".join(diff) if diff else f"neutral: {n_runs} smoke runs, every number bit-identical")
-    return 1 if diff else 0
+        neutral, text = verdict(numbers(base / "old"), numbers(base / "new"))
+    print(text)
+    return 0 if neutral else 1
 
 
 if __name__ == "__main__":
