@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -51,3 +52,12 @@ def unwritable_file(path: str | os.PathLike) -> str | None:
 def unique(values) -> list:
     """``values`` in their order, each once: a repeated seed or model is one, not two copies of its runs."""
     return list(dict.fromkeys(values))
+
+
+def plain_text(doc: str) -> str:
+    """A docstring as ``--help`` prints it: reST markup dropped (double backquotes, roles such as
+    :func:, bold stars, a closing double colon)."""
+    doc = re.sub(r":\w+:`~?([^`]+)`", r"\1", doc)
+    doc = re.sub(r"``([^`]+)``", r"\1", doc)
+    doc = re.sub(r"\*\*([^*]+)\*\*", r"\1", doc)
+    return re.sub(r"::$", ":", doc, flags=re.M)

@@ -55,8 +55,7 @@ def test_quick_run_writes_every_field(synthetic_root, tmp_path, capsys):
     assert res["ratios"]["a_over_c"] == pytest.approx(a["images_per_s"] / c["images_per_s"])
     assert res["eval"]["images"] == 60 and res["eval"]["seconds"] > 0
     assert res["memory"]["peak"]["rss_self_mb"] > 0
-    assert {t["target"] for t in res["targets"]} >= {"a >= 0.9 * b", "a >= 3 * c", "test-set eval < 10 s"}
-    assert all(isinstance(t["met"], bool) for t in res["targets"])
+    assert "targets" not in res  # measured ratios only, no pass/fail thresholds
 
 
 def test_full_epoch_default_path(synthetic_root, tmp_path, monkeypatch):

@@ -101,3 +101,19 @@ def test_config_argv_names_only_what_differs_from_the_defaults():
                               channels_last=False)
     assert main.config_argv(cfg) == ["--model-name", "resnet32", "--imbalance-type", "long_tail",
                                      "--imb-factor", "0.02", "--no-channels-last"]
+
+
+@pytest.mark.parametrize("tool", ["bench.py", "precision_check.py", "neutrality_check.py"])
+def test_tools_help_is_plain_text(tool):
+    """Each tool's --help: its purpose and options, without the docstrings' reST markup."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "tools" / tool), "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "usage:" in out.stdout
+    for markup in ("``", ":func:", ":class:", "**"):
+        assert markup not in out.stdout, (tool, markup)
+
+
+def test_plain_text_drops_rest_markup():
+    assert cli.plain_text("Run ``x`` with :func:`train_eval.evaluate` **now**::") == \
+        "Run x with train_eval.evaluate now:"

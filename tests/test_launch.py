@@ -126,6 +126,20 @@ def test_local_job_killed_midway_is_picked_up_on_rerun(synthetic_root, tmp_path,
     assert not list(log_dir.glob("*.lock")) and not list(log_dir.glob("*.tmp"))  # the run's own files
 
 
+def test_the_time_budget_stops_the_jobs_cleanly_and_the_same_command_goes_on(synthetic_root, tmp_path,
+                                                                             inline_results):
+    """--budget-min: past it no job starts, the live ones are interrupted (each keeps its last
+    finished epoch), and the same command without it finishes with the uninterrupted numbers."""
+    out = tmp_path / "budget"
+    r = cli(smoke_args(synthetic_root, out, "--launcher", "local", "--jobs", "1", "--budget-min", "0.05"))
+    assert "stopped at the time budget (0.05 min)" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert len(read_results(out / "smoke")) < 3 or any(  # not all three finished in 3 seconds
+        json.loads(p.read_text())["status"] != "finished" for p in (out / "smoke").glob("results_*.json"))
+    r = cli(smoke_args(synthetic_root, out, "--launcher", "local", "--jobs", "1"))
+    assert r.returncode == 0 and "0 failed" in r.stdout, r.stderr[-2000:]
+    assert_same_results(inline_results, read_results(out / "smoke"))
+
+
 def test_a_job_that_died_is_resubmitted_then_reported_failed(synthetic_root, tmp_path):
     first, waiting = smoke_runs("baseline", scenarios=("long_tail",), log_dir=str(tmp_path),
                                         data_root=str(synthetic_root), device="cpu")

@@ -79,3 +79,15 @@ def test_readme_python_example_runs_as_written(real_root, tmp_path, monkeypatch)
     (csv,) = (tmp_path / "results" / "notebook").glob("results_*.csv")
     df = pd.read_csv(csv)
     assert set(df["stage"]) == {1, 2} and (df["model"] == "simplecnn").all()
+
+
+STUDY_FILES = sorted([*(ROOT / "benchmarks").rglob("*.md"), *(ROOT / "benchmarks").rglob("*.sh"),
+                      *(ROOT / "experiments").glob("*")])
+
+
+@pytest.mark.parametrize("doc", STUDY_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_study_records_and_experiment_files_have_no_team_vocabulary(doc):
+    """Records may name commits (where their numbers came from), but not the team's workflow."""
+    for n, line in enumerate(doc.read_text().splitlines(), 1):
+        found = TEAM_VOCABULARY.search(line)
+        assert not found, f"{doc.relative_to(ROOT)}:{n}: {found.group(0)!r} in {line.strip()!r}"

@@ -441,23 +441,6 @@ def bench_reference(s: Setup) -> dict:
 # ----------------------------------------------------------------------------------------------
 # The run
 
-def check_targets(res: dict) -> list[dict]:
-    """The speed and memory targets of issues 5 and 2 that apply to this device."""
-    a, b, c = (res["results"][k]["images_per_s"] for k in ("a_project", "b_model_step", "c_reference"))
-    targets = [{"target": "a >= 0.9 * b", "issue": 5, "value": a / b, "threshold": 0.9, "met": a / b >= 0.9}]
-    if res["device"] == "cpu":
-        mem_gb = res["memory"]["peak_before_c"]["rss_self_mb"] / 1024
-        targets += [
-            {"target": "a >= 3 * c", "issue": 5, "value": a / c, "threshold": 3.0, "met": a / c >= 3.0},
-            {"target": "a >= 2.5 * c", "issue": 2, "value": a / c, "threshold": 2.5, "met": a / c >= 2.5},
-            {"target": "test-set eval < 10 s", "issue": 2, "value": res["eval"]["seconds"],
-             "threshold": 10.0, "met": res["eval"]["seconds"] < 10.0},
-            {"target": "peak memory (a, b, eval) < 3 GB", "issue": 2, "value": mem_gb,
-             "threshold": 3.0, "met": mem_gb < 3.0},
-        ]
-    return targets
-
-
 def run_bench(cfg: BenchConfig, command: str | None = None) -> dict:
     """Run (a), (b), the evaluation and (c); write the JSON and return its contents."""
     validate(cfg)
@@ -516,7 +499,6 @@ def _run_bench(cfg: BenchConfig, command: str | None) -> dict:
     if all("median_step_s" in m for m in (a, b, c)):
         res["ratios"].update(a_over_b_median_step=b["median_step_s"] / a["median_step_s"],
                              a_over_c_median_step=c["median_step_s"] / a["median_step_s"])
-    res["targets"] = check_targets(res)
     res["seconds_total"] = (datetime.datetime.now().astimezone() - started).total_seconds()
     out = Path(cfg.out) if cfg.out else HERE / "results" / "bench" / f"bench_{device.type}_{cfg.model.lower()}.json"
     write_json(out, res)
@@ -556,9 +538,6 @@ def format_table(res: dict) -> str:
     la = res["load_avg"]
     lines.append(f"load average (1 min): start {la['start'][0]:.2f}, end {la['end'][0]:.2f} "
                  f"on {res['machine']['cpu_count']} CPUs")
-    for t in res["targets"]:
-        lines.append(f"target {t['target']:<34} (issue {t['issue']}): {t['value']:.3f} -> "
-                     f"{'met' if t['met'] else 'NOT met'}")
     return "\n".join(lines)
 
 

@@ -86,7 +86,7 @@ def verdict(old: dict[str, pd.DataFrame], new: dict[str, pd.DataFrame]) -> tuple
 
 
 def main(argv=None) -> int:
-    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=cli.plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--old", required=True, help="the other checkout (e.g. a git worktree of the old commit)")
     p.add_argument("--new", default=str(Path(__file__).resolve().parents[1]), help="default: this checkout")
     p.add_argument("--data-root", help="dataset folder (default: each checkout's default)")

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules, from tools/
 import data_loader
-from cli import ArgumentParser, unique, unwritable_file
+from cli import ArgumentParser, plain_text, unique, unwritable_file
 from results_logger import git_commit, write_json
 from config import TwoStageConfig, validate_config
 from methods import METHODS as METHODS_REGISTRY
@@ -56,7 +56,7 @@ def compare(runs: dict[str, list[dict]]) -> dict:
 
 
 def main(argv=None) -> int:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--model", default="resnet10")
     p.add_argument("--experiment", default="compare_reduced",

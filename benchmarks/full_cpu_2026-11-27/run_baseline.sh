@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 13: the full-profile baseline (two-stage + same-budget control), 3 seeds, then the tuning grid.
+# The full-profile baseline (two-stage + same-budget control), 3 seeds, then the tuning grid.
 # Resumable: the same script again skips finished runs and resumes the others from their last checkpoints;
 # a run still running in another call is left to it.
 cd "${REPO:-$HOME/wt-run}" && source .venv/bin/activate   # REPO: a checkout of this project with its .venv
@@ -12,5 +12,5 @@ python run_all_models.py --suite baseline "${common[@]}" --models resnet32 resne
 # from 21:58 the same call at 4d75768 (until then 0f48822), whose launcher runs each control right after its
 # trainer; --accept-code-change keeps what 0f48822 made, the commits between shown neutral (README)
 python run_all_models.py --suite baseline "${common[@]}" --accept-code-change --models resnet32 resnet20 --seeds 0 1 2
-# then the tuning grid of issue 13 (one knob at a time, seed 0; the baseline above is skipped as finished)
+# then the tuning grid (one knob at a time, seed 0; the baseline above is skipped as finished)
 python run_all_models.py --suite grid "${common[@]}" --accept-code-change --seeds 0

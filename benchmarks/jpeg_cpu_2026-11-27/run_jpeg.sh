@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 12: what lossy storage costs. CE, SimpleCNN, long_tail 0.01, the full profile's 20 + 20
+# What lossy storage costs. CE, SimpleCNN, long_tail 0.01, the full profile's 20 + 20
 # epochs, on the stored JPEG copy (quality 75) and re-encoded at 50 and 25; seeds 0-2, paired.
 # Resumable: the same script again resumes from the last checkpoints. ~/wt-jpeg was a checkout of
 # e80b169 (git worktree add ~/wt-jpeg e80b169); the code since then was shown neutral (README).
