@@ -54,7 +54,7 @@ def test_runs_keeps_the_runs_of_those_names_and_methods_keeps_a_methods_runs():
 def test_the_dynamic_variants_share_drws_cross_entropy_stage1():
     cfgs = runs_of("dynamic", seeds=[0])
     two_stage = [c for c in cfgs if c.method == "two_stage_ictta"]
-    assert len(two_stage) == 9 and len({stage1_hash(c) for c in two_stage}) == 1
+    assert len(two_stage) > 1 and len({stage1_hash(c) for c in two_stage}) == 1
     assert stage1_hash(next(c for c in cfgs if c.method == "drw")) == stage1_hash(two_stage[0])
 
 
