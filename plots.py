@@ -574,37 +574,65 @@ def class_names(C: int, recorded: list[str] | None = None) -> list[str]:
     return [f"class {c}" for c in range(C)]
 
 
-def plot_weights(runs: pd.DataFrame, best: pd.Series, counts, title: str, notes: list, path: Path, paths: list) -> Path:
-    """Stage-2 class weights per epoch, one line per class coloured by its training count."""
+def _draw_weights(ax, runs: pd.DataFrame, settings: pd.Series, counts, names: list) -> None:
+    """Stage-2 class weights per epoch on ``ax`` (mean over the runs' seeds), one line per class
+    coloured by its training count, and the weight bounds of ``settings`` as dotted lines."""
     C = len(counts)
-    w_cols = [f"w_{c}" for c in range(C)]
     s2 = runs[(runs["stage"] == 2) & (runs["split"] == "test")]
-    w = s2.groupby("epoch")[w_cols].mean()
+    w = s2.groupby("epoch")[[f"w_{c}" for c in range(C)]].mean()
     norm, cmap = _count_colors(counts)
-    names = class_names(C, st.class_names_of(runs))
-    fig, body = _new_figure(10, 5.2)
-    ax = body.subplots()
     named = C <= MAX_NAMED_CLASSES  # many classes: thin lines, the colour bar alone says which
     seen: dict[int, int] = {}  # classes of equal count share a colour: markers tell them apart
     for c in np.argsort(-np.asarray(counts), kind="stable"):
         k = seen[counts[c]] = seen.get(counts[c], -1) + 1
         ax.plot(w.index, w[f"w_{c}"], marker="osD^v<>ph*"[k % 10] if named else None, ms=5, lw=1.8 if named else 0.8,
                 color=cmap(norm(counts[c])), label=f"{c} {names[c]} (n={counts[c]})" if named else None)
-    for v, lab in ((best.get("min_weight"), "min_weight"), (best.get("max_weight"), "max_weight")):
-        if pd.notna(v):
+    for v, lab in ((settings.get("min_weight"), "min_weight"), (settings.get("max_weight"), "max_weight")):
+        if pd.notna(v) and (len(w) == 0 or float(v) <= 2 * float(np.nanmax(w.to_numpy()))):  # a far cap: off the plot
             ax.axhline(float(v), color="black", ls=":", lw=1, label=f"{lab} = {float(v):g}")
-    ax.set_xlabel("stage-2 epoch")
-    ax.set_ylabel("class weight (multiplies the class's loss; unitless)")
+    ax.set_xlabel("stage-2 epoch (the evaluated ones: the CSV logs the weights with each evaluation)")
     if len(w.index):
         ax.set_xticks(w.index)
     ax.grid(alpha=0.3)
-    body.legend(*ax.get_legend_handles_labels(), loc="outside right upper",
-                title="class (training images)" if named else None, fontsize=8.5)
-    sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
-    cb = body.colorbar(sm, ax=ax, label="training images per class (log scale)", pad=0.01)
-    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    cb.ax.yaxis.set_major_formatter(plain)
+
+
+def _count_colorbar(body, ax, counts) -> None:
+    norm, cmap = _count_colors(counts)
+    cb = body.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax,
+                       label="training images per class (log scale)", pad=0.01)
+    cb.ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     cb.ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def plot_weights(runs: pd.DataFrame, best: pd.Series, counts, title: str, notes: list, path: Path, paths: list) -> Path:
+    """Stage-2 class weights per epoch, one line per class coloured by its training count."""
+    names = class_names(len(counts), st.class_names_of(runs))
+    fig, body = _new_figure(10, 5.2)
+    ax = body.subplots()
+    _draw_weights(ax, runs, best, counts, names)
+    ax.set_ylabel("class weight (multiplies the class's loss; unitless)")
+    body.legend(*ax.get_legend_handles_labels(), loc="outside right upper",
+                title="class (training images)" if len(counts) <= MAX_NAMED_CLASSES else None, fontsize=8.5)
+    _count_colorbar(body, ax, counts)
+    _title(fig, title)
+    _note(fig, notes)
+    return _save(fig, path, paths)
+
+
+def plot_weights_side_by_side(panels: list[tuple[str, pd.DataFrame, pd.Series]], counts, title: str, notes: list,
+                              path: Path, paths: list) -> Path:
+    """The stage-2 class weights of several configurations, one panel each (``(label, runs,
+    settings)``), on one weight axis."""
+    names = class_names(len(counts), st.class_names_of(panels[0][1]))
+    fig, body = _new_figure(7 * len(panels) + 3, 5.2)
+    axes = body.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (label, runs, settings) in zip(axes, panels):
+        _draw_weights(ax, runs, settings, counts, names)
+        ax.set_title(label, fontsize=10)
+    axes[0].set_ylabel("class weight (multiplies the class's loss; unitless)")
+    body.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper",
+                title="class (training images)" if len(counts) <= MAX_NAMED_CLASSES else None, fontsize=8.5)
+    _count_colorbar(body, axes[-1], counts)
     _title(fig, title)
     _note(fig, notes)
     return _save(fig, path, paths)
@@ -790,13 +818,16 @@ def plot_compare(g: pd.DataFrame, title: str, notes: list, path: Path, paths: li
 def plot_ablation(paired: pd.DataFrame, table: pd.DataFrame, title: str, notes: list, path: Path,
                   paths: list) -> Path:
     """Per ablation variant, its paired difference in validation and test macro-F1 from the
-    default two-stage run and from drw, with 95% intervals; the verdict of
+    default two-stage run, from drw and from logit_adjust (when the group has them), with 95%
+    intervals; the verdict of
     :func:`summary_tuning.gap_verdict` right of the drw panel."""
     variants = table[table["kind"] == "variant"]
     f1 = paired[paired["metric"] == "macro_f1"]
-    fig, body = _new_figure(14, 2.6 + 0.6 * len(variants))
-    axes = body.subplots(1, 2, sharey=True, squeeze=False)[0]
-    for ax, ref, ref_text in ((axes[0], "default", "the default two-stage run"), (axes[1], "drw", "drw")):
+    refs = [r for r in st.ABLATION_REFERENCES if r == "default" or (table["kind"] == r).any()]
+    fig, body = _new_figure(7 * len(refs), 2.6 + 0.6 * len(variants))
+    axes = body.subplots(1, len(refs), sharey=True, squeeze=False)[0]
+    for ax, ref in zip(axes, refs):
+        ref_text = "the default two-stage run" if ref == "default" else ref
         mine = f1[f1["comparison"] == f"ablation_vs_{ref}"]
         for i, (_, v) in enumerate(variants.iterrows()):
             rows = st.main_reference(mine[mine["treated_config"] == v["config_id"]]).set_index("split")
@@ -807,7 +838,7 @@ def plot_ablation(paired: pd.DataFrame, table: pd.DataFrame, title: str, notes: 
                 _right_text(ax, i, v["closes_gap"])
         _zero_line(ax)
         ax.set_title(f"variant minus {ref_text}" + ("  (right: closes the gap?)" if ref == "drw" else ""))
-        ax.set_xlabel("macro-F1 difference (pp), paired by seed and stage 1")
+        ax.set_xlabel("macro-F1 difference (pp), paired by seed" + ("" if ref == "logit_adjust" else " and stage 1"))
     axes[0].set_yticks(range(len(variants)), [f"{v} (n={n})" for v, n in zip(variants["variant"], variants["n_seeds"])])
     axes[0].set_ylim(len(variants) - 0.5, -0.5)
     body.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=2, frameon=False)
@@ -825,10 +856,29 @@ def _ablation_figures(t: dict, out: Path, paths: list, notes: list) -> None:
         d = dict(zip(st.PAIR_GROUP, key))
         mine = t["paired"][np.logical_and.reduce([t["paired"][k] == v for k, v in d.items()])]
         gn = [f"{r.variant}: {r.n_seeds} seed(s)" for r in g[g["kind"] == "variant"].itertuples() if r.n_seeds < 2]
-        plot_ablation(mine, g, f"Ablation of the two-stage method, {d['model']}, {d['scenario'].replace('_', '-')} "
-                      f"(imbalance {d['imb_factor']:g}), profile {d['profile'] or '(untagged)'}", gn,
-                      out / "ablation" / f"{d['profile'] or 'untagged'}_{d['model']}_{d['scenario']}_imb{d['imb_factor']:g}.png",
-                      paths)
+        what = f"{d['model']}, {d['scenario'].replace('_', '-')} (imbalance {d['imb_factor']:g})"
+        stem = f"{d['profile'] or 'untagged'}_{d['model']}_{d['scenario']}_imb{d['imb_factor']:g}"
+        plot_ablation(mine, g, f"Ablation of the two-stage method, {what}, profile {d['profile'] or '(untagged)'}",
+                      gn, out / "ablation" / f"{stem}.png", paths)
+        _chosen_weights_figure(t, g, what, out / "ablation" / f"{stem}_weights.png", paths, notes)
+
+
+def _chosen_weights_figure(t: dict, g: pd.DataFrame, what: str, path: Path, paths: list, notes: list) -> None:
+    """The stage-2 class weights of the default two-stage run beside the variant chosen on
+    validation (:func:`summary_tuning.chosen_variant`), mean over seeds."""
+    chosen, default = st.chosen_variant(g), g[g["kind"] == "default"]
+    if chosen is None or not len(default):
+        return
+    panels = []
+    for label, r in (("default two-stage run", default.iloc[0]), (f"chosen on validation: {chosen['variant']}", chosen)):
+        runs = _runs_of(r["config_id"], t["summary"], t["rows"])
+        settings = t["agg"].set_index("config_id").loc[r["config_id"]]
+        panels.append((f"{label} ({int(r['n_seeds'])} seeds)", runs, settings))
+    counts = st.class_counts_of(panels[0][1])
+    if counts is None:
+        notes.append(f"{path.name}: training counts unknown (no run JSON beside the CSVs): skipped")
+        return
+    plot_weights_side_by_side(panels, counts, f"Stage-2 class weights per epoch, {what}", [], path, paths)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -814,6 +814,15 @@ def _ablation_differences(paired: pd.DataFrame, config_id: str) -> dict:
     return out
 
 
+def chosen_variant(group: pd.DataFrame) -> pd.Series | None:
+    """The ablation variant of one group (rows of :func:`ablation_table`) with the highest mean
+    validation macro-F1 at stage 2's last epoch, among those with at least two seeds; ties go to
+    the first. Test plays no part. None without such a variant."""
+    variants = group[(group["kind"] == "variant") & (group["n_seeds"] >= 2)]
+    variants = variants[variants["val_macro_f1_pct_mean"].notna()]
+    return None if not len(variants) else variants.loc[variants["val_macro_f1_pct_mean"].idxmax()]
+
+
 def ablation_markdown(table: pd.DataFrame) -> str:
     """The ablation table as markdown: per group, the levels, then the paired differences and the verdict."""
     if not len(table):
@@ -835,6 +844,10 @@ def ablation_markdown(table: pd.DataFrame) -> str:
                 cells = [r[f"vs_{ref}_{split}_{m}"] for m in ("macro_f1", "tail_macro_f1") for split in ("val", "test")]
                 lines.append(f"| {r['variant']} | {ref} | " + " | ".join(cells) + " | "
                              + (r["closes_gap"] if ref == "drw" else "") + " |")
+        chosen = chosen_variant(g)
+        if chosen is not None:
+            lines += ["", f"Chosen on validation (highest mean val macro-F1, at least two seeds): "
+                          f"**{chosen['variant']}**, {chosen['val_macro_f1_pct']} (test: {chosen['test_macro_f1_pct']})."]
         unpaired = [f"{r['variant']} vs {ref}: {r[f'vs_{ref}_unpaired']}" for _, r in g[g["kind"] == "variant"].iterrows()
                     for ref in ABLATION_REFERENCES if r[f"vs_{ref}_unpaired"]]
         lines += [""] + ([f"Unpaired: {'; '.join(unpaired)}", ""] if unpaired else [])

@@ -357,6 +357,8 @@ def test_ablation_against_two_drw_configurations_uses_the_one_with_most_pairs(tm
     assert sorted(drw_rows["n"]) == [1, 3]  # both stay in the paired table
     plots.make_plots(res, tmp_path / "figures", verbose=False)  # the ablation figure draws one of them
     assert (tmp_path / "figures" / "ablation" / "reduced_resnet10_long_tail_imb0.01.png").stat().st_size > 0
+    # the default run's class weights beside the chosen variant's
+    assert (tmp_path / "figures" / "ablation" / "reduced_resnet10_long_tail_imb0.01_weights.png").stat().st_size > 0
 
 
 def test_ids_that_look_like_numbers_stay_text(tmp_path):
@@ -444,6 +446,10 @@ def test_ablation_table_chooses_on_validation_and_checks_on_test(tmp_path):
     assert table.loc["abl-good", "closes_gap"] == "closes the gap"
     assert table.loc["abl-val-only", "closes_gap"] == "on validation only"
     assert table.loc["abl-test-only", "closes_gap"] == "no"  # test never rescues a validation loss
+    # chosen on validation (abl-good's 62 %), though abl-test-only has the best test numbers
+    assert st.chosen_variant(out["ablation"])["variant"] == "abl-good"
+    assert "Chosen on validation (highest mean val macro-F1, at least two seeds): **abl-good**" in \
+        (tmp_path / "out" / "ablation_table.md").read_text()
     good = table.loc["abl-good"]
     assert good["vs_default_test_macro_f1_mean"] == pytest.approx(11.0)
     assert good["vs_drw_val_macro_f1_mean"] == pytest.approx(2.0) and good["vs_drw_val_macro_f1_wins"] == 3
