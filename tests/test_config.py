@@ -1,4 +1,4 @@
-"""Fuzzing of the settings (validate_config and main.py's parsing): bad input everywhere.
+"""The settings, fuzzed (config.validate_config and main.py's parsing): bad input everywhere.
 
 Every invalid setting or combination given to ``run_two_stage_ictta_on_scenario`` must raise a
 ``ValueError`` that names the parameter, and the CLI must exit with code 2 naming it on stderr.

@@ -1,4 +1,5 @@
-"""Data: sources and their uint8 cache, the imbalanced subsets and the on-device batches."""
+"""Data: sources and their uint8 cache, bad data (corrupt images, empty or mismatched class folders,
+no dataset at data_root), the imbalanced subsets and the on-device batches."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 import data_loader
@@ -250,15 +252,6 @@ def test_cache_is_used_and_invalidated(tmp_path, monkeypatch):
     assert len(third.train_x) == 7 and third.train_y.tolist() == [0, 0, 0, 1, 1, 1, 1]
 
 
-def test_unrecognised_data_root(tmp_path):
-    (tmp_path / "notes.txt").write_text("no images here")
-    with pytest.raises(ValueError, match="data_root") as e:
-        load_dataset(tmp_path, download=False)
-    assert "train/<class>" in str(e.value)  # says how to point the loader at local data
-    with pytest.raises(DataError, match="--download"):
-        load_dataset(tmp_path / "missing", download=False)
-
-
 @pytest.fixture
 def downloads(monkeypatch) -> list:
     """torchvision's CIFAR-10 download, replaced: it records where it was asked to download and
@@ -303,14 +296,6 @@ def test_download_only_when_asked_or_into_the_default_folder(tmp_path, downloads
     assert downloads == [str(target), str(default)]
 
 
-def test_image_folder_without_images(tmp_path):
-    for split in ("train", "test"):
-        for c in ("a", "b"):
-            (tmp_path / split / c).mkdir(parents=True)
-    with pytest.raises(DataError, match="no image"):
-        load_dataset(tmp_path, download=False)
-
-
 def test_real_data_second_load_hits_cache(real_root, monkeypatch):
     first = load_dataset(real_root, download=False)  # decodes only if the cache is missing
     assert first.train_x.shape == (50000, 32, 32, 3) and first.test_x.shape == (10000, 32, 32, 3)
@@ -329,6 +314,109 @@ def test_real_data_second_load_hits_cache(real_root, monkeypatch):
         assert np.array_equal(getattr(first, k), getattr(second, k)), k
     assert second.classes == first.classes
     assert seconds < 15  # about a second here (more on a busy machine); a decode takes minutes
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad data: a DataError naming the file, the folder or the data_root at fault
+
+def _tiny_folder(root: Path, classes=("ant", "bee"), n_train=3, n_test=2) -> Path:
+    return make_image_folder(root, classes=classes, n_train=n_train, n_test=n_test)
+
+
+def _bomb_png() -> bytes:
+    """A valid PNG header claiming 40000x40000 pixels: Pillow refuses it as a decompression bomb."""
+    import struct
+    import zlib
+
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+
+
+def _save_png(path: Path, pixels: np.ndarray) -> None:
+    Image.fromarray(pixels).save(path, format="PNG")
+
+
+CORRUPTIONS = {
+    "empty file": lambda p: p.write_bytes(b""),
+    "not an image": lambda p: p.write_text("hello"),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:60]),
+    "decompression bomb": lambda p: p.write_bytes(_bomb_png()),
+    "directory": lambda p: (p.unlink(), p.mkdir()),
+    "dangling symlink": lambda p: (p.unlink(), p.symlink_to(p.parent / "missing.png")),
+    "other size": lambda p: _save_png(p, np.zeros((16, 16, 3), np.uint8)),
+}
+
+
+@pytest.mark.parametrize("how", sorted(CORRUPTIONS))
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_corrupt_image_is_a_data_error_naming_the_file(tmp_path, how, split):
+    root = _tiny_folder(tmp_path / "data")
+    bad = root / split / "bee" / "0001.png"
+    CORRUPTIONS[how](bad)
+    with pytest.raises(DataError, match=str(bad)):
+        load_dataset(root, download=False)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, database=None)
+@given(st.data())
+def test_randomly_damaged_png_loads_or_is_a_data_error_naming_it(tmp_path_factory, data):
+    root = _tiny_folder(tmp_path_factory.mktemp("damaged"), n_train=2, n_test=1)
+    bad = root / "train" / "ant" / "0000.png"
+    raw = bytearray(bad.read_bytes())
+    for pos in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=8), label="positions"):
+        raw[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(raw)), label="length")
+    bad.write_bytes(bytes(raw[:cut]))
+    try:
+        loaded = load_dataset(root, download=False)
+    except DataError as e:
+        assert str(bad) in str(e)
+    else:
+        assert loaded.train_x.shape == (4, 32, 32, 3)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_empty_class_folder(tmp_path, split):
+    root = _tiny_folder(tmp_path / "data", classes=("ant", "bee", "cow"))
+    for f in (root / split / "cow").iterdir():
+        f.unlink()
+    (root / split / "cow" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=rf"{root / split / 'cow'} holds no image"):
+        load_dataset(root, download=False)
+
+
+def test_mismatched_train_and_test_classes(tmp_path):
+    root = _tiny_folder(tmp_path / "data")
+    (root / "test" / "bee").rename(root / "test" / "bea")
+    with pytest.raises(DataError, match=r"only in train \['bee'\], only in test \['bea'\]"):
+        load_dataset(root, download=False)
+
+
+def test_a_single_class_is_not_a_dataset(tmp_path):
+    root = _tiny_folder(tmp_path / "data", classes=("ant",))
+    with pytest.raises(DataError, match="need >= 2"):
+        load_dataset(root, download=False)
+
+
+@pytest.mark.parametrize("layout", ["junk file", "train only", "empty, no download", "missing, no download"])
+def test_data_root_without_a_dataset(tmp_path, downloads, layout):
+    """The error names data_root and says how to point the loader at local data, and where
+    downloading is off, that --download fetches it; a folder holding something else is never
+    downloaded into."""
+    root = tmp_path / "data"
+    if not layout.startswith("missing"):
+        root.mkdir()
+    if layout == "junk file":
+        (root / "notes.txt").write_text("not a dataset")
+    elif layout == "train only":
+        (root / "train" / "ant").mkdir(parents=True)
+    no_download = layout.endswith("no download")
+    with pytest.raises(DataError, match="data_root=") as e:
+        load_dataset(root, download=not no_download)
+    assert "train/<class>" in str(e.value) and downloads == []
+    if no_download:
+        assert "--download" in str(e.value)
 
 
 # ----------------------------------------------------------------------------------------------

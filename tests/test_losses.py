@@ -1,16 +1,22 @@
-"""Focal loss, static class weights, dynamic class weights and the comparison methods' losses
-(label-aware smoothing, mixup, softmax BCE, MaxNorm), against hand-computed values."""
+"""Focal loss, static class weights, dynamic class weights, LDAM, the logit-adjusted loss,
+tau-normalisation and the comparison methods' losses (label-aware smoothing, mixup, softmax BCE,
+MaxNorm), against hand-computed values and against the reference implementations' formulas."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from hypothesis import example, given, settings, strategies as st
+from torch.testing import assert_close
 
 from losses import (DYNAMIC_MODES, DynamicClassWeights, effective_number_weights, focal_loss,
-                    inverse_frequency_weights, label_aware_epsilons, label_aware_smoothing_loss, max_norm_,
-                    max_norm_radius, mixup_loss, power_weights, softmax_bce_loss)
+                    inverse_frequency_weights, label_aware_epsilons, label_aware_smoothing_loss, ldam_loss,
+                    ldam_margins, log_prior, logit_adjusted_loss, max_norm_, max_norm_radius, mixup_loss,
+                    power_weights, softmax_bce_loss, tau_norm_logits, tau_normalize)
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -21,16 +27,125 @@ def _batch(seed=0, n=16, C=5):
 
 
 # ----------------------------------------------------------------------------------------------
+# Reference formulas. Each ``_ref_*`` function re-implements one formula in the style of the code
+# named in the comment above it; the tests that use it compare it with ours on seeded random inputs
+# of several shapes. References read: kaidic/LDAM-DRW (losses.py, cifar_train.py, imbalance_cifar.py);
+# richardaecn/class-balanced-loss (src/cifar_main.py); vandit15/Class-balanced-loss-pytorch
+# (class_balanced_loss.py); google-research/google-research (logit_adjustment/utils.py, main.py);
+# jiawei-ren/BalancedMetaSoftmax-Classification (loss/BalancedSoftmaxLoss.py);
+# facebookresearch/classifier-balancing (tau_norm.py). Cui et al.'s focal loss is a sigmoid one, a
+# documented deviation, so only their normalisation is compared. Loss inputs are float32 (our losses
+# upcast logits to float32 anyway); weights, priors and the tau-norm are compared in float64 where
+# they are computed in float64. (LDAM-DRW's NormedLinear: test_model.py.)
+
+LOSS_SHAPES = [(1, 2), (7, 10), (128, 10), (50, 100)]  # (batch N, classes C)
+SHAPE_IDS = [f"{n}x{c}" for n, c in LOSS_SHAPES]
+GAMMAS = [0.0, 0.5, 1.0, 2.0]
+F32 = dict(rtol=1e-5, atol=1e-6)
+
+
+# kaidic/LDAM-DRW imbalance_cifar.py (get_img_num_per_cls, imb_type 'exp')
+def _lt_counts(num_classes: int, imb_factor: float = 0.01) -> list[int]:
+    img_max = 50000 // num_classes
+    return [int(img_max * imb_factor ** (c / (num_classes - 1.0))) for c in range(num_classes)]
+
+
+def _cosine_batch(n: int, c: int, seed: int = 0):
+    """Logits in [-1, 1], as a NormedLinear gives them to the LDAM loss."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, c, generator=g) * 2 - 1, torch.randint(c, (n,), generator=g)
+
+
+# kaidic/LDAM-DRW cifar_train.py (per_cls_weights for train_rule 'Reweight' / 'DRW')
+def _ref_per_cls_weights(cls_num_list, beta):
+    effective_num = 1.0 - np.power(beta, cls_num_list)
+    per_cls_weights = (1.0 - beta) / np.array(effective_num)
+    per_cls_weights = per_cls_weights / np.sum(per_cls_weights) * len(cls_num_list)
+    return torch.FloatTensor(per_cls_weights)
+
+
+# kaidic/LDAM-DRW losses.py (LDAMLoss.__init__: m_list)
+def _ref_m_list(cls_num_list, max_m=0.5):
+    m = 1.0 / np.sqrt(np.sqrt(cls_num_list))
+    return torch.FloatTensor(m * (max_m / np.max(m)))
+
+
+# kaidic/LDAM-DRW losses.py (LDAMLoss.forward; bool mask where the reference used uint8)
+def _ref_ldam(x, target, m_list, s=30.0, weight=None, reduction="mean"):
+    is_true = torch.zeros_like(x, dtype=torch.bool).scatter_(1, target.view(-1, 1), True)
+    margin_per_row = (m_list[None, :] @ is_true.to(x.dtype).t()).view(-1, 1)
+    shifted = torch.where(is_true, x - margin_per_row, x)
+    return F.cross_entropy(s * shifted, target, weight=weight, reduction=reduction)
+
+
+# kaidic/LDAM-DRW losses.py (focal_loss + FocalLoss.forward: p taken from the *weighted* CE)
+def _ref_ldam_drw_focal(x, target, gamma, weight=None):
+    ce = F.cross_entropy(x, target, reduction="none", weight=weight)
+    p = torch.exp(-ce)
+    return ((1 - p) ** gamma * ce).mean()
+
+
+# richardaecn/class-balanced-loss src/cifar_main.py (_tower_fn, loss_type 'softmax':
+# tf.losses.softmax_cross_entropy's default reduction SUM_BY_NONZERO_WEIGHTS)
+def _ref_cb_softmax(labels, logits, class_weights):
+    num_classes = logits.shape[1]
+    one_hot = F.one_hot(labels, num_classes).to(logits.dtype)
+    w = (class_weights[None, :].repeat(len(labels), 1) * one_hot).sum(1)
+    ce = -(one_hot * F.log_softmax(logits, dim=1)).sum(1)
+    return (w * ce).sum() / (w != 0).sum()
+
+
+# google-research/google-research logit_adjustment/utils.py (build_loss_fn, use_la_loss=True)
+def _ref_la_loss(labels, logits, base_probs, tau=1.0):
+    adjusted = logits + torch.log(base_probs ** tau + 1e-12)
+    return F.cross_entropy(adjusted, labels, reduction="none").mean(0)
+
+
+# jiawei-ren/BalancedMetaSoftmax-Classification loss/BalancedSoftmaxLoss.py (balanced_softmax_loss)
+def _ref_balanced_softmax(labels, logits, sample_per_class, reduction="mean"):
+    spc = sample_per_class.type_as(logits).unsqueeze(0).expand(logits.shape[0], -1)
+    return F.cross_entropy(logits + spc.log(), labels, reduction=reduction)
+
+
+# facebookresearch/classifier-balancing tau_norm.py (pnorm)
+def _ref_pnorm(weights, p):
+    row_norms = torch.norm(weights, 2, 1)
+    ws = weights.clone()
+    for i in range(weights.size(0)):
+        ws[i] = ws[i] / torch.pow(row_norms[i], p)
+    return ws
+
+
+# facebookresearch/classifier-balancing tau_norm.py (dotproduct_similarity: no bias)
+def _ref_dotproduct(feats, weights):
+    return torch.mm(feats, weights.t())
+
+
+# ----------------------------------------------------------------------------------------------
 # Focal loss
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("weighted", [False, True])
-def test_focal_gamma0_is_cross_entropy(reduction, weighted):
-    logits, y = _batch()
-    w = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0]) if weighted else None
-    got = focal_loss(logits, y, w, reduction, gamma=0.0)
-    want = F.cross_entropy(logits, y, weight=w, reduction=reduction)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "drw"])
+@pytest.mark.parametrize("n,c", LOSS_SHAPES, ids=SHAPE_IDS)
+def test_focal_gamma0_is_ldam_drw_ce_criterion(n, c, weighted, reduction):
+    """gamma = 0 is cross-entropy: cifar_train.py's nn.CrossEntropyLoss(weight=per_cls_weights) for
+    CE with Reweight / DRW, and without weights; every reduction."""
+    x, y = _batch(n + 7 * c, n, c)
+    counts = _lt_counts(c)
+    w = effective_number_weights(counts, 0.9999) if weighted else None
+    criterion = nn.CrossEntropyLoss(weight=_ref_per_cls_weights(counts, 0.9999) if weighted else None,
+                                    reduction=reduction)
+    assert_close(focal_loss(x, y, w, reduction, gamma=0.0), criterion(x, y), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("gamma", GAMMAS)
+@pytest.mark.parametrize("n,c", LOSS_SHAPES, ids=SHAPE_IDS)
+def test_focal_unweighted_matches_ldam_drw_focal(n, c, gamma):
+    # Unweighted only: LDAM-DRW's FocalLoss puts the class weight inside the CE, so its p_t is
+    # exp(-w_y * ce) for weighted inputs; ours takes the unweighted p_t (Lin et al.'s alpha_t form).
+    x, y = _batch(10 * n + c, n, c)
+    got = focal_loss(x, y, None, "mean", gamma=gamma)
+    assert_close(got, _ref_ldam_drw_focal(x, y, gamma), **F32)
 
 
 def test_focal_against_hand_computed_value():
@@ -52,7 +167,7 @@ def test_focal_class_weight_scales_but_is_not_in_modulating_term(gamma):
     w = torch.tensor([0.25, 1.0, 3.0, 5.0, 7.0])
     plain = focal_loss(logits, y, None, "none", gamma=gamma)
     weighted = focal_loss(logits, y, w, "none", gamma=gamma)
-    torch.testing.assert_close(weighted, w[y] * plain, rtol=1e-6, atol=1e-7)
+    assert_close(weighted, w[y] * plain, rtol=1e-6, atol=1e-7)
     # the known wrong variant takes p_t from the *weighted* cross-entropy
     logp_wrong = -F.cross_entropy(logits, y, weight=w, reduction="none")
     wrong = (1 - logp_wrong.exp()) ** gamma * -logp_wrong
@@ -68,37 +183,121 @@ def test_focal_is_modulated_cross_entropy():
     logits, y = _batch(seed=2)
     ce = focal_loss(logits, y, None, "none", gamma=0.0)
     p = torch.softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
-    torch.testing.assert_close(focal_loss(logits, y, None, "none", gamma=3.0), (1 - p) ** 3 * ce,
-                               rtol=1e-5, atol=1e-7)
+    assert_close(focal_loss(logits, y, None, "none", gamma=3.0), (1 - p) ** 3 * ce,
+                 rtol=1e-5, atol=1e-7)
+
+
+GAPS = [20.0, 100.0, 110.0, 200.0, 1e3, 1e4, 3e4]  # logit gaps: p_t near, then exactly, 1 or 0
+FOCAL_GAMMAS = (0.0, 1e-6, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0)  # the gammas in use, and one just above 0
+
+
+def _each_focal_gamma(test):
+    """An explicit example per FOCAL_GAMMAS value, besides the drawn ones."""
+    for gamma in FOCAL_GAMMAS:
+        test = example(gamma=gamma, num_classes=3, weighted=True, reduction="mean")(test)
+    return test
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@_each_focal_gamma
+@given(gamma=st.one_of(st.sampled_from(FOCAL_GAMMAS), st.floats(0, 5)), num_classes=st.integers(2, 10),
+       weighted=st.booleans(), reduction=st.sampled_from(["mean", "sum", "none"]))
+def test_focal_finite_at_extreme_probabilities(gamma, num_classes, weighted, reduction):
+    """Each row has one logit a gap (``GAPS``) above the others, on the target (p_t ~ 1) or on the
+    next class (p_t ~ 0): within 2e-8 of 1 and 0 at gaps 20 and 100 (e^-100 is a float32 denormal),
+    exactly 1 and 0 from 110 on. In float32 and bfloat16, loss and gradient stay finite; a sure right
+    answer costs nothing, a sure wrong one the gap ((1 - p_t)^gamma ~ 1)."""
+    target = torch.arange(2 * num_classes * len(GAPS)) % num_classes
+    n = len(target)
+    leads = torch.arange(n) % (2 * num_classes) < num_classes  # per gap: C rows lead, C trail
+    gap = torch.tensor(GAPS).repeat_interleave(2 * num_classes)
+    weight = torch.linspace(0.5, 8.0, num_classes) if weighted else None
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = torch.zeros(n, num_classes)
+        logits[torch.arange(n), torch.where(leads, target, (target + 1) % num_classes)] = gap
+        logits = logits.to(dtype).requires_grad_(True)
+        p_t = F.softmax(logits.detach().float(), dim=1).gather(1, target[:, None]).squeeze(1)
+        assert torch.equal(p_t[gap >= 110], leads[gap >= 110].float())  # the case under test really happens
+        assert (p_t - leads.float()).abs().max() < 1e-7
+        loss = focal_loss(logits, target, weight, reduction, gamma=gamma)
+        assert torch.isfinite(loss).all(), loss
+        loss.sum().backward()
+        assert torch.isfinite(logits.grad.float()).all(), logits.grad
+        per = focal_loss(logits.detach(), target, None, "none", gamma=gamma)
+        assert per[leads].abs().max().item() < 1e-6
+        assert_close(per[~leads], logits.detach().float()[~leads].amax(1), rtol=1e-6, atol=0.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0])
-def test_focal_finite_at_extreme_probabilities(dtype, gamma):
-    # rows: p_t rounds to 1 exactly, p_t ~ 1 - 4e-9, p_t ~ e^-100, p_t ~ e^-1000 (underflows)
-    logits = torch.tensor([[100.0, 0.0, 0.0], [20.0, 0.0, 0.0], [100.0, 0.0, 0.0],
-                           [1000.0, 0.0, -5.0]], dtype=dtype, requires_grad=True)
-    y = torch.tensor([0, 0, 1, 2])
-    w = torch.tensor([1.0, 2.0, 8.0])
-    loss = focal_loss(logits, y, w, "mean", gamma=gamma)
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert torch.isfinite(logits.grad.float()).all()
-    per = focal_loss(logits.detach(), y, None, "none", gamma=gamma)
-    assert torch.isfinite(per).all()
-    assert per[0].item() == pytest.approx(0.0, abs=1e-6)  # a sure, right answer costs nothing
-    assert per[2].item() == pytest.approx(100.0, rel=1e-2)  # (1 - p_t)^gamma ~ 1 when p_t ~ 0
+def test_focal_loss_gradient_under_autocast_is_finite(dtype):
+    """Through a layer, as in training: bf16 autocast on CPU, confident and hopeless samples mixed."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(16, 8) * 1e3  # saturated logits
+    target = torch.randint(0, 4, (16,))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        logits = layer(x)
+    for gamma in (0.0, 0.25, 1.5, 5.0):
+        layer.zero_grad()
+        loss = focal_loss(logits, target, torch.rand(4) + 0.5, gamma=gamma)
+        loss.backward(retain_graph=True)
+        assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in layer.parameters())
 
 
-def test_batch_mean_divides_the_weighted_sum_by_the_batch_size():
-    """Cui et al.'s normalisation: sum(w_y l) / N; "mean" divides by sum(w_y) instead."""
-    z, y = _batch(3)
-    w = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0])
-    per_sample = focal_loss(z, y, None, "none", gamma=1.0)
-    got = focal_loss(z, y, w, "batch_mean", gamma=1.0)
-    assert got.item() == pytest.approx(((w[y] * per_sample).sum() / len(y)).item(), rel=1e-6)
-    assert focal_loss(z, y, w, "mean", gamma=1.0).item() == pytest.approx(
-        ((w[y] * per_sample).sum() / w[y].sum()).item(), rel=1e-6)
+# ----------------------------------------------------------------------------------------------
+# The two normalisations: "mean" (sum(w_y l) / sum(w_y)) and "batch_mean" (Cui et al.'s)
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_batch_mean_without_weights_is_mean(gamma):
+    x, y = _batch(1, 128, 10)
+    assert_close(focal_loss(x, y, None, "batch_mean", gamma=gamma),
+                 focal_loss(x, y, None, "mean", gamma=gamma), **F32)
+
+
+@pytest.mark.parametrize("n,c", LOSS_SHAPES, ids=SHAPE_IDS)
+def test_weighted_focal_gamma0_matches_ldam_drw_focal_as_batch_mean(n, c):
+    # at gamma = 0 the p_t question vanishes; LDAM-DRW's FocalLoss then is mean_i(w_y ce_i), i.e.
+    # divided by N, not by sum(w_y): our "batch_mean"
+    x, y = _batch(n * c, n, c)
+    w = _ref_per_cls_weights(_lt_counts(c), 0.9999)
+    got = focal_loss(x, y, w, "batch_mean", gamma=0.0)
+    assert_close(got, _ref_ldam_drw_focal(x, y, 0.0, weight=w), **F32)
+
+
+@pytest.mark.parametrize("n,c", LOSS_SHAPES, ids=SHAPE_IDS)
+def test_batch_mean_gamma0_matches_class_balanced_softmax(n, c):
+    x, y = _batch(5 * n + c, n, c)
+    w = effective_number_weights(_lt_counts(c), 0.9999)
+    got = focal_loss(x, y, w, "batch_mean", gamma=0.0)
+    assert_close(got, _ref_cb_softmax(y, x, w), **F32)
+
+
+@pytest.mark.parametrize("gamma", GAMMAS)
+@pytest.mark.parametrize("n,c", LOSS_SHAPES, ids=SHAPE_IDS)
+def test_batch_mean_divides_the_weighted_sum_by_the_batch_size(n, c, gamma):
+    """Cui et al.'s normalisation, sum(w_y l) / N: richardaecn src/cifar_main.py focal_loss and vandit15
+    class_balanced_loss.py focal_loss divide by sum(one-hot labels) = N. "mean" divides by sum(w_y)."""
+    x, y = _batch(n + 3 * c, n, c)
+    w = effective_number_weights(_lt_counts(c), 0.999)
+    weighted = w[y] * focal_loss(x, y, None, "none", gamma=gamma)
+    assert_close(focal_loss(x, y, w, "batch_mean", gamma=gamma), weighted.sum() / n, rtol=1e-6, atol=1e-6)
+    assert_close(focal_loss(x, y, w, "mean", gamma=gamma), weighted.sum() / w[y].sum(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0])
+@pytest.mark.parametrize("n,c", [(7, 10), (128, 10), (50, 100)], ids=["7x10", "128x10", "50x100"])
+def test_batch_mean_and_mean_differ_by_sum_of_weights_over_n(n, c, gamma):
+    # a batch drawn from the long-tailed training distribution: mostly head classes, small w_y
+    counts = _lt_counts(c)
+    g = torch.Generator().manual_seed(2 * n + c)
+    x = torch.randn(n, c, generator=g) * 3
+    y = torch.multinomial(torch.tensor(counts, dtype=torch.float), n, replacement=True, generator=g)
+    w = effective_number_weights(counts, 0.9999)
+    batch_mean = focal_loss(x, y, w, "batch_mean", gamma=gamma)
+    mean = focal_loss(x, y, w, "mean", gamma=gamma)
+    factor = w[y].sum() / n
+    assert factor.item() < 0.9  # so the two normalisations really differ here
+    assert_close(batch_mean, mean * factor, **F32)
 
 
 def test_reduction_unknown_raises():
@@ -113,29 +312,116 @@ def test_reduction_unknown_raises():
 def test_inverse_frequency_weights_hand_computed():
     # 1/n = (1, 1/2, 1/4), sum 7/4, times C=3: (12/7, 6/7, 3/7)
     w = inverse_frequency_weights([1, 2, 4])
-    torch.testing.assert_close(w, torch.tensor([12 / 7, 6 / 7, 3 / 7]))
+    assert_close(w, torch.tensor([12 / 7, 6 / 7, 3 / 7]))
     assert w.mean().item() == pytest.approx(1.0)
-    torch.testing.assert_close(inverse_frequency_weights([7, 7, 7, 7]), torch.ones(4))
+    assert_close(inverse_frequency_weights([7, 7, 7, 7]), torch.ones(4))
 
 
 def test_effective_number_weights_hand_computed():
     # beta = 1/2: (1 - beta) / (1 - beta^n) = (1, 2/3, 4/7) for n = (1, 2, 3); sum 47/21
     w = effective_number_weights([1, 2, 3], beta=0.5)
-    torch.testing.assert_close(w, torch.tensor([63 / 47, 42 / 47, 36 / 47]))
+    assert_close(w, torch.tensor([63 / 47, 42 / 47, 36 / 47]))
     # beta = 0.9, n = (100, 10)
     raw = [0.1 / (1 - 0.9 ** 100), 0.1 / (1 - 0.9 ** 10)]
     want = [2 * r / sum(raw) for r in raw]
-    torch.testing.assert_close(effective_number_weights([100, 10], beta=0.9), torch.tensor(want))
+    assert_close(effective_number_weights([100, 10], beta=0.9), torch.tensor(want))
     # limits: beta = 0 is uniform, beta -> 1 approaches inverse frequency
-    torch.testing.assert_close(effective_number_weights([5000, 50], beta=0.0), torch.ones(2))
-    torch.testing.assert_close(effective_number_weights([5000, 500, 50], beta=1 - 1e-9),
-                               inverse_frequency_weights([5000, 500, 50]), rtol=1e-4, atol=1e-6)
+    assert_close(effective_number_weights([5000, 50], beta=0.0), torch.ones(2))
+    assert_close(effective_number_weights([5000, 500, 50], beta=1 - 1e-9),
+                 inverse_frequency_weights([5000, 500, 50]), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("beta", [1.0, -0.1, 1.5])
 def test_effective_number_beta_out_of_range(beta):
     with pytest.raises(ValueError, match="beta"):
         effective_number_weights([10, 5], beta=beta)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.9, 0.999, 0.9999])
+@pytest.mark.parametrize("counts", [_lt_counts(10, 0.01), _lt_counts(10, 0.1), _lt_counts(100, 0.01),
+                                    [2, 3, 1, 2, 2]], ids=["c10-lt100", "c10-lt10", "c100-lt100", "tiny"])
+def test_effective_number_weights_match_ldam_drw_per_cls_weights(counts, beta):
+    # beta = 0 (uniform, exactly 1 each) is DRW's first stage, betas[0] = 0 before its re-weighting epoch
+    got = effective_number_weights(counts, beta)
+    assert got.dtype == torch.float32
+    assert_close(got, _ref_per_cls_weights(counts, beta), rtol=1e-6, atol=1e-7)
+    assert got.double().sum().item() == pytest.approx(len(counts), rel=1e-6)
+
+
+@pytest.mark.parametrize("counts", [_lt_counts(10, 0.01), _lt_counts(100, 0.02)], ids=["c10", "c100"])
+def test_inverse_frequency_weights_are_the_beta_to_1_limit(counts):
+    got = inverse_frequency_weights(counts)
+    n = np.asarray(counts, dtype=np.float64)
+    want = (1 / n) / (1 / n).sum() * len(n)
+    assert_close(got, torch.as_tensor(want, dtype=torch.float32), rtol=1e-6, atol=1e-7)
+    assert got.double().sum().item() == pytest.approx(len(counts), rel=1e-6)
+    # (1 - beta) / (1 - beta^n) -> 1 / n as beta -> 1 (relative gap about n (1 - beta) / 2)
+    assert_close(got, _ref_per_cls_weights(counts, 1 - 1e-9), rtol=1e-5, atol=0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# LDAM
+
+@pytest.mark.parametrize("max_m", [0.5, 0.3])
+@pytest.mark.parametrize("counts", [_lt_counts(10), _lt_counts(100), [2, 3, 1, 2, 2]],
+                         ids=["c10", "c100", "tiny"])
+def test_ldam_margins_match_ldam_drw_m_list(counts, max_m):
+    got = ldam_margins(counts, max_margin=max_m)
+    assert_close(got, _ref_m_list(counts, max_m), rtol=1e-6, atol=1e-7)
+    assert got.max().item() == pytest.approx(max_m, rel=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "drw"])
+@pytest.mark.parametrize("n,c", LOSS_SHAPES, ids=SHAPE_IDS)
+def test_ldam_loss_matches_ldam_drw_forward(n, c, weighted, reduction):
+    # the reference always reduces by F.cross_entropy's mean; "none"/"sum" pass the same reduction
+    counts = _lt_counts(c)
+    x, y = _cosine_batch(n, c, seed=n + c)
+    m_list = _ref_m_list(counts)
+    w = _ref_per_cls_weights(counts, 0.9999) if weighted else None
+    got = ldam_loss(x, y, w, reduction, margins=m_list, scale=30.0)
+    assert_close(got, _ref_ldam(x, y, m_list, 30.0, w, reduction), rtol=1e-5, atol=1e-5)
+
+
+def test_ldam_loss_shifts_only_the_true_class_logit():
+    # a margin on a wrong class must not matter: change m for classes absent from the batch
+    x, y = _cosine_batch(32, 10, seed=3)
+    y = y % 5  # only classes 0..4 present
+    m = _ref_m_list(_lt_counts(10))
+    m_other = m.clone()
+    m_other[5:] = 0.9
+    assert_close(ldam_loss(x, y, margins=m, reduction="none"), ldam_loss(x, y, margins=m_other, reduction="none"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Logit adjustment and Balanced Softmax
+
+def test_log_prior_is_log_of_class_frequencies():
+    # counts (3, 1): frequencies (3/4, 1/4)
+    assert log_prior([3, 1]).tolist() == pytest.approx([math.log(0.75), math.log(0.25)], rel=1e-6)
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 1.5])
+@pytest.mark.parametrize("n,c", LOSS_SHAPES, ids=SHAPE_IDS)
+def test_logit_adjusted_loss_matches_google_research(n, c, tau):
+    x, y = _batch(n + 11 * c, n, c)
+    counts = _lt_counts(c)
+    base_probs = torch.tensor(counts, dtype=torch.float64) / sum(counts)
+    got = logit_adjusted_loss(x, y, log_priors=log_prior(counts), tau=tau)
+    # the reference's +1e-12 inside the log moves the loss by < 1e-7 relative for these priors
+    assert_close(got, _ref_la_loss(y, x.double(), base_probs, tau).float(), **F32)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("n,c", LOSS_SHAPES, ids=SHAPE_IDS)
+def test_balanced_softmax_equals_logit_adjusted_tau1(n, c, reduction):
+    # log n_c and log(n_c / sum n) differ by a per-row constant: softmax is shift-invariant
+    x, y = _batch(n + 13 * c, n, c)
+    counts = _lt_counts(c)
+    got = logit_adjusted_loss(x, y, None, reduction, log_priors=log_prior(counts), tau=1.0)
+    want = _ref_balanced_softmax(y, x, torch.tensor(counts), reduction)
+    assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +455,7 @@ def test_dynamic_weights_exact_ema_arithmetic():
     # s = 0.5 * (2, 2, 2) + 0.5 * (6, 2, 0) = (4, 2, 1): w = 1 + 7 * (s - 1) / 3
     w = dyn.update(torch.tensor([6.0, 2.0, 0.0]))
     assert dyn.smoothed.tolist() == [4.0, 2.0, 1.0]
-    torch.testing.assert_close(w, torch.tensor([8.0, 1.0 + 7 / 3, 1.0]))
+    assert_close(w, torch.tensor([8.0, 1.0 + 7 / 3, 1.0]))
 
 
 def test_dynamic_weights_ema_alpha_08_over_several_updates():
@@ -391,7 +677,7 @@ def test_power_map_mean_one_under_training_distribution_then_clipped(beta):
         assert (p * u).sum().item() == pytest.approx(1.0, rel=1e-12)
         w = dyn.update(stat)
         assert ((w >= 0.5) & (w <= 4.0)).all()
-        torch.testing.assert_close(w, u.clamp(0.5, 4.0).float(), rtol=0, atol=0)
+        assert_close(w, u.clamp(0.5, 4.0).float(), rtol=0, atol=0)
         order = torch.argsort(stat)
         assert (torch.diff(w[order]) >= 0).all()  # harder never weighs less
 
@@ -441,6 +727,8 @@ def test_power_map_refuses_negative_and_missing_statistics():
         dyn.update(torch.tensor([0.5, float("nan"), 1.0]))  # a class with no statistic
     assert dyn.smoothed is None  # refused statistics leave the EMA untouched
 
+
+# ----------------------------------------------------------------------------------------------
 # Label-aware smoothing (MiSLAS)
 
 def test_label_aware_epsilons_hand_computed():
@@ -492,7 +780,7 @@ def test_label_aware_smoothing_is_smoothed_cross_entropy_per_class():
     q = (1 - eps[y])[:, None] * F.one_hot(y, 5) + (eps[y] / 5)[:, None]
     per_sample = -(q * F.log_softmax(logits, 1)).sum(1)
     got = label_aware_smoothing_loss(logits, y, w, "none", epsilons=eps)
-    torch.testing.assert_close(got, w[y] * per_sample, rtol=1e-6, atol=1e-6)
+    assert_close(got, w[y] * per_sample, rtol=1e-6, atol=1e-6)
     mean = label_aware_smoothing_loss(logits, y, w, "mean", epsilons=eps)
     assert mean.item() == pytest.approx(((w[y] * per_sample).sum() / w[y].sum()).item(), rel=1e-6)
 
@@ -503,8 +791,8 @@ def test_label_aware_smoothing_eps0_is_cross_entropy(reduction, weighted):
     logits, y = _batch(seed=5)
     w = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0]) if weighted else None
     got = label_aware_smoothing_loss(logits, y, w, reduction, epsilons=torch.zeros(5))
-    torch.testing.assert_close(got, F.cross_entropy(logits, y, weight=w, reduction=reduction),
-                               rtol=1e-6, atol=1e-6)
+    assert_close(got, F.cross_entropy(logits, y, weight=w, reduction=reduction),
+                 rtol=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -562,11 +850,50 @@ def test_max_norm_projects_only_rows_outside_the_ball():
     max_norm_(w, 2.0)
     assert w.norm(dim=1).tolist() == pytest.approx([2.0, 1.0, 2.0, 2.0], rel=1e-6)
     assert torch.equal(w[1], before[1]) and torch.equal(w[3], before[3])  # within (or on) the ball
-    torch.testing.assert_close(w[0], torch.tensor([1.2, 1.6]))  # same direction, norm 2
-    torch.testing.assert_close(w[2], torch.tensor([0.0, -2.0]))
+    assert_close(w[0], torch.tensor([1.2, 1.6]))  # same direction, norm 2
+    assert_close(w[2], torch.tensor([0.0, -2.0]))
 
 
 def test_max_norm_radius_is_relative_to_the_row_norms():
     w = torch.tensor([[3.0, 4.0], [0.6, 0.8], [0.0, -10.0]])  # norms 5, 1, 10
     assert max_norm_radius(w, 0.1) == pytest.approx(1 + 0.1 * 9)
     assert max_norm_radius(w, 0.0) == pytest.approx(1.0) and max_norm_radius(w, 1.0) == pytest.approx(10.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# tau-normalisation
+
+TAU_SHAPES = [(2, 3), (10, 64), (100, 128)]  # classifier weight (C, D)
+
+
+def test_tau_norm_logits_by_hand():
+    # rows w_0 = (3, 4) (norm 5), w_1 = (0, 1) (norm 1); f = (1, 1): <f, w_c> / ||w_c||^tau
+    f, w = torch.tensor([[1.0, 1.0]]), torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    assert tau_norm_logits(f, w, 1.0).tolist()[0] == pytest.approx([7 / 5, 1.0])
+    assert tau_norm_logits(f, w, 0.5).tolist()[0] == pytest.approx([7 / math.sqrt(5), 1.0])
+    assert tau_norm_logits(f, w, 0.0).tolist()[0] == pytest.approx([7.0, 1.0])
+
+
+@pytest.mark.parametrize("c,d", TAU_SHAPES, ids=[f"{c}x{d}" for c, d in TAU_SHAPES])
+def test_tau_normalize_matches_classifier_balancing_pnorm(c, d):
+    g = torch.Generator().manual_seed(c * d)
+    row_scale = 0.1 + 3 * torch.rand(c, 1, generator=g, dtype=torch.float64)  # unequal class norms
+    weights = torch.randn(c, d, generator=g, dtype=torch.float64) * row_scale
+    for p in np.linspace(0, 2, 21):
+        assert_close(tau_normalize(weights, p), _ref_pnorm(weights, p), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("c,d", TAU_SHAPES, ids=[f"{c}x{d}" for c, d in TAU_SHAPES])
+def test_tau_norm_logits_match_classifier_balancing_without_bias(c, d):
+    g = torch.Generator().manual_seed(c + d)
+    fc = nn.Linear(d, c).double()
+    with torch.no_grad():
+        fc.weight.copy_(torch.randn(c, d, generator=g, dtype=torch.float64))
+        fc.bias.copy_(torch.randn(c, generator=g, dtype=torch.float64))
+    feats = torch.randn(17, d, generator=g, dtype=torch.float64).relu()
+    for p in np.linspace(0, 2, 21):
+        got = tau_norm_logits(feats, fc.weight.detach(), p)
+        assert_close(got, _ref_dotproduct(feats, _ref_pnorm(fc.weight.detach(), p)), rtol=1e-12, atol=1e-12)
+    # tau = 0 is the trained layer with its bias dropped
+    assert_close(tau_norm_logits(feats, fc.weight.detach(), 0.0), (fc(feats) - fc.bias).detach(),
+                 rtol=1e-12, atol=1e-12)

@@ -1,13 +1,15 @@
-"""What each method's stage computes, from its config to a number, against hand calculations.
+"""What each method's stage computes, from its config to a number, against hand calculations, and
+the learning-rate schedule (``lr_at_step``).
 
-tests/test_reference_formulas.py compares the loss functions with re-implementations of the
-reference code; this file pins the other half: that ``build_loss`` and ``static_weights`` hand each
-method's settings (``focal_gamma``, ``la_tau``, ``ldam_max_margin``, ``ldam_scale``, ``cb_beta``,
+tests/test_losses.py compares the loss functions with hand calculations and with re-implementations
+of the reference code; this file pins the other half: that ``build_loss`` and ``static_weights`` hand
+each method's settings (``focal_gamma``, ``la_tau``, ``ldam_max_margin``, ``ldam_scale``, ``cb_beta``,
 ``stage2_loss_type``, ``stage2_focal_gamma``) to those functions, and what the METHODS table says
 each method does. Inputs are small enough to work out on paper; each expected value says how.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -15,7 +17,7 @@ import torch
 
 import losses
 from config import TwoStageConfig
-from methods import METHODS, build_loss, static_weights
+from methods import METHODS, build_loss, lr_at_step, static_weights
 
 ZERO = torch.zeros(1, 2)  # logits [[0, 0]]: every softmax probability is 1/2 before any shift
 
@@ -94,14 +96,6 @@ def test_the_method_table():
     assert {n for n, m in METHODS.items() if m.normed_classifier} == {"ldam_drw"}  # LDAM's cosine classifier
 
 
-def test_tau_norm_logits_by_hand():
-    # rows w_0 = (3, 4) (norm 5), w_1 = (0, 1) (norm 1); f = (1, 1): <f, w_c> / ||w_c||^tau
-    f, w = torch.tensor([[1.0, 1.0]]), torch.tensor([[3.0, 4.0], [0.0, 1.0]])
-    assert losses.tau_norm_logits(f, w, 1.0).tolist()[0] == pytest.approx([7 / 5, 1.0])
-    assert losses.tau_norm_logits(f, w, 0.5).tolist()[0] == pytest.approx([7 / math.sqrt(5), 1.0])
-    assert losses.tau_norm_logits(f, w, 0.0).tolist()[0] == pytest.approx([7.0, 1.0])
-
-
 def test_mislas_smoothing_runs_from_0_3_on_the_largest_class_to_0_on_the_smallest():
     # counts (3, 1): eps = (0.3, 0); z = (1, 0), y = 0: (1 - 0.3) CE + 0.3 * mean_c(-log p_c)
     nll0, nll1 = math.log1p(math.exp(-1)), 1 + math.log1p(math.exp(-1))
@@ -113,3 +107,67 @@ def test_mislas_smoothing_runs_from_0_3_on_the_largest_class_to_0_on_the_smalles
 def test_weight_balancing_stage2_loss_is_the_softmax_bce():
     # z = (0, 0), y = 1: p = (1/2, 1/2); -(1/2) [log(1/2) + log(1 - 1/2)] = log 2
     assert loss_of("softmax_bce", [3, 1]) == pytest.approx(math.log(2), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning-rate schedule
+
+def test_lr_warmup_then_cosine():
+    c = cfg(stage1_epochs=10, stage2_epochs=4, stage1_lr=0.1, stage2_lr=0.01, warmup_epochs=2)
+    spe = 5
+    T = 50  # stage-1 steps
+    cos = lambda t: 0.1 * 0.5 * (1 + math.cos(math.pi * t / T))
+    # linear warm-up over 2 epochs = 10 steps: factor (step + 1) / 10
+    for step in range(10):
+        assert lr_at_step(step, spe, c, 1) == pytest.approx(cos(step) * (step + 1) / 10, rel=1e-12)
+    assert lr_at_step(0, spe, c, 1) == pytest.approx(0.01, rel=1e-12)
+    assert lr_at_step(9, spe, c, 1) == pytest.approx(cos(9), rel=1e-12)  # warm-up done
+    assert lr_at_step(25, spe, c, 1) == pytest.approx(0.05, rel=1e-12)  # half way: base / 2
+    assert lr_at_step(T, spe, c, 1) == pytest.approx(0.0, abs=1e-15)  # cosine ends at 0
+    assert 0 < lr_at_step(T - 1, spe, c, 1) < 1e-3
+    # stage 2 restarts at its own base, without warm-up, and decays to 0 over its 20 steps
+    assert lr_at_step(T, spe, c, 2) == pytest.approx(0.01, rel=1e-12)
+    assert lr_at_step(T + 10, spe, c, 2) == pytest.approx(0.005, rel=1e-12)
+    assert lr_at_step(T + 20, spe, c, 2) == pytest.approx(0.0, abs=1e-15)
+    lrs = [lr_at_step(s, spe, c, 1) for s in range(10, T)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # after warm-up: strictly decreasing
+
+
+def test_lr_no_warmup():
+    c = cfg(stage1_epochs=4, stage2_epochs=0, stage1_lr=0.2, warmup_epochs=0)
+    assert lr_at_step(0, 3, c, 1) == 0.2
+
+
+def test_lr_stage2_cosine_restart_on_a_step_schedule():
+    """stage2_schedule="cosine": stage 2 restarts at stage2_lr and decays by cosine to 0 over the
+    stage, whatever the run's schedule; stage 1 keeps the step schedule."""
+    c = cfg(stage1_epochs=16, stage2_epochs=4, stage1_lr=0.1, stage2_lr=0.01, schedule="step",
+            lr_milestones=(16, 18), warmup_epochs=0, stage2_schedule="cosine")
+    spe = 10
+    assert lr_at_step(16 * spe, spe, c, 2) == pytest.approx(0.01)
+    assert lr_at_step(18 * spe, spe, c, 2) == pytest.approx(0.005)  # half-way: (1 + cos(pi/2)) / 2
+    assert lr_at_step(15 * spe, spe, c, 1) == pytest.approx(0.1)
+    inherit = dataclasses.replace(c, stage2_schedule="inherit")
+    assert lr_at_step(16 * spe, spe, inherit, 2) == pytest.approx(0.01 * 0.01)  # step: x0.01 at 16
+
+
+def test_lr_step_milestones():
+    c = cfg(stage1_epochs=150, stage2_epochs=50, stage1_lr=0.1, stage2_lr=0.01, schedule="step",
+            warmup_epochs=5)
+    spe = 10
+    lr = lambda epoch, stage: lr_at_step(int(epoch * spe), spe, c, stage)
+    assert lr_at_step(0, spe, c, 1) == pytest.approx(0.1 / 50, rel=1e-12)  # warm-up applies
+    assert lr(5, 1) == pytest.approx(0.1)
+    assert lr(149.9, 1) == pytest.approx(0.1)
+    # milestones are global epochs: 160 and 180 fall in stage 2 here
+    assert lr(150, 2) == pytest.approx(0.01)
+    assert lr(159.9, 2) == pytest.approx(0.01)
+    assert lr(160, 2) == pytest.approx(0.01 * 0.01, rel=1e-12)
+    assert lr(179.9, 2) == pytest.approx(0.01 * 0.01, rel=1e-12)
+    assert lr(180, 2) == pytest.approx(0.01 * 0.0001, rel=1e-12)
+    assert lr(199.9, 2) == pytest.approx(0.01 * 0.0001, rel=1e-12)
+    # in stage 1 (a 200-epoch stage 1, as in LDAM-DRW's schedule)
+    c1 = cfg(stage1_epochs=200, stage2_epochs=0, stage1_lr=0.1, schedule="step", warmup_epochs=5)
+    assert lr_at_step(159 * spe, spe, c1, 1) == pytest.approx(0.1)
+    assert lr_at_step(160 * spe, spe, c1, 1) == pytest.approx(0.001, rel=1e-12)
+    assert lr_at_step(180 * spe, spe, c1, 1) == pytest.approx(0.00001, rel=1e-12)

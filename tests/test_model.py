@@ -1,11 +1,14 @@
-"""Model registry, parameter counts and the ResNet family's shapes."""
+"""Model registry, parameter counts, the ResNet family's shapes, and the classifiers: the fp32
+classifier under autocast, LogitScale, and NormedLinear against LDAM-DRW's."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.testing import assert_close
 
-from model import MODELS, LogitScale, count_parameters, get_model
+from model import MODELS, LogitScale, NormedLinear, count_parameters, get_model
 
 
 def weighted_layers(m: nn.Module) -> int:
@@ -105,3 +108,56 @@ def test_logit_scale_starts_as_identity_and_scales_each_class():
         m.fc[1].scale.copy_(torch.tensor([2.0, 0.5, -1.0]))
         assert torch.equal(m(x), z * torch.tensor([2.0, 0.5, -1.0]))
     assert count_parameters(LogitScale(3)) == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# NormedLinear against the reference: _RefNormedLinear re-implements kaidic/LDAM-DRW's NormedLinear
+# (models/resnet_cifar.py) in its style; ours must give unit-norm class vectors at init and the same
+# cosine forward. (The losses against their references: test_losses.py.)
+
+NORMED_SHAPES = [(64, 10), (3, 2), (128, 100)]  # (in_features, out_features)
+
+
+# kaidic/LDAM-DRW models/resnet_cifar.py (NormedLinear: weight stored as (in, out))
+class _RefNormedLinear(nn.Module):
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.weight.data.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
+
+    def forward(self, x):
+        return F.normalize(x, dim=1).mm(F.normalize(self.weight, dim=0))
+
+
+@pytest.mark.parametrize("d,c", NORMED_SHAPES, ids=[f"{d}to{c}" for d, c in NORMED_SHAPES])
+def test_normed_linear_class_vectors_have_unit_norm_at_init(d, c):
+    with torch.random.fork_rng():
+        torch.manual_seed(d + c)
+        ours, ref = NormedLinear(d, c), _RefNormedLinear(d, c)
+    assert ours.weight.shape == (c, d)
+    assert_close(ours.weight.norm(dim=1), torch.ones(c), rtol=0, atol=1e-5)
+    assert_close(ref.weight.norm(dim=0), torch.ones(c), rtol=0, atol=1e-5)  # the reference's columns
+
+
+@pytest.mark.parametrize("init", ["unit", "uniform"])
+@pytest.mark.parametrize("d,c", NORMED_SHAPES, ids=[f"{d}to{c}" for d, c in NORMED_SHAPES])
+def test_normed_linear_forward_matches_ldam_drw(d, c, init):
+    with torch.random.fork_rng():
+        torch.manual_seed(3 * d + c)
+        ours = NormedLinear(d, c) if init == "unit" else NormedLinear(d, c, init=init)
+        ref = _RefNormedLinear(d, c)
+    with torch.no_grad():
+        ref.weight.copy_(ours.weight.t())
+    x = torch.randn(9, d, generator=torch.Generator().manual_seed(d))
+    with torch.no_grad():
+        assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
+def test_normed_linear_uniform_init_keeps_the_old_uniform_rows():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        layer = NormedLinear(64, 10, init="uniform")
+    w = layer.weight.detach()
+    assert w.abs().max() <= 1.0
+    norms = w.norm(dim=1)
+    assert (norms - 1).abs().min() > 0.5  # about sqrt(64 / 3) = 4.6, nowhere near 1

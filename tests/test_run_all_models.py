@@ -1,6 +1,6 @@
 """Experiments as files: every committed experiment loads and plans, a broken file is one line that
 names the file and the key, the command-line overrides, and the smoke experiments end to end (resume
-after kill -9: the local launcher in test_launch.py, a run in test_robustness.py)."""
+after kill -9: the local launcher in test_launch.py, a run in test_two_stage_ictta_lifecycle.py)."""
 from __future__ import annotations
 
 import dataclasses

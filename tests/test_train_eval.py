@@ -1,9 +1,8 @@
-"""Metrics against hand-computed cases, calibration, evaluation, one training epoch (and its mixup,
-SAM, MaxNorm and BatchNorm options) and the learning-rate schedule."""
+"""Metrics against hand-computed cases, calibration, evaluation, and one training epoch (and its
+mixup, SAM, MaxNorm and BatchNorm options). The learning-rate schedule: test_methods.py."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 
 import numpy as np
@@ -14,8 +13,6 @@ import torch.nn.functional as F
 
 from data_loader import DeviceBatches, Normalizer
 from losses import focal_loss, loss_denominator
-from config import TwoStageConfig
-from methods import lr_at_step
 from train_eval import (NonFiniteError, class_groups, classification_metrics, draw_mixup, evaluate,
                         expected_calibration_error, mix_images, resolve_device, sam_perturb_, train_one_epoch)
 
@@ -537,72 +534,3 @@ def test_train_one_epoch_scales_the_lr_of_a_group_with_lr_scale():
     batches = DeviceBatches(x, y, 8, _norm(), torch.Generator().manual_seed(0), augment=False)
     train_one_epoch(model, batches, opt, focal_loss, lambda s: 0.2, 0, 3)
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.2]
-
-
-# ----------------------------------------------------------------------------------------------
-# Learning-rate schedule
-
-def _cfg(**kw):
-    return TwoStageConfig("resnet32", "long_tail", **kw)
-
-
-def test_lr_warmup_then_cosine():
-    cfg = _cfg(stage1_epochs=10, stage2_epochs=4, stage1_lr=0.1, stage2_lr=0.01, warmup_epochs=2)
-    spe = 5
-    T = 50  # stage-1 steps
-    cos = lambda t: 0.1 * 0.5 * (1 + math.cos(math.pi * t / T))
-    # linear warm-up over 2 epochs = 10 steps: factor (step + 1) / 10
-    for step in range(10):
-        assert lr_at_step(step, spe, cfg, 1) == pytest.approx(cos(step) * (step + 1) / 10, rel=1e-12)
-    assert lr_at_step(0, spe, cfg, 1) == pytest.approx(0.01, rel=1e-12)
-    assert lr_at_step(9, spe, cfg, 1) == pytest.approx(cos(9), rel=1e-12)  # warm-up done
-    assert lr_at_step(25, spe, cfg, 1) == pytest.approx(0.05, rel=1e-12)  # half way: base / 2
-    assert lr_at_step(T, spe, cfg, 1) == pytest.approx(0.0, abs=1e-15)  # cosine ends at 0
-    assert 0 < lr_at_step(T - 1, spe, cfg, 1) < 1e-3
-    # stage 2 restarts at its own base, without warm-up, and decays to 0 over its 20 steps
-    assert lr_at_step(T, spe, cfg, 2) == pytest.approx(0.01, rel=1e-12)
-    assert lr_at_step(T + 10, spe, cfg, 2) == pytest.approx(0.005, rel=1e-12)
-    assert lr_at_step(T + 20, spe, cfg, 2) == pytest.approx(0.0, abs=1e-15)
-    lrs = [lr_at_step(s, spe, cfg, 1) for s in range(10, T)]
-    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # after warm-up: strictly decreasing
-
-
-def test_lr_no_warmup():
-    cfg = _cfg(stage1_epochs=4, stage2_epochs=0, stage1_lr=0.2, warmup_epochs=0)
-    assert lr_at_step(0, 3, cfg, 1) == 0.2
-
-
-def test_lr_stage2_cosine_restart_on_a_step_schedule():
-    """stage2_schedule="cosine": stage 2 restarts at stage2_lr and decays by cosine to 0 over the
-    stage, whatever the run's schedule; stage 1 keeps the step schedule."""
-    cfg = TwoStageConfig("resnet10", "long_tail", stage1_epochs=16, stage2_epochs=4, stage1_lr=0.1,
-                         stage2_lr=0.01, schedule="step", lr_milestones=(16, 18), warmup_epochs=0,
-                         stage2_schedule="cosine")
-    spe = 10
-    assert lr_at_step(16 * spe, spe, cfg, 2) == pytest.approx(0.01)
-    assert lr_at_step(18 * spe, spe, cfg, 2) == pytest.approx(0.005)  # half-way: (1 + cos(pi/2)) / 2
-    assert lr_at_step(15 * spe, spe, cfg, 1) == pytest.approx(0.1)
-    inherit = dataclasses.replace(cfg, stage2_schedule="inherit")
-    assert lr_at_step(16 * spe, spe, inherit, 2) == pytest.approx(0.01 * 0.01)  # step: x0.01 at 16
-
-
-def test_lr_step_milestones():
-    cfg = _cfg(stage1_epochs=150, stage2_epochs=50, stage1_lr=0.1, stage2_lr=0.01, schedule="step",
-               warmup_epochs=5)
-    spe = 10
-    lr = lambda epoch, stage: lr_at_step(int(epoch * spe), spe, cfg, stage)
-    assert lr_at_step(0, spe, cfg, 1) == pytest.approx(0.1 / 50, rel=1e-12)  # warm-up applies
-    assert lr(5, 1) == pytest.approx(0.1)
-    assert lr(149.9, 1) == pytest.approx(0.1)
-    # milestones are global epochs: 160 and 180 fall in stage 2 here
-    assert lr(150, 2) == pytest.approx(0.01)
-    assert lr(159.9, 2) == pytest.approx(0.01)
-    assert lr(160, 2) == pytest.approx(0.01 * 0.01, rel=1e-12)
-    assert lr(179.9, 2) == pytest.approx(0.01 * 0.01, rel=1e-12)
-    assert lr(180, 2) == pytest.approx(0.01 * 0.0001, rel=1e-12)
-    assert lr(199.9, 2) == pytest.approx(0.01 * 0.0001, rel=1e-12)
-    # in stage 1 (a 200-epoch stage 1, as in LDAM-DRW's schedule)
-    cfg1 = _cfg(stage1_epochs=200, stage2_epochs=0, stage1_lr=0.1, schedule="step", warmup_epochs=5)
-    assert lr_at_step(159 * spe, spe, cfg1, 1) == pytest.approx(0.1)
-    assert lr_at_step(160 * spe, spe, cfg1, 1) == pytest.approx(0.001, rel=1e-12)
-    assert lr_at_step(180 * spe, spe, cfg1, 1) == pytest.approx(0.00001, rel=1e-12)

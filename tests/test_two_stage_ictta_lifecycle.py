@@ -1,5 +1,7 @@
-"""A run loses nothing and gets nothing wrong: resume after SIGKILL, determinism, concurrent runs and
-locks, bad data, an unwritable log_dir, and numerical safety. The settings fuzz is test_fuzz.py.
+"""Two-stage runs through their lifecycle lose nothing and get nothing wrong: resume after SIGKILL,
+determinism, concurrent runs and locks, checkpoints, bad data and an unwritable log_dir through a
+run and the CLI, and a non-finite loss. The settings fuzz is test_config.py, the data errors
+themselves are in test_data_loader.py and the losses' numerical safety in test_losses.py.
 
 The runs are tiny (the synthetic 4-class data, ResNet-10, batch 32, 1 + 4 epochs) so that the whole
 file takes well under a minute. Every run uses ``threads=1``: CPU results are bitwise reproducible
@@ -21,20 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import config
 import torch
-import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
 
+import config
 import data_loader
 import main as cli
 import runfiles
 import two_stage_ictta as tsi
 from conftest import lock_text, make_image_folder
-from data_loader import DataError
-from losses import focal_loss
 from train_eval import NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -311,104 +308,24 @@ def test_a_finished_run_is_reused_whoever_holds_its_lock(shared_dir, data_root, 
         assert again["skipped"] is True
 
 
+def test_cli_on_a_locked_run_says_who_holds_it_without_a_traceback(tmp_path, live_pid, synthetic_root, capsys):
+    cfg = config.TwoStageConfig(MODEL, SCENARIO, data_root=str(synthetic_root), log_dir=str(tmp_path), **RUN)
+    (tmp_path / f"{config.run_name(cfg)}.lock").write_text(lock_text(live_pid))
+    argv = ["--model-name", MODEL, "--imbalance-type", SCENARIO, "--data-root", str(synthetic_root),
+            "--log-dir", str(tmp_path)]
+    for k, v in RUN.items():
+        argv += ["--" + k.replace("_", "-"), str(v)] if not isinstance(v, bool) else \
+                ["--" + ("" if v else "no-") + k.replace("_", "-")]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"process {live_pid}" in err and "Traceback" not in err
+
+
 # ----------------------------------------------------------------------------------------------
-# Bad data
-
-def _tiny_folder(root: Path, classes=("ant", "bee"), n_train=3, n_test=2) -> Path:
-    return make_image_folder(root, classes=classes, n_train=n_train, n_test=n_test)
-
-
-def _bomb_png() -> bytes:
-    """A valid PNG header claiming 40000x40000 pixels: Pillow refuses it as a decompression bomb."""
-    import struct
-    import zlib
-
-    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
-
-
-def _save_png(path: Path, pixels: np.ndarray) -> None:
-    from PIL import Image
-    Image.fromarray(pixels).save(path, format="PNG")
-
-
-CORRUPTIONS = {
-    "empty file": lambda p: p.write_bytes(b""),
-    "not an image": lambda p: p.write_text("hello"),
-    "truncated": lambda p: p.write_bytes(p.read_bytes()[:60]),
-    "decompression bomb": lambda p: p.write_bytes(_bomb_png()),
-    "directory": lambda p: (p.unlink(), p.mkdir()),
-    "dangling symlink": lambda p: (p.unlink(), p.symlink_to(p.parent / "missing.png")),
-    "other size": lambda p: _save_png(p, np.zeros((16, 16, 3), np.uint8)),
-}
-
-
-@pytest.mark.parametrize("how", sorted(CORRUPTIONS))
-@pytest.mark.parametrize("split", ["train", "test"])
-def test_corrupt_image_is_a_data_error_naming_the_file(tmp_path, how, split):
-    root = _tiny_folder(tmp_path / "data")
-    bad = root / split / "bee" / "0001.png"
-    CORRUPTIONS[how](bad)
-    with pytest.raises(DataError, match=str(bad)):
-        data_loader.load_dataset(root, download=False)
-
-
-@settings(max_examples=15, deadline=None, derandomize=True, database=None)
-@given(st.data())
-def test_randomly_damaged_png_loads_or_is_a_data_error_naming_it(tmp_path_factory, data):
-    root = _tiny_folder(tmp_path_factory.mktemp("damaged"), n_train=2, n_test=1)
-    bad = root / "train" / "ant" / "0000.png"
-    raw = bytearray(bad.read_bytes())
-    for pos in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=8), label="positions"):
-        raw[pos] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.integers(1, len(raw)), label="length")
-    bad.write_bytes(bytes(raw[:cut]))
-    try:
-        loaded = data_loader.load_dataset(root, download=False)
-    except DataError as e:
-        assert str(bad) in str(e)
-    else:
-        assert loaded.train_x.shape == (4, 32, 32, 3)
-
-
-@pytest.mark.parametrize("split", ["train", "test"])
-def test_empty_class_folder(tmp_path, split):
-    root = _tiny_folder(tmp_path / "data", classes=("ant", "bee", "cow"))
-    for f in (root / split / "cow").iterdir():
-        f.unlink()
-    (root / split / "cow" / "notes.txt").write_text("not an image")
-    with pytest.raises(DataError, match=rf"{root / split / 'cow'} holds no image"):
-        data_loader.load_dataset(root, download=False)
-
-
-def test_mismatched_train_and_test_classes(tmp_path):
-    root = _tiny_folder(tmp_path / "data")
-    (root / "test" / "bee").rename(root / "test" / "bea")
-    with pytest.raises(DataError, match=r"only in train \['bee'\], only in test \['bea'\]"):
-        data_loader.load_dataset(root, download=False)
-
-
-def test_a_single_class_is_not_a_dataset(tmp_path):
-    root = _tiny_folder(tmp_path / "data", classes=("ant",))
-    with pytest.raises(DataError, match="need >= 2"):
-        data_loader.load_dataset(root, download=False)
-
-
-@pytest.mark.parametrize("layout", ["junk file", "train only", "empty, no download"])
-def test_data_root_without_a_dataset(tmp_path, layout):
-    root = tmp_path / "data"
-    root.mkdir()
-    if layout == "junk file":
-        (root / "notes.txt").write_text("not a dataset")
-    elif layout == "train only":
-        (root / "train" / "ant").mkdir(parents=True)
-    with pytest.raises(DataError, match="data_root="):
-        data_loader.load_dataset(root, download=False if layout.endswith("download") else True)
-
+# Bad data, through a run and the CLI (the data errors themselves: test_data_loader.py)
 
 def test_bad_data_through_the_run_and_the_cli_writes_nothing(tmp_path, capsys):
-    root = _tiny_folder(tmp_path / "data")
+    root = make_image_folder(tmp_path / "data", classes=("ant", "bee"), n_train=3, n_test=2)
     bad = root / "test" / "ant" / "0000.png"
     bad.write_bytes(b"")
     log_dir = tmp_path / "runs"
@@ -440,7 +357,7 @@ def test_unwritable_log_dir_fails_before_any_data_or_training(tmp_path, monkeypa
 
 
 # ----------------------------------------------------------------------------------------------
-# Numerical safety
+# A non-finite loss or weight (the losses' own numerical safety: test_losses.py)
 
 @pytest.mark.parametrize("how", [{"stage1_lr": 1e6}, {"min_weight": 1.0, "max_weight": 1e300}])
 def test_non_finite_loss_or_weight_stops_the_run_and_is_recorded(data_root, tmp_path, how):
@@ -457,57 +374,3 @@ def test_non_finite_loss_or_weight_stops_the_run_and_is_recorded(data_root, tmp_
     for row in csv_rows(csv_path) if csv_path.exists() else []:  # only what came before the failure
         assert all(math.isfinite(float(row[k])) for k in ("loss", "acc", "train_loss")), row
     assert not list(tmp_path.glob("*.lock"))
-
-
-GAMMAS = st.one_of(st.sampled_from([0.0, 1e-6, 0.5, 1.0, 1.5, 2.0, 5.0]), st.floats(0, 5))
-
-
-@settings(max_examples=60, deadline=None, derandomize=True, database=None)
-@given(gamma=GAMMAS, dtype=st.sampled_from([torch.float32, torch.bfloat16]),
-       p_t=st.sampled_from([0.0, 1.0]), gap=st.sampled_from([110.0, 200.0, 1e3, 1e4, 3e4]),
-       num_classes=st.integers(2, 10), weighted=st.booleans(),
-       reduction=st.sampled_from(["mean", "sum", "none"]))
-def test_focal_loss_finite_when_p_t_is_exactly_0_or_1(gamma, dtype, p_t, gap, num_classes, weighted, reduction):
-    """Logits ``gap`` apart make p_t round to exactly 1 (the target leads) or 0 (it trails)."""
-    n = 2 * num_classes
-    target = torch.arange(n) % num_classes
-    logits = torch.zeros(n, num_classes)
-    lead = target if p_t == 1.0 else (target + 1) % num_classes
-    logits[torch.arange(n), lead] = gap
-    logits = logits.to(dtype).requires_grad_(True)
-    probs = F.softmax(logits.detach().float(), dim=1).gather(1, target[:, None])
-    assert (probs == p_t).all()  # the case under test really happens
-    weight = torch.linspace(0.5, 8.0, num_classes) if weighted else None
-    loss = focal_loss(logits, target, weight, reduction, gamma=gamma)
-    assert torch.isfinite(loss).all(), loss
-    loss.sum().backward()
-    assert torch.isfinite(logits.grad.float()).all(), logits.grad
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_focal_loss_gradient_under_autocast_is_finite(dtype):
-    """Through a layer, as in training: bf16 autocast on CPU, confident and hopeless samples mixed."""
-    torch.manual_seed(0)
-    layer = torch.nn.Linear(8, 4)
-    x = torch.randn(16, 8) * 1e3  # saturated logits
-    target = torch.randint(0, 4, (16,))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        logits = layer(x)
-    for gamma in (0.0, 0.25, 1.5, 5.0):
-        layer.zero_grad()
-        loss = focal_loss(logits, target, torch.rand(4) + 0.5, gamma=gamma)
-        loss.backward(retain_graph=True)
-        assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in layer.parameters())
-
-
-def test_cli_on_a_locked_run_says_who_holds_it_without_a_traceback(tmp_path, live_pid, synthetic_root, capsys):
-    cfg = config.TwoStageConfig(MODEL, SCENARIO, data_root=str(synthetic_root), log_dir=str(tmp_path), **RUN)
-    (tmp_path / f"{config.run_name(cfg)}.lock").write_text(lock_text(live_pid))
-    argv = ["--model-name", MODEL, "--imbalance-type", SCENARIO, "--data-root", str(synthetic_root),
-            "--log-dir", str(tmp_path)]
-    for k, v in RUN.items():
-        argv += ["--" + k.replace("_", "-"), str(v)] if not isinstance(v, bool) else \
-                ["--" + ("" if v else "no-") + k.replace("_", "-")]
-    assert cli.main(argv) == 1
-    err = capsys.readouterr().err
-    assert f"process {live_pid}" in err and "Traceback" not in err
