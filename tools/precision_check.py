@@ -6,9 +6,10 @@
 Each seed runs each method (``--methods``: by default the two-stage method, LDAM-DRW, whose
 cosine logits are scaled by 30, and logit adjustment, whose offsets reach log(100)) twice on real
 CIFAR-10-LT, identical but for ``precision`` (and ``compile`` with ``--fast-compile``), by default
-at the budget of an experiment file (default: compare_reduced) on ResNet-10. The JSON (``--json``) holds every run's final test metrics, the paired differences
-(fast minus fp32) and the seed-to-seed spread of each path, and says whether the mean difference in
-test accuracy lies within seed noise: ``|mean diff| <= 2 * standard error of the paired diffs`` and
+at the budget of an experiment file (default: compare_reduced) on ResNet-10. The JSON (``--json``)
+holds every run's final test metrics, the paired differences (fast minus fp32) and the
+seed-to-seed spread of each path, and says whether the mean difference in test accuracy lies
+within seed noise: ``|mean diff| <= 2 * standard error of the paired diffs`` and
 ``|mean diff| <=`` the larger of the two paths' standard deviations over seeds.
 """
 from __future__ import annotations
