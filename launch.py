@@ -35,7 +35,7 @@ from config import (TwoStageConfig, config_hash, made_by_other_code, run_name, s
                     validate_config)
 from data_loader import find_dataset, load_dataset, make_split
 from estimate import run_seconds
-from results_logger import now, read_json, write_json
+from results_logger import COMMAND_ENV, now, read_json, run_command, write_json
 from runfiles import LockOwner, RunLock, RunLockedError, lock_owner, lock_path, pid_alive, read_run_json
 from two_stage_ictta import data_read_elsewhere, is_finished, run_two_stage
 
@@ -237,8 +237,10 @@ class GridJob:
     """
     configs: list
     stage1_required: bool = False
+    command: str = dataclasses.field(default_factory=run_command)  # the launcher's, recorded in each run
 
     def __call__(self) -> list[dict]:
+        os.environ[COMMAND_ENV] = self.command
         try:  # submitit's "timed out too many times" must end the job, not only the run
             from submitit.core.utils import UncompletedJobError
         except ImportError:

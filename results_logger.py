@@ -215,6 +215,17 @@ class RunLogger:
         atomic_write_text(self.csv_path, rows_to_csv(self.full_rows()))
 
 
+COMMAND_ENV = "TWO_STAGE_COMMAND"  # the command line that launched a run, set by the launchers' jobs
+
+
+def run_command() -> str:
+    """The command that made this run: the launcher's, when a launcher job runs it (its own
+    command line is submitit's), else this process's."""
+    import shlex
+    import sys
+    return os.environ.get(COMMAND_ENV) or shlex.join(getattr(sys, "orig_argv", None) or sys.argv)
+
+
 SCALAR_METRICS = ("loss", "acc", "macro_f1", "tail_macro_f1", "head_macro_f1", "many_acc",
                   "medium_acc", "few_acc", "ece")  # what every CSV row holds of an evaluated split
 

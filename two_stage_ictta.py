@@ -27,7 +27,6 @@ from __future__ import annotations
 import inspect
 import os
 import platform
-import shlex
 import socket
 import sys
 import time
@@ -50,7 +49,7 @@ from config import (NOT_IDENTITY, TwoStageConfig, config_hash, data_folder, made
 from methods import METHODS, EvalContext, Method, build_loss, lr_at_step, static_weights
 from model import get_model
 from results_logger import (SCALAR_METRICS, RunLogger, atomic_torch_save, code_fingerprint, cpu_model, git_commit,
-                            now, read_json, summarize_rows, write_json)
+                            now, read_json, run_command, summarize_rows, write_json)
 from runfiles import RunLock
 from train_eval import NonFiniteError, evaluate, resolve_device, train_one_epoch
 
@@ -336,7 +335,7 @@ def _confusion_of(run: Run) -> dict:
 def _run_record(cfg: TwoStageConfig, paths: dict, run_id: str, device: torch.device) -> dict:
     """The run's JSON as it starts: its identity, code, machine and files."""
     return {"run_id": run_id, "stage1_id": stage1_hash(cfg), "config": asdict(cfg),
-            "method": METHODS[cfg.method].facts(), "command": shlex.join(sys.argv),
+            "method": METHODS[cfg.method].facts(), "command": run_command(),
             "git_commit": git_commit(), "python": platform.python_version(), "torch": torch.__version__,
             "device": str(device), "machine": platform.machine(), "processor": cpu_model(),
             # CPU results are bitwise reproducible for a given thread count, not across counts

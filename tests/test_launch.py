@@ -79,6 +79,9 @@ def test_local_launcher_with_two_jobs_equals_inline(synthetic_root, tmp_path, in
     records = [json.loads(p.read_text()) for p in (out / "smoke" / "jobs").glob("*/*_runs.json")]
     assert sorted(len(rec["runs"]) for rec in records) == [1, 1, 1]
     assert len(list((out / "smoke" / "stage1").glob("*.pt"))) == 1
+    # each run records the command a user typed, not the job's own (submitit's) command line
+    commands = {json.loads(p.read_text())["command"] for p in (out / "smoke").glob("results_*.json")}
+    assert len(commands) == 1 and "run_all_models.py --profile smoke_grid" in commands.pop()
     # a finished run is never submitted again
     assert grid.main(smoke_args(synthetic_root, out, "--launcher", "local", "--jobs", "2")) == 0
     assert "0 done (0 resumed), 3 skipped (finished before), 0 failed; 0 local jobs" in capsys.readouterr().out

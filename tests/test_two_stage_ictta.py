@@ -149,12 +149,14 @@ def test_summarize_rows_selects_on_validation_never_on_test():
 
 
 def test_peak_is_the_highest_test_accuracy_over_both_stages_and_says_how_often_test_was_seen():
-    rows = [{"stage": st, "epoch": e, "global_epoch": g, "split": split, "acc": acc, "macro_f1": f1}
+    rows = [{"stage": st, "epoch": e, "global_epoch": g, "split": split, "acc": acc, "macro_f1": f1,
+             "tail_macro_f1": f1}
             for st, e, g, split, acc, f1 in [(1, 1, 1, "val", 0.5, 0.5), (1, 1, 1, "test", 0.6, 0.4),
                                              (1, 2, 2, "val", 0.6, 0.6), (1, 2, 2, "test", 0.8, 0.3),
                                              (2, 1, 3, "val", 0.9, 0.9), (2, 1, 3, "test", 0.7, 0.7)]]
     out = summarize_rows(rows)
-    assert out["peak"] == {"global_epoch": 2, "evaluated": 3, "test": {"acc": 0.8, "macro_f1": 0.3}}
+    assert out["peak"] == {"global_epoch": 2, "evaluated": 3,
+                           "test": {"acc": 0.8, "macro_f1": 0.3, "tail_macro_f1": 0.3}}
     assert out["stage2"]["best"]["test"]["acc"] == 0.7  # validation still chooses the reported epoch
 
 
