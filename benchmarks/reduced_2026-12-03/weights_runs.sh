@@ -1,0 +1,4 @@
+cd "$(git rev-parse --show-toplevel)"  # the code of the study's runs
+# CIFAR10_ROOT: the data folder
+.venv/bin/python main.py --model-name resnet10 --imbalance-type long_tail --stage1-epochs 16 --stage2-epochs 4 --stage1-lr 0.1 --stage2-lr 0.1 --schedule step --lr-milestones 16 18 --warmup-epochs 1 --eval-every 1 --seed 0 --device cpu --threads 1 --quiet --log-dir ~/results_weights/reduced --method two_stage_ictta
+.venv/bin/python main.py --model-name resnet10 --imbalance-type long_tail --stage1-epochs 16 --stage2-epochs 4 --stage1-lr 0.1 --stage2-lr 0.1 --schedule step --lr-milestones 16 18 --warmup-epochs 1 --eval-every 1 --seed 0 --device cpu --threads 1 --quiet --log-dir ~/results_weights/reduced --method two_stage_ictta --exp-name abl-dyn-power2-val-loss-la --max-weight 100 --weight-map power --map-power 2 --dynamic-mode val_loss --stage2-loss-type logit_adjust
