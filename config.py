@@ -238,6 +238,19 @@ class TwoStageConfig:
 
 # settings that change neither the numbers nor the run's identity (``identity=False`` at the field)
 NOT_IDENTITY = tuple(f.name for f in dataclasses.fields(TwoStageConfig) if not f.metadata["identity"])
+CSV_NAMES = {"model_name": "model", "imbalance_type": "scenario"}  # the CSV's names of two settings
+
+
+def csv_value(value):
+    """A setting as a CSV cell holds it (a tuple or list as its text)."""
+    return str(value) if isinstance(value, (tuple, list)) else value
+
+
+def identity_defaults() -> dict:
+    """The default of every identity setting that has one, by its CSV name and as a CSV cell holds
+    it: what a run's JSON records so that an analysis without this code can tell a default apart."""
+    return {CSV_NAMES.get(f.name, f.name): csv_value(f.default) for f in dataclasses.fields(TwoStageConfig)
+            if f.metadata["identity"] and f.default is not dataclasses.MISSING and f.name != "tag"}
 
 
 def check_setting(cond: bool, name: str, value, accepted: str) -> None:
@@ -268,6 +281,9 @@ def validate_config(cfg: TwoStageConfig) -> None:
                   cfg.val_per_class, f"> 0 for method={cfg.method!r} (it chooses on the validation split)")
     check_setting(cfg.method != "mislas" or cfg.imb_factor < 1, "imb_factor", cfg.imb_factor,
                   "< 1 for method='mislas' (label-aware smoothing needs unequal class counts)")
+    check_setting(cfg.method != "mislas" or cfg.dataset == "cifar10", "dataset", cfg.dataset,
+                  "cifar10 for method='mislas' (its CIFAR-10 recipe; MiSLAS's CIFAR-100 one, smoothing 0.4 "
+                  "to 0.1 with shifted BatchNorm, is not implemented)")
 
 
 def config_hash(cfg: TwoStageConfig) -> str:

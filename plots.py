@@ -783,13 +783,15 @@ def _two_lines(s: dict, digits: int = 1) -> str:
 
 def plot_compare(g: pd.DataFrame, title: str, notes: list, path: Path, paths: list) -> Path:
     """Methods x metrics: annotated mean ± std [95% interval]; colour = place in the column's
-    range (darkest = highest)."""
+    range (darkest = best: the highest, or for ECE the lowest)."""
     metrics = st.COMPARE_METRICS
     stats = [[{"n": int(r["n_seeds"]), **{k: r[f"test_{m}_pct_{k}"] for k in ("mean", "std", "ci95_lo", "ci95_hi")}}
               for m, _ in metrics] for _, r in g.iterrows()]
     mean = np.array([[s["mean"] for s in row] for row in stats], dtype=float)
     lo, hi = np.nanmin(mean, axis=0), np.nanmax(mean, axis=0)
     rel = (mean - lo) / np.where(hi > lo, hi - lo, 1)
+    lower_better = [j for j, (m, _) in enumerate(metrics) if m in st.LOWER_IS_BETTER]
+    rel[:, lower_better] = 1 - rel[:, lower_better]  # darkest = best in every column (ECE: the lowest)
     fig, body = _new_figure(12, 2.4 + 0.75 * len(g))
     ax = body.subplots()
     # the lighter 80% of "Blues", so that black or white text stays readable on every cell
@@ -806,7 +808,7 @@ def plot_compare(g: pd.DataFrame, title: str, notes: list, path: Path, paths: li
     ax.set_ylabel("method (seeds)")
     ax.xaxis.set_ticks_position("top")
     ax.xaxis.set_label_position("top")
-    body.colorbar(im, ax=ax, label="place in column\n(0 lowest, 1 highest)", shrink=0.9, pad=0.01)
+    body.colorbar(im, ax=ax, label="place in column\n(0 worst, 1 best; ECE: lower is better)", shrink=0.9, pad=0.01)
     _title(fig, title)
     _note(fig, notes)
     return _save(fig, path, paths)

@@ -234,7 +234,7 @@ def summarize_rows(rows) -> dict:
     """Per stage: the ``final`` epoch's val/test metrics and the ``best`` epoch by validation
     macro-F1 (its val and test metrics), plus stage-2 minus stage-1 ``delta`` on test; and
     ``peak``: the test metrics at the evaluated epoch of highest test accuracy, over both stages
-    (its ``global_epoch``, first maximum), and how many epochs test was ``evaluated`` at. ``peak`` is
+    (its ``global_epoch`` and ``stage``, first maximum), and how many epochs test was ``evaluated`` at. ``peak`` is
     the protocol of most reference implementations (the best test accuracy over training): it is
     chosen on test, so it is reported beside the other two, never used to choose.
 
@@ -245,11 +245,11 @@ def summarize_rows(rows) -> dict:
 
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     out: dict = {}
+    pick = lambda frame: {k: float(frame[k]) for k in SCALAR_METRICS if k in frame}
     for stage in (1, 2):
         d = df[df["stage"] == stage] if len(df) else df
         if not len(d):
             continue
-        pick = lambda frame: {k: float(frame[k]) for k in SCALAR_METRICS if k in frame}
         last_epoch = int(d["epoch"].max())
         final = {split: pick(r) for split, r in d[d["epoch"] == last_epoch].set_index("split").iterrows()}
         val = d[d["split"] == "val"]
@@ -263,8 +263,8 @@ def summarize_rows(rows) -> dict:
     test = df[df["split"] == "test"] if len(df) else df
     if len(test) and "acc" in test:
         peak = test.loc[test["acc"].idxmax()]
-        out["peak"] = {"global_epoch": int(peak.get("global_epoch", peak["epoch"])), "evaluated": len(test),
-                       "test": pick(peak)}
+        out["peak"] = {"global_epoch": int(peak.get("global_epoch", peak["epoch"])), "stage": int(peak["stage"]),
+                       "evaluated": len(test), "test": pick(peak)}
     if "stage1" in out and "stage2" in out:
         out["delta"] = {f"{kind}_test_{k}": out["stage2"][kind]["test"][k] - out["stage1"][kind]["test"][k]
                         for kind in ("final", "best") for k in ("acc", "macro_f1", "tail_macro_f1")}

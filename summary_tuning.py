@@ -82,7 +82,7 @@ COMPARE_METRICS = (("acc", "test acc"), ("macro_f1", "macro-F1"), ("tail_macro_f
                    ("ece", "ECE"))
 LOWER_IS_BETTER = {"ece"}  # expected calibration error (15 bins); the others: higher is better
 ABLATION_PREFIX = "abl-"  # exp_name of an ablation variant of the two-stage method
-RECORDED = ("class_counts", "classes")  # read from each run's JSON; one JSON text per row
+RECORDED = ("class_counts", "classes", "setting_defaults")  # read from each run's JSON; one JSON text per row
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,6 +216,17 @@ def _recorded(df: pd.DataFrame, key: str) -> list | None:
     return json.loads(known[0]) if known else None
 
 
+def setting_defaults(rows: pd.DataFrame) -> dict:
+    """The settings' defaults that the runs recorded, over all of them (the first run to record a
+    setting's default gives it): one rule for every run's configuration id, those made before
+    defaults were recorded included. Empty when no run recorded them (the ids are then as before)."""
+    out: dict = {}
+    if "setting_defaults" in rows:
+        for text in dict.fromkeys(v for v in rows["setting_defaults"] if isinstance(v, str) and v):
+            out = {**json.loads(text), **out}
+    return out
+
+
 def class_counts_of(df: pd.DataFrame) -> list[int] | None:
     """A run's (or a configuration's) training counts, from the ``class_counts`` column that
     :func:`load_rows` fills from the runs' JSONs."""
@@ -305,17 +316,22 @@ def _flatten(summary: dict) -> dict:
     if peak:
         out.update({f"peak_test_{k}": v for k, v in peak["test"].items()})
         out["peak_global_epoch"], out["peak_evaluated"] = peak["global_epoch"], peak["evaluated"]
+        out["peak_in_stage1"] = float(peak.get("stage") == 1)  # its mean over seeds: the share in stage 1
     return out
 
 
-def config_id(ident: dict) -> str:
-    """A configuration's id over its identity columns; an empty one (a setting that older CSVs lack,
-    or left unset) is left out, so that a new column leaves earlier runs' ids alone."""
-    d = {k: _plain(v) for k, v in ident.items() if k not in NOT_CONFIG and _plain(v) is not None}
+def config_id(ident: dict, defaults: dict | None = None) -> str:
+    """A configuration's id over its identity columns. An empty one (a setting that older CSVs lack,
+    or left unset) is left out, and so is one at its default of ``defaults`` (the code's defaults
+    that runs record in their JSON): a setting added later, at its default, leaves the ids of the
+    runs made before it alone."""
+    defaults = {k: _plain(v) for k, v in (defaults or {}).items()}
+    d = {k: _plain(v) for k, v in ident.items() if k not in NOT_CONFIG and _plain(v) is not None
+         and (k not in defaults or _plain(v) != defaults[k])}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def summarize_run(df: pd.DataFrame) -> dict:
+def summarize_run(df: pd.DataFrame, defaults: dict | None = None) -> dict:
     """One run's rows -> one summary row (see the module docstring)."""
     ident = {c: _plain(df[c].iloc[0]) for c in identity_columns(df.columns)}
     ident["tag"] = ident.get("tag") or ""
@@ -331,7 +347,7 @@ def summarize_run(df: pd.DataFrame) -> dict:
            "scenario": ident.get("scenario"), "imb_factor": ident.get("imb_factor"),
            "method": ident.get("method"), "exp_name": ident.get("exp_name"), "variant": variant, "role": role}
     row.update({k: v for k, v in ident.items() if k not in row})
-    row.update(config_id=config_id(ident), num_classes=C,
+    row.update(config_id=config_id(ident, defaults), num_classes=C,
                n_max_effective=max(class_counts_of(df) or [float("nan")]),
                complete=complete, stage1_epochs_done=done[1], stage2_epochs_done=done[2],
                has_val=bool((df["split"] == "val").any()), source=df["source"].iloc[0] if "source" in df else "")
@@ -346,7 +362,9 @@ def summarize_run(df: pd.DataFrame) -> dict:
 def summarize_runs(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per run (per ``source`` file) of :func:`load_rows`' table."""
     key = "source" if "source" in rows else "run_id"
-    out = [summarize_run(df.sort_values(["stage", "epoch"], kind="stable")) for _, df in rows.groupby(key, sort=False)]
+    defaults = setting_defaults(rows)
+    out = [summarize_run(df.sort_values(["stage", "epoch"], kind="stable"), defaults)
+           for _, df in rows.groupby(key, sort=False)]
     summary = pd.DataFrame(out)
     order = ["tag", "model", "scenario", "imb_factor", "variant", "seed"]
     return summary.sort_values([c for c in order if c in summary], kind="stable", na_position="first") \
@@ -474,7 +492,7 @@ COMPARISONS = {"vs_control": "two-stage minus its same-budget control",
                "ablation_vs_logit_adjust": "ablation variant minus logit_adjust (its own stage 1: paired by seed only)",
                "two_stage_vs_method": "two_stage_ictta minus a method of the compare suite that shares its stage 1",
                "two_stage_vs_method_seed": "two_stage_ictta minus a method of the compare suite with a stage 1 of its "
-                                           "own, paired by seed only (the same subset, splits and batch order)",
+                                           "own, paired by seed only (the same subset, splits and initialisation)",
                "variant_vs_method": "a named variant of a method (its exp_name: ce_fp32, ce_jpeg50, ...) minus the "
                                     "method, paired by seed only"}
 
@@ -760,10 +778,10 @@ def gap_verdict(val: dict | None, test: dict | None) -> str:
 
 
 def ablation_table(agg: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
-    """One row per ablation variant (and, as context, its group's default two-stage and drw
-    configurations, ``kind`` default/drw): val and test macro-F1 and tail macro-F1 at stage 2's
-    last epoch in % (``<split>_<metric>_mean/_std/_ci95_lo/_ci95_hi`` and the text), the paired
-    differences vs the default run and vs drw (``vs_<default|drw>_<split>_<metric>_...``: n,
+    """One row per ablation variant (and, as context, its group's references of
+    :func:`ablation_references`, ``kind`` default/drw/logit_adjust): val and test macro-F1 and tail
+    macro-F1 at stage 2's last epoch in % (``<split>_<metric>_mean/_std/_ci95_lo/_ci95_hi`` and the
+    text), the paired differences vs each reference (``vs_<reference>_<split>_<metric>_...``: n,
     mean, ci95_lo, ci95_hi, wins, text), and the :func:`gap_verdict` (``closes_gap``)."""
     if not len(agg) or not (agg["role"] == "ablation").any():
         return pd.DataFrame()
@@ -840,7 +858,7 @@ def ablation_markdown(table: pd.DataFrame) -> str:
         lines += ["", "| variant | vs | val macro-F1 (pp) | test macro-F1 (pp) | val tail (pp) | test tail (pp) "
                   "| closes the gap |", "|---|---|---|---|---|---|---|"]
         for _, r in g[g["kind"] == "variant"].iterrows():
-            for ref in ABLATION_REFERENCES:
+            for ref in (ref for ref in ABLATION_REFERENCES if ref == "default" or (g["kind"] == ref).any()):
                 cells = [r[f"vs_{ref}_{split}_{m}"] for m in ("macro_f1", "tail_macro_f1") for split in ("val", "test")]
                 lines.append(f"| {r['variant']} | {ref} | " + " | ".join(cells) + " | "
                              + (r["closes_gap"] if ref == "drw" else "") + " |")
@@ -918,7 +936,8 @@ COMPARE_CASE = ["tag", "model", "scenario", "imb_factor"]  # one table of method
 
 def compare_table(agg: pd.DataFrame, suites=("compare",)) -> pd.DataFrame:
     """Rows = methods of the ``suites`` runs, per (tag, model, scenario, imb_factor) and selection
-    (``final``: stage 2's last epoch, ``best``: its best-by-validation epoch); columns = the test
+    (``final``: stage 2's last epoch, ``best``: its best-by-validation epoch, ``peak``: the best
+    test epoch over both stages, the references' protocol, with ``test_evaluations``); columns = the test
     metrics in %, ``<m>_pct_mean`` / ``_std`` / ``_ci95_lo`` / ``_ci95_hi`` (the 95% Student-t
     interval over seeds) and ``<m>_pct``, the text of :func:`fmt_stat` ("mean ± std [lo, hi]", or
     "mean (n=1, no interval").
@@ -933,7 +952,7 @@ def compare_table(agg: pd.DataFrame, suites=("compare",)) -> pd.DataFrame:
             row.update(selection=sel, method=r["variant"], n_seeds=r["n_seeds"], seeds=r["seeds"],
                        stage1_epochs=r.get("stage1_epochs"), stage2_epochs=r.get("stage2_epochs"),
                        n_max=r.get("n_max_effective"), val_per_class=r.get("val_per_class"),
-                       test_evaluations=r.get("peak_evaluated_mean"))
+                       test_evaluations=r.get("peak_evaluated_mean"), peak_in_stage1=r.get("peak_in_stage1_mean"))
             for m, _ in COMPARE_METRICS:
                 s = level(r, f"{SELECTED[sel]}_test_{m}")
                 row.update({f"test_{m}_pct_{k}": s[k] for k in ("mean", "std", "ci95_lo", "ci95_hi")})
@@ -994,8 +1013,19 @@ def compare_markdown(table: pd.DataFrame) -> str:
                 cells.append(f"**{text}**" if np.isfinite(r[f"test_{m}_pct_mean"])
                              and r[f"test_{m}_pct_mean"] == best[m] and len(g) > 1 else text)
             lines.append("| " + " | ".join(cells) + " |")
+        if d["selection"] == "peak":
+            lines += _peaks_in_stage1(g)
         lines.append("")
     return "\n".join(lines)
+
+
+def _peaks_in_stage1(g: pd.DataFrame) -> list[str]:
+    """The note under a best-test-epoch table: the methods whose best test epoch lay in stage 1
+    for some seeds (before their stage 2 did anything)."""
+    early = [f"{r['method']} ({round(r['peak_in_stage1'] * r['n_seeds'])}/{int(r['n_seeds'])} seeds)"
+             for _, r in g.iterrows() if pd.notna(r.get("peak_in_stage1")) and r["peak_in_stage1"] > 0]
+    return ["", "Best test epoch in stage 1 (over both stages, as LDAM-DRW's code counts it): "
+            + ", ".join(early) + "."] if early else []
 
 
 # ----------------------------------------------------------------------------------------------

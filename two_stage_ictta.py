@@ -44,8 +44,8 @@ import live_curves
 import losses
 import runfiles
 import saved_model
-from config import (NOT_IDENTITY, TwoStageConfig, config_hash, data_folder, made_by_other_code, run_name,
-                    stage1_hash, stage1_path, validate_config)
+from config import (CSV_NAMES, NOT_IDENTITY, TwoStageConfig, config_hash, csv_value, data_folder, identity_defaults,
+                    made_by_other_code, run_name, stage1_hash, stage1_path, validate_config)
 from methods import METHODS, EvalContext, Method, build_loss, lr_at_step, static_weights
 from model import get_model
 from results_logger import (SCALAR_METRICS, RunLogger, atomic_torch_save, code_fingerprint, cpu_model, git_commit,
@@ -342,6 +342,7 @@ def _run_record(cfg: TwoStageConfig, paths: dict, run_id: str, device: torch.dev
             "torch_threads": torch.get_num_threads(), "host": socket.gethostname(), "started": now(),
             "status": "running", "paths": {k: str(v) for k, v in paths.items()},
             "code_fingerprint": code_fingerprint(), "code_fingerprints": [code_fingerprint()],
+            "setting_defaults": identity_defaults(),  # lets the analysis drop defaults from a configuration's id
             "cpu_threads": [torch.get_num_threads()] if device.type == "cpu" else []}
 
 
@@ -409,10 +410,8 @@ def _train_epoch(run: Run, forward, stage: int, epoch: int, n_epochs: int, loss_
 
 def _row_identity(cfg: TwoStageConfig, run_id: str, stage1_id: str) -> dict:
     """The identity columns of every CSV row: the ids and every setting that is part of it."""
-    renamed = {"model_name": "model", "imbalance_type": "scenario"}  # the CSV's column names
     return {"run_id": run_id, "stage1_id": stage1_id, "exp_name": cfg.exp_name or cfg.method,
-            **{renamed.get(k, k): (str(v) if isinstance(v, (tuple, list)) else v)
-               for k, v in asdict(cfg).items() if k not in NOT_IDENTITY + ("exp_name",)}}
+            **{CSV_NAMES.get(k, k): csv_value(v) for k, v in asdict(cfg).items() if k not in NOT_IDENTITY + ("exp_name",)}}
 
 
 def _resume(run: Run, cfg: TwoStageConfig, paths: dict, run_id: str, device) -> dict:

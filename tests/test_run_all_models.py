@@ -250,6 +250,9 @@ def runs_of_file(name, out, suite: str, **filters) -> list:
     return [c for s, cfgs in parts if s == suite for c in cfgs]
 
 
+CIFAR100_METHODS = [m for m in METHODS if m != "mislas"]  # MiSLAS's CIFAR-100 recipe is not implemented
+
+
 @pytest.fixture(scope="module")
 def cifar100_results(tmp_path_factory):
     """The compare suite (every method, long_tail) and the baseline suite (head_tail) of the smoke
@@ -262,7 +265,8 @@ def cifar100_results(tmp_path_factory):
                  stat_per_class=0, batch_size=128, threads=1)  # one thread: far faster on a busy machine
     threads = torch.get_num_threads()
     out = tmp / "out"
-    compare = launch.run_grid(runs_of_file("smoke", out, suite="compare", seeds=[0], settings=small), quiet=True)
+    compare = launch.run_grid(runs_of_file("smoke", out, suite="compare", seeds=[0], settings=small,
+                                           methods=CIFAR100_METHODS), quiet=True)
     baseline = launch.run_grid(runs_of_file("smoke_grid", out, suite="baseline", scenarios=["head_tail"],
                                             settings=small), quiet=True)
     torch.set_num_threads(threads)  # a run sets the process's threads; the other tests keep theirs
@@ -272,10 +276,10 @@ def cifar100_results(tmp_path_factory):
 def test_cifar100_every_method_and_scenario(cifar100_results):
     tmp, compare, baseline = cifar100_results
     assert compare["failed"] == [] and baseline["failed"] == []
-    assert len(compare["done"]) == len(METHODS) and len(baseline["done"]) == 2
+    assert len(compare["done"]) == len(CIFAR100_METHODS) and len(baseline["done"]) == 2
     out = tmp / "out" / "smoke-cifar100"  # never mixed with CIFAR-10 runs of the profile
     files = read_results(out)
-    assert len(files) == len(METHODS) + 2
+    assert len(files) == len(CIFAR100_METHODS) + 2
     for name, df in files.items():
         assert "_cifar100_" in name and (df["dataset"] == "cifar100").all()
         assert {f"f1_{c}" for c in (0, 99)} <= set(df.columns) and "f1_100" not in df.columns
@@ -288,7 +292,7 @@ def test_cifar100_summary_and_figures(cifar100_results, tmp_path):
 
     tmp, _, _ = cifar100_results
     tables = summary_tuning.write_summary(tmp / "out", tmp_path / "tables", verbose=False)
-    assert set(tables["compare"]["method"]) >= set(METHODS)
+    assert set(tables["compare"]["method"]) >= set(CIFAR100_METHODS)
     plots.make_plots(tmp / "out", tmp_path / "figures", verbose=False)
     for figure in ("compare/compare-smoke-cifar100_resnet10_long_tail_imb0.1.png",
                    "per_class_f1/resnet10_head_tail_f1_vs_count.png",

@@ -683,3 +683,21 @@ def test_training_counts_come_from_the_runs_json_not_from_cifar10(tmp_path):
     rows = st.load_rows(res)
     assert st.class_counts_of(rows) == recorded
     assert st.summarize_runs(rows)["n_max_effective"].iloc[0] == 480
+
+
+def test_a_setting_added_later_at_its_default_keeps_the_runs_in_one_configuration(tmp_path):
+    """Seeds 0 and 1 come from code without the sam_rho column, seed 2 from code that writes it at
+    its default (0.0) and records the defaults in its JSON: one configuration of 3 seeds; a run
+    that sets it (0.5) is another configuration."""
+    import config
+    res = tmp_path / "results"
+    for seed in (0, 1):
+        write_run(res, seed=seed)
+    new = write_run(res, seed=2, sam_rho=0.0)
+    other = write_run(res / "sam", seed=0, sam_rho=0.5, exp_name="baseline_sam")
+    for path in (new, other):
+        record = json.loads(path.with_suffix(".json").read_text())
+        path.with_suffix(".json").write_text(json.dumps({**record, "setting_defaults": config.identity_defaults()}))
+    agg = st.aggregate_seeds(st.summarize_runs(st.load_rows(res)))
+    assert sorted(agg["n_seeds"]) == [1, 3]
+    assert config.identity_defaults()["sam_rho"] == 0.0 and config.identity_defaults()["lr_milestones"] == "(160, 180)"

@@ -155,7 +155,7 @@ def test_peak_is_the_highest_test_accuracy_over_both_stages_and_says_how_often_t
                                              (1, 2, 2, "val", 0.6, 0.6), (1, 2, 2, "test", 0.8, 0.3),
                                              (2, 1, 3, "val", 0.9, 0.9), (2, 1, 3, "test", 0.7, 0.7)]]
     out = summarize_rows(rows)
-    assert out["peak"] == {"global_epoch": 2, "evaluated": 3,
+    assert out["peak"] == {"global_epoch": 2, "stage": 1, "evaluated": 3,
                            "test": {"acc": 0.8, "macro_f1": 0.3, "tail_macro_f1": 0.3}}
     assert out["stage2"]["best"]["test"]["acc"] == 0.7  # validation still chooses the reported epoch
 
