@@ -5,6 +5,7 @@ import argparse
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 
@@ -47,6 +48,12 @@ def unwritable_file(path: str | os.PathLike) -> str | None:
     written), or None when it can; its missing folders are made when it is written."""
     target = Path(path).absolute()
     return f"{target} is a folder" if target.is_dir() else unwritable_folder(target.parent)
+
+
+def one_line_warnings() -> None:
+    """Print a warning from the command line as one line, ``warning: <message>``, not with the
+    library's file, line and source."""
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
 
 def unique(values) -> list:

@@ -16,7 +16,7 @@ import pickle
 import sys
 
 import saved_model
-from cli import ArgumentParser, unwritable_file
+from cli import ArgumentParser, one_line_warnings, unwritable_file
 from results_logger import write_json
 from runfiles import RunLockedError
 from config import CONFIG_GROUPS, TwoStageConfig
@@ -183,4 +183,5 @@ def quiet_on_closed_pipe(run) -> int:
 
 
 if __name__ == "__main__":
+    one_line_warnings()
     sys.exit(quiet_on_closed_pipe(main))

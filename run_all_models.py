@@ -26,12 +26,13 @@ from pathlib import Path
 import yaml
 
 import launch
-from cli import ArgumentParser, nearest_existing, unique, unwritable_folder
+from cli import ArgumentParser, nearest_existing, one_line_warnings, unique, unwritable_folder
 from config import TwoStageConfig, validate_config
 from data_loader import DATASETS, DEFAULT_DATASET, IMBALANCE_TYPES
 from estimate import format_duration, run_seconds, time_model
 from methods import METHODS
 from model import MODELS
+from train_eval import precision_advice, resolve_device
 
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS = HERE / "experiments"
@@ -319,7 +320,18 @@ def format_plan(work: list[dict], parts: list[tuple[str, list]], timings: dict |
         lines.append(f"  estimated time here, one run after another: {format_duration(seconds)} "
                      f"(from {ESTIMATE_STEPS} timed steps per model: {per_model} per step of "
                      f"{'/'.join(sorted({str(k[1]) for k in timings}))} images)")
+    if advice := plan_precision_advice(todo):
+        lines.append(f"  {advice}")
     return "\n".join(lines)
+
+
+def plan_precision_advice(todo: list[dict]) -> str | None:
+    """:func:`train_eval.precision_advice` for the first unfinished run it applies to."""
+    for w in todo:
+        cfg = w["cfg"]
+        if cfg.device in ("auto", "cpu") and (advice := precision_advice(resolve_device(cfg.device), cfg.precision)):
+            return advice
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,4 +558,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    one_line_warnings()
     sys.exit(main())

@@ -34,6 +34,25 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+def bf16_is_emulated(device: torch.device) -> bool:
+    """True on a CPU whose oneDNN has no bf16 kernels: bf16 autocast then runs, but emulated, at a
+    fraction of fp32's speed (10x slower per ResNet-10 step on an AVX2-only EPYC, docs/speed.md)."""
+    if device.type != "cpu":
+        return False
+    try:
+        return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):  # a torch without the probe: assume native
+        return False
+
+
+def precision_advice(device: torch.device, precision: str) -> str | None:
+    """A one-line advice when ``precision`` would run emulated on ``device``, else None."""
+    if precision == "bf16" and bf16_is_emulated(device):
+        return ("bf16 autocast is emulated on this CPU (it has no native bf16) and runs several times slower "
+                "than fp32: pass --precision fp32 (precision=\"fp32\")")
+    return None
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast on either device type, or a no-op context for fp32."""
     if precision not in PRECISIONS:

@@ -30,6 +30,7 @@ import platform
 import socket
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -51,7 +52,7 @@ from model import get_model
 from results_logger import (SCALAR_METRICS, RunLogger, atomic_torch_save, code_fingerprint, cpu_model, git_commit,
                             now, read_json, run_command, summarize_rows, write_json)
 from runfiles import RunLock
-from train_eval import NonFiniteError, evaluate, resolve_device, train_one_epoch
+from train_eval import NonFiniteError, evaluate, precision_advice, resolve_device, train_one_epoch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,6 +288,8 @@ def _run_locked(cfg: TwoStageConfig, paths: dict, run_id: str) -> dict:
     """The run, its lock held: set up the data, model and :class:`Run`, resume what can be resumed,
     then the epoch loop (:func:`_train_stages`), and the final files."""
     device = resolve_device(cfg.device)
+    if advice := precision_advice(device, cfg.precision):
+        warnings.warn(advice, stacklevel=2)
     meta = _run_record(cfg, paths, run_id, device)
     rd = prepare_data(cfg, device)
     meta.update(_data_facts(rd))

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,10 @@ def test_tools_help_is_plain_text(tool):
 def test_plain_text_drops_rest_markup():
     assert cli.plain_text("Run ``x`` with :func:`train_eval.evaluate` **now**::") == \
         "Run x with train_eval.evaluate now:"
+
+
+def test_one_line_warnings_prints_the_message_alone(monkeypatch):
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    cli.one_line_warnings()
+    assert warnings.formatwarning("pass --precision fp32", UserWarning, "/x/train_eval.py", 12) == \
+        "warning: pass --precision fp32\n"

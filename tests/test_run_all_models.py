@@ -160,6 +160,17 @@ def test_smoke_grid_runs_end_to_end_and_skips_on_rerun(synthetic_root, tmp_path)
         pd.testing.assert_frame_equal(df, files[name])
 
 
+def test_plan_names_the_precision_fix_where_bf16_is_emulated(synthetic_root, tmp_path, capsys, monkeypatch):
+    argv = _grid_cmd(synthetic_root, tmp_path / "out")[2:] + ["--dry-run", "--no-estimate"]
+    for emulated in (True, False):
+        monkeypatch.setattr(grid, "precision_advice",
+                            lambda device, precision, e=emulated: "ADVICE" if e and precision == "bf16" else None)
+        assert grid.main(argv) == 0
+        assert ("\n  ADVICE" in capsys.readouterr().out) is emulated
+        assert grid.main(argv + ["--precision", "fp32"]) == 0
+        assert "ADVICE" not in capsys.readouterr().out
+
+
 def test_plan_progress_dry_run_and_estimate(synthetic_root, tmp_path, capsys, monkeypatch):
     """The plan comes before the first run, with its timed estimate; one bar runs over the whole
     experiment; a dry run prints the plan, writes nothing and times nothing once everything is finished."""

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import train_eval
 from data_loader import DeviceBatches, Normalizer
 from losses import focal_loss, loss_denominator
 from train_eval import (NonFiniteError, class_groups, classification_metrics, draw_mixup, evaluate,
@@ -534,3 +535,23 @@ def test_train_one_epoch_scales_the_lr_of_a_group_with_lr_scale():
     batches = DeviceBatches(x, y, 8, _norm(), torch.Generator().manual_seed(0), augment=False)
     train_one_epoch(model, batches, opt, focal_loss, lambda s: 0.2, 0, 3)
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.2]
+
+
+# ----------------------------------------------------------------------------------------------
+# bf16 on a CPU without native bf16
+
+def test_bf16_is_emulated_follows_the_cpu_probe(monkeypatch):
+    for native in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        assert train_eval.bf16_is_emulated(torch.device("cpu")) is (not native)
+        assert train_eval.bf16_is_emulated(torch.device("cuda")) is False  # a GPU's bf16 is its own
+
+
+def test_precision_advice_names_the_fix_only_where_bf16_is_emulated(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train_eval, "bf16_is_emulated", lambda device: True)
+    advice = train_eval.precision_advice(cpu, "bf16")
+    assert "emulated" in advice and "--precision fp32" in advice and "\n" not in advice
+    assert train_eval.precision_advice(cpu, "fp32") is None
+    monkeypatch.setattr(train_eval, "bf16_is_emulated", lambda device: False)
+    assert train_eval.precision_advice(cpu, "bf16") is None

@@ -47,6 +47,13 @@ def is_empty_or_absent(folder) -> bool:
 # ----------------------------------------------------------------------------------------------
 # A tiny run on synthetic data
 
+def test_a_run_warns_where_bf16_is_emulated(tiny_run_kwargs, monkeypatch):
+    monkeypatch.setattr(tsi, "precision_advice", lambda device, precision: f"advice for {precision}")
+    with pytest.warns(UserWarning, match="advice for bf16"):
+        run(**{**tiny_run_kwargs, "stage1_epochs": 1, "stage2_epochs": 1})
+
+
+
 def test_tiny_end_to_end(tiny_run_kwargs):
     res = run(**tiny_run_kwargs)
     C, min_w, max_w = 4, 1.0, 8.0
