@@ -24,7 +24,7 @@ import numpy as np
 import data_loader
 import live_curves
 import losses
-from methods import METHODS
+from methods import LOSS_SETTINGS, METHODS
 from model import MODELS, NORMED_INITS
 from results_logger import code_fingerprint
 from train_eval import PRECISIONS, resolve_device
@@ -294,11 +294,13 @@ def config_hash(cfg: TwoStageConfig) -> str:
 
 def stage1_hash(cfg: TwoStageConfig) -> str:
     """Identity of stage 1: every setting but those declared not to matter to it at their field
-    (``identity=False``, ``stage2_only``, ``label``), the method replaced by its stage-1 loss, weights
-    and classifier, the data folder by its resolved path."""
+    (``identity=False``, ``stage2_only``, ``label``) and the loss settings its loss and weights do
+    not read (``Method.reads``), the method replaced by its stage-1 loss, weights and classifier,
+    the data folder by its resolved path."""
     m = METHODS[cfg.method]
+    unread = LOSS_SETTINGS - m.reads(1)
     kept = [f for f in dataclasses.fields(cfg) if f.metadata["identity"] and not f.metadata["stage2_only"]
-            and not f.metadata["label"] and f.name != "method"]
+            and not f.metadata["label"] and f.name != "method" and f.name not in unread]
     return _identity(cfg, kept, loss1=m.loss1, weights1=m.weights1, normed=m.normed_classifier,
                      data=str(data_folder(cfg)))
 

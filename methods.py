@@ -13,7 +13,8 @@ Every method is two stages over one model, one data stream and one learning-rate
   sees of the run): plain evaluation for every method but tau-norm, whose stage 2 evaluates the
   tau-normalised classifier.
 
-To add a method, add an entry to :data:`METHODS` (and, for a new loss, to :data:`LOSSES`); the
+To add a method, add an entry to :data:`METHODS` (and, for a new loss, to :data:`LOSSES`, with the
+settings it reads, which are then part of a stage's identity only where that stage uses it); the
 command lines, the grid and the experiment files read the registry.
 """
 from __future__ import annotations
@@ -187,6 +188,11 @@ class Method:
     def weights(self, stage: int) -> str:
         return self.weights1 if stage == 1 else self.weights2
 
+    def reads(self, stage: int) -> frozenset:
+        """The loss and weight settings (:data:`LOSS_SETTINGS`) that a stage reads: the others are
+        not part of that stage's identity (a stage-2 tau does not retrain a shared stage 1)."""
+        return frozenset(LOSSES[self.loss(stage)].reads) | frozenset(WEIGHT_READS.get(self.weights(stage), ()))
+
     def facts(self) -> dict:
         """What the run files record of the method, for readers that do not import the code."""
         return {"stage1": {"loss": self.loss1, "weights": self.weights1},
@@ -255,7 +261,7 @@ def _ictta_loss(counts, cfg, device):
     if cfg.stage2_loss_type == "focal":
         return partial(losses.focal_loss, gamma=cfg.stage2_focal_gamma)
     if cfg.stage2_loss_type == "logit_adjust":
-        return LOSSES["logit_adjust"](counts, cfg, device)
+        return LOSSES["logit_adjust"].build(counts, cfg, device)
     return losses.focal_loss
 
 
@@ -264,21 +270,33 @@ def _balanced_softmax_loss(counts, cfg, device):
     return partial(losses.logit_adjusted_loss, log_priors=log_counts, tau=1.0)
 
 
-# The losses a Method names, each built from (counts, cfg, device) as f(logits, y, weight, reduction).
+@dataclass(frozen=True)
+class Loss:
+    """A loss a Method names: ``build(counts, cfg, device)`` gives ``f(logits, y, weight, reduction)``;
+    ``reads`` names the settings of ``cfg`` it reads."""
+    build: Callable
+    reads: tuple = ()
+
+
 LOSSES = {
-    "ce": lambda counts, cfg, device: losses.focal_loss,
-    "focal": lambda counts, cfg, device: partial(losses.focal_loss, gamma=cfg.focal_gamma),
-    "ldam": lambda counts, cfg, device: partial(
+    "ce": Loss(lambda counts, cfg, device: losses.focal_loss),
+    "focal": Loss(lambda counts, cfg, device: partial(losses.focal_loss, gamma=cfg.focal_gamma), ("focal_gamma",)),
+    "ldam": Loss(lambda counts, cfg, device: partial(
         losses.ldam_loss, margins=losses.ldam_margins(counts, cfg.ldam_max_margin).to(device), scale=cfg.ldam_scale),
-    "logit_adjust": lambda counts, cfg, device: partial(
-        losses.logit_adjusted_loss, log_priors=losses.log_prior(counts).to(device), tau=cfg.la_tau),
-    "balanced_softmax": _balanced_softmax_loss,
-    "ictta": _ictta_loss,
-    "las": lambda counts, cfg, device: partial(
+        ("ldam_max_margin", "ldam_scale")),
+    "logit_adjust": Loss(lambda counts, cfg, device: partial(
+        losses.logit_adjusted_loss, log_priors=losses.log_prior(counts).to(device), tau=cfg.la_tau), ("la_tau",)),
+    "balanced_softmax": Loss(_balanced_softmax_loss),
+    "ictta": Loss(_ictta_loss, ("stage2_loss_type", "stage2_focal_gamma", "la_tau")),
+    "las": Loss(lambda counts, cfg, device: partial(
         losses.label_aware_smoothing_loss,
-        epsilons=losses.label_aware_epsilons(counts, MISLAS_EPS_HEAD, MISLAS_EPS_TAIL).to(device)),
-    "softmax_bce": lambda counts, cfg, device: losses.softmax_bce_loss,
+        epsilons=losses.label_aware_epsilons(counts, MISLAS_EPS_HEAD, MISLAS_EPS_TAIL).to(device))),
+    "softmax_bce": Loss(lambda counts, cfg, device: losses.softmax_bce_loss),
 }
+WEIGHT_READS = {"effective": ("cb_beta",)}  # the settings each kind of static_weights reads
+# The settings some loss or weighting reads: each is part of a stage's identity only where that stage reads it.
+LOSS_SETTINGS = frozenset(name for reads in [*(loss.reads for loss in LOSSES.values()), *WEIGHT_READS.values()]
+                          for name in reads)
 
 
 def build_loss(name: str, counts, cfg, device="cpu"):
@@ -286,7 +304,7 @@ def build_loss(name: str, counts, cfg, device="cpu"):
     its constant tensors (margins, priors) live on ``device`` so the step loop copies nothing."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
-    return LOSSES[name](counts, cfg, device)
+    return LOSSES[name].build(counts, cfg, device)
 
 
 def static_weights(kind: str, counts, cfg) -> torch.Tensor | None:

@@ -17,6 +17,9 @@ sys.path.insert(1, str(ROOT / "tools"))  # the developer tools, tested as module
 
 SYNTH_CLASSES = ("ant", "bee", "cat", "dog")
 SYNTH_TRAIN, SYNTH_TEST = 60, 15  # images per class
+# The tests' training runs use fp32: where a CPU has no native bf16, bf16 autocast (the default) is
+# emulated and a tiny run takes about 8x longer. test_tiny_end_to_end also runs the default.
+TEST_PRECISION = "fp32"
 
 
 def make_image_folder(root: Path, classes=SYNTH_CLASSES, n_train=SYNTH_TRAIN, n_test=SYNTH_TEST,
@@ -92,7 +95,7 @@ def tiny_run_kwargs(synthetic_root, tmp_path) -> dict:
     """Settings for a run of a few seconds on the synthetic data."""
     return dict(data_root=str(synthetic_root), log_dir=str(tmp_path / "runs"), stage1_epochs=2,
                 stage2_epochs=2, batch_size=32, val_per_class=5, stat_per_class=5, imb_factor=0.2, device="cpu",
-                quiet=True, eval_batch_size=64)
+                quiet=True, eval_batch_size=64, precision=TEST_PRECISION)
 
 
 def lock_text(pid: int, host: str | None = None, job: str = "-") -> str:

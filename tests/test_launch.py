@@ -19,7 +19,7 @@ import pytest
 from submitit.core.utils import DelayedSubmission
 
 import launch
-from conftest import lock_text
+from conftest import TEST_PRECISION, lock_text
 import run_all_models as grid
 from config import config_hash, run_name, stage1_path
 
@@ -30,7 +30,8 @@ TUNE = "tune-lr0.003-w1-8-g1.5-loss"  # experiments/smoke_grid.yaml's tuning poi
 def smoke_runs(suite: str, log_dir, scenarios=("long_tail",), **settings) -> list:
     """The runs of one suite of experiments/smoke_grid.yaml, written to ``log_dir``."""
     exp = grid.load_experiment(grid.experiment_path("smoke_grid"))
-    parts = grid.plan_experiment(exp, log_dir, grid.Filters(scenarios=list(scenarios), settings=settings))
+    parts = grid.plan_experiment(exp, log_dir, grid.Filters(scenarios=list(scenarios),
+                                                              settings={"precision": TEST_PRECISION, **settings}))
     return [dataclasses.replace(c, log_dir=str(log_dir)) for name, cfgs in parts if name == suite for c in cfgs]
 
 
@@ -48,7 +49,7 @@ def assert_same_results(a: dict, b: dict) -> None:
 def smoke_args(data_root: Path, out: Path, *extra: str, scenarios=("long_tail",)) -> list[str]:
     # one thread per run: CPU results are bitwise equal only for equal thread counts
     return ["--profile", "smoke_grid", "--models", "resnet10", "--scenarios", *scenarios, "--data-root", str(data_root),
-            "--out", str(out), "--device", "cpu", "--threads", "1", "--quiet", *extra]
+            "--out", str(out), "--device", "cpu", "--precision", TEST_PRECISION, "--threads", "1", "--quiet", *extra]
 
 
 def cli(args: list[str], **kw) -> subprocess.CompletedProcess:

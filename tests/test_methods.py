@@ -17,7 +17,7 @@ import torch
 
 import losses
 from config import TwoStageConfig
-from methods import METHODS, build_loss, lr_at_step, static_weights
+from methods import LOSS_SETTINGS, LOSSES, METHODS, WEIGHT_READS, build_loss, lr_at_step, static_weights
 
 ZERO = torch.zeros(1, 2)  # logits [[0, 0]]: every softmax probability is 1/2 before any shift
 
@@ -78,6 +78,42 @@ def test_effective_number_weights_use_cb_beta():
     # beta = 0: every E_n is 1, so the weights are uniform
     assert static_weights("effective", [5000, 50], cfg(cb_beta=0.0)).tolist() == pytest.approx([1.0, 1.0])
     assert static_weights("none", [5000, 50], cfg()) is None
+
+
+# another value of each loss setting, and of the stage-2 loss type that decides which of them ictta reads
+CHANGED = {"focal_gamma": 3.0, "cb_beta": 0.9, "ldam_max_margin": 0.2, "ldam_scale": 5.0, "la_tau": 2.5,
+           "stage2_focal_gamma": 0.5}
+ICTTA_TYPES = ("focal", "ce", "logit_adjust")
+
+
+def test_each_loss_and_weighting_reads_only_the_settings_it_declares():
+    """A stage's identity holds only the loss settings its loss and weights declare (Method.reads),
+    so a loss must change with every setting it reads and with none it does not declare."""
+    assert LOSS_SETTINGS == set(CHANGED) | {"stage2_loss_type"}
+    counts, logits, y = [40, 20, 10, 5], torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), \
+        torch.tensor([0, 1, 2, 3, 3, 2])
+
+    def value(name, **settings):
+        return build_loss(name, counts, cfg(**settings))(logits, y, None, "mean").item()
+
+    for name, loss in LOSSES.items():
+        read = set()  # over ictta's loss types, each of which reads its own
+        for loss_type in ICTTA_TYPES if name == "ictta" else ("focal",):
+            base = dict(stage2_loss_type=loss_type)
+            read |= {s for s in CHANGED if value(name, **base) != value(name, **base, **{s: CHANGED[s]})}
+        assert read == set(loss.reads) - {"stage2_loss_type"}, name
+    for kind in ("none", "inverse", "effective"):
+        base = static_weights(kind, counts, cfg())
+        read = {s for s, v in CHANGED.items() if base is not None
+                and not torch.equal(static_weights(kind, counts, cfg(**{s: v})), base)}
+        assert read == set(WEIGHT_READS.get(kind, ())), kind
+
+
+def test_a_stage_reads_its_own_loss_and_weight_settings():
+    assert METHODS["drw"].reads(1) == set() and METHODS["drw"].reads(2) == {"cb_beta"}
+    assert METHODS["cb_focal"].reads(1) == {"focal_gamma", "cb_beta"}
+    assert METHODS["ldam_drw"].reads(1) == {"ldam_max_margin", "ldam_scale"}
+    assert "la_tau" in METHODS["two_stage_ictta"].reads(2) and METHODS["two_stage_ictta"].reads(1) == set()
 
 
 def test_the_method_table():

@@ -16,6 +16,7 @@ import launch
 import methods
 import run_all_models as grid
 from config import run_name, stage1_hash
+from conftest import TEST_PRECISION
 from methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,9 +141,11 @@ def test_a_missing_experiment_names_the_ones_there(capsys):
     assert e.value.code == 2 and "no such experiment file" in err and "literature" in err
 
 
-def _grid_cmd(data_root: Path, out: Path) -> list[str]:
+def _grid_cmd(data_root: Path, out: Path, precision: str | None = TEST_PRECISION) -> list[str]:
+    """The smoke grid's command line; ``precision=None`` leaves the default."""
     return [sys.executable, "run_all_models.py", "--profile", "smoke_grid", "--scenarios", "long_tail",
-            "--data-root", str(data_root), "--out", str(out), "--device", "cpu", "--quiet"]
+            "--data-root", str(data_root), "--out", str(out), "--device", "cpu", "--quiet",
+            *(["--precision", precision] if precision else [])]
 
 
 def test_smoke_grid_runs_end_to_end_and_skips_on_rerun(synthetic_root, tmp_path):
@@ -161,7 +164,7 @@ def test_smoke_grid_runs_end_to_end_and_skips_on_rerun(synthetic_root, tmp_path)
 
 
 def test_plan_names_the_precision_fix_where_bf16_is_emulated(synthetic_root, tmp_path, capsys, monkeypatch):
-    argv = _grid_cmd(synthetic_root, tmp_path / "out")[2:] + ["--dry-run", "--no-estimate"]
+    argv = _grid_cmd(synthetic_root, tmp_path / "out", precision=None)[2:] + ["--dry-run", "--no-estimate"]
     for emulated in (True, False):
         monkeypatch.setattr(grid, "precision_advice",
                             lambda device, precision, e=emulated: "ADVICE" if e and precision == "bf16" else None)
@@ -179,7 +182,7 @@ def test_plan_progress_dry_run_and_estimate(synthetic_root, tmp_path, capsys, mo
     data = tmp_path / "data"
     shutil.copytree(synthetic_root, data, ignore=shutil.ignore_patterns(".*"))  # no decoded cache yet
     before = sorted(p.name for p in data.rglob("*"))
-    argv = _grid_cmd(data, tmp_path / "out")[2:-1]  # in-process, progress bars on
+    argv = [a for a in _grid_cmd(data, tmp_path / "out")[2:] if a != "--quiet"]  # in-process, progress bars on
     assert grid.main(argv + ["--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "plan: 3 runs (baseline 2, tuning 1), 1 + 1 epochs each\n" \
@@ -222,7 +225,8 @@ def test_grid_reports_a_failed_run_and_goes_on(synthetic_root, tmp_path, monkeyp
     monkeypatch.setattr(launch, "run_two_stage", flaky)
     [(_, cfgs), _] = grid.plan_experiment(grid.load_experiment(grid.experiment_path("smoke_grid")), tmp_path,
                                           grid.Filters(scenarios=["long_tail"],
-                                                       settings=dict(data_root=str(synthetic_root), device="cpu")))
+                                                       settings=dict(data_root=str(synthetic_root), device="cpu",
+                                                                     precision=TEST_PRECISION)))
     report = launch.run_grid(cfgs, quiet=True)
     assert len(report["failed"]) == 1 and "nan" in report["failed"][0]["error"]
     assert len(report["done"]) == 1 and calls == ["baseline", "control"]
@@ -273,7 +277,7 @@ def cifar100_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("c100")
     make_cifar100_folder(tmp / "data", n_train=11, n_test=1)
     small = dict(data_root=str(tmp / "data"), dataset="cifar100", device="cpu", n_max=10, val_per_class=1,
-                 stat_per_class=0, batch_size=128, threads=1)  # one thread: far faster on a busy machine
+                 stat_per_class=0, batch_size=128, threads=1, precision=TEST_PRECISION)  # one thread: far faster on a busy machine
     threads = torch.get_num_threads()
     out = tmp / "out"
     compare = launch.run_grid(runs_of_file("smoke", out, suite="compare", seeds=[0], settings=small,
@@ -324,7 +328,7 @@ def test_a_method_registered_in_one_place_runs_through_the_grid_and_the_summary(
     assert "toy" in grid.build_parser().parse_args(["--methods", "toy"]).methods
     threads = torch.get_num_threads()
     cfgs = runs_of_file(tmp_path / "toy.yaml", tmp_path / "out", suite="compare",
-                        settings=dict(data_root=str(synthetic_root), device="cpu", threads=1))
+                        settings=dict(data_root=str(synthetic_root), device="cpu", threads=1, precision=TEST_PRECISION))
     report = launch.run_grid(cfgs, quiet=True)
     torch.set_num_threads(threads)
     assert report["failed"] == [] and len(report["done"]) == 2

@@ -24,6 +24,7 @@ from data_loader import class_counts
 from model import get_model
 from results_logger import summarize_rows
 from config import TwoStageConfig
+from conftest import TEST_PRECISION
 from two_stage_ictta import run_two_stage_ictta_on_scenario
 
 METRICS = ("loss", "acc", "macro_f1", "tail_macro_f1")
@@ -47,15 +48,16 @@ def is_empty_or_absent(folder) -> bool:
 # ----------------------------------------------------------------------------------------------
 # A tiny run on synthetic data
 
-def test_a_run_warns_where_bf16_is_emulated(tiny_run_kwargs, monkeypatch):
+def test_a_run_warns_with_the_advice_for_its_precision(tiny_run_kwargs, monkeypatch):
+    """What the advice says, and for which precision, tests/test_train_eval.py pins."""
     monkeypatch.setattr(tsi, "precision_advice", lambda device, precision: f"advice for {precision}")
-    with pytest.warns(UserWarning, match="advice for bf16"):
+    with pytest.warns(UserWarning, match=f"advice for {TEST_PRECISION}"):
         run(**{**tiny_run_kwargs, "stage1_epochs": 1, "stage2_epochs": 1})
 
 
-
-def test_tiny_end_to_end(tiny_run_kwargs):
-    res = run(**tiny_run_kwargs)
+@pytest.mark.parametrize("precision", [TEST_PRECISION, TwoStageConfig.precision])  # the other tests' and the default
+def test_tiny_end_to_end(tiny_run_kwargs, precision):
+    res = run(**{**tiny_run_kwargs, "precision": precision})
     C, min_w, max_w = 4, 1.0, 8.0
     # results dict: final and best per stage, on val and test
     for stage in ("stage1", "stage2"):
@@ -330,7 +332,7 @@ def test_main_runs_and_prints_table(tiny_run_kwargs, capsys):
 def test_real_data_small_subset(real_root, tmp_path):
     res = run(data_root=str(real_root), log_dir=str(tmp_path / "real"), n_max=200, imb_factor=0.1,
               val_per_class=20, stage1_epochs=1, stage2_epochs=1, batch_size=64, eval_batch_size=1000,
-              device="cpu", quiet=True)
+              device="cpu", quiet=True, precision=TEST_PRECISION)
     meta = json.loads(Path(res["paths"]["config"]).read_text())
     counts = [200, 154, 119, 92, 71, 55, 43, 33, 25, 20]
     assert meta["class_counts"] == counts == class_counts("long_tail", 0.1, 200, 10)
@@ -443,7 +445,7 @@ def _cli_run(project: Path, log_dir: Path, data_root: Path, *extra: str) -> tupl
     cmd = [sys.executable, "main.py", "--model-name", "simplecnn", "--imbalance-type", "long_tail",
            "--method", "drw", "--stage1-epochs", "1", "--stage2-epochs", "1", "--batch-size", "32",
            "--val-per-class", "5", "--stat-per-class", "5", "--imb-factor", "0.2", "--device", "cpu",
-           "--quiet", "--data-root", str(data_root), "--log-dir", str(log_dir), *extra]
+           "--precision", TEST_PRECISION, "--quiet", "--data-root", str(data_root), "--log-dir", str(log_dir), *extra]
     r = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     meta = json.loads(next(log_dir.glob("results_*.json")).read_text())
@@ -570,16 +572,24 @@ def test_jpeg_quality_re_encodes_every_split_the_run_uses(tiny_run_kwargs):
 
 def test_stage1_identity_changes_exactly_as_each_field_declares():
     """Changing one setting alone changes stage 1's identity unless its field says it does not
-    matter to stage 1 (identity=False, stage2_only, label); data_root counts through the data path,
-    the method through its stage-1 loss, weights and classifier."""
+    matter to stage 1 (identity=False, stage2_only, label) or it is a loss setting that the
+    method's stage 1 does not read; data_root counts through the data path, the method through its
+    stage-1 loss, weights and classifier."""
     fields = dataclasses.fields(TwoStageConfig)
     assert set(OTHER_VALUE) == {f.name for f in fields}
+    for method in ("ce", "cb_focal", "ldam_drw", "logit_adjust", "drw"):
+        base = TwoStageConfig("resnet10", "long_tail", method=method)
+        for f in (f for f in fields if f.name != "method"):  # the method: below
+            changed = dataclasses.replace(base, **{f.name: OTHER_VALUE[f.name]})
+            meta = f.metadata
+            unread = f.name in methods.LOSS_SETTINGS - methods.METHODS[method].reads(1)
+            expected = f.name == "data_root" or (meta["identity"] and not meta["stage2_only"] and not meta["label"]
+                                                 and not unread)
+            assert (config.stage1_hash(changed) != config.stage1_hash(base)) == expected, (method, f.name)
     base = TwoStageConfig("resnet10", "long_tail", method="ce")
-    for f in (f for f in fields if f.name != "method"):  # the method: below
-        changed = dataclasses.replace(base, **{f.name: OTHER_VALUE[f.name]})
-        meta = f.metadata
-        expected = f.name == "data_root" or (meta["identity"] and not meta["stage2_only"] and not meta["label"])
-        assert (config.stage1_hash(changed) != config.stage1_hash(base)) == expected, f.name
+    assert config.stage1_hash(dataclasses.replace(base, la_tau=0.5)) == config.stage1_hash(base)
+    assert config.stage1_hash(dataclasses.replace(base, method="logit_adjust", la_tau=0.5)) != \
+        config.stage1_hash(dataclasses.replace(base, method="logit_adjust"))
     same_stage1 = {n for n, m in methods.METHODS.items()
                    if (m.loss1, m.weights1, m.normed_classifier) == ("ce", "none", False)}
     assert {"ce", "drw", "crt", "tau_norm", "two_stage_ictta"} <= same_stage1

@@ -31,12 +31,12 @@ import data_loader
 import main as cli
 import runfiles
 import two_stage_ictta as tsi
-from conftest import lock_text, make_image_folder
+from conftest import TEST_PRECISION, lock_text, make_image_folder
 from train_eval import NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = dict(stage1_epochs=1, stage2_epochs=4, batch_size=32, val_per_class=5, stat_per_class=5, imb_factor=0.2,
-           device="cpu", quiet=True, eval_batch_size=64, threads=1)
+           device="cpu", quiet=True, eval_batch_size=64, threads=1, precision=TEST_PRECISION)
 MODEL, SCENARIO = "resnet10", "long_tail"
 TIMEOUT = 240  # s, per subprocess: generous, the machine may be shared
 
