@@ -37,7 +37,7 @@ from data_loader import find_dataset, load_dataset, make_split
 from estimate import run_seconds
 from results_logger import COMMAND_ENV, now, read_json, run_command, write_json
 from runfiles import LockOwner, RunLock, RunLockedError, lock_owner, lock_path, pid_alive, read_run_json
-from two_stage_ictta import data_read_elsewhere, is_finished, run_two_stage
+from two_stage_ictta import data_read_elsewhere, has_current_stage1, is_finished, run_two_stage
 
 ROOT = Path(__file__).resolve().parent
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # minutes; submitit's local default (2) would kill real runs
@@ -91,7 +91,7 @@ def plan_work(configs: list[TwoStageConfig], datasets: dict) -> list[dict]:
     for cfg in configs:
         meta = read_run_json(cfg.log_dir, run_name(cfg))
         finished = is_finished(cfg, meta)
-        shared = shares_stage1(cfg) and (stage1_path(cfg) in provided or stage1_path(cfg).exists())
+        shared = shares_stage1(cfg) and (stage1_path(cfg) in provided or has_current_stage1(cfg))
         if not finished and shares_stage1(cfg):
             provided.add(stage1_path(cfg))
         data = datasets.get((cfg.data_root, cfg.dataset))
@@ -247,9 +247,9 @@ class GridJob:
             UncompletedJobError = ()
         outcomes = []
         for cfg in self.configs:
-            if self.stage1_required and not stage1_path(cfg).exists():
+            if self.stage1_required and not has_current_stage1(cfg):
                 o = {"run": describe(cfg), "name": run_name(cfg), "status": "failed", "retryable": True,
-                     "error": f"its stage 1 {stage1_path(cfg)} is missing: the job meant to train it failed"}
+                     "error": f"its stage 1 {stage1_path(cfg)} is missing or stale: the job meant to train it failed"}
             else:
                 o = run_one(cfg, passthrough=UncompletedJobError)
             print(f"{o['status']}: {o['run']}" + (f": {o['error']}" if "error" in o else ""), flush=True)
@@ -300,7 +300,7 @@ def plan_jobs(configs: list[TwoStageConfig]) -> list[JobSpec]:
         groups.setdefault(stage1_path(cfg), []).append(cfg)
     specs = []
     for group in groups.values():
-        if len(group) > 1 and shares_stage1(group[0]) and not stage1_path(group[0]).exists():
+        if len(group) > 1 and shares_stage1(group[0]) and not has_current_stage1(group[0]):
             specs.append(JobSpec([group[0]], then=group[1:]))
         else:
             specs += [JobSpec([cfg]) for cfg in group]
@@ -578,7 +578,7 @@ def _finish(job, spec: JobSpec, retries: int, report: dict, quiet: bool) -> list
     if retry:
         return [JobSpec(retry, spec.stage1_required, spec.then, spec.attempt + 1)]
     if any(o["status"] == "locked" for o in outcomes):  # another process may be training their stage 1
-        waiting = [cfg for cfg in spec.then if not stage1_path(cfg).exists()]
+        waiting = [cfg for cfg in spec.then if not has_current_stage1(cfg)]
         report["deferred"] += [describe(cfg) for cfg in waiting]
         return plan_jobs([cfg for cfg in spec.then if cfg not in waiting])
     return plan_jobs(spec.then)
@@ -766,7 +766,7 @@ def launch(configs: list[TwoStageConfig], lc: LaunchConfig, jobs_dir: str | Path
             report["skipped"].append(r["run"])
         elif r["state"] == "running":
             report["running"].append(f"{r['run']} ({r['detail']})")
-        elif stage1_path(cfg) in busy and shares_stage1(cfg) and not stage1_path(cfg).exists():
+        elif stage1_path(cfg) in busy and shares_stage1(cfg) and not has_current_stage1(cfg):
             report["deferred"].append(r["run"])
         else:
             drop_other_hosts_lock(cfg, r["lock"], r["job"])  # left by the run's last job, ended (rule 2)

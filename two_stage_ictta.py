@@ -460,8 +460,15 @@ def _share_stage1(run: Run, cfg: TwoStageConfig, run_id: str) -> None:
     """Save the finished stage 1 for the runs that share it, unless a current one is there."""
     stage1_file = stage1_path(cfg)
     stage1_file.parent.mkdir(exist_ok=True)
-    if not stage1_file.exists() or made_by_other_code(_load_meta_only(stage1_file), cfg):
+    if not has_current_stage1(cfg):
         atomic_torch_save(run.snapshot(run_id), stage1_file)
+
+
+def has_current_stage1(cfg: TwoStageConfig) -> bool:
+    """Whether the shared stage-1 checkpoint of ``cfg`` is there and a run would reuse it: made by
+    this code, or ``accept_code_change``. A stale one is trained again, so it provides nothing."""
+    path = stage1_path(cfg)
+    return path.exists() and made_by_other_code(_load_meta_only(path), cfg) is None
 
 
 def _log_epoch(logger: RunLogger, res: dict, stage: int, epoch: int, global_epoch: int, lr: float,

@@ -273,6 +273,27 @@ def test_grid_job_pickles_and_never_trains_a_stage1_it_must_wait_for(synthetic_r
     assert isinstance(requeued, DelayedSubmission) and requeued.function is job
 
 
+def test_a_stale_shared_stage1_is_planned_as_trained_again_by_one_job(synthetic_root, tmp_path):
+    """A shared stage 1 made by other code is trained again (the run never reuses it), so the plan
+    counts it and the jobs train it once: the first run's job, the other waits for it."""
+    import torch
+    from results_logger import code_fingerprint
+
+    first, second = smoke_runs("baseline", log_dir=str(tmp_path), data_root=str(synthetic_root), device="cpu")
+    assert stage1_path(first) == stage1_path(second)
+    stage1_path(first).parent.mkdir()
+    for fingerprint, stale in (("older", True), (code_fingerprint(), False)):
+        torch.save({"code_fingerprint": fingerprint}, stage1_path(first))
+        work = launch.plan_work([first, second], {})
+        assert [w["trains_stage1"] for w in work] == [stale, False], fingerprint
+        jobs = launch.plan_jobs([first, second])
+        assert [(j.configs, j.then) for j in jobs] == ([([first], [second])] if stale else
+                                                       [([first], []), ([second], [])]), fingerprint
+    torch.save({"code_fingerprint": "older"}, stage1_path(first))
+    accepted = [dataclasses.replace(c, accept_code_change=True) for c in (first, second)]
+    assert [w["trains_stage1"] for w in launch.plan_work(accepted, {})] == [False, False]
+
+
 FAKE_SBATCH = """#!/bin/sh
 d=$(dirname "$0")
 n=$(cat "$d/next_id")
