@@ -62,23 +62,40 @@ def time_model(cfg, num_classes: int, image_size=(32, 32), steps: int = 3) -> di
     return {"step_s": step_s, "eval_image_s": eval_image_s}
 
 
-def evaluations(epochs: int, eval_every: int) -> int:
-    """Evaluated epochs of a stage: every ``eval_every``-th, and always the last."""
-    return epochs // eval_every + (1 if epochs % eval_every else 0)
+def evaluations(epochs: int, eval_every: int, done: int = 0) -> int:
+    """Evaluated epochs of a stage of ``epochs`` after its first ``done``: every ``eval_every``-th,
+    and always the last."""
+    last = 1 if epochs % eval_every and done < epochs else 0
+    return epochs // eval_every - done // eval_every + last
 
 
-def run_seconds(cfg, sizes: dict, timing: dict, trains_stage1: bool = True) -> float:
-    """Seconds of one run: its training steps times ``step_s``, plus the images it evaluates (val and
-    test after each evaluated epoch; the statistic split before each stage-2 epoch of the val_loss
-    and val_error modes) times ``eval_image_s``. ``sizes`` holds ``train``, ``val``, ``test`` and
-    ``stat`` image counts; without ``trains_stage1`` stage 1 comes from a shared checkpoint."""
-    steps_per_epoch = math.ceil(sizes["train"] / cfg.batch_size)
+def epochs_left(cfg, trains_stage1: bool = True, resume_from: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Epochs of stage 1 and stage 2 that a run still trains: all of them, none of stage 1 where
+    it comes from a shared checkpoint, and those after ``resume_from`` (stage, last finished epoch)
+    where it resumes from its own."""
     stage1 = cfg.stage1_epochs if trains_stage1 else 0
-    evaluated = (evaluations(stage1, cfg.eval_every) + evaluations(cfg.stage2_epochs, cfg.eval_every)) \
+    if resume_from is None:
+        return stage1, cfg.stage2_epochs
+    stage, epoch = resume_from
+    if stage == 1:
+        return cfg.stage1_epochs - epoch, cfg.stage2_epochs
+    return 0, cfg.stage2_epochs - epoch
+
+
+def run_seconds(cfg, sizes: dict, timing: dict, trains_stage1: bool = True,
+                resume_from: tuple[int, int] | None = None) -> float:
+    """Seconds of what is left of one run (:func:`epochs_left`): its training steps times ``step_s``,
+    plus the images it evaluates (val and test after each evaluated epoch; the statistic split
+    before each stage-2 epoch of the val_loss and val_error modes) times ``eval_image_s``. ``sizes``
+    holds ``train``, ``val``, ``test`` and ``stat`` image counts."""
+    stage1, stage2 = epochs_left(cfg, trains_stage1, resume_from)
+    steps_per_epoch = math.ceil(sizes["train"] / cfg.batch_size)
+    evaluated = (evaluations(cfg.stage1_epochs, cfg.eval_every, cfg.stage1_epochs - stage1)
+                 + evaluations(cfg.stage2_epochs, cfg.eval_every, cfg.stage2_epochs - stage2)) \
         * (sizes["val"] + sizes["test"])
     if cfg.method == "two_stage_ictta" and cfg.dynamic_mode in ("val_loss", "val_error"):
-        evaluated += cfg.stage2_epochs * sizes["stat"]
-    return (stage1 + cfg.stage2_epochs) * steps_per_epoch * timing["step_s"] + evaluated * timing["eval_image_s"]
+        evaluated += stage2 * sizes["stat"]
+    return (stage1 + stage2) * steps_per_epoch * timing["step_s"] + evaluated * timing["eval_image_s"]
 
 
 def format_duration(seconds: float) -> str:

@@ -36,8 +36,8 @@ from config import (TwoStageConfig, config_hash, made_by_other_code, run_name, s
 from data_loader import find_dataset, load_dataset, make_split
 from estimate import run_seconds
 from results_logger import COMMAND_ENV, now, read_json, run_command, write_json
-from runfiles import LockOwner, RunLock, RunLockedError, lock_owner, lock_path, pid_alive, read_run_json
-from two_stage_ictta import data_read_elsewhere, has_current_stage1, is_finished, run_two_stage
+from runfiles import LockOwner, RunLock, RunLockedError, lock_owner, lock_path, pid_alive, read_run_json, run_paths
+from two_stage_ictta import data_read_elsewhere, has_current_stage1, is_finished, load_checkpoint, run_two_stage
 
 ROOT = Path(__file__).resolve().parent
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # minutes; submitit's local default (2) would kill real runs
@@ -84,23 +84,42 @@ STEP_UNITS = {"step_s": 1.0, "eval_image_s": 0.0}  # without timings, a run's wo
 
 def plan_work(configs: list[TwoStageConfig], datasets: dict) -> list[dict]:
     """Each run of ``configs``, in the order given (the order they run in): ``finished`` (a rerun
-    skips it); ``trains_stage1`` (no earlier unfinished run of the plan and no checkpoint on disk
-    provides its stage 1); ``sizes`` (its train, val, test, stat image counts, None without data);
-    and ``steps``, its training steps."""
+    skips it); ``resume_from``, the (stage, epoch) of its own checkpoint that it goes on from, or
+    None; ``trains_stage1`` (epochs of stage 1 are left to it, and no earlier unfinished run of the
+    plan and no checkpoint on disk provides its stage 1); ``sizes`` (its train, val, test, stat
+    image counts, None without data); and ``steps``, the training steps left to it."""
     provided, work = set(), []
     for cfg in configs:
         meta = read_run_json(cfg.log_dir, run_name(cfg))
         finished = is_finished(cfg, meta)
         shared = shares_stage1(cfg) and (stage1_path(cfg) in provided or has_current_stage1(cfg))
-        if not finished and shares_stage1(cfg):
-            provided.add(stage1_path(cfg))
+        resume_from = None if finished else resume_point(cfg)
+        trains_stage1 = not finished and cfg.stage1_epochs > 0 and (
+            not shared if resume_from is None else resume_from[0] == 1 and resume_from[1] < cfg.stage1_epochs)
+        if not finished and shares_stage1(cfg) and (resume_from is None or resume_from[0] == 1):
+            provided.add(stage1_path(cfg))  # once its stage 1 ends; one resumed in stage 2 shared it before
         data = datasets.get((cfg.data_root, cfg.dataset))
         sizes = _split_sizes(cfg, data) if data is not None else None
-        trains_stage1 = not finished and cfg.stage1_epochs > 0 and not shared
         work.append({"cfg": cfg, "finished": finished, "read_elsewhere": finished and data_read_elsewhere(cfg, meta),
-                     "trains_stage1": trains_stage1, "sizes": sizes,
-                     "steps": sizes and run_seconds(cfg, sizes, STEP_UNITS, trains_stage1)})
+                     "trains_stage1": trains_stage1, "resume_from": resume_from, "sizes": sizes,
+                     "steps": sizes and run_seconds(cfg, sizes, STEP_UNITS, trains_stage1, resume_from)})
     return work
+
+
+def resume_point(cfg: TwoStageConfig) -> tuple[int, int] | None:
+    """The (stage, last finished epoch) that a run of ``cfg`` goes on from, as the run itself
+    decides: its own checkpoint, of these settings and made by this code (or accepted with
+    ``accept_code_change``); None without one, or where it cannot be read (the run then says why)."""
+    path = run_paths(cfg.log_dir, run_name(cfg))["checkpoint"]
+    if not cfg.resume or not path.exists():
+        return None
+    try:
+        snap = load_checkpoint(path)
+    except ValueError:
+        return None
+    if snap.get("run_id") != config_hash(cfg) or made_by_other_code(snap, cfg) is not None:
+        return None
+    return snap["st"]["stage"], snap["st"]["epoch"]
 
 
 def _split_sizes(cfg: TwoStageConfig, data) -> dict:

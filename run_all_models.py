@@ -238,6 +238,11 @@ def _run_label(settings: dict) -> str:
     return settings.get("exp_name") or settings.get("method", SETTINGS["method"].default)
 
 
+def run_names(exp: Experiment) -> set[str]:
+    """The names that ``--runs`` picks from: each run's exp_name, else its method's name."""
+    return {_run_label({**exp.settings, **part.settings, **run}) for part in exp.parts for run in part.runs}
+
+
 def plan_experiment(exp: Experiment, out: str | Path, filters: Filters | None = None) -> list[tuple[str, list]]:
     """The experiment's runs, as ``(suite, configs)`` per part in the file's order; within a part,
     seed x model x scenario x run. Raises :class:`ExperimentError` for a run whose settings are
@@ -289,7 +294,7 @@ def estimate_work(work: list[dict], datasets: dict, steps: int = ESTIMATE_STEPS)
                cfg.threads, data.num_classes)
         if key not in timings:
             timings[key] = time_model(cfg, data.num_classes, data.train_x.shape[1:3], steps)
-        w["seconds"] = run_seconds(cfg, w["sizes"], timings[key], w["trains_stage1"])
+        w["seconds"] = run_seconds(cfg, w["sizes"], timings[key], w["trains_stage1"], w["resume_from"])
     return timings
 
 
@@ -297,15 +302,36 @@ def stage1_count(n: int) -> str:
     return f"{n} stage 1" + ("" if n == 1 else "s")
 
 
+def runs_per_part(parts: list[tuple[str, list]]) -> str:
+    """``compare 4, ablation 1``: the runs of each part name, in the file's order, parts that
+    share a name counted together and parts the filters left empty left out."""
+    counts = {}
+    for name, cfgs in parts:
+        counts[name] = counts.get(name, 0) + len(cfgs)
+    return ", ".join(f"{name} {n}" for name, n in counts.items() if n) or "none"
+
+
+def resumed_epochs(resumed: list[dict]) -> str:
+    """``epoch 60 of 160 + 40``, one per resumed run, counted over both stages (``stage 2 epoch 3``
+    is epoch 163 of 160 + 40)."""
+    def done(w):
+        cfg, (stage, epoch) = w["cfg"], w["resume_from"]
+        return epoch + (cfg.stage1_epochs if stage == 2 else 0)
+    return ", ".join(f"epoch {done(w)} of {w['cfg'].stage1_epochs} + {w['cfg'].stage2_epochs}" for w in resumed)
+
+
 def format_plan(work: list[dict], parts: list[tuple[str, list]], timings: dict | None = None) -> str:
     """The plan in a few lines: runs per part, epochs, finished and to run, stage-1 trainings, and
     the estimated time of what is left when it was timed."""
     todo = [w for w in work if not w["finished"]]
     epochs = sorted({f"{w['cfg'].stage1_epochs} + {w['cfg'].stage2_epochs}" for w in work})
-    lines = [f"plan: {len(work)} runs ({', '.join(f'{name} {len(cfgs)}' for name, cfgs in parts)}), "
+    lines = [f"plan: {len(work)} runs ({runs_per_part(parts)}), "
              f"{' or '.join(epochs)} epochs each",
              f"  {len(work) - len(todo)} finished before (skipped), {len(todo)} to run, training "
              f"{stage1_count(sum(w['trains_stage1'] for w in todo))} (the others share one)"]
+    if resumed := [w for w in todo if w["resume_from"]]:
+        goes_on = "goes on from its checkpoint" if len(resumed) == 1 else "go on from their checkpoints"
+        lines.append(f"  {len(resumed)} of them {goes_on}: {resumed_epochs(resumed)}")
     elsewhere = sorted({w["read_elsewhere"] for w in work if w["read_elsewhere"]})
     if elsewhere:
         lines.append(f"  {sum(bool(w['read_elsewhere']) for w in work)} of the finished runs read their data from "
@@ -538,8 +564,11 @@ def main(argv=None) -> int:
         why_not = unwritable_folder(out)
         if why_not and (not args.status or nearest_existing(out).is_file()):  # --status only reads
             parser.error(f"--out {args.out}: {why_not}; give a folder you can write to")
+        if unknown := sorted(set(args.runs or ()) - run_names(exp)):
+            parser.error(f"--runs {' '.join(unknown)}: {exp.path} has no run of that name; its runs are "
+                         f"{', '.join(sorted(run_names(exp)))}")
         if not any(cfgs for _, cfgs in parts):
-            parser.error(f"{exp.path}: no run is left after --models, --scenarios and --methods")
+            parser.error(f"{exp.path}: no run is left after --models, --scenarios, --methods and --runs")
         if args.status:
             print(launch.format_status(launch.grid_status([c for _, cfgs in parts for c in cfgs], out / "jobs")))
             return 0

@@ -294,6 +294,38 @@ def test_a_stale_shared_stage1_is_planned_as_trained_again_by_one_job(synthetic_
     assert [w["trains_stage1"] for w in launch.plan_work(accepted, {})] == [False, False]
 
 
+def test_the_plan_goes_on_from_a_checkpoint_only_where_the_run_would(synthetic_root, tmp_path):
+    """``resume_point`` and ``plan_work`` read a run's own checkpoint as the run does: of its
+    settings, made by this code (or accepted), readable, and only with resume on."""
+    import torch
+    from config import config_hash
+    from results_logger import code_fingerprint
+    from runfiles import run_paths
+
+    first, second = smoke_runs("baseline", log_dir=str(tmp_path), data_root=str(synthetic_root), device="cpu")
+    ckpt = run_paths(first.log_dir, run_name(first))["checkpoint"]
+
+    def save(stage, epoch, run_id=config_hash(first), fingerprint=code_fingerprint()):
+        torch.save({"run_id": run_id, "code_fingerprint": fingerprint, "st": {"stage": stage, "epoch": epoch}}, ckpt)
+
+    assert launch.resume_point(first) is None
+    save(2, 1)
+    assert launch.resume_point(first) == (2, 1) and launch.resume_point(second) is None
+    work = launch.plan_work([first, second], {})
+    assert [w["resume_from"] for w in work] == [(2, 1), None]
+    assert [w["trains_stage1"] for w in work] == [False, True]  # the second's stage 1 is not on disk yet
+    assert launch.resume_point(dataclasses.replace(first, resume=False)) is None
+    save(1, 0)
+    assert [w["trains_stage1"] for w in launch.plan_work([first, second], {})] == [True, False]
+    save(2, 1, run_id="other settings")
+    assert launch.resume_point(first) is None
+    save(2, 1, fingerprint="older")
+    assert launch.resume_point(first) is None
+    assert launch.resume_point(dataclasses.replace(first, accept_code_change=True)) == (2, 1)
+    ckpt.write_bytes(b"truncated")
+    assert launch.resume_point(first) is None  # the run itself says why it cannot read it
+
+
 FAKE_SBATCH = """#!/bin/sh
 d=$(dirname "$0")
 n=$(cat "$d/next_id")

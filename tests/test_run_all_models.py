@@ -212,6 +212,29 @@ def test_plan_progress_dry_run_and_estimate(synthetic_root, tmp_path, capsys, mo
     assert "3 finished before (skipped)" in out and f"3 of the finished runs read their data from {data}, not" in out
 
 
+def test_plan_counts_parts_by_name_and_says_which_runs_go_on_from_a_checkpoint():
+    cfg = runs_of("literature", seeds=[0], runs=["drw"])[0]
+    work = [{"cfg": cfg, "finished": False, "read_elsewhere": False, "trains_stage1": trains, "sizes": None,
+             "resume_from": resume} for trains, resume in ((True, (1, 60)), (False, (2, 3)), (True, None))]
+    parts = [("compare", [cfg]), ("compare", [cfg, cfg]), ("ablation", []), ("compare", [])]
+    lines = grid.format_plan(work, parts).splitlines()
+    assert lines[0] == "plan: 3 runs (compare 3), 160 + 40 epochs each"
+    assert lines[1] == "  0 finished before (skipped), 3 to run, training 2 stage 1s (the others share one)"
+    assert lines[2] == "  2 of them go on from their checkpoints: epoch 60 of 160 + 40, epoch 163 of 160 + 40"
+    assert "1 of them goes on from its checkpoint: epoch 60 of" in grid.format_plan(work[:1], parts[:1])
+    assert "checkpoint" not in grid.format_plan(work[2:], parts[:1])
+
+
+def test_an_unknown_run_name_is_one_line_naming_the_experiments_runs(capsys):
+    path = grid.experiment_path("literature")
+    with pytest.raises(SystemExit) as e:
+        grid.main([str(path), "--runs", "mislas", "misslas", "--dry-run", "--no-estimate"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert f"--runs misslas: {path} has no run of that name; its runs are " in err
+    assert "drw_sam" in err and "mislas," in err
+
+
 def test_grid_reports_a_failed_run_and_goes_on(synthetic_root, tmp_path, monkeypatch):
     real = launch.run_two_stage
     calls = []

@@ -28,6 +28,7 @@ import torch
 
 import config
 import data_loader
+import launch
 import main as cli
 import runfiles
 import two_stage_ictta as tsi
@@ -167,6 +168,9 @@ def shared_dir(data_root, tmp_path_factory) -> dict:
             victim.wait()
     lock = log_dir / f"{names['killed']}.lock"
     out["lock_after_kill"] = lock.read_text() if lock.exists() else None
+    killed = config.TwoStageConfig(MODEL, SCENARIO, exp_name="killed", log_dir=str(log_dir), data_root=str(data_root),
+                                   **RUN)
+    out["planned_resume"] = launch.resume_point(killed)  # what a plan says before the rerun
     finish(start(argv, logs / "resumed"), logs / "resumed")  # the same command again
     finish(ref, logs / "ref")
     return out
@@ -179,6 +183,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_csv(shared_dir, data
     meta = json.loads((log_dir / f"{names['killed']}.json").read_text())
     assert meta["status"] == "finished"
     assert meta["resumed_from"] == [at_kill["stage"], at_kill["epoch"]]
+    assert shared_dir["planned_resume"] == (at_kill["stage"], at_kill["epoch"])  # the plan knew it
     # row for row, every value as written, except the run's name and id and the wall-clock seconds
     drop = ("seconds", "run_id", "exp_name")
     assert_same_rows(csv_rows(log_dir / f"{names['ref']}.csv", drop), csv_rows(log_dir / f"{names['killed']}.csv", drop),
