@@ -122,6 +122,12 @@ def resume_point(cfg: TwoStageConfig) -> tuple[int, int] | None:
     return snap["st"]["stage"], snap["st"]["epoch"]
 
 
+def epoch_reached(cfg: TwoStageConfig, resume_from: tuple[int, int]) -> str:
+    """``epoch 163 of 160 + 40``: a checkpoint's (stage, epoch) counted over both stages."""
+    stage, epoch = resume_from
+    return f"epoch {epoch + (cfg.stage1_epochs if stage == 2 else 0)} of {cfg.stage1_epochs} + {cfg.stage2_epochs}"
+
+
 def _split_sizes(cfg: TwoStageConfig, data) -> dict:
     """Image counts of ``cfg``'s splits; they do not depend on the seed."""
     split = make_split(data.train_y, cfg.imbalance_type, cfg.imb_factor, n_max=cfg.n_max,
@@ -506,6 +512,8 @@ def grid_status(configs: list[TwoStageConfig], jobs_dir: str | Path) -> dict:
             state, detail = "done", ""
         elif owner and (owner.alive_here() if owner.host == me else not _left_by_ended_job(owner, rec, job)):
             state, detail = "running", _holder(owner, rec, where, lock_path(log_dir, name))
+            if detail.startswith("in progress") and (at := resume_point(cfg)):
+                detail = detail.replace("in progress", f"in progress, {epoch_reached(cfg, at)} done", 1)
         elif job in ("live", "unknown"):
             state, detail = "running", f"queued in {where}" + (" (job state unknown)" if job == "unknown" else "")
         elif meta is not None and meta.get("run_id") != config_hash(cfg) and (log_dir / f"{name}.csv").exists():
@@ -515,8 +523,11 @@ def grid_status(configs: list[TwoStageConfig], jobs_dir: str | Path) -> dict:
         elif meta is not None and meta.get("status") in ("failed", "interrupted"):
             state, detail = "failed", meta.get("error") or meta["status"]
         elif owner or (meta is not None and meta.get("status") == "running"):
+            at = resume_point(cfg)
             state, detail = "failed", "killed: it started but no live process holds its lock" + (
                 f" ({where} ended)" if rec else "")
+            if at:
+                detail += f"; a launch goes on after {epoch_reached(cfg, at)}"
         elif rec:
             state, detail = "failed", _reported_failure(rec, name) or f"{where} ended before running it"
         runs.append({"run": describe(cfg), "name": name, "state": state, "detail": detail,

@@ -311,15 +311,6 @@ def runs_per_part(parts: list[tuple[str, list]]) -> str:
     return ", ".join(f"{name} {n}" for name, n in counts.items() if n) or "none"
 
 
-def resumed_epochs(resumed: list[dict]) -> str:
-    """``epoch 60 of 160 + 40``, one per resumed run, counted over both stages (``stage 2 epoch 3``
-    is epoch 163 of 160 + 40)."""
-    def done(w):
-        cfg, (stage, epoch) = w["cfg"], w["resume_from"]
-        return epoch + (cfg.stage1_epochs if stage == 2 else 0)
-    return ", ".join(f"epoch {done(w)} of {w['cfg'].stage1_epochs} + {w['cfg'].stage2_epochs}" for w in resumed)
-
-
 def format_plan(work: list[dict], parts: list[tuple[str, list]], timings: dict | None = None) -> str:
     """The plan in a few lines: runs per part, epochs, finished and to run, stage-1 trainings, and
     the estimated time of what is left when it was timed."""
@@ -331,7 +322,8 @@ def format_plan(work: list[dict], parts: list[tuple[str, list]], timings: dict |
              f"{stage1_count(sum(w['trains_stage1'] for w in todo))} (the others share one)"]
     if resumed := [w for w in todo if w["resume_from"]]:
         goes_on = "goes on from its checkpoint" if len(resumed) == 1 else "go on from their checkpoints"
-        lines.append(f"  {len(resumed)} of them {goes_on}: {resumed_epochs(resumed)}")
+        lines.append(f"  {len(resumed)} of them {goes_on}: "
+                     f"{', '.join(launch.epoch_reached(w['cfg'], w['resume_from']) for w in resumed)}")
     elsewhere = sorted({w["read_elsewhere"] for w in work if w["read_elsewhere"]})
     if elsewhere:
         lines.append(f"  {sum(bool(w['read_elsewhere']) for w in work)} of the finished runs read their data from "
