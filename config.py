@@ -305,6 +305,15 @@ def stage1_hash(cfg: TwoStageConfig) -> str:
                      data=str(data_folder(cfg)))
 
 
+def settings_changed(recorded: dict, cfg: TwoStageConfig) -> str:
+    """``precision 'bf16' there, 'fp32' here``: the settings of a run's identity in which its recorded
+    config (``recorded``, from its JSON) differs from ``cfg``; empty when they agree on all it records."""
+    mine = dataclasses.asdict(cfg)
+    return "; ".join(f"{f.name} {recorded[f.name]!r} there, {mine[f.name]!r} here"
+                     for f in dataclasses.fields(cfg) if f.metadata["identity"] and f.name != "tag"
+                     and f.name in recorded and _normal(recorded[f.name]) != _normal(mine[f.name]))
+
+
 def _identity(cfg: TwoStageConfig, fields: list, **facts) -> str:
     """A hash of ``fields``' values where they differ from their defaults, and of ``facts``. A
     default is part of the code, so the code fingerprint guards it; leaving defaults out means a

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from config import (TwoStageConfig, config_hash, made_by_other_code, run_name, stage1_hash, stage1_path,
-                    validate_config)
+from config import (TwoStageConfig, config_hash, made_by_other_code, run_name, settings_changed, stage1_hash,
+                    stage1_path, validate_config)
 from data_loader import find_dataset, load_dataset, make_split
 from estimate import run_seconds
 from results_logger import COMMAND_ENV, now, read_json, run_command, write_json
@@ -517,7 +517,8 @@ def grid_status(configs: list[TwoStageConfig], jobs_dir: str | Path) -> dict:
         elif job in ("live", "unknown"):
             state, detail = "running", f"queued in {where}" + (" (job state unknown)" if job == "unknown" else "")
         elif meta is not None and meta.get("run_id") != config_hash(cfg) and (log_dir / f"{name}.csv").exists():
-            state, detail = "failed", f"its files hold a run with other settings (run_id {meta.get('run_id')})"
+            changed = settings_changed(meta.get("config") or {}, cfg) or f"run_id {meta.get('run_id')}"
+            state, detail = "failed", f"its files hold a run with other settings ({changed})"
         elif meta is not None and meta.get("status") == "finished" and (stale := made_by_other_code(meta, cfg)):
             state, detail = "failed", f"finished, but {stale}; a launch reruns it"
         elif meta is not None and meta.get("status") in ("failed", "interrupted"):

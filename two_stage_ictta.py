@@ -46,7 +46,8 @@ import losses
 import runfiles
 import saved_model
 from config import (CSV_NAMES, NOT_IDENTITY, TwoStageConfig, config_hash, csv_value, data_folder, identity_defaults,
-                    made_by_other_code, run_name, stage1_hash, stage1_path, validate_config)
+                    made_by_other_code, run_name, settings_changed, stage1_hash, stage1_path,
+                    validate_config)
 from methods import METHODS, EvalContext, Method, build_loss, lr_at_step, static_weights
 from model import get_model
 from results_logger import (SCALAR_METRICS, RunLogger, atomic_torch_save, code_fingerprint, cpu_model, git_commit,
@@ -111,9 +112,9 @@ def run_two_stage(cfg: TwoStageConfig) -> dict:
     run_id = config_hash(cfg)
     previous = read_json(paths["config"])
     if previous is not None and previous.get("run_id") != run_id and paths["csv"].exists():
+        changed = settings_changed(previous.get("config") or {}, cfg) or f"run_id {previous.get('run_id')} != {run_id}"
         raise ValueError(f"exp_name={cfg.exp_name!r}: {paths['csv']} already holds a run with other "
-                         f"settings (run_id {previous.get('run_id')} != {run_id}); choose another "
-                         f"exp_name or log_dir")
+                         f"settings ({changed}); choose another exp_name or log_dir")
     if cfg.resume and is_finished(cfg, previous):  # whoever holds its lock now
         return _reuse_finished(cfg, name, previous)
     if cfg.threads:

@@ -376,3 +376,12 @@ def test_cli_subprocess_invalid_value(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "stage1_lr" in proc.stderr and "Traceback" not in proc.stderr
     assert not log_dir.exists()
+
+
+def test_settings_changed_names_each_differing_setting_of_the_identity():
+    cfg = config.TwoStageConfig(model_name="resnet32", imbalance_type="long_tail", precision="bf16")
+    recorded = {**dataclasses.asdict(cfg), "precision": "fp32", "stage2_lr": 0.02, "tag": "other label"}
+    recorded["lr_milestones"] = list(cfg.lr_milestones)  # a JSON round trip makes the tuple a list
+    del recorded["max_weight"]  # a setting the recording code did not have yet
+    assert config.settings_changed(recorded, cfg) == "stage2_lr 0.02 there, 0.01 here; precision 'fp32' there, 'bf16' here"
+    assert config.settings_changed(dataclasses.asdict(cfg), cfg) == ""

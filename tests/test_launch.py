@@ -263,6 +263,19 @@ def test_status_of_a_run_finished_by_other_code_says_so(synthetic_root, tmp_path
     assert kept["state"] == "done"
 
 
+def test_status_of_a_run_whose_files_hold_other_settings_names_them(synthetic_root, tmp_path):
+    """What a status without the launch's own options (say its --precision) shows."""
+    run, _ = smoke_runs("baseline", scenarios=("long_tail",), log_dir=str(tmp_path),
+                        data_root=str(synthetic_root), device="cpu", precision="fp32")
+    recorded = {**dataclasses.asdict(run), "precision": "bf16"}
+    (tmp_path / f"{run_name(run)}.csv").write_text("stage\n1\n")
+    (tmp_path / f"{run_name(run)}.json").write_text(json.dumps(
+        {"status": "finished", "run_id": "another", "config": recorded}, default=str))
+    [state] = launch.grid_status([run], tmp_path / "jobs")["runs"]
+    assert (state["state"], state["detail"]) == (
+        "failed", "its files hold a run with other settings (precision 'bf16' there, 'fp32' here)")
+
+
 def test_grid_job_pickles_and_never_trains_a_stage1_it_must_wait_for(synthetic_root, tmp_path):
     cfg = smoke_runs("tuning", scenarios=("long_tail",), log_dir=str(tmp_path / "runs"),
                            data_root=str(synthetic_root), device="cpu")[0]

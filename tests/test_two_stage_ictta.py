@@ -703,3 +703,11 @@ def test_newer_method_interrupted_in_stage2_resumes_to_the_uninterrupted_rows(ti
     assert again["resumed_from"] == (2, 1)
     drop = ["seconds", "run_id", "exp_name"]
     pd.testing.assert_frame_equal(ref.drop(columns=drop), read_csv(again).drop(columns=drop))
+
+
+def test_a_run_refuses_a_name_that_holds_other_settings_and_names_them(tiny_run_kwargs):
+    kwargs = {**tiny_run_kwargs, "stage1_epochs": 1, "stage2_epochs": 1}
+    run(**kwargs)
+    with pytest.raises(ValueError, match=r"already holds a run with other settings \(stage2_lr 0\.01 there, "
+                                         r"0\.02 here\); choose another exp_name or log_dir"):
+        run(**{**kwargs, "stage2_lr": 0.02})
