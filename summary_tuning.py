@@ -37,7 +37,9 @@ Writes, in ``--out`` (default: the results folder):
   (profile, model, scenario, imb_factor), in percentage points at stage 2's last epoch, on test and
   validation macro-F1 and tail macro-F1: n, mean, std, 95% interval, seeds won (and tied), and the
   runs left without a partner. Partners have the same seed **and** the same ``stage1_id`` (the
-  shared stage-1 checkpoint), but for a named variant against its method (the same seed only);
+  shared stage-1 checkpoint) with the same stage-1 results (two runs of one ``stage1_id`` that
+  trained it apart, e.g. on two machines, are listed as unpaired), but for a named variant against
+  its method (the same seed only);
   stage 2 vs stage 1 compares the two stages of one run. One row per pair of configurations
   (``treated_config``, ``reference_config``, and ``differs``: the settings in which they differ),
   so that runs of one cell on two machines are never pooled.
@@ -480,6 +482,9 @@ def level(row, column: str, scale: float = 100.0) -> dict:
 # Paired differences
 
 PAIR_ON = ("seed", "stage1_id")  # partners: the same seed AND the same stage-1 checkpoint
+# Stage-1 results that a run reading a shared checkpoint repeats exactly; runs with one stage1_id
+# whose values differ trained their stage 1 apart (other machines, other results folders)
+STAGE1_FINGERPRINT = ("s1_final_val_loss", "s1_final_test_loss")
 PAIR_GROUP = ("profile", "model", "scenario", "imb_factor")  # partners are looked for within one
 PAIRED_METRICS = (("macro_f1", "macro-F1"), ("tail_macro_f1", "tail macro-F1"))
 PAIRED_SPLITS = ("test", "val")
@@ -521,7 +526,11 @@ def pair_runs(treated: pd.DataFrame, reference: pd.DataFrame, on: tuple = PAIR_O
     pairs, unpaired, used = [], [], set()
     for (_, t), k in zip(treated.iterrows(), t_keys):
         partners = by_key.get(k, [])
-        if len(partners) == 1 and t_keys.count(k) == 1:
+        if len(partners) == 1 and t_keys.count(k) == 1 and "stage1_id" in on and not same_stage1(t, partners[0]):
+            unpaired.append(f"{_run_name(t)}: the {ref_name} run of this seed has the same stage-1 settings but "
+                            f"trained its stage 1 apart (stage-1 test loss {stage1_results(partners[0])} vs "
+                            f"{stage1_results(t)})")
+        elif len(partners) == 1 and t_keys.count(k) == 1:
             pairs.append((t, partners[0]))
             used.add(k)
         elif partners:
@@ -536,6 +545,22 @@ def pair_runs(treated: pd.DataFrame, reference: pd.DataFrame, on: tuple = PAIR_O
     unpaired += no_partner_lines([r for k, rs in by_key.items() if k not in used and k not in t_keys for r in rs],
                                  t_name)
     return pairs, unpaired
+
+
+def same_stage1(a, b) -> bool:
+    """Whether summary rows ``a`` and ``b`` hold the same stage-1 results (:data:`STAGE1_FINGERPRINT`),
+    as two runs reading one stage-1 checkpoint do; a value that one of them lacks does not count."""
+    for col in STAGE1_FINGERPRINT:
+        x, y = _plain(a.get(col)), _plain(b.get(col))
+        if x is not None and y is not None and not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12):
+            return False
+    return True
+
+
+def stage1_results(r) -> str:
+    """The stage-1 test loss of summary row ``r``, for a line that says two stage 1s differ."""
+    v = _plain(r.get("s1_final_test_loss"))
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 def no_partner_lines(runs, partner_name: str) -> list[str]:

@@ -296,6 +296,28 @@ def test_pairs_need_the_same_seed_and_the_same_stage1(tmp_path):
     assert "another stage 1" in d["unpaired"] and "seed 3" in d["unpaired"]
 
 
+def test_runs_that_trained_one_stage1_setting_apart_are_not_paired_as_sharing_it(tmp_path):
+    """Same seed and stage1_id, but stage-1 results that differ (trained twice, on two machines):
+    a paired difference over a shared stage 1 would be a claim the runs cannot back."""
+    res = tmp_path / "results"
+    ctl = dict(exp_name="control", dynamic_mode="none", stage2_loss_type="ce")
+
+    def stage1_loss(loss):
+        def values(stage, epoch, split):
+            return {"macro_f1": 0.5 if stage == 2 else 0.1, **({"loss": loss} if stage == 1 else {})}
+        return values
+
+    write_run(res, stage1_loss(1.25), seed=0)
+    write_run(res, stage1_loss(1.25), seed=0, **ctl)  # read the same checkpoint: identical stage 1
+    write_run(res, stage1_loss(1.25), seed=1)
+    write_run(res, stage1_loss(1.31), seed=1, **ctl)  # the same settings, trained apart
+    summary = st.summarize_runs(st.load_rows(res))
+    pairs, unpaired = st.pair_runs(summary[summary["role"] == "two_stage"], summary[summary["role"] == "control"])
+    assert [int(t["seed"]) for t, _ in pairs] == [0]
+    assert unpaired == ["two_stage seed 1: the control run of this seed has the same stage-1 settings but trained "
+                        "its stage 1 apart (stage-1 test loss 1.3100 vs 1.2500)"]
+
+
 def test_two_configurations_of_one_cell_are_never_merged(tmp_path):
     """The CPU grid (seeds 0-2) and a GPU run of seed 0 in one results folder: each configuration
     pairs with its own control, in its own row, and seed 0 is not counted twice."""
