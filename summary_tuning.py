@@ -513,14 +513,10 @@ def pair_runs(treated: pd.DataFrame, reference: pd.DataFrame, on: tuple = PAIR_O
     several candidates): a run is never dropped silently."""
     assert on[0] == "seed", on
     shared = " and ".join({"stage1_id": "stage 1"}.get(k, k) for k in on)
-
-    def key(r):
-        return tuple(_plain(r[k]) for k in on)
-
-    t_keys = [key(r) for _, r in treated.iterrows()]
+    t_keys = [pair_key(r, on) for _, r in treated.iterrows()]
     by_key: dict[tuple, list] = {}
     for _, r in reference.iterrows():
-        by_key.setdefault(key(r), []).append(r)
+        by_key.setdefault(pair_key(r, on), []).append(r)
     ref_seeds = {_plain(r["seed"]): r for _, r in reference.iterrows()}
     ref_name = reference["variant"].iloc[0] if len(reference) else "reference"
     pairs, unpaired, used = [], [], set()
@@ -545,6 +541,11 @@ def pair_runs(treated: pd.DataFrame, reference: pd.DataFrame, on: tuple = PAIR_O
     unpaired += no_partner_lines([r for k, rs in by_key.items() if k not in used and k not in t_keys for r in rs],
                                  t_name)
     return pairs, unpaired
+
+
+def pair_key(r, on: tuple = PAIR_ON) -> tuple:
+    """What partners share (``on``), of summary row ``r``."""
+    return tuple(_plain(r[k]) for k in on)
 
 
 def same_stage1(a, b) -> bool:
@@ -618,8 +619,8 @@ def paired_rows(what: dict, treated: pd.DataFrame, reference: pd.DataFrame, on: 
     matched = [(t, r, *pair_runs(t, r, on)) for t in treated_configs for r in reference_configs]
     matched = [m for m in matched if m[2]]
     used = {r["config_id"].iloc[0] for _, r, _, _ in matched}
-    orphans = no_partner_lines([run for r in reference_configs if r["config_id"].iloc[0] not in used
-                                for _, run in r.iterrows()], what["treated"])
+    orphan_runs = [run for r in reference_configs if r["config_id"].iloc[0] not in used for _, run in r.iterrows()]
+    orphans = no_partner_lines(orphan_runs, what["treated"])
     rows = []
     for t in treated_configs:
         mine = [(r, pairs, unpaired) for t2, r, pairs, unpaired in matched if t2 is t]
@@ -631,7 +632,9 @@ def paired_rows(what: dict, treated: pd.DataFrame, reference: pd.DataFrame, on: 
         if not mine:
             own = {_run_name(x) for _, x in t.iterrows()}
             reasons = [line for line in pair_runs(t, reference, on)[1] if line.split(": ")[0] in own]
-            rows += _pair_diffs(_what_config(what, t), [], reasons + orphans)
+            named = {pair_key(x, on) for _, x in t.iterrows()}  # the reasons name the runs they share these with
+            rest = no_partner_lines([run for run in orphan_runs if pair_key(run, on) not in named], what["treated"])
+            rows += _pair_diffs(_what_config(what, t), [], reasons + rest)
     if not len(treated) and len(reference):
         rows += _pair_diffs(what, [], orphans)
     return rows

@@ -318,6 +318,25 @@ def test_runs_that_trained_one_stage1_setting_apart_are_not_paired_as_sharing_it
                         "its stage 1 apart (stage-1 test loss 1.3100 vs 1.2500)"]
 
 
+def test_a_run_trained_apart_from_its_only_partner_is_named_once(tmp_path):
+    """No pair at all: the treated run's line says why, and the reference run is not listed a
+    second time as having no partner."""
+    res = tmp_path / "results"
+    ctl = dict(exp_name="control", dynamic_mode="none", stage2_loss_type="ce")
+
+    def values(loss):
+        return lambda stage, epoch, split: {"macro_f1": 0.5, **({"loss": loss} if stage == 1 else {})}
+
+    write_run(res, values(1.25), seed=0)
+    write_run(res, values(1.31), seed=0, **ctl)
+    paired = st.paired_table(st.summarize_runs(st.load_rows(res)))
+    row = paired[(paired["comparison"] == "vs_control") & (paired["split"] == "test")
+                 & (paired["metric"] == "macro_f1")]
+    assert row["n"].tolist() == [0]
+    assert row["unpaired"].tolist() == ["two_stage seed 0: the control run of this seed has the same stage-1 "
+                                        "settings but trained its stage 1 apart (stage-1 test loss 1.3100 vs 1.2500)"]
+
+
 def test_two_configurations_of_one_cell_are_never_merged(tmp_path):
     """The CPU grid (seeds 0-2) and a GPU run of seed 0 in one results folder: each configuration
     pairs with its own control, in its own row, and seed 0 is not counted twice."""
