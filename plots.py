@@ -60,6 +60,7 @@ import textwrap
 from pathlib import Path
 
 import matplotlib
+import matplotlib.lines
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
@@ -628,9 +629,13 @@ def plot_weights_side_by_side(panels: list[tuple[str, pd.DataFrame, pd.Series]],
     axes = body.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, (label, runs, settings) in zip(axes, panels):
         _draw_weights(ax, runs, settings, counts, names)
-        ax.set_title(label, fontsize=10)
+        ax.set_title(f"{label}\nweights in [{settings.get('min_weight'):g}, {settings.get('max_weight'):g}]",
+                     fontsize=10)
     axes[0].set_ylabel("class weight (multiplies the class's loss; unitless)")
-    body.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper",
+    handles, labels = axes[0].get_legend_handles_labels()
+    classes = [(h, lab) for h, lab in zip(handles, labels) if not lab.startswith(("min_weight", "max_weight"))]
+    bound = matplotlib.lines.Line2D([], [], color="black", ls=":", lw=1)
+    body.legend(*zip(*classes, (bound, "the panel's weight bounds")), loc="outside right upper",
                 title="class (training images)" if len(counts) <= MAX_NAMED_CLASSES else None, fontsize=8.5)
     _count_colorbar(body, axes[-1], counts)
     _title(fig, title)
@@ -867,15 +872,23 @@ def _ablation_figures(t: dict, out: Path, paths: list, notes: list) -> None:
 
 def _chosen_weights_figure(t: dict, g: pd.DataFrame, what: str, path: Path, paths: list, notes: list) -> None:
     """The stage-2 class weights of the default two-stage run beside the variant chosen on
-    validation (:func:`summary_tuning.chosen_variant`), mean over seeds."""
-    chosen, default = st.chosen_variant(g), g[g["kind"] == "default"]
+    validation (:func:`summary_tuning.chosen_variant`), mean over seeds; where there is nothing
+    to choose from (one variant, e.g. a run that confirms a choice made at another budget), beside
+    that variant."""
+    chosen, how = st.chosen_variant(g), "chosen on validation"
+    default, variants = g[g["kind"] == "default"], g[g["kind"] == "variant"]
+    if chosen is None and len(variants) == 1:
+        chosen, how = variants.iloc[0], "the only variant here"
     if chosen is None or not len(default):
+        notes.append(f"{path.name}: needs the default two-stage run and one variant, or a variant chosen "
+                     "from several with at least two seeds each: skipped")
         return
     panels = []
-    for label, r in (("default two-stage run", default.iloc[0]), (f"chosen on validation: {chosen['variant']}", chosen)):
+    for label, r in (("default two-stage run", default.iloc[0]), (f"{how}: {chosen['variant']}", chosen)):
         runs = _runs_of(r["config_id"], t["summary"], t["rows"])
         settings = t["agg"].set_index("config_id").loc[r["config_id"]]
-        panels.append((f"{label} ({int(r['n_seeds'])} seeds)", runs, settings))
+        n = int(r["n_seeds"])
+        panels.append((f"{label} ({n} seed{'s' * (n != 1)})", runs, settings))
     counts = st.class_counts_of(panels[0][1])
     if counts is None:
         notes.append(f"{path.name}: training counts unknown (no run JSON beside the CSVs): skipped")

@@ -402,6 +402,22 @@ def test_ablation_against_two_drw_configurations_uses_the_one_with_most_pairs(tm
     assert (tmp_path / "figures" / "ablation" / "reduced_resnet10_long_tail_imb0.01_weights.png").stat().st_size > 0
 
 
+def test_the_weights_figure_of_a_confirmation_run_draws_its_only_variant(tmp_path):
+    """One seed of one variant (a choice made at another budget, confirmed here): drawn beside the
+    default. Two one-seed variants: nothing to choose from on validation, so no figure, and a note."""
+    res = tmp_path / "results"
+    ablation = dict(tag="ablation-literature")
+    write_run(res, pinned({3: 0.50}, {3: 0.50}), seed=0, exp_name="two_stage_ictta", **ablation)
+    write_run(res, pinned({3: 0.60}, {3: 0.60}), seed=0, exp_name="abl-one", **ablation)
+    figure = tmp_path / "figures" / "ablation" / "literature_resnet10_long_tail_imb0.01_weights.png"
+    plots.make_plots(res, tmp_path / "figures", verbose=False)
+    assert figure.stat().st_size > 0
+    write_run(res, pinned({3: 0.70}, {3: 0.70}), seed=0, exp_name="abl-two", **ablation)
+    out = plots.make_plots(res, tmp_path / "again", verbose=False)
+    assert not (tmp_path / "again" / "ablation" / figure.name).exists()
+    assert any(n.startswith(f"{figure.name}: needs the default") for n in out["notes"])
+
+
 def test_ids_that_look_like_numbers_stay_text(tmp_path):
     """A hex id such as 2175e3579465 would read as a float (inf), and every such id as the same."""
     res = tmp_path / "results"
