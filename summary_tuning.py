@@ -633,7 +633,7 @@ def paired_rows(what: dict, treated: pd.DataFrame, reference: pd.DataFrame, on: 
             own = {_run_name(x) for _, x in t.iterrows()}
             reasons = [line for line in pair_runs(t, reference, on)[1] if line.split(": ")[0] in own]
             named = {pair_key(x, on) for _, x in t.iterrows()}  # the reasons name the runs they share these with
-            rest = no_partner_lines([run for run in orphan_runs if pair_key(run, on) not in named], what["treated"])
+            rest = [line for run, line in zip(orphan_runs, orphans) if pair_key(run, on) not in named]
             rows += _pair_diffs(_what_config(what, t), [], reasons + rest)
     if not len(treated) and len(reference):
         rows += _pair_diffs(what, [], orphans)
