@@ -91,3 +91,25 @@ def test_study_records_and_experiment_files_have_no_team_vocabulary(doc):
     for n, line in enumerate(doc.read_text().splitlines(), 1):
         found = TEAM_VOCABULARY.search(line)
         assert not found, f"{doc.relative_to(ROOT)}:{n}: {found.group(0)!r} in {line.strip()!r}"
+
+
+MARKDOWN_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+LINKED_DOCS = sorted([README, *(ROOT / "docs").glob("*.md"), *(ROOT / "benchmarks").rglob("README.md"),
+                      *(ROOT / "experiments").glob("*.md")])
+
+
+def _relative_links(doc: Path) -> list[str]:
+    return [t for t in MARKDOWN_LINK.findall(doc.read_text()) if not re.match(r"[a-z]+:", t)]
+
+
+@pytest.mark.parametrize("doc", LINKED_DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_of_the_docs_and_study_records_resolve(doc):
+    broken = [t for t in _relative_links(doc) if not (doc.parent / t).exists()]
+    assert not broken, f"{doc.relative_to(ROOT)} links to missing files: {broken}"
+
+
+def test_the_studies_index_lists_every_study_folder():
+    index = ROOT / "benchmarks" / "README.md"
+    listed = {(index.parent / t).resolve().parent for t in _relative_links(index)}
+    studies = {p.parent.resolve() for p in (ROOT / "benchmarks").glob("*/README.md")}
+    assert studies <= listed, f"not in benchmarks/README.md: {sorted(p.name for p in studies - listed)}"
