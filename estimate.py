@@ -82,10 +82,16 @@ def epochs_left(cfg, trains_stage1: bool = True, resume_from: tuple[int, int] | 
     return 0, cfg.stage2_epochs - epoch
 
 
+def passes_per_step(cfg) -> int:
+    """Forward-backward passes of one training step: two with SAM (``sam_rho > 0``: the ascent step,
+    then the update from the perturbed weights), else one."""
+    return 2 if cfg.sam_rho > 0 else 1
+
+
 def run_seconds(cfg, sizes: dict, timing: dict, trains_stage1: bool = True,
                 resume_from: tuple[int, int] | None = None) -> float:
-    """Seconds of what is left of one run (:func:`epochs_left`): its training steps times ``step_s``,
-    plus the images it evaluates (val and test after each evaluated epoch; the statistic split
+    """Seconds of what is left of one run (:func:`epochs_left`): its training steps times ``step_s``
+    (a plain step's time) times :func:`passes_per_step`, plus the images it evaluates (val and test after each evaluated epoch; the statistic split
     before each stage-2 epoch of the val_loss and val_error modes) times ``eval_image_s``. ``sizes``
     holds ``train``, ``val``, ``test`` and ``stat`` image counts."""
     stage1, stage2 = epochs_left(cfg, trains_stage1, resume_from)
@@ -95,7 +101,8 @@ def run_seconds(cfg, sizes: dict, timing: dict, trains_stage1: bool = True,
         * (sizes["val"] + sizes["test"])
     if cfg.method == "two_stage_ictta" and cfg.dynamic_mode in ("val_loss", "val_error"):
         evaluated += stage2 * sizes["stat"]
-    return (stage1 + stage2) * steps_per_epoch * timing["step_s"] + evaluated * timing["eval_image_s"]
+    steps = (stage1 + stage2) * steps_per_epoch
+    return steps * passes_per_step(cfg) * timing["step_s"] + evaluated * timing["eval_image_s"]
 
 
 def format_duration(seconds: float) -> str:

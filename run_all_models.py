@@ -337,7 +337,8 @@ def format_plan(work: list[dict], parts: list[tuple[str, list]], timings: dict |
         per_model = ", ".join(f"{k[0]} {t['step_s']:.2f} s" for k, t in timings.items())
         lines.append(f"  estimated time here, one run after another: {format_duration(seconds)} "
                      f"(from {ESTIMATE_STEPS} timed steps per model: {per_model} per step of "
-                     f"{'/'.join(sorted({str(k[1]) for k in timings}))} images)")
+                     f"{'/'.join(sorted({str(k[1]) for k in timings}))} images"
+                     f"{'; a SAM step counts as two' if any(w['cfg'].sam_rho > 0 for w in todo) else ''})")
     if advice := plan_precision_advice(todo):
         lines.append(f"  {advice}")
     return "\n".join(lines)

@@ -30,6 +30,15 @@ def test_run_seconds_is_steps_times_step_time_plus_evaluated_images():
     assert run_seconds(val_mode, SIZES, timing) == pytest.approx(30 + 1.8 + 2 * 50 * 0.001)
 
 
+
+def test_a_sam_step_counts_two_passes_and_its_evaluations_once():
+    plain = TwoStageConfig("resnet10", "long_tail", stage1_epochs=4, stage2_epochs=2, batch_size=100, eval_every=2)
+    sam = TwoStageConfig("resnet10", "long_tail", stage1_epochs=4, stage2_epochs=2, batch_size=100, eval_every=2,
+                         sam_rho=0.5)
+    timing = {"step_s": 0.5, "eval_image_s": 0.001}
+    assert run_seconds(plain, SIZES, timing) == pytest.approx(30 + 1.8)
+    assert run_seconds(sam, SIZES, timing) == pytest.approx(2 * 30 + 1.8)
+
 def test_run_seconds_of_a_resumed_run_count_what_is_left():
     cfg = TwoStageConfig("resnet10", "long_tail", stage1_epochs=4, stage2_epochs=2, batch_size=100, eval_every=2)
     timing = {"step_s": 0.5, "eval_image_s": 0.001}

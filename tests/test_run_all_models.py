@@ -225,6 +225,17 @@ def test_plan_counts_parts_by_name_and_says_which_runs_go_on_from_a_checkpoint()
     assert "checkpoint" not in grid.format_plan(work[2:], parts[:1])
 
 
+
+def test_the_plan_says_when_its_estimate_counts_sam_steps_twice():
+    plain, sam = runs_of("literature", seeds=[0], runs=["drw", "drw_sam"])
+    sizes = {"train": 1280, "val": 0, "test": 0, "stat": 0}
+    timings = {("resnet32", 128): {"step_s": 0.5, "eval_image_s": 0.0}}
+    work = [{"cfg": c, "finished": False, "read_elsewhere": False, "trains_stage1": True, "sizes": sizes,
+             "resume_from": None, "seconds": s} for c, s in ((plain, 1000.0), (sam, 2000.0))]
+    both = grid.format_plan(work, [("compare", [plain, sam])], timings)
+    assert "estimated time here, one run after another: 50 min" in both and "a SAM step counts as two" in both
+    assert "SAM" not in grid.format_plan(work[:1], [("compare", [plain])], timings)
+
 def test_an_unknown_run_name_is_one_line_naming_the_experiments_runs(capsys):
     path = grid.experiment_path("literature")
     with pytest.raises(SystemExit) as e:
