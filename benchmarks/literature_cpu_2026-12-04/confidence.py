@@ -1,0 +1,44 @@
+"""Accuracy against confidence of saved models on the test split: what an ECE is made of.
+
+    python benchmarks/literature_cpu_2026-12-04/confidence.py MODEL.model.pt [MODEL.model.pt ...]
+
+Prints, per model file: test accuracy, the mean softmax confidence (the largest probability),
+the mean logit span (largest minus smallest logit), and the norms of the classifier's rows.
+A model far less confident than it is accurate is underconfident; its ECE says how far, not
+which way.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import data_loader  # noqa: E402
+import saved_model  # noqa: E402
+from train_eval import predict  # noqa: E402
+
+
+def confidence_report(path: str) -> str:
+    model, record = saved_model.load(path)
+    cfg = record["config"]
+    data = data_loader.load_dataset(cfg["data_root"], dataset=cfg.get("dataset", data_loader.DEFAULT_DATASET))
+    norm = data_loader.Normalizer(record["mean"], record["std"], "cpu")
+    x, y = data_loader.to_device_images(data.test_x, "cpu"), torch.from_numpy(data.test_y)
+    logits = predict(model, x, norm, cfg["eval_batch_size"], cfg["precision"], cfg["channels_last"]).float()
+    confidence, predicted = logits.softmax(1).max(1)
+    span = (logits.max(1).values - logits.min(1).values).mean()
+    rows = model.fc.weight.detach().norm(dim=1)
+    return (f"{Path(path).name}: test accuracy {(predicted == y).float().mean():.4f}, mean confidence "
+            f"{confidence.mean():.4f}, mean logit span {span:.3f}, classifier row norms "
+            f"{rows.min():.3f} to {rows.max():.3f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit("usage: confidence.py MODEL.model.pt [MODEL.model.pt ...]")
+    if missing := [f for f in sys.argv[1:] if not Path(f).is_file()]:
+        sys.exit(f"confidence.py: no model file {', '.join(missing)}; a finished run writes results_*.model.pt")
+    for model_file in sys.argv[1:]:
+        print(confidence_report(model_file))
