@@ -69,11 +69,11 @@ def load(path, device="cpu") -> tuple[torch.nn.Module, dict]:
     return model, record
 
 
-def evaluate_file(path, data_root=None, device="auto", batch_size: int | None = None) -> dict:
-    """Test metrics of a saved model (:func:`train_eval.evaluate`: accuracy, macro-F1, head/tail,
-    many/medium/few, per class, the confusion matrix), on the test split of ``data_root`` (default:
-    the run's own data), re-encoded at the run's ``jpeg_quality`` if it had one, in the run's
-    precision and evaluation batch size."""
+def logits_on_test(path, data_root=None, device="auto", batch_size: int | None = None) -> dict:
+    """The logits of a saved model on the test split of ``data_root`` (default: the run's own data),
+    re-encoded at the run's ``jpeg_quality`` if it had one, in the run's precision and evaluation
+    batch size (tau_norm: its bias-free classifier scaled by ``1 / ||w_c||^tau``). Returns
+    ``logits``, ``y``, the rebuilt ``model``, the file's ``record`` and the ``data`` it read."""
     model, record = load(path, device)
     cfg = record["config"]
     data = data_loader.load_dataset(data_root if data_root is not None else cfg["data_root"],
@@ -89,13 +89,23 @@ def evaluate_file(path, data_root=None, device="auto", batch_size: int | None = 
     x, y = data_loader.to_device_images(test_x, dev), torch.from_numpy(data.test_y).to(dev)
     settings = dict(batch_size=batch_size or cfg["eval_batch_size"], precision=cfg["precision"],
                     channels_last=cfg["channels_last"])
-    logits = None
-    if record["tau"] is not None:  # tau_norm: the bias-free classifier scaled by 1 / ||w_c||^tau
+    if record["tau"] is not None:
         feats = predict(model, x, norm, features=True, **settings)
         logits = losses.tau_norm_logits(feats, model.fc.weight.float(), record["tau"])
-    metrics = evaluate(model, x, y, norm, record["class_counts"], logits=logits, **settings)
-    return {"model_file": str(path), "data_source": data.source, "n_test": len(y), "tau": record["tau"],
-            "classes": record["classes"], "class_counts": record["class_counts"], "config": cfg, "test": metrics}
+    else:
+        logits = predict(model, x, norm, **settings)
+    return {"logits": logits, "y": y, "model": model, "record": record, "data": data}
+
+
+def evaluate_file(path, data_root=None, device="auto", batch_size: int | None = None) -> dict:
+    """Test metrics of a saved model (:func:`train_eval.evaluate`: accuracy, macro-F1, head/tail,
+    many/medium/few, per class, the confusion matrix) from its :func:`logits_on_test`."""
+    t = logits_on_test(path, data_root, device, batch_size)
+    record = t["record"]
+    metrics = evaluate(t["model"], None, t["y"], None, record["class_counts"], logits=t["logits"])
+    return {"model_file": str(path), "data_source": t["data"].source, "n_test": len(t["y"]), "tau": record["tau"],
+            "classes": record["classes"], "class_counts": record["class_counts"], "config": record["config"],
+            "test": metrics}
 
 
 def format_evaluation(result: dict, max_matrix_classes: int = 20) -> str:

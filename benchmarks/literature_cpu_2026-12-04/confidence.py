@@ -12,24 +12,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import data_loader  # noqa: E402
 import saved_model  # noqa: E402
-from train_eval import predict  # noqa: E402
 
 
 def confidence_report(path: str) -> str:
-    model, record = saved_model.load(path)
-    cfg = record["config"]
-    data = data_loader.load_dataset(cfg["data_root"], dataset=cfg.get("dataset", data_loader.DEFAULT_DATASET))
-    norm = data_loader.Normalizer(record["mean"], record["std"], "cpu")
-    x, y = data_loader.to_device_images(data.test_x, "cpu"), torch.from_numpy(data.test_y)
-    logits = predict(model, x, norm, cfg["eval_batch_size"], cfg["precision"], cfg["channels_last"]).float()
+    t = saved_model.logits_on_test(path, device="cpu")
+    logits, y = t["logits"].float(), t["y"]
     confidence, predicted = logits.softmax(1).max(1)
     span = (logits.max(1).values - logits.min(1).values).mean()
-    rows = model.fc.weight.detach().norm(dim=1)
+    rows = t["model"].fc.weight.detach().norm(dim=1)
     return (f"{Path(path).name}: test accuracy {(predicted == y).float().mean():.4f}, mean confidence "
             f"{confidence.mean():.4f}, mean logit span {span:.3f}, classifier row norms "
             f"{rows.min():.3f} to {rows.max():.3f}")
