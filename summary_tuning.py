@@ -685,17 +685,22 @@ def _what_config(what: dict, treated: pd.DataFrame) -> dict:
 def compare_pair_rows(key: dict, g: pd.DataFrame) -> list[dict]:
     """The compare suite's paired design: ``two_stage_ictta`` minus each method (and named variant:
     ``drw_sam``) that trained from the same stage-1 checkpoints (ce, drw, crt, tau_norm), minus each
-    other one paired by seed only, and its stage 2 minus its stage 1."""
+    other one paired by seed only, and its stage 2 minus its stage 1. A named variant of
+    ``two_stage_ictta`` (``two_stage_sam``) is paired the same way with the methods of its own
+    stage 1 (``drw_sam``), and with no other."""
     methods = g[g["role"].isin(("method", "variant")) & (g["suite"] == "compare")]
-    ours = methods[(methods["method"] == "two_stage_ictta") & (methods["role"] == "method")]
-    if not len(ours):
-        return []
-    rows = stage_gain_rows(_what(key, "stage2_vs_stage1", ours, "stage 1"), ours)
-    for name, other in methods[methods["method"] != "two_stage_ictta"].groupby("variant", sort=False):
-        if set(other["stage1_id"]) & set(ours["stage1_id"]):
-            rows += paired_rows(_what(key, "two_stage_vs_method", ours, name), ours, other)
-        else:
-            rows += paired_rows(_what(key, "two_stage_vs_method_seed", ours, name), ours, other, on=("seed",))
+    ours = methods[methods["method"] == "two_stage_ictta"]
+    others = methods[methods["method"] != "two_stage_ictta"]
+    rows = []
+    for _, two_stage in ours.groupby("variant", sort=False):
+        plain = two_stage["role"].iloc[0] == "method"
+        rows += stage_gain_rows(_what(key, "stage2_vs_stage1", two_stage, "stage 1"), two_stage)
+        for name, other in others.groupby("variant", sort=False):
+            if set(other["stage1_id"]) & set(two_stage["stage1_id"]):
+                rows += paired_rows(_what(key, "two_stage_vs_method", two_stage, name), two_stage, other)
+            elif plain:
+                rows += paired_rows(_what(key, "two_stage_vs_method_seed", two_stage, name), two_stage, other,
+                                    on=("seed",))
     return rows
 
 

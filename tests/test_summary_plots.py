@@ -456,6 +456,31 @@ def test_compare_suite_pairs_two_stage_with_the_methods_of_its_stage1(tmp_path):
     assert gain["mean"].tolist() == pytest.approx([100 * (0.51 - 0.10)])  # stage 1 pinned at 0.10
 
 
+def test_a_named_two_stage_variant_pairs_with_the_methods_of_its_own_stage1(tmp_path):
+    """two_stage_sam trains from drw_sam's stage 1 (SAM in both): paired with drw_sam alone, never
+    with drw or ce by seed; the plain two_stage_ictta keeps its pairs with drw (stage 1) and
+    drw_sam (by seed)."""
+    res = tmp_path / "results"
+    runs = {("two_stage_ictta", "two_stage_ictta", "ce"): (0.50, 0.52), ("drw", "drw", "ce"): (0.53, 0.54),
+            ("drw_sam", "drw", "sam"): (0.60, 0.58), ("two_stage_sam", "two_stage_ictta", "sam"): (0.57, 0.59)}
+    for (exp, method, stage1), values in runs.items():
+        for seed, f1 in enumerate(values):
+            write_run(res, pinned({}, {3: f1}), exp_name=exp, method=method, seed=seed,
+                      stage1_id=f"{stage1}seed{seed}", tag="compare-literature", model="resnet32", n_max="")
+    paired = st.paired_table(st.summarize_runs(st.load_rows(res)))
+    test_f1 = paired[(paired["split"] == "test") & (paired["metric"] == "macro_f1")]
+    pairs = {(r.comparison, r.treated, r.reference): r for r in test_f1.itertuples()}
+    sam = pairs.pop(("two_stage_vs_method", "two_stage_sam", "drw_sam"))
+    assert sam.mean == pytest.approx(-1.0) and sam.n == 2 and sam.wins == 1
+    assert pairs.pop(("two_stage_vs_method", "two_stage_ictta", "drw")).mean == pytest.approx(-2.5)
+    assert pairs.pop(("two_stage_vs_method_seed", "two_stage_ictta", "drw_sam")).mean == pytest.approx(-8.0)
+    assert pairs.pop(("variant_vs_method", "two_stage_sam", "two_stage_ictta")).mean == pytest.approx(7.0)
+    assert pairs.pop(("variant_vs_method", "drw_sam", "drw")).mean == pytest.approx(5.5)
+    gains = {t for c, t, _ in pairs if c == "stage2_vs_stage1"}
+    assert gains == {"two_stage_ictta", "two_stage_sam"}
+    assert {c for c, _, _ in pairs} == {"stage2_vs_stage1"}  # nothing else: no seed-only pair of the variant
+
+
 def test_a_named_variant_is_paired_with_its_method_by_seed(tmp_path):
     """ce_jpeg50 trains its own stage 1 (other images), so it pairs with ce by seed alone; a
     variant without a plain run of its seed is listed as unpaired."""
