@@ -91,9 +91,10 @@ def passes_per_step(cfg) -> int:
 def run_seconds(cfg, sizes: dict, timing: dict, trains_stage1: bool = True,
                 resume_from: tuple[int, int] | None = None) -> float:
     """Seconds of what is left of one run (:func:`epochs_left`): its training steps times ``step_s``
-    (a plain step's time) times :func:`passes_per_step`, plus the images it evaluates (val and test after each evaluated epoch; the statistic split
-    before each stage-2 epoch of the val_loss and val_error modes) times ``eval_image_s``. ``sizes``
-    holds ``train``, ``val``, ``test`` and ``stat`` image counts."""
+    (a plain step's time) times :func:`passes_per_step`, plus the images it evaluates times
+    ``eval_image_s`` (val and test after each evaluated epoch; the statistic split before each
+    stage-2 epoch of the val_loss and val_error modes). ``sizes`` holds ``train``, ``val``, ``test``
+    and ``stat`` image counts."""
     stage1, stage2 = epochs_left(cfg, trains_stage1, resume_from)
     steps_per_epoch = math.ceil(sizes["train"] / cfg.batch_size)
     evaluated = (evaluations(cfg.stage1_epochs, cfg.eval_every, cfg.stage1_epochs - stage1)
