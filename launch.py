@@ -54,11 +54,19 @@ def shares_stage1(cfg: TwoStageConfig) -> bool:
 
 
 def order_for_sharing(configs: list[TwoStageConfig]) -> list[TwoStageConfig]:
-    """Stable order in which runs sharing a stage 1 are adjacent: the first trains it, the rest reuse it."""
+    """Stable order in which runs sharing a stage 1 are adjacent: the first trains it, the rest reuse
+    it. The first is the one furthest into that stage 1 by its own checkpoint, so that no run trains
+    it from scratch while the others wait and one of them could go on."""
     first_seen: dict[str, int] = {}
     for i, cfg in enumerate(configs):
         first_seen.setdefault(stage1_hash(cfg), i)
-    return sorted(configs, key=lambda c: first_seen[stage1_hash(c)])
+    return sorted(configs, key=lambda c: (first_seen[stage1_hash(c)], -stage1_epochs_done(c)))
+
+
+def stage1_epochs_done(cfg: TwoStageConfig) -> int:
+    """Epochs of stage 1 that a run's own checkpoint holds while it is still in stage 1; else 0."""
+    point = resume_point(cfg)
+    return point[1] if point is not None and point[0] == 1 else 0
 
 
 def describe(cfg: TwoStageConfig) -> str:

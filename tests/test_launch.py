@@ -341,6 +341,28 @@ def test_the_plan_goes_on_from_a_checkpoint_only_where_the_run_would(synthetic_r
     assert launch.resume_point(first) is None  # the run itself says why it cannot read it
 
 
+def test_the_run_furthest_into_a_shared_stage1_trains_it_and_the_others_wait(synthetic_root, tmp_path):
+    """Of runs sharing a stage 1 not yet written, the one whose own checkpoint is furthest into it
+    leads (goes on from there) and the others wait for it, whatever order the experiment lists them
+    in; without checkpoints the listed order stands."""
+    import torch
+    from config import config_hash
+    from results_logger import code_fingerprint
+    from runfiles import run_paths
+
+    first, second = (dataclasses.replace(c, stage1_epochs=3) for c in smoke_runs(
+        "baseline", log_dir=str(tmp_path), data_root=str(synthetic_root), device="cpu"))
+    assert launch.order_for_sharing([first, second]) == [first, second]
+    torch.save({"run_id": config_hash(second), "code_fingerprint": code_fingerprint(), "st": {"stage": 1, "epoch": 1}},
+               run_paths(second.log_dir, run_name(second))["checkpoint"])
+    assert launch.stage1_epochs_done(second) == 1 and launch.stage1_epochs_done(first) == 0
+    assert launch.order_for_sharing([first, second]) == [second, first]
+    assert [(j.configs, j.then) for j in launch.plan_jobs(launch.order_for_sharing([first, second]))] == [
+        ([second], [first])]
+    work = launch.plan_work(launch.order_for_sharing([first, second]), {})
+    assert [w["trains_stage1"] for w in work] == [True, False]
+
+
 FAKE_SBATCH = """#!/bin/sh
 d=$(dirname "$0")
 n=$(cat "$d/next_id")
