@@ -507,7 +507,7 @@ def show_plan(exp: Experiment, parts: list[tuple[str, list]], args) -> list[dict
     nothing is left to run; return its work list. A dry run downloads nothing."""
     configs = [c for _, cfgs in parts for c in cfgs]
     datasets = launch.check_plan(configs, fetch=not args.dry_run)
-    work = launch.plan_work([c for _, cfgs in parts for c in launch.order_for_sharing(cfgs)], datasets)
+    work = launch.plan_work(launch.order_for_sharing(configs), datasets)  # the launchers' order
     timed = not args.no_estimate and args.launcher != "slurm" and not all(w["finished"] for w in work)
     timings = estimate_work(work, datasets) if timed else None
     print(f"{exp.path}: {exp.about}\n" + format_plan(work, parts, timings), flush=True)
@@ -516,18 +516,19 @@ def show_plan(exp: Experiment, parts: list[tuple[str, list]], args) -> list[dict
 
 def run_parts(args, parts: list, work: list[dict], out: Path, jobs: int | None, gpus: tuple) -> dict:
     """Run the plan with the chosen launcher; its report."""
-    if args.launcher == "inline":
+    configs = [c for _, cfgs in parts for c in cfgs]
+    if args.launcher == "inline":  # one run after another, in the plan's order
         progress = launch.GridProgress(work, args.quiet)
-        reports = [launch.run_grid(cfgs, args.quiet, out / f"report_{name}.json", progress) for name, cfgs in parts]
+        report = launch.run_grid(configs, args.quiet, out / "report_inline.json", progress)
         progress.close()
-        return {k: [x for r in reports for x in r[k]] for k in reports[0] if isinstance(reports[0][k], list)}
+        return report
     extra = dict(item.split("=", 1) if "=" in item else (item, True) for item in args.slurm_extra or ())
     lc = launch.LaunchConfig(args.launcher, jobs=jobs, retries=1 if args.retries is None else args.retries, gpus=gpus,
                              timeout_min=args.timeout_min, partition=args.partition,
                              gpus_per_job=1 if args.gpus_per_job is None else args.gpus_per_job, mem_gb=args.mem_gb,
                              slurm_extra=extra, wait=args.wait, job_name=f"ictta-{out.name}",
                              quiet=args.quiet, budget_min=args.budget_min)
-    return launch.launch([c for _, cfgs in parts for c in cfgs], lc, out / "jobs", out / f"report_{args.launcher}.json")
+    return launch.launch(configs, lc, out / "jobs", out / f"report_{args.launcher}.json")
 
 
 LIST_OPTIONS = ("models", "scenarios", "methods", "seeds")  # the plan's axes

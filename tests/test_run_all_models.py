@@ -368,3 +368,27 @@ def test_a_method_registered_in_one_place_runs_through_the_grid_and_the_summary(
     assert report["failed"] == [] and len(report["done"]) == 2
     tables = summary_tuning.write_summary(tmp_path / "out", tmp_path / "tables", verbose=False)
     assert set(tables["compare"]["method"]) == {"drw", "toy"}
+
+
+def test_the_plan_trains_a_stage1_shared_across_parts_once_from_the_run_furthest_into_it(synthetic_root, tmp_path, capsys):
+    """Runs of two parts share a stage 1 and the later part's run is into it by its own checkpoint:
+    the plan, as the launcher does, has that run go on and the others wait, so one stage 1 is trained."""
+    from types import SimpleNamespace
+
+    from config import config_hash
+    from results_logger import code_fingerprint
+    from runfiles import run_paths
+
+    exp = grid.load_experiment(grid.experiment_path("smoke_grid"))
+    settings = {"data_root": str(synthetic_root), "device": "cpu", "stage1_epochs": 3}
+    parts = grid.plan_experiment(exp, tmp_path, grid.Filters(scenarios=["long_tail"], settings=settings))
+    [tuned] = [c for suite, cfgs in parts if suite == "tuning" for c in cfgs]
+    assert len({stage1_hash(c) for _, cfgs in parts for c in cfgs}) == 1
+    Path(tuned.log_dir).mkdir(parents=True)
+    torch.save({"run_id": config_hash(tuned), "code_fingerprint": code_fingerprint(), "st": {"stage": 1, "epoch": 1}},
+               run_paths(tuned.log_dir, run_name(tuned))["checkpoint"])
+    work = grid.show_plan(exp, parts, SimpleNamespace(dry_run=True, no_estimate=True, launcher="local"))
+    out = capsys.readouterr().out
+    assert "3 to run, training 1 stage 1 (the others share one)" in out
+    assert "1 of them goes on from its checkpoint: epoch 1 of 3 + 1" in out
+    assert [w["cfg"] for w in work if w["trains_stage1"]] == [tuned]
