@@ -3,9 +3,9 @@
 * ``inline`` (:func:`run_grid`): the runs one after another in this process.
 * ``local`` and ``slurm`` (:func:`launch`, through submitit): each run a job. A job is a GridJob: a
   list of configs run in turn. Runs that share a stage 1 which is not trained yet are split so that
-  no two jobs ever train the same stage 1 (:func:`plan_jobs`): the first run is a job of its own and
-  trains it; the others wait for that job (local: submitted when it ends; SLURM:
-  ``--dependency=afterany``) and then run one job each, in parallel, reading the cached stage 1.
+  no two jobs ever train the same stage 1 (:func:`plan_jobs`): the run furthest into it is a job of
+  its own and trains it; the others wait (local: submitted once that job has written the stage 1;
+  SLURM: ``--dependency=afterany``, when it ends) and then run one job each, in parallel, reading it.
   Every job leaves a record ``<jobs folder>/<launch>/<job id>_runs.json`` of the runs it holds,
   which ``--status`` and a rerun read to know what is running.
 
@@ -623,6 +623,23 @@ def _finish(job, spec: JobSpec, retries: int, report: dict, quiet: bool) -> list
     return plan_jobs(spec.then)
 
 
+def hand_on_written_stage1(live: dict, queue: deque, seen: dict) -> None:
+    """Queue first the runs waiting for a live job's stage 1 once that job has written it (a current
+    one), instead of when the job ends; the job goes on without them. ``seen`` holds each stage-1
+    file's last modification time, so that a file is read only when it changed."""
+    for slot, (job, spec) in list(live.items()):
+        if spec.then and _changed(stage1_path(spec.configs[0]), seen) and has_current_stage1(spec.configs[0]):
+            put_first(queue, plan_jobs(spec.then))
+            live[slot] = (job, dataclasses.replace(spec, then=[]))
+
+
+def _changed(path: Path, seen: dict) -> bool:
+    """Whether ``path`` exists and was modified since ``seen`` last recorded it."""
+    mtime = path.stat().st_mtime_ns if path.exists() else None
+    changed, seen[path] = mtime is not None and seen.get(path) != mtime, mtime
+    return changed
+
+
 def put_first(queue: deque, specs: list[JobSpec]) -> None:
     """Queue the jobs an ended job hands on (its retries, or the runs that waited for its stage 1)
     ahead of the jobs not started yet, in their order: a two-stage run's same-budget control runs
@@ -636,7 +653,7 @@ def _launch_local(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: 
     ``lc.gpus[k % len(lc.gpus)]``, or to no GPU when there are none. Past ``lc.budget_min`` minutes
     no job starts and the live ones are interrupted (:func:`_stop_at_budget`)."""
     deadline = None if lc.budget_min is None else time.time() + 60 * lc.budget_min
-    queue, live = deque(specs), {}  # live: slot -> (job, spec)
+    queue, live, stage1_seen = deque(specs), {}, {}  # live: slot -> (job, spec)
     mps = lc.jobs > len(lc.gpus) > 0 and start_mps(lc.quiet)  # several jobs per GPU: share it at once
     try:
         while queue or live:
@@ -652,6 +669,7 @@ def _launch_local(specs: list[JobSpec], lc: LaunchConfig, folder: Path, report: 
                 if job.done():
                     del live[slot]
                     put_first(queue, _finish(job, spec, lc.retries, report, lc.quiet))
+            hand_on_written_stage1(live, queue, stage1_seen)
     except KeyboardInterrupt:  # stop the jobs too (their runs are marked interrupted and resume later)
         _interrupt(live)
         raise

@@ -309,6 +309,39 @@ def test_a_stale_shared_stage1_is_planned_as_trained_again_by_one_job(synthetic_
     assert [w["trains_stage1"] for w in launch.plan_work(accepted, {})] == [False, False]
 
 
+def test_runs_waiting_for_a_live_jobs_stage1_are_queued_first_once_it_is_written(synthetic_root, tmp_path, monkeypatch):
+    """The local launcher starts the runs that wait for a job's stage 1 when that job writes it, not
+    when it ends; a stale stage 1 (other code) releases nobody, and a file is read only when it changed."""
+    import torch
+    from collections import deque
+    from results_logger import code_fingerprint
+
+    first, second = smoke_runs("baseline", log_dir=str(tmp_path), data_root=str(synthetic_root), device="cpu")
+    other = dataclasses.replace(first, seed=1)
+    job, leader = object(), launch.JobSpec([first], then=[second])
+    live, queue, seen = {0: (job, leader)}, deque([launch.JobSpec([other])]), {}
+
+    def queued():
+        return [spec.configs for spec in queue]
+
+    launch.hand_on_written_stage1(live, queue, seen)
+    assert queued() == [[other]] and live[0][1].then == [second]  # nothing written yet
+    stage1_path(first).parent.mkdir()
+    torch.save({"code_fingerprint": "older"}, stage1_path(first))
+    reads = []
+    monkeypatch.setattr(launch, "has_current_stage1", lambda cfg, read=launch.has_current_stage1: reads.append(1) or read(cfg))
+    launch.hand_on_written_stage1(live, queue, seen)
+    launch.hand_on_written_stage1(live, queue, seen)
+    assert queued() == [[other]] and live[0][1].then == [second]  # stale: the leader trains it again
+    assert len(reads) == 1  # read once, not at every look
+    torch.save({"code_fingerprint": code_fingerprint()}, stage1_path(first))
+    os.utime(stage1_path(first), ns=(seen[stage1_path(first)] + 10**9,) * 2)
+    launch.hand_on_written_stage1(live, queue, seen)
+    assert queued() == [[second], [other]] and live[0] == (job, launch.JobSpec([first]))
+    launch.hand_on_written_stage1(live, queue, seen)
+    assert queued() == [[second], [other]]  # handed on once
+
+
 def test_the_plan_goes_on_from_a_checkpoint_only_where_the_run_would(synthetic_root, tmp_path):
     """``resume_point`` and ``plan_work`` read a run's own checkpoint as the run does: of its
     settings, made by this code (or accepted), readable, and only with resume on."""
