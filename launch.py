@@ -6,6 +6,8 @@
   no two jobs ever train the same stage 1 (:func:`plan_jobs`): the run furthest into it is a job of
   its own and trains it; the others wait (local: submitted once that job has written the stage 1;
   SLURM: ``--dependency=afterany``, when it ends) and then run one job each, in parallel, reading it.
+  Locally, if that job fails before writing it (and is not retried), the first of them trains it
+  instead; under SLURM they fail at once, retryable, and a rerun trains it.
   Every job leaves a record ``<jobs folder>/<launch>/<job id>_runs.json`` of the runs it holds,
   which ``--status`` and a rerun read to know what is running.
 
@@ -26,7 +28,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -55,18 +57,23 @@ def shares_stage1(cfg: TwoStageConfig) -> bool:
 
 def order_for_sharing(configs: list[TwoStageConfig]) -> list[TwoStageConfig]:
     """Stable order in which runs sharing a stage 1 are adjacent: the first trains it, the rest reuse
-    it. The first is the one furthest into that stage 1 by its own checkpoint, so that no run trains
-    it from scratch while the others wait and one of them could go on."""
+    it. Where several share one, the first is the one furthest into it by its own checkpoint, so
+    that no run trains it from scratch while the others wait and one of them could go on; a run
+    already in stage 2 writes no stage 1 and comes last."""
     first_seen: dict[str, int] = {}
     for i, cfg in enumerate(configs):
         first_seen.setdefault(stage1_hash(cfg), i)
-    return sorted(configs, key=lambda c: (first_seen[stage1_hash(c)], -stage1_epochs_done(c)))
+    sharers = Counter(stage1_hash(c) for c in configs if shares_stage1(c))
+    progress = {id(c): stage1_epochs_done(c) if sharers[stage1_hash(c)] > 1 and shares_stage1(c) else 0
+                for c in configs}
+    return sorted(configs, key=lambda c: (first_seen[stage1_hash(c)], -progress[id(c)]))
 
 
 def stage1_epochs_done(cfg: TwoStageConfig) -> int:
-    """Epochs of stage 1 that a run's own checkpoint holds while it is still in stage 1; else 0."""
+    """Epochs of stage 1 that a run's own checkpoint holds while it is in stage 1; 0 without one;
+    -1 when it is in stage 2."""
     point = resume_point(cfg)
-    return point[1] if point is not None and point[0] == 1 else 0
+    return 0 if point is None else point[1] if point[0] == 1 else -1
 
 
 def describe(cfg: TwoStageConfig) -> str:
@@ -241,7 +248,7 @@ def format_report(report: dict) -> str:
         lines[0] += f"; {len(report['jobs'])} {report['launcher']} jobs"
         for key, what in (("submitted", "submitted, not finished yet (see --status)"),
                           ("running", "left to live jobs or processes (not submitted again)"),
-                          ("deferred", "deferred: their stage 1 is being trained by a live job; rerun when it ends"),
+                          ("deferred", "deferred: their stage 1 is being trained by a live job; rerun once it is written"),
                           ("retried", "resubmitted after their job died")):
             if report[key]:
                 lines.append(f"  {len(report[key])} {what}")
@@ -330,10 +337,10 @@ def plan_jobs(configs: list[TwoStageConfig]) -> list[JobSpec]:
     job (``then``); every other run is a job of its own."""
     groups: dict[Path, list] = {}
     for cfg in configs:  # by the stage-1 checkpoint, which names the log_dir as well as the stage 1
-        groups.setdefault(stage1_path(cfg), []).append(cfg)
+        groups.setdefault(stage1_path(cfg) if shares_stage1(cfg) else id(cfg), []).append(cfg)
     specs = []
     for group in groups.values():
-        if len(group) > 1 and shares_stage1(group[0]) and not has_current_stage1(group[0]):
+        if len(group) > 1 and not has_current_stage1(group[0]):
             specs.append(JobSpec([group[0]], then=group[1:]))
         else:
             specs += [JobSpec([cfg]) for cfg in group]
@@ -628,20 +635,31 @@ def hand_on_written_stage1(live: dict, queue: deque, seen: dict) -> None:
     one), instead of when the job ends; the job goes on without them. ``seen`` holds each stage-1
     file's last modification time, so that a file is read only when it changed."""
     for slot, (job, spec) in list(live.items()):
-        if spec.then and _changed(stage1_path(spec.configs[0]), seen) and has_current_stage1(spec.configs[0]):
+        if spec.then and _changed(stage1_path(spec.configs[0]), seen) and _is_current(spec.configs[0]):
             put_first(queue, plan_jobs(spec.then))
             live[slot] = (job, dataclasses.replace(spec, then=[]))
 
 
 def _changed(path: Path, seen: dict) -> bool:
     """Whether ``path`` exists and was modified since ``seen`` last recorded it."""
-    mtime = path.stat().st_mtime_ns if path.exists() else None
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:  # not there (yet, or removed meanwhile)
+        mtime = None
     changed, seen[path] = mtime is not None and seen.get(path) != mtime, mtime
     return changed
 
 
+def _is_current(cfg: TwoStageConfig) -> bool:
+    """:func:`has_current_stage1`, where a file that cannot be read (yet) is not current."""
+    try:
+        return has_current_stage1(cfg)
+    except (OSError, ValueError):
+        return False
+
+
 def put_first(queue: deque, specs: list[JobSpec]) -> None:
-    """Queue the jobs an ended job hands on (its retries, or the runs that waited for its stage 1)
+    """Queue the jobs a job hands on (its retries once it ended, or the runs that waited for its stage 1)
     ahead of the jobs not started yet, in their order: a two-stage run's same-budget control runs
     next, so that finished pairs accumulate while a long grid runs, instead of every control
     waiting for the last stage-1 trainer."""
@@ -707,7 +725,8 @@ def _stop_at_budget(queue: deque, live: dict, report: dict, budget_min: float) -
     _interrupt(live)
     report["stopped"] = {"budget_min": budget_min,
                          "interrupted": [describe(c) for _, spec in live.values() for c in spec.configs],
-                         "not_started": [describe(c) for spec in queue for c in spec.configs + spec.then]}
+                         "not_started": [describe(c) for spec in queue for c in spec.configs + spec.then]
+                                        + [describe(c) for _, spec in live.values() for c in spec.then]}
 
 
 def start_mps(quiet: bool = False) -> bool:

@@ -38,6 +38,9 @@ def test_a_different_run_of_the_same_name_is_kept_unless_replace(tmp_path, capsy
     assert (into / "results_a_seed0.csv").read_text() == "stage,epoch\n1,1\n"
     assert collect([src], into, replace=True) == (["results_a_seed0.csv"], [])
     assert (into / "results_a_seed0.csv").read_text() == "stage,epoch\n1,2\n"
+    (into / "results_a_seed0.csv").unlink()
+    (into / "results_a_seed0.json").write_text("{}")  # another run's JSON, no CSV: the run stays out whole
+    assert collect([src], into) == ([], ["results_a_seed0.json"]) and not (into / "results_a_seed0.csv").exists()
 
 
 def test_runs_picks_runs_by_exp_name_else_method(tmp_path):

@@ -342,6 +342,42 @@ def test_runs_waiting_for_a_live_jobs_stage1_are_queued_first_once_it_is_written
     assert queued() == [[second], [other]]  # handed on once
 
 
+def test_the_local_launcher_starts_the_waiting_run_while_the_stage1_trainer_goes_on(synthetic_root, tmp_path,
+                                                                                   monkeypatch):
+    """With a free slot, the run that waits for a stage 1 starts as soon as the job training it has
+    written it, before that job ends (fake jobs: the first writes its stage 1 at its first look)."""
+    import torch
+    from results_logger import code_fingerprint
+
+    first, second = smoke_runs("baseline", log_dir=str(tmp_path), data_root=str(synthetic_root), device="cpu")
+    events = []
+
+    class FakeJob:
+        def __init__(self, spec):
+            self.name, self.looks = spec.configs[0].exp_name, 0
+            events.append(("start", self.name))
+
+        def done(self):
+            self.looks += 1
+            if self.name == first.exp_name and self.looks == 1:
+                stage1_path(first).parent.mkdir(exist_ok=True)
+                torch.save({"code_fingerprint": code_fingerprint()}, stage1_path(first))
+            return self.name != first.exp_name or ("start", second.exp_name) in events or self.looks > 50
+
+    def finish(job, spec, retries, report, quiet):
+        events.append(("end", job.name))
+        return launch.plan_jobs(spec.then)
+
+    monkeypatch.setattr(launch, "_start_local_job", lambda spec, lc, slot, folder, report: FakeJob(spec))
+    monkeypatch.setattr(launch, "_finish", finish)
+    monkeypatch.setattr(launch, "POLL_S", 0.001)
+    specs = launch.plan_jobs([first, second])
+    assert [(j.configs, j.then) for j in specs] == [([first], [second])]
+    launch._launch_local(specs, launch.LaunchConfig(jobs=2, quiet=True), tmp_path / "jobs", {})
+    assert events == [("start", first.exp_name), ("start", second.exp_name),
+                      ("end", first.exp_name), ("end", second.exp_name)]
+
+
 def test_the_plan_goes_on_from_a_checkpoint_only_where_the_run_would(synthetic_root, tmp_path):
     """``resume_point`` and ``plan_work`` read a run's own checkpoint as the run does: of its
     settings, made by this code (or accepted), readable, and only with resume on."""
@@ -394,6 +430,23 @@ def test_the_run_furthest_into_a_shared_stage1_trains_it_and_the_others_wait(syn
         ([second], [first])]
     work = launch.plan_work(launch.order_for_sharing([first, second]), {})
     assert [w["trains_stage1"] for w in work] == [True, False]
+    torch.save({"run_id": config_hash(second), "code_fingerprint": code_fingerprint(), "st": {"stage": 2, "epoch": 0}},
+               run_paths(second.log_dir, run_name(second))["checkpoint"])
+    assert launch.order_for_sharing([second, first]) == [first, second]  # in stage 2: it writes no stage 1
+    alone = dataclasses.replace(second, reuse_stage1=False, exp_name="alone")  # trains a stage 1 of its own
+    assert [(j.configs, j.then) for j in launch.plan_jobs([alone, first, second])] == [
+        ([alone], []), ([first], [second])]
+
+
+def test_a_budget_stop_names_the_runs_that_waited_for_a_live_job(synthetic_root, tmp_path):
+    from collections import deque
+
+    first, second = smoke_runs("baseline", log_dir=str(tmp_path), data_root=str(synthetic_root), device="cpu")
+    job = SimpleNamespace(cancel=lambda check: None, done=lambda: True)
+    report = {}
+    launch._stop_at_budget(deque(), {0: (job, launch.JobSpec([first], then=[second]))}, report, 1.0)
+    assert report["stopped"] == {"budget_min": 1.0, "interrupted": [launch.describe(first)],
+                                 "not_started": [launch.describe(second)]}
 
 
 FAKE_SBATCH = """#!/bin/sh

@@ -4,6 +4,7 @@ after kill -9: the local launcher in test_launch.py, a run in test_two_stage_ict
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -193,6 +194,8 @@ def test_plan_progress_dry_run_and_estimate(synthetic_root, tmp_path, capsys, mo
     assert grid.main(argv) == 0
     captured = capsys.readouterr()
     assert captured.out.index("plan: 3 runs") < captured.out.index("3 done")
+    [report] = (tmp_path / "out").rglob("report_*.json")  # one report for both parts
+    assert report.name == "report_inline.json" and len(json.loads(report.read_text())["done"]) == 3
     bar = captured.err.replace("\r", "\n")
     assert "grid 100%" in bar and "run 3/3: tuning-smoke" in bar and "<00:00]" in bar
     assert bar.count("grid   0%") >= 1 and "run 1/3" in bar  # one bar for both parts

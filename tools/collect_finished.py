@@ -5,8 +5,9 @@ beside its tables; checkpoints, saved models and unfinished runs stay where they
     python tools/collect_finished.py ~/results/new --runs drw_sam --into benchmarks/sam_pairs/runs
 
 Standard library only. A run counts as finished when its JSON says so. A file already in --into is
-left alone when it is the same; when it differs (another run of the same name, from another machine
-or code), it is kept and named, unless --replace.
+left alone when it is the same; where a run's CSV or JSON differs from the file there (another run
+of the same name, from another machine or code), that file is kept, named, and neither of the run's
+files is copied, unless --replace.
 """
 from __future__ import annotations
 
@@ -42,18 +43,19 @@ def run_name_of(meta: dict) -> str | None:
 def collect(folders: list[Path], into: Path, runs: set[str] | None = None,
             replace: bool = False) -> tuple[list[str], list[str]]:
     """Copy each finished run's CSV and JSON into ``into``: the names of the files copied, and of
-    those kept because a different file of that name was there (replaced instead with ``replace``)."""
+    those kept because a different file of that name was there. A run travels whole: where either
+    of its files differs from the one there, neither is copied (both are, with ``replace``)."""
     into.mkdir(parents=True, exist_ok=True)
     copied, kept = [], []
     for folder in folders:
         for record in finished_runs(folder, runs):
-            for src in (record.with_suffix(".csv"), record):
-                dst = into / src.name
-                if dst.exists() and filecmp.cmp(src, dst, shallow=False):
-                    continue
-                if dst.exists() and not replace:
-                    kept.append(src.name)
-                    continue
+            pair = [(src, into / src.name) for src in (record.with_suffix(".csv"), record)]
+            new = [(src, dst) for src, dst in pair if not dst.exists() or not filecmp.cmp(src, dst, shallow=False)]
+            clash = [dst.name for src, dst in new if dst.exists()]
+            if clash and not replace:
+                kept += clash
+                continue
+            for src, dst in new:
                 shutil.copy2(src, dst)
                 copied.append(src.name)
     return copied, kept
