@@ -212,7 +212,9 @@ class RunLogger:
         return [{**self.identity, **r} for r in self.rows]
 
     def flush(self) -> None:
-        atomic_write_text(self.csv_path, rows_to_csv(self.full_rows()))
+        """Write the rows so far; before the first there is no CSV, never an empty one that readers choke on."""
+        if self.rows:
+            atomic_write_text(self.csv_path, rows_to_csv(self.full_rows()))
 
 
 COMMAND_ENV = "TWO_STAGE_COMMAND"  # the command line that launched a run, set by the launchers' jobs

@@ -676,6 +676,20 @@ def test_weight_balancing_stage2_holds_the_classifier_rows_within_the_stage1_rad
     assert stage2[-1]["model"].fc.weight.norm(dim=1).max() <= radius * (1 + 1e-6)
 
 
+def test_a_run_stopped_in_its_first_epoch_leaves_no_csv_and_says_so_in_its_json(tiny_run_kwargs, monkeypatch):
+    """Nothing finished, nothing to read: an empty CSV would break every reader of the folder."""
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tsi, "train_one_epoch", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(**tiny_run_kwargs)
+    folder = Path(tiny_run_kwargs["log_dir"])
+    assert not list(folder.glob("results_*.csv"))
+    [record] = [json.loads(p.read_text()) for p in folder.glob("results_*.json")]
+    assert record["status"] == "interrupted"
+
+
 NEWER = {"mislas": dict(method="mislas", mixup_alpha=1.0),
          "weight_balancing": dict(method="weight_balancing", weight_decay=5e-3),
          "drw_sam": dict(method="drw", sam_rho=0.5)}
