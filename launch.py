@@ -39,7 +39,8 @@ from data_loader import find_dataset, load_dataset, make_split
 from estimate import run_seconds
 from results_logger import COMMAND_ENV, now, read_json, run_command, write_json
 from runfiles import LockOwner, RunLock, RunLockedError, lock_owner, lock_path, pid_alive, read_run_json, run_paths
-from two_stage_ictta import data_read_elsewhere, has_current_stage1, is_finished, load_checkpoint, run_two_stage
+from two_stage_ictta import (data_read_elsewhere, gives_way_to_shared_stage1, has_current_stage1, is_finished,
+                             load_checkpoint, run_two_stage)
 
 ROOT = Path(__file__).resolve().parent
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # minutes; submitit's local default (2) would kill real runs
@@ -124,7 +125,9 @@ def plan_work(configs: list[TwoStageConfig], datasets: dict) -> list[dict]:
 def resume_point(cfg: TwoStageConfig) -> tuple[int, int] | None:
     """The (stage, last finished epoch) that a run of ``cfg`` goes on from, as the run itself
     decides: its own checkpoint, of these settings and made by this code (or accepted with
-    ``accept_code_change``); None without one, or where it cannot be read (the run then says why)."""
+    ``accept_code_change``); None without one, where it cannot be read (the run then says why), or
+    where it is partway through stage 1 and the shared stage 1 is finished (the run goes on from
+    that one)."""
     path = run_paths(cfg.log_dir, run_name(cfg))["checkpoint"]
     if not cfg.resume or not path.exists():
         return None
@@ -133,6 +136,8 @@ def resume_point(cfg: TwoStageConfig) -> tuple[int, int] | None:
     except ValueError:
         return None
     if snap.get("run_id") != config_hash(cfg) or made_by_other_code(snap, cfg) is not None:
+        return None
+    if gives_way_to_shared_stage1(cfg, snap["st"]):
         return None
     return snap["st"]["stage"], snap["st"]["epoch"]
 

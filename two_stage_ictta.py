@@ -444,10 +444,15 @@ def _resume(run: Run, cfg: TwoStageConfig, paths: dict, run_id: str, device) -> 
                   f"uses {torch.get_num_threads()}: its numbers will differ in the last bits from an "
                   f"uninterrupted run's (--threads {other[-1]} gives the same ones)", file=sys.stderr)
 
-    snap = usable(paths["checkpoint"], "checkpoint") if cfg.resume else None
-    if snap is not None and snap.get("run_id") == run_id:
-        note_other_threads(snap, paths["checkpoint"])
-        run.restore(snap)
+    own = usable(paths["checkpoint"], "checkpoint") if cfg.resume else None
+    own = own if own is not None and own.get("run_id") == run_id else None
+    if own is not None and gives_way_to_shared_stage1(cfg, own["st"]):
+        print(f"{name}: going on from the finished shared stage 1, not from its own checkpoint at stage-1 "
+              f"epoch {own['st']['epoch']}", file=sys.stderr)
+        own = None
+    if own is not None:
+        note_other_threads(own, paths["checkpoint"])
+        run.restore(own)
         return {"resumed_from": (run.state.stage, run.state.epoch), "stage1_reused": False}
     snap = usable(stage1_path(cfg), "stage 1") if cfg.reuse_stage1 and cfg.stage1_epochs > 0 else None
     if snap is not None:
@@ -463,6 +468,15 @@ def _share_stage1(run: Run, cfg: TwoStageConfig, run_id: str) -> None:
     stage1_file.parent.mkdir(exist_ok=True)
     if not has_current_stage1(cfg):
         atomic_torch_save(run.snapshot(run_id), stage1_file)
+
+
+def gives_way_to_shared_stage1(cfg: TwoStageConfig, own: dict) -> bool:
+    """Whether a run whose own checkpoint holds the state ``own`` (its ``stage`` and ``epoch``) goes
+    on from the shared stage 1 instead: when it is partway through stage 1 and the shared one of its
+    settings is finished (another run trained it meanwhile), which its pairs then share and which
+    costs no more epochs."""
+    partway = own["stage"] == 1 and own["epoch"] < cfg.stage1_epochs
+    return partway and cfg.reuse_stage1 and has_current_stage1(cfg)
 
 
 def has_current_stage1(cfg: TwoStageConfig) -> bool:

@@ -690,6 +690,37 @@ def test_a_run_stopped_in_its_first_epoch_leaves_no_csv_and_says_so_in_its_json(
     assert record["status"] == "interrupted"
 
 
+def test_a_run_behind_in_stage1_goes_on_from_the_shared_stage1_another_run_finished(tiny_run_kwargs, monkeypatch,
+                                                                                      capsys):
+    """Stopped in stage 1 while another run with the same stage 1 finished it: the first goes on from
+    the shared one, as the plan says, and its stage-1 rows are the other run's."""
+    import launch
+
+    calls, real = [], tsi.train_one_epoch
+
+    def stop_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tsi, "train_one_epoch", stop_at_the_second)
+    with pytest.raises(KeyboardInterrupt):  # its own checkpoint: stage-1 epoch 1 of 2
+        run(**tiny_run_kwargs, exp_name="behind")
+    monkeypatch.setattr(tsi, "train_one_epoch", real)
+    behind = TwoStageConfig("simplecnn", "long_tail", **tiny_run_kwargs, exp_name="behind")
+    assert launch.resume_point(behind) == (1, 1)
+    other = run(**tiny_run_kwargs, exp_name="other", stage2_lr=0.02)  # trains the stage 1 and shares it
+    assert launch.resume_point(behind) is None
+    capsys.readouterr()
+    again = run(**tiny_run_kwargs, exp_name="behind")
+    assert again["stage1_reused"] and again["resumed_from"] is None
+    assert "not from its own checkpoint at stage-1 epoch 1" in capsys.readouterr().err
+    stage1_rows = [read_csv(r).query("stage == 1").drop(columns=["seconds", "run_id", "exp_name", "stage2_lr"])
+                   for r in (other, again)]
+    pd.testing.assert_frame_equal(*stage1_rows)
+
+
 NEWER = {"mislas": dict(method="mislas", mixup_alpha=1.0),
          "weight_balancing": dict(method="weight_balancing", weight_decay=5e-3),
          "drw_sam": dict(method="drw", sam_rho=0.5)}
