@@ -419,7 +419,8 @@ def _row_identity(cfg: TwoStageConfig, run_id: str, stage1_id: str) -> dict:
 
 
 def _resume(run: Run, cfg: TwoStageConfig, paths: dict, run_id: str, device) -> dict:
-    """Restore ``run`` from its own checkpoint, else from a shared stage 1 made by this code.
+    """Restore ``run`` from its own checkpoint, else from a shared stage 1 made by this code (also
+    where its own is partway through stage 1 and the shared one is finished).
     Returns what the run's JSON records of it: ``resumed_from``, the (stage, epoch) resumed from, or
     None; and ``stage1_reused``, a bool. A checkpoint made with other CPU thread counts gets a notice
     (the numbers then differ in the last bits from an uninterrupted run's; ``cpu_threads`` in the
