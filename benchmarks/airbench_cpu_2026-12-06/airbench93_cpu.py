@@ -85,8 +85,11 @@ class Tee(io.StringIO):
 
 def fetch_package(work: Path) -> Path:
     """Download the package's source distribution into ``work`` and unpack it; its package folder."""
-    subprocess.run([sys.executable, "-m", "pip", "download", PACKAGE, "--no-deps", "--no-binary", ":all:",
-                    "-d", str(work)], check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "pip", "download", PACKAGE, "--no-deps", "--no-binary", ":all:",
+                           "-d", str(work)], capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SystemExit(f"could not download {PACKAGE} from PyPI ({last}); check the network or pip's index")
     sdist = next(work.glob("airbench-*.tar.gz"))
     with tarfile.open(sdist) as tar:
         tar.extractall(work, filter="data")
