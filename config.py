@@ -182,10 +182,14 @@ class TwoStageConfig:
     weight_decay: float = opt(2e-4, "SGD weight decay", "schedule", rule=NON_NEGATIVE)
     warmup_epochs: float = opt(1.0, "linear learning-rate warm-up at the start of stage 1, in epochs", "schedule",
                                rule=NON_NEGATIVE)
-    schedule: str = opt("cosine", "cosine (each stage decays to 0) or step (x0.01, x0.0001 at lr_milestones)",
+    schedule: str = opt("cosine", "cosine (each stage decays to 0) or step (x lr_decay, then x lr_decay^2, at "
+                                  "lr_milestones)",
                         "schedule", SCHEDULES)
     lr_milestones: tuple = opt((160, 180), "global epochs of the step schedule's two decays", "schedule",
                                rule=MILESTONES)
+    lr_decay: float = opt(0.01, "the step schedule's factor at its first milestone (its square at the second): "
+                                "0.01 as LDAM-DRW, 0.1 as MiSLAS's stage 1", "schedule",
+                          rule=number_in(0, 1, lo_open=True))
     focal_gamma: float = opt(1.0, "gamma of the focal and cb_focal methods, in [0, 5]", "method", rule=GAMMA)
     cb_beta: float = opt(0.9999, "effective-number beta (cb_focal, drw, ldam_drw), in [0, 1)", "method",
                          rule=FRACTION)

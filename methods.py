@@ -325,7 +325,8 @@ def lr_at_step(step: int, steps_per_epoch: int, cfg, stage: int) -> float:
     * stage 2: ``stage2_lr``; ``cosine`` within stage 2 when ``stage2_schedule="cosine"`` (and always
       for a method with ``stage2_cosine``, cRT's new classifier), else the run's ``schedule`` goes on;
     * ``cosine``: ``base * (1 + cos(pi * t / T)) / 2`` with ``t``, ``T`` the step and length within the stage;
-    * ``step``: ``base`` times 0.01 from global epoch ``lr_milestones[0]`` on, 0.0001 from ``[1]`` on.
+    * ``step``: ``base`` times ``lr_decay`` from global epoch ``lr_milestones[0]`` on, ``lr_decay**2``
+      from ``[1]`` on (0.01 and 0.0001 by default, LDAM-DRW's).
     """
     e1 = cfg.stage1_epochs * steps_per_epoch
     base = cfg.stage1_lr if stage == 1 else cfg.stage2_lr
@@ -336,7 +337,8 @@ def lr_at_step(step: int, steps_per_epoch: int, cfg, stage: int) -> float:
         lr = base * 0.5 * (1 + math.cos(math.pi * local / max(length, 1)))
     else:
         epoch = step / steps_per_epoch
-        lr = base * (1e-4 if epoch >= cfg.lr_milestones[1] else 1e-2 if epoch >= cfg.lr_milestones[0] else 1.0)
+        decays = (epoch >= cfg.lr_milestones[0]) + (epoch >= cfg.lr_milestones[1])
+        lr = base * cfg.lr_decay ** decays
     if stage == 1 and cfg.warmup_epochs > 0:
         lr *= min(1.0, (step + 1) / (cfg.warmup_epochs * steps_per_epoch))
     return lr

@@ -170,6 +170,7 @@ PARAMS = {
     "schedule": (one_of(config.SCHEDULES), _words(config.SCHEDULES)),
     "lr_milestones": (milestones_ok, st.one_of(st.tuples(_ints, _ints), st.lists(_nums, max_size=3),
                                                st.tuples(st.booleans(), st.integers(0, 3)))),
+    "lr_decay": (num_in(0, 1, lo_open=True), _nums),
     "focal_gamma": (num_in(0, 5), _nums),
     "cb_beta": (num_in(0, 1, hi_open=True), _nums),
     "ldam_max_margin": (num_in(0), _nums),

@@ -187,6 +187,21 @@ def test_lr_stage2_cosine_restart_on_a_step_schedule():
     assert lr_at_step(16 * spe, spe, inherit, 2) == pytest.approx(0.01 * 0.01)  # step: x0.01 at 16
 
 
+def test_lr_step_decay_factor_follows_mislas_stage1():
+    """lr_decay=0.1 with milestones (160, 180) inside a 200-epoch stage 1: MiSLAS's stage-1 schedule
+    (x0.1 after epoch 160, x0.01 after 180); the default 0.01 is LDAM-DRW's x0.01, x0.0001, exactly."""
+    c = cfg(stage1_epochs=200, stage2_epochs=10, stage1_lr=0.1, schedule="step", lr_milestones=(160, 180),
+            lr_decay=0.1, warmup_epochs=5)
+    spe = 10
+    lr = lambda epoch: lr_at_step(int(epoch * spe), spe, c, 1)
+    assert lr(159.9) == pytest.approx(0.1)
+    assert lr(160) == pytest.approx(0.01)
+    assert lr(180) == pytest.approx(0.001)
+    ldam = dataclasses.replace(c, lr_decay=0.01)
+    assert lr_at_step(160 * spe, spe, ldam, 1) == 0.1 * 1e-2
+    assert lr_at_step(180 * spe, spe, ldam, 1) == 0.1 * 1e-4
+
+
 def test_lr_step_milestones():
     c = cfg(stage1_epochs=150, stage2_epochs=50, stage1_lr=0.1, stage2_lr=0.01, schedule="step",
             warmup_epochs=5)
