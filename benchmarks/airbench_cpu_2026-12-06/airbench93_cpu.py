@@ -31,6 +31,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -153,7 +154,7 @@ def main(argv=None) -> None:
     record = {"result": result, "published": PUBLISHED, "package": PACKAGE,
               "changes": [dict(zip(("file", "text", "replacement"), c[:3])) for c in CPU_CHANGES],
               "data": source, "seed": args.seed, "threads": args.threads,
-              "command": "python " + " ".join(sys.argv), "started_utc": started.isoformat(timespec="seconds"),
+              "command": shlex.join(["python", *sys.argv]), "started_utc": started.isoformat(timespec="seconds"),
               "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "host": platform.node()}, "torch": torch.__version__, "python": platform.python_version()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "airbench93_cpu.json").write_text(json.dumps(record, indent=2) + "\n")
