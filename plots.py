@@ -974,10 +974,13 @@ def _compare_figures(t: dict, root: Path, out: Path, paths: list, notes: list) -
         data = dataset_name(agg[(agg["tag"] == key[0]) & (agg["model"] == key[1])])
         case = f"{key[2].replace('_', '-')} {data} (imbalance {key[3]:g}), {key[1]}, {key[0]}"
         plot_compare(g, f"Methods on {case}", gn, out / "compare" / f"{stem}.png", paths)
-        if key in best.index:
-            b = best.loc[key]
-            _confusion_figure(b, t, root, f"{case}: best of {int(b['n_candidates'])} methods by validation "
-                              f"macro-F1, {b['variant']}", out / "confusion" / f"{stem}_best.png", paths, notes)
+        if key not in best.index:
+            notes.append(f"{key[0]} {key[1]}/{key[2]}: no registry method among its runs (named variants "
+                         "only), so no confusion figure of the best one")
+            continue
+        b = best.loc[key]
+        _confusion_figure(b, t, root, f"{case}: best of {int(b['n_candidates'])} methods by validation "
+                          f"macro-F1, {b['variant']}", out / "confusion" / f"{stem}_best.png", paths, notes)
 
 
 def _confusion_figure(best: pd.Series, t: dict, root: Path, what: str, path: Path, paths: list,

@@ -926,11 +926,12 @@ def best_configs(agg: pd.DataFrame, by=BEST_KEY, notes: list | None = None,
     compared with its default point; ``METHOD_CANDIDATES`` picks among the compare suite's methods.
     The score is stage 2's best-by-validation epoch's validation macro-F1, averaged over seeds
     (``SELECT_ON``); ties go to the first. Test numbers are reported (mean, std and ``_ci95``),
-    never used. A group without validation rows gets no choice (and a note).
+    never used. A group without validation rows gets no choice (and a note). With no candidate at
+    all (a compare folder of named variants only, say) the frame is empty but has the ``by`` columns.
     """
     notes = notes if notes is not None else []
     if not len(agg):
-        return pd.DataFrame()
+        return pd.DataFrame(columns=list(by))
     cand = agg[np.logical_and.reduce([agg[col].isin(values) for col, values in candidates.items()])]
     rows = []
     for key, g in cand.groupby(list(by), sort=True, dropna=False):
@@ -955,7 +956,7 @@ def best_configs(agg: pd.DataFrame, by=BEST_KEY, notes: list | None = None,
                 for s in ("mean", "std", "ci95")]:
             row[c] = best.get(c, float("nan"))
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(by))
 
 
 # ----------------------------------------------------------------------------------------------

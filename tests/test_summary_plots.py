@@ -644,6 +644,22 @@ def test_plots_on_partial_results(tmp_path):
     assert outside.read_text() == "keep"
 
 
+def test_a_compare_folder_of_named_variants_only_gets_its_table_figure_and_a_note(tmp_path):
+    """Named variants (drw_sam, two_stage_sam) are no registry method, so there is no best method to
+    draw the confusion matrices of: said, not a crash."""
+    res = tmp_path / "results"
+    write_run(res, exp_name="drw_sam", method="drw", sam_rho=0.5, tag="compare-literature")
+    write_run(res, exp_name="two_stage_sam", sam_rho=0.5, tag="compare-literature")
+    agg = st.aggregate_seeds(st.summarize_runs(st.load_rows(res)))
+    assert set(agg["role"]) == {"variant"}
+    best = st.best_configs(agg, by=("tag", "model"), candidates=st.METHOD_CANDIDATES)
+    assert best.empty and best.columns.tolist() == ["tag", "model"]
+    result = plots.make_plots(res, tmp_path / "figures", verbose=False)
+    pngs = sorted(p.relative_to(tmp_path / "figures").as_posix() for p in (tmp_path / "figures").rglob("*.png"))
+    assert pngs == ["compare/compare-literature_resnet10_long_tail_imb0.01.png"]
+    assert any("named variants only" in n for n in result["notes"])
+
+
 def write_confusion(csv_path: Path, **stages) -> None:
     """The run's JSON beside its CSV, holding ``confusion_test`` {stage: matrix}."""
     csv_path.with_suffix(".json").write_text(json.dumps({"confusion_test": {k: np.asarray(v).tolist()
