@@ -10,6 +10,7 @@ import torch
 
 import main
 import saved_model
+import train_eval
 from model import get_model
 from two_stage_ictta import run_two_stage_ictta_on_scenario
 
@@ -74,3 +75,24 @@ def test_evaluate_from_the_command_line(tiny_run_kwargs, tmp_path, capsys):
             main.main(argv)
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.count("\n") == 1 and says in err, argv
+
+
+def _confidence_script():
+    import importlib.util
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "literature_cpu_2026-12-04" / "confidence.py"
+    spec = importlib.util.spec_from_file_location("confidence", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_confidence_report_gives_the_runs_ece_and_for_a_cosine_classifier_the_scaled_one(tiny_run_kwargs):
+    res = run_two_stage_ictta_on_scenario("simplecnn", "long_tail", method="ldam_drw", **tiny_run_kwargs)
+    path = res["paths"]["model"]
+    report = _confidence_script().confidence_report(path)
+
+    t = saved_model.logits_on_test(path, device="cpu")
+    scaled_ece = train_eval.expected_calibration_error((30.0 * t["logits"].float()).softmax(1), t["y"])
+    recorded_ece = res["stage2"]["final"]["test"]["ece"]
+    assert f"ECE {recorded_ece:.4f}; scores x 30:" in report
+    assert report.endswith(f"ECE {scaled_ece:.4f}") and abs(scaled_ece - recorded_ece) > 1e-3
