@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import model  # noqa: E402
 import saved_model  # noqa: E402
 import train_eval  # noqa: E402
 
@@ -23,21 +22,19 @@ import train_eval  # noqa: E402
 def confidence_report(path: str) -> str:
     t = saved_model.logits_on_test(path, device="cpu")
     logits, y = t["logits"].float(), t["y"]
-    confidence, predicted = logits.softmax(1).max(1)
+    probs = logits.softmax(1)
+    confidence, predicted = probs.max(1)
     span = (logits.max(1).values - logits.min(1).values).mean()
     rows = t["model"].fc.weight.detach().norm(dim=1)
     report = (f"{Path(path).name}: test accuracy {(predicted == y).float().mean():.4f}, mean confidence "
               f"{confidence.mean():.4f}, mean logit span {span:.3f}, classifier row norms "
-              f"{rows.min():.3f} to {rows.max():.3f}, ECE {ece_of(logits, y):.4f}")
-    if isinstance(t["model"].fc, model.NormedLinear):
+              f"{rows.min():.3f} to {rows.max():.3f}, ECE {train_eval.expected_calibration_error(probs, y):.4f}")
+    if t["record"]["normed_classifier"]:  # a cosine classifier: the loss scales its scores
         scale = t["record"]["config"]["ldam_scale"]
-        scaled = (scale * logits).softmax(1).max(1).values.mean()
-        report += f"; scores x {scale:g}: mean confidence {scaled:.4f}, ECE {ece_of(scale * logits, y):.4f}"
+        scaled = (scale * logits).softmax(1)
+        report += (f"; scores x {scale:g}: mean confidence {scaled.max(1).values.mean():.4f}, "
+                   f"ECE {train_eval.expected_calibration_error(scaled, y):.4f}")
     return report
-
-
-def ece_of(logits, y) -> float:
-    return train_eval.expected_calibration_error(logits.softmax(1), y)
 
 
 if __name__ == "__main__":
