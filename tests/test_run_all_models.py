@@ -95,6 +95,33 @@ def test_ablation_variants_share_the_stage1_of_compare_reduced():
         assert stage1_hash(cfg) == stage1_hash(compare[cfg.seed])
 
 
+PAIRED_WITH_A_METHODS_STAGE1 = {  # experiment: {reference run: the two-stage runs trained on its stage 1}
+    "compare_reduced": {"drw_sam": ["two_stage_sam", "two_stage_variant_sam"],
+                        "mislas": ["two_stage_mixup", "two_stage_variant_mixup"],
+                        "weight_balancing": ["two_stage_wb", "two_stage_variant_wb"]},
+    "literature": {"drw_sam": ["two_stage_sam", "two_stage_variant_sam"],
+                   "weight_balancing": ["two_stage_wb", "two_stage_variant_wb"]},
+    "literature_own_schedules": {"mislas": ["two_stage_mixup", "two_stage_variant_mixup"],
+                                 "weight_balancing": ["two_stage_wb", "two_stage_variant_wb"]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAIRED_WITH_A_METHODS_STAGE1))
+def test_two_stage_runs_share_the_stage1_of_the_method_they_pair_with(name):
+    """A pair differs only in its second stage: same seed, same stage-1 settings, hence one
+    checkpoint. A setting missing from a paired run would train a stage 1 of its own, unpaired."""
+    pairs = PAIRED_WITH_A_METHODS_STAGE1[name]
+    names = sorted(set(pairs) | {t for treated in pairs.values() for t in treated})
+    by_name = {(c.exp_name or c.method, c.seed): c for c in runs_of(name, runs=names, seeds=[0])}
+    for reference, treated in pairs.items():
+        ref = by_name[(reference, 0)]
+        for run in treated:
+            assert stage1_hash(by_name[(run, 0)]) == stage1_hash(ref), (name, run, reference)
+            assert by_name[(run, 0)].log_dir == ref.log_dir
+    others = {c.exp_name or c.method: stage1_hash(c) for c in runs_of(name, seeds=[0])}
+    assert len({others[r] for r in pairs}) == len(pairs)  # each reference has a stage 1 of its own
+
+
 def test_filters_keep_and_seeds_replace():
     cfgs = runs_of("compare_reduced", methods=["ce", "ldam_drw"], seeds=[4])
     assert {(c.method, c.seed) for c in cfgs} == {("ce", 4), ("ldam_drw", 4)}
